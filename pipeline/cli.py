@@ -1,0 +1,208 @@
+"""The ``pixseg`` command: argument parsing, logging and progress, errors -> exit codes.
+
+Every subcommand is a thin wrapper over a library function. A user mistake prints one line
+``error: ...`` on stderr and exits with 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from pipeline import __version__
+from pipeline.cluster import open_scheduler
+from pipeline.errors import PipelineError
+from pipeline.features import FEATURE_GROUPS
+from pipeline.runner import FitOptions, ReadOptions, RunResult, apply, describe, segment
+
+logger = logging.getLogger("pipeline")
+
+EXIT_USER_ERROR = 2
+
+
+class UsageError(PipelineError, ValueError):
+    """A command-line argument is missing or malformed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pixseg`` command line; returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _configure_logging(quiet=getattr(args, "quiet", False))
+        return int(args.handler(args))
+    except PipelineError as err:
+        message = " ".join(str(err).split())
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pixseg", description="Out-of-core pixel-clustering segmentation of very large images.")
+    parser.add_argument("--version", action="version", version=f"pixseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = commands.add_parser("segment", help="fit k-means on a sample of an image and label every pixel")
+    seg.add_argument("input", help="TIFF/OME-TIFF/SVS, zarr/OME-Zarr, PNG or JPEG")
+    seg.add_argument("output", help="OUTPUT.zarr (OME-Zarr labels) or OUTPUT.tif[f] (tiled BigTIFF)")
+    _add_fit_arguments(seg)
+    seg.add_argument("--save-model", metavar="M.json", help="also save the fitted model as JSON")
+    _add_run_arguments(seg)
+    seg.set_defaults(handler=_run_segment)
+
+    app = commands.add_parser("apply", help="label an image with a saved model")
+    app.add_argument("model", help="a model saved by `segment --save-model`")
+    app.add_argument("input")
+    app.add_argument("output")
+    _add_run_arguments(app)
+    app.set_defaults(handler=_run_apply)
+
+    info = commands.add_parser("info", help="what an image or a pixseg output holds")
+    info.add_argument("path")
+    info.add_argument("--level", type=int, default=0, help="pyramid level to describe")
+    info.set_defaults(handler=_run_info)
+
+    demo = commands.add_parser("demo", help="build a large demo slide and segment it")
+    demo.add_argument("directory", nargs="?", default="pixseg-demo", help="where to put it (default ./pixseg-demo)")
+    demo.add_argument("--size", type=int, default=16384, help="edge of the demo image in pixels (default 16384)")
+    _add_fit_arguments(demo)
+    _add_run_arguments(demo, with_output_flags=False)
+    demo.set_defaults(handler=_run_demo)
+    return parser
+
+
+def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = FitOptions()
+    parser.add_argument("--clusters", "-k", type=int, default=defaults.clusters, help="K (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--features",
+        default=",".join(defaults.features),
+        help=f"comma-separated features from {', '.join(FEATURE_GROUPS)} (default %(default)s)",
+    )
+    parser.add_argument(
+        "--sample-size", type=int, default=defaults.sample_size, help="pixels sampled for the fit (default %(default)s)"
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bool = True) -> None:
+    parser.add_argument("--level", type=int, default=0, help="input pyramid level (default 0, full resolution)")
+    parser.add_argument("--chunk", type=int, default=None, help="processing chunk edge in pixels (default: ~1024)")
+    if with_output_flags:
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--scheduler", default="threads", help="threads (default), local, or tcp://HOST:PORT")
+    parser.add_argument("--workers", type=int, default=None, help="threads or worker processes (default: cores)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+
+
+def _configure_logging(*, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pixseg: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _read_options(args: argparse.Namespace) -> ReadOptions:
+    return ReadOptions(level=args.level, chunk=args.chunk)
+
+
+def _fit_options(args: argparse.Namespace) -> FitOptions:
+    return FitOptions(
+        clusters=args.clusters,
+        seed=args.seed,
+        features=tuple(name.strip() for name in args.features.split(",")),
+        sample_size=args.sample_size,
+    )
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    with open_scheduler(args.scheduler, workers=args.workers):
+        result = segment(
+            args.input,
+            args.output,
+            read=_read_options(args),
+            fit=_fit_options(args),
+            model_path=args.save_model,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    _print_result(result)
+    return 0
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    with open_scheduler(args.scheduler, workers=args.workers):
+        result = apply(
+            args.model, args.input, args.output, read=_read_options(args), overwrite=args.overwrite, progress=not args.quiet
+        )
+    _print_result(result)
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    for key, value in describe(args.path, level=args.level).items():
+        if key == "model":
+            continue
+        print(f"{key:>15}: {_format_value(key, value)}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import write_demo_tiff
+
+    os.makedirs(args.directory, exist_ok=True)
+    source = os.path.join(args.directory, f"demo-ihc-{args.size}.tif")
+    if not os.path.exists(source):
+        logger.info("writing demo input %s (%dx%d RGB, tiled TIFF from scikit-image's IHC photo)", source, args.size, args.size)
+        write_demo_tiff(source, size=args.size)
+    output = os.path.join(args.directory, "demo-labels.zarr")
+    model = os.path.join(args.directory, "demo-model.json")
+    with open_scheduler(args.scheduler, workers=args.workers):
+        result = segment(
+            source,
+            output,
+            read=_read_options(args),
+            fit=_fit_options(args),
+            model_path=model,
+            overwrite=True,
+            progress=not args.quiet,
+        )
+    _print_result(result)
+    print(f"input: {source}\nmodel: {model}\ninspect with: pixseg info {output}")
+    return 0
+
+
+def _print_result(result: RunResult) -> None:
+    height, width = result.shape
+    rate = height * width / 1e6 / max(result.seconds, 1e-9)
+    print(
+        f"wrote {result.output}: {height}x{width} labels 1..{result.model.n_clusters} "
+        f"in {result.seconds:.1f} s ({rate:.1f} Mpx/s, {result.n_chunks} chunks)"
+    )
+
+
+def _format_value(key: str, value: Any) -> str:
+    if key == "complete":
+        return "complete" if value else "INCOMPLETE (interrupted or still being written)"
+    if isinstance(value, tuple | list) and value and isinstance(value[0], tuple | list):
+        return ", ".join("x".join(str(n) for n in item) for item in value)
+    if isinstance(value, tuple | list):
+        return "x".join(str(n) for n in value) if all(isinstance(n, int) for n in value) else str(value)
+    return str(value)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

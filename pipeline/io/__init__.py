@@ -1,0 +1,1 @@
+"""Everything that touches paths and stores: image readers, label writers, model files."""

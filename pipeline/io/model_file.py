@@ -1,0 +1,74 @@
+"""Model files: JSON with a format name and schema version, never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pipeline.errors import ModelError
+from pipeline.model import SegmentationModel
+
+MODEL_FORMAT = "pixseg-model"
+SCHEMA_VERSION = 1
+
+
+def save_model(model: SegmentationModel, path: str, *, provenance: dict[str, Any]) -> None:
+    """Write ``model`` as JSON (written to a temporary name, then renamed).
+
+    Parameters
+    ----------
+    model : SegmentationModel
+        The fitted model.
+    path : str
+        Destination ``.json`` file.
+    provenance : dict
+        Where the model came from (input path, versions...), stored as-is.
+    """
+    document = {**model_document(model), "provenance": provenance}
+    partial = path + ".partial"
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1)
+        os.replace(partial, path)
+    except OSError as err:
+        raise ModelError(f"cannot write model file {path!r}: {err}") from err
+
+
+def load_model(path: str) -> SegmentationModel:
+    """Read a model written by :func:`save_model`.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, not JSON, not a pixseg model, of a newer schema, or malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError as err:
+        raise ModelError(f"model file {path!r} does not exist") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"model file {path!r} is not readable JSON: {err}") from err
+    return model_from_document(document, path)
+
+
+def model_from_document(document: Any, source: str) -> SegmentationModel:
+    """Validate a model document (from a file or an output's metadata) and build the model."""
+    if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{source!r} is not a pixseg model (no \"format\": {MODEL_FORMAT!r})")
+    version = document.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ModelError(
+            f"model {source!r} has schema_version {version!r}; this pixseg reads versions 1..{SCHEMA_VERSION} "
+            "(upgrade pixseg to read newer models)"
+        )
+    try:
+        return SegmentationModel.from_dict(document)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelError(f"model {source!r} is malformed: {err!r}") from err
+
+
+def model_document(model: SegmentationModel) -> dict[str, Any]:
+    """The JSON document of ``model`` (as saved, without provenance)."""
+    return {"format": MODEL_FORMAT, "schema_version": SCHEMA_VERSION, **model.to_dict()}

@@ -1,0 +1,499 @@
+"""Open images lazily as chunked dask arrays with canonical axes (Y, X, C).
+
+Every reader returns an :class:`Image`: nothing is decoded until a chunk is computed.
+TIFF tiles and zarr chunks are read through a small picklable region reader, so the
+same graph runs on threads and on distributed worker processes, and a decode failure
+surfaces as :class:`~pipeline.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from pipeline.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ome.tiff")
+PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: PNG/JPEG files are decoded whole; above this many pixels the user is told to tile them.
+MAX_PLAIN_PIXELS = 64 * 2**20
+#: Target edge of a processing chunk, in pixels (about 1 Mpx per chunk).
+DEFAULT_CHUNK = 1024
+_CHANNEL_AXES = ("C", "S")
+
+
+@dataclass(frozen=True)
+class Image:
+    """A lazily opened image.
+
+    Attributes
+    ----------
+    path : str
+        Where the image was read from.
+    kind : str
+        ``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"`` or ``"jpeg"``.
+    data : dask.array.Array
+        Shape (Y, X, C), the file's dtype, chunked for processing; C in one chunk.
+    native_chunks : tuple of int
+        The (Y, X) size of the file's own tiles, strips or chunks.
+    level : int
+        The pyramid level ``data`` holds (0 = full resolution).
+    level_shapes : tuple of tuple of int
+        (Y, X) of every pyramid level in the file, level 0 first.
+    has_alpha : bool
+        Whether the last channel is an alpha channel (alpha == 0 means masked).
+    """
+
+    path: str
+    kind: str
+    data: da.Array
+    native_chunks: tuple[int, int]
+    level: int
+    level_shapes: tuple[tuple[int, int], ...]
+    has_alpha: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(Y, X, C) of the selected level."""
+        return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The pixel dtype as stored."""
+        return np.dtype(self.data.dtype)
+
+
+def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | None = None) -> Image:
+    """Open an image lazily.
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF / BigTIFF / OME-TIFF / SVS file, a zarr array or OME-Zarr group, or a PNG/JPEG file.
+    level : int, optional
+        Pyramid level to read (0 = full resolution).
+    chunk : int, optional
+        Edge of the square processing chunks. By default chunks of about
+        ``DEFAULT_CHUNK`` pixels a side, made of whole file tiles.
+
+    Returns
+    -------
+    Image
+        Axes (Y, X, C); computes nothing.
+
+    Raises
+    ------
+    InputError
+        If the path is missing, not an image pixseg reads, corrupt, or of unsupported
+        dtype or dimensionality, or if ``level`` does not exist.
+    """
+    path_str = os.fspath(path)
+    if level < 0:
+        raise InputError(f"--level must be >= 0, got {level!r}")
+    if chunk is not None and chunk < 16:
+        raise InputError(f"--chunk must be at least 16 pixels, got {chunk!r}")
+    if not os.path.exists(path_str):
+        raise InputError(f"input {path_str!r} does not exist")
+    kind = _detect_kind(path_str)
+    if kind == "tiff":
+        source = _tiff_source(path_str, level)
+    elif kind == "zarr":
+        source = _zarr_source(path_str, level)
+    else:
+        source = _plain_source(path_str, level)
+    dtype = np.dtype(source.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
+        raise InputError(f"input {path_str!r} has dtype {dtype.name!r}; expected an integer or float image")
+    height, width, channels = source.shape
+    if height < 1 or width < 1 or channels < 1:
+        raise InputError(f"input {path_str!r} has an empty shape {source.shape!r}")
+    chunks = _processing_chunks(source.native_chunks, (height, width), chunk)
+    data = da.from_array(
+        source,
+        chunks=(chunks[0], chunks[1], channels),
+        asarray=False,
+        lock=False,
+        fancy=False,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+        name=f"read-{_token(path_str, os.stat(path_str).st_mtime_ns, level, chunks)}",
+    )
+    return Image(
+        path=path_str,
+        kind=source.kind,
+        data=data,
+        native_chunks=source.native_chunks,
+        level=level,
+        level_shapes=source.level_shapes,
+        has_alpha=source.has_alpha,
+    )
+
+
+def _detect_kind(path: str) -> str:
+    lower = path.lower().rstrip("/")
+    if os.path.isdir(path):
+        markers = ("zarr.json", ".zarray", ".zgroup")
+        if lower.endswith(".zarr") or any(os.path.exists(os.path.join(path, m)) for m in markers):
+            return "zarr"
+        raise InputError(f"input {path!r} is a directory but not a zarr store")
+    if lower.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if lower.endswith(PLAIN_SUFFIXES):
+        return "plain"
+    raise InputError(
+        f"input {path!r} has an unknown suffix; expected a TIFF ({', '.join(TIFF_SUFFIXES[:4])}...), "
+        f"a .zarr store or {'/'.join(PLAIN_SUFFIXES)}"
+    )
+
+
+def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: int | None) -> tuple[int, int]:
+    """Processing chunk (Y, X): ``chunk`` if given, else whole file tiles grouped to about 1 Mpx.
+
+    A striped layout (a native chunk spanning the full width) is read in full-width bands,
+    so each strip is decoded once.
+    """
+    if chunk is not None:
+        return min(chunk, shape[0]), min(chunk, shape[1])
+    native_y, native_x = native
+    if native_x >= shape[1] and shape[1] > DEFAULT_CHUNK:
+        rows = max(native_y, (DEFAULT_CHUNK * DEFAULT_CHUNK // shape[1]) // native_y * native_y)
+        return min(rows, shape[0]), shape[1]
+    return (
+        min(max(1, round(DEFAULT_CHUNK / native_y)) * native_y, shape[0]),
+        min(max(1, round(DEFAULT_CHUNK / native_x)) * native_x, shape[1]),
+    )
+
+
+def _token(*parts: object) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*parts)
+
+
+class _RegionReader:
+    """Picklable array-like yielding (Y, X, C) regions of a native array opened on first use.
+
+    Parameters
+    ----------
+    open_native : callable
+        Module-level function (picklable) returning an object with ``__getitem__`` over the
+        native axes, e.g. a zarr array.
+    native_axes : str
+        One letter a native axis: Y, X, a channel axis (C or S), or any other letter for an
+        axis of length 1 that is dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        kind: str,
+        open_native: Callable[[], Any],
+        native_axes: str,
+        native_shape: tuple[int, ...],
+        dtype: np.dtype,
+        native_chunks: tuple[int, int],
+        level_shapes: tuple[tuple[int, int], ...],
+        has_alpha: bool,
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self._open_native = open_native
+        self._axes = native_axes
+        self.dtype = np.dtype(dtype)
+        self.native_chunks = native_chunks
+        self.level_shapes = level_shapes
+        self.has_alpha = has_alpha
+        sizes = dict(zip(native_axes, native_shape, strict=True))
+        self.shape = (sizes["Y"], sizes["X"], sizes.get("C", 1))
+        self.ndim = 3
+        self._native: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_native"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _array(self) -> Any:
+        with self._lock:
+            if self._native is None:
+                self._native = self._open_native()
+            return self._native
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        ys, xs, cs = key
+        native_key: list[slice | int] = []
+        kept = ""
+        for axis in self._axes:
+            if axis == "Y":
+                native_key.append(ys)
+            elif axis == "X":
+                native_key.append(xs)
+            elif axis == "C":
+                native_key.append(cs)
+            else:
+                native_key.append(0)
+                continue
+            kept += axis
+        try:
+            region = np.asarray(self._array()[tuple(native_key)])
+        except Exception as err:  # any decoder failure is a corrupt input, not a bug
+            raise InputError(f"cannot decode input {self.path!r} at rows {ys}, columns {xs}: {err}") from err
+        if "C" not in kept:
+            region = region[..., np.newaxis]
+            kept += "C"
+        return region.transpose([kept.index(a) for a in "YXC"])
+
+
+def _canonical_axes(axes: str, shape: tuple[int, ...], path: str) -> str:
+    """Rename a file's axes to Y, X, C (+ others of length 1), or raise for real stacks."""
+    out = ""
+    for axis, size in zip(axes.upper(), shape, strict=True):
+        if axis in ("Y", "X"):
+            out += axis
+        elif axis in _CHANNEL_AXES and "C" not in out:
+            out += "C"
+        elif size == 1:
+            out += "_"
+        else:
+            raise InputError(
+                f"input {path!r} has axes {axes!r} with shape {tuple(shape)!r}: {axis!r} of length {size} "
+                "is not supported; pixseg segments one 2-D plane with channels (Y, X, C)"
+            )
+    if "Y" not in out or "X" not in out:
+        raise InputError(f"input {path!r} has axes {axes!r}; expected Y and X axes")
+    return out
+
+
+# --- TIFF -------------------------------------------------------------------------------
+
+
+def _open_tiff_level(path: str, level: int) -> Any:
+    import tifffile
+    import zarr
+
+    store = tifffile.imread(path, aszarr=True, series=0, level=level)
+    return zarr.open_array(store, mode="r")
+
+
+def _tiff_source(path: str, level: int) -> _RegionReader:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"input {path!r} holds no image series")
+            series = tif.series[0]
+            levels = series.levels
+            if level >= len(levels):
+                raise InputError(f"--level {level} does not exist in {path!r}: it has {len(levels)} level(s)")
+            chosen = levels[level]
+            axes = _canonical_axes(chosen.axes, chosen.shape, path)
+            page = chosen.keyframe
+            if page.is_tiled:
+                native = (int(page.tilelength), int(page.tilewidth))
+            else:
+                native = (max(1, min(int(page.rowsperstrip or page.imagelength), page.imagelength)), page.imagewidth)
+            level_shapes = tuple(_yx(lvl.axes, lvl.shape) for lvl in levels)
+            dtype = np.dtype(chosen.dtype)
+            has_alpha = _tiff_has_alpha(page, axes, chosen.shape)
+            shape = tuple(int(n) for n in chosen.shape)
+    except InputError:
+        raise
+    except Exception as err:  # tifffile raises many types for corrupt files
+        raise InputError(f"cannot read TIFF {path!r}: {err}") from err
+    return _RegionReader(
+        path=path,
+        kind="tiff",
+        open_native=functools.partial(_open_tiff_level, path, level),
+        native_axes=axes,
+        native_shape=shape,
+        dtype=dtype,
+        native_chunks=native,
+        level_shapes=level_shapes,
+        has_alpha=has_alpha,
+    )
+
+
+def _tiff_has_alpha(page: Any, axes: str, shape: tuple[int, ...]) -> bool:
+    channels = dict(zip(axes, shape, strict=True)).get("C", 1)
+    extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
+    # ExtraSamples 1 (associated) and 2 (unassociated) are alpha; RGBA is 4 channels
+    return channels in (2, 4) and any(int(v) in (1, 2) for v in extrasamples)
+
+
+def _yx(axes: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    sizes = dict(zip(axes.upper(), shape, strict=True))
+    return int(sizes["Y"]), int(sizes["X"])
+
+
+# --- zarr / OME-Zarr --------------------------------------------------------------------
+
+
+def _open_zarr_array(path: str, array_path: str) -> Any:
+    import zarr
+
+    return zarr.open_array(os.path.join(path, array_path) if array_path else path, mode="r")
+
+
+def _zarr_source(path: str, level: int) -> _RegionReader:
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as err:
+        raise InputError(f"cannot open zarr store {path!r}: {err}") from err
+    kind = "zarr"
+    if isinstance(node, zarr.Array):
+        dataset_paths = [""]
+        axes = _zarr_array_axes(node, path)
+    else:
+        attrs = node.attrs.asdict()
+        multiscales = attrs.get("ome", attrs).get("multiscales")
+        if multiscales:
+            kind = "ome-zarr"
+            dataset_paths, axes = _ome_datasets(multiscales, path)
+        else:
+            arrays = sorted(name for name, _ in node.arrays())
+            if len(arrays) != 1:
+                found = f"arrays {arrays!r}" if arrays else "no arrays"
+                raise InputError(
+                    f"zarr group {path!r} has no OME-Zarr 'multiscales' metadata and {found}; "
+                    "point at one array (e.g. PATH/NAME) instead"
+                )
+            dataset_paths = arrays
+            axes = ""
+    if level >= len(dataset_paths):
+        raise InputError(f"--level {level} does not exist in {path!r}: it has {len(dataset_paths)} level(s)")
+    try:
+        arrays = [_open_zarr_array(path, p) for p in dataset_paths]
+    except Exception as err:
+        raise InputError(f"cannot open the arrays of zarr store {path!r}: {err}") from err
+    chosen = arrays[level]
+    if not axes:
+        axes = _zarr_array_axes(chosen, path)
+    if len(axes) != chosen.ndim:
+        raise InputError(f"zarr {path!r}: metadata names {len(axes)} axes but the array has {chosen.ndim} dimensions")
+    canonical = _canonical_axes(axes, chosen.shape, path)
+    chunk_of = dict(zip(canonical, chosen.chunks, strict=True))
+    return _RegionReader(
+        path=path,
+        kind=kind,
+        open_native=functools.partial(_open_zarr_array, path, dataset_paths[level]),
+        native_axes=canonical,
+        native_shape=tuple(int(n) for n in chosen.shape),
+        dtype=np.dtype(chosen.dtype),
+        native_chunks=(int(chunk_of["Y"]), int(chunk_of["X"])),
+        level_shapes=tuple(_yx(canonical, a.shape) for a in arrays),
+        has_alpha=False,
+    )
+
+
+def _ome_datasets(multiscales: Any, path: str) -> tuple[list[str], str]:
+    try:
+        first = multiscales[0]
+        dataset_paths = [str(d["path"]) for d in first["datasets"]]
+        axes_meta = first.get("axes")
+        axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes_meta) if axes_meta else ""
+    except (KeyError, IndexError, TypeError) as err:
+        raise InputError(f"OME-Zarr {path!r} has malformed 'multiscales' metadata: {err!r}") from err
+    if not dataset_paths:
+        raise InputError(f"OME-Zarr {path!r} lists no datasets in its 'multiscales' metadata")
+    return dataset_paths, axes
+
+
+def _zarr_array_axes(array: Any, path: str) -> str:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(names):
+        return "".join(str(n)[0].upper() for n in names)
+    if array.ndim == 2:
+        return "YX"
+    if array.ndim == 3:
+        return "YXC" if array.shape[2] <= 4 or array.shape[0] > 4 else "CYX"
+    raise InputError(
+        f"zarr array {path!r} has {array.ndim} dimensions and no dimension_names; "
+        "expected (Y, X) or (Y, X, C)"
+    )
+
+
+# --- PNG / JPEG --------------------------------------------------------------------------
+
+
+class _DecodedPlain:
+    """A small PNG/JPEG decoded on first use (once per process)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return _decode_plain(self.path)[key]
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_plain(path: str) -> np.ndarray:
+    import imagecodecs
+
+    pixels = np.asarray(imagecodecs.imread(path))
+    return pixels if pixels.ndim == 3 else pixels[..., np.newaxis]
+
+
+def _plain_source(path: str, level: int) -> _RegionReader:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as pil:
+            width, height = pil.size
+            mode = pil.mode
+            fmt = (pil.format or Path(path).suffix.lstrip(".")).lower()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(f"cannot read image {path!r}: {err}") from err
+    if level != 0:
+        raise InputError(f"--level {level} does not exist in {path!r}: PNG/JPEG files have 1 level")
+    if width * height > MAX_PLAIN_PIXELS:
+        raise InputError(
+            f"image {path!r} is {width}x{height} pixels, too large to decode whole "
+            f"(limit {MAX_PLAIN_PIXELS // 2**20} Mpx); convert it to a tiled TIFF or zarr first"
+        )
+    try:
+        sample = _decode_plain(path)
+    except Exception as err:
+        raise InputError(f"cannot decode image {path!r}: {err}") from err
+    if sample.shape[:2] != (height, width):
+        raise InputError(f"image {path!r} decodes to {sample.shape!r}, not the declared {height}x{width}")
+    has_alpha = sample.shape[2] in (2, 4) and mode != "CMYK"
+    return _RegionReader(
+        path=path,
+        kind="jpeg" if fmt in ("jpeg", "jpg", "mpo") else "png",
+        open_native=functools.partial(_DecodedPlain, path),
+        native_axes="YXC",
+        native_shape=sample.shape,
+        dtype=sample.dtype,
+        native_chunks=(min(DEFAULT_CHUNK, height), min(DEFAULT_CHUNK, width)),
+        level_shapes=((height, width),),
+        has_alpha=has_alpha,
+    )
+
+
+def describe_chunks(image: Image) -> str:
+    """One line describing the native and processing chunking of ``image``."""
+    py, px = image.data.chunksize[:2]
+    n_chunks = math.prod(image.data.numblocks[:2])
+    return f"native tiles {image.native_chunks[0]}x{image.native_chunks[1]}, processing chunks {py}x{px} ({n_chunks})"
