@@ -41,7 +41,8 @@ def write_demo_tiff(path: str, *, size: int) -> None:
                 dtype=np.uint8,
                 tile=(DEMO_TILE, DEMO_TILE),
                 photometric="rgb",
-                compression=("jpeg", 90),
+                compression="jpeg",
+                compressionargs={"level": 90},
                 metadata=None,
             )
         os.replace(partial, path)

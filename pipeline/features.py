@@ -19,6 +19,11 @@ from pipeline.errors import ParameterError
 FEATURE_GROUPS = ("channels", "grey", "lab")
 #: Luminance weights of skimage.color.rgb2gray (ITU-R BT.709).
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
+#: sRGB (linear) to CIE XYZ, and the D65 white point, as in skimage.color.
+_RGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 
 
 @dataclass(frozen=True)
@@ -190,14 +195,27 @@ def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray, spec: FeatureSpec) ->
 
 def _grey(scaled: np.ndarray) -> np.ndarray:
     if scaled.shape[-1] == 3:
-        return scaled @ _GREY_WEIGHTS
+        return _mix(scaled, _GREY_WEIGHTS[np.newaxis])[..., 0]
     return scaled.mean(axis=-1, dtype=np.float32)
 
 
-def _lab(scaled: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2lab
+def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``pixels @ matrix.T`` as explicit sums: BLAS results vary with array size and alignment,
+    which would make a pixel's features depend on the chunk it falls in."""
+    return np.stack(
+        [sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1
+    )
 
-    return rgb2lab(np.clip(scaled, 0.0, 1.0)).astype(np.float32)
+
+def _lab(scaled: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65, 2 degree observer) of sRGB values in [0, 1], as ``skimage.color.rgb2lab``."""
+    rgb = np.clip(scaled, 0.0, 1.0).astype(np.float64)
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = _mix(linear, _RGB_TO_XYZ) / _D65_WHITE
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    lightness = np.where(xyz[..., 1] > 0.008856, 116.0 * f[..., 1] - 16.0, 903.3 * xyz[..., 1])
+    lab = np.stack([lightness, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+    return lab.astype(np.float32)
 
 
 def build_features(image: da.Array, spec: FeatureSpec) -> da.Array:

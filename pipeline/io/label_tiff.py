@@ -17,6 +17,9 @@ import tifffile
 from pipeline.errors import OutputError
 
 TIFF_TILE = 512
+#: First line of the ImageDescription of a pixseg label TIFF; JSON metadata follows.
+#: (A description starting with "{" would be taken by tifffile for its own shaped format.)
+DESCRIPTION_HEADER = "pixseg-labels\n"
 
 
 def write_label_tiff(path: str, labels: Any, *, metadata: dict[str, Any], tile: int = TIFF_TILE) -> None:
@@ -30,13 +33,13 @@ def write_label_tiff(path: str, labels: Any, *, metadata: dict[str, Any], tile: 
         Shape (Y, X), uint8 or uint16, sliceable (a zarr array): read one band of ``tile`` rows
         at a time, so memory stays at a band.
     metadata : dict
-        pixseg's metadata, stored as JSON in the ImageDescription tag under ``"pixseg"``.
+        pixseg's metadata, stored as JSON in the ImageDescription tag after ``DESCRIPTION_HEADER``.
     tile : int
         Tile edge, a multiple of 16.
     """
     height, width = labels.shape
     partial = path + ".partial"
-    description = json.dumps({"pixseg": {**metadata, "complete": True}})
+    description = DESCRIPTION_HEADER + json.dumps({**metadata, "complete": True})
     try:
         with tifffile.TiffWriter(partial, bigtiff=True) as writer:
             writer.write(
@@ -68,9 +71,9 @@ def read_label_tiff_status(path: str) -> dict[str, Any] | None:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             description = page.description
-            meta = json.loads(description).get("pixseg") if description.startswith("{") else None
-            if not isinstance(meta, dict):
+            if not description.startswith(DESCRIPTION_HEADER):
                 return None
+            meta = json.loads(description[len(DESCRIPTION_HEADER) :])
             return {
                 **meta,
                 "shape": tuple(page.shape),

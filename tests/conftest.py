@@ -1,0 +1,56 @@
+"""Shared fixtures: small synthetic images and a guard that fails on unwanted dask computes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+
+#: Well-separated colours of the synthetic "blob" image (uint8 RGB).
+BLOB_COLOURS = np.array([[30, 30, 120], [200, 60, 60], [60, 190, 70], [235, 235, 230]], dtype=np.uint8)
+
+
+def make_blob_image(height: int, width: int, *, seed: int = 0, noise: float = 6.0) -> np.ndarray:
+    """An RGB uint8 image of four well-separated colour regions plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    region = ((yy * 4 // height) + (xx * 3 // width) + ((yy + xx) % 7 == 0)) % 4
+    pixels = BLOB_COLOURS[region].astype(np.float64) + rng.normal(0.0, noise, (height, width, 3))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def blob_image() -> np.ndarray:
+    """A 150 x 230 RGB uint8 image with four colour populations."""
+    return make_blob_image(150, 230)
+
+
+@pytest.fixture
+def blob_tiff(tmp_path, blob_image) -> str:
+    """``blob_image`` as a tiled TIFF with 64 x 64 tiles."""
+    path = str(tmp_path / "blobs.tif")
+    tifffile.imwrite(path, blob_image, tile=(64, 64), photometric="rgb", compression="zlib")
+    return path
+
+
+@pytest.fixture
+def ihc_image() -> np.ndarray:
+    """scikit-image's real immunohistochemistry photo (512 x 512 RGB uint8)."""
+    from skimage.data import immunohistochemistry
+
+    return immunohistochemistry()
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes() -> Iterator[None]:
+    """Fail if anything is computed by dask inside the block (xarray's idea)."""
+
+    def scheduler(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("dask computed something where the pipeline should stay lazy")
+
+    with dask.config.set(scheduler=scheduler):
+        yield

@@ -1,0 +1,87 @@
+"""Per-chunk features against scikit-image, masking, and the lazy builder."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage.color import rgb2gray, rgb2lab
+
+from pipeline.errors import ParameterError
+from pipeline.features import build_features, compute_features, dtype_range, make_feature_spec
+
+
+def _spec(groups, image, *, has_alpha=False):
+    return make_feature_spec(groups, n_channels=image.shape[2], has_alpha=has_alpha, dtype=image.dtype)
+
+
+def test_channels_scaled_by_dtype_range(ihc_image):
+    features = compute_features(ihc_image, _spec("channels", ihc_image))
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(features, ihc_image / 255.0, rtol=1e-6)
+
+
+def test_uint16_and_float_ranges():
+    assert dtype_range(np.dtype(np.uint16)) == (0.0, 65535.0)
+    assert dtype_range(np.dtype(np.int16)) == (-32768.0, 32767.0)
+    assert dtype_range(np.dtype(np.float32)) == (0.0, 1.0)
+    image = np.array([[[0], [65535]]], dtype=np.uint16)
+    np.testing.assert_allclose(compute_features(image, _spec("channels", image))[..., 0], [[0.0, 1.0]])
+
+
+def test_grey_and_lab_equal_scikit_image(ihc_image):
+    features = compute_features(ihc_image, _spec("channels,grey,lab", ihc_image))
+    assert features.shape == (512, 512, 7)
+    np.testing.assert_allclose(features[..., 3], rgb2gray(ihc_image), atol=1e-5)
+    np.testing.assert_allclose(features[..., 4:], rgb2lab(ihc_image), atol=1e-3)
+
+
+def test_columns_name_each_feature(ihc_image):
+    assert _spec("grey,channels,lab", ihc_image).columns == ("grey", "ch0", "ch1", "ch2", "L", "a", "b")
+
+
+def test_alpha_zero_and_nan_are_invalid_in_every_column():
+    rgba = np.full((2, 3, 4), 100, dtype=np.uint8)
+    rgba[0, 1, 3] = 0
+    features = compute_features(rgba, _spec("channels,grey", rgba, has_alpha=True))
+    assert features.shape == (2, 3, 4)
+    assert np.isnan(features[0, 1]).all()
+    assert np.isfinite(np.delete(features.reshape(6, 4), 1, axis=0)).all()
+
+    floats = np.full((2, 2, 3), 0.5, dtype=np.float32)
+    floats[1, 0, 2] = np.nan
+    floats[0, 0, 0] = np.inf
+    features = compute_features(floats, _spec("channels,lab", floats))
+    assert np.isnan(features[1, 0]).all() and np.isnan(features[0, 0]).all()
+    assert np.isfinite(features[[0, 1], [1, 1]]).all()
+
+
+def test_features_do_not_modify_input():
+    floats = np.full((2, 2, 3), 0.5, dtype=np.float32)
+    floats[1, 0, 2] = np.nan
+    before = floats.copy()
+    compute_features(floats, _spec("channels", floats))
+    np.testing.assert_array_equal(floats, before)
+
+
+def test_bad_feature_names_are_parameter_errors(ihc_image):
+    with pytest.raises(ParameterError, match="unknown feature \\['texture'\\]"):
+        _spec("channels,texture", ihc_image)
+    with pytest.raises(ParameterError, match="repeated"):
+        _spec("grey,grey", ihc_image)
+    grey = ihc_image[..., :1]
+    with pytest.raises(ParameterError, match="lab needs an RGB image; this one has 1"):
+        _spec("lab", grey)
+
+
+def test_build_features_matches_whole_image_on_uneven_chunks(ihc_image):
+    image = ihc_image[:100, :140]
+    spec = _spec("channels,grey,lab", image)
+    lazy = build_features(da.from_array(image, chunks=(50, 70, 3)), spec)
+    assert lazy.chunks[:2] == ((50, 50), (70, 70)) and lazy.dtype == np.float32
+    np.testing.assert_array_equal(lazy.compute(), compute_features(image, spec))
+
+
+def test_spec_round_trips_through_dict(ihc_image):
+    spec = _spec("lab,channels", ihc_image)
+    assert type(spec).from_dict(spec.to_dict()) == spec
