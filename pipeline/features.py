@@ -63,11 +63,6 @@ class FeatureSpec:
                 names += ["L", "a", "b"]
         return tuple(names)
 
-    @property
-    def can_mask(self) -> bool:
-        """Whether pixels of such an input can be invalid (alpha channel or float values)."""
-        return self.has_alpha or np.issubdtype(np.dtype(self.dtype), np.floating)
-
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
         return {

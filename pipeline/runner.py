@@ -29,7 +29,7 @@ from pipeline.io.model_file import load_model, model_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
 from pipeline.model import SegmentationModel, fit_model
 from pipeline.predict import build_labels
-from pipeline.sampling import allocate_sample, build_sample, count_valid, full_counts
+from pipeline.sampling import build_candidates, candidate_threshold, take_sample
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def segment(
     started = time.perf_counter()
     if fit.sample_size < 1:
         raise ParameterError(f"--sample-size must be >= 1, got {fit.sample_size!r}")
+    if not 0 <= fit.seed < 2**63:
+        raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
     image = open_image(input_path, level=read.level, chunk=read.chunk)
     plan = _plan_output(output_path, input_path, overwrite=overwrite)
     if model_path is not None:
@@ -121,7 +123,7 @@ def segment(
     )
     features = build_features(image.data, spec)
     logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
-    sample = _draw_sample(features, spec, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
+    sample = _draw_sample(features, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
     logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
     model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
     logger.info("fitted in %d iterations; centroids (%s):\n%s", model.n_iter, ", ".join(spec.columns), model.centroids)
@@ -201,19 +203,20 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
 # --- steps ---------------------------------------------------------------------------------
 
 
-def _draw_sample(features: Any, spec: FeatureSpec, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
-    if spec.can_mask:
-        logger.info("counting valid pixels")
-        counts = np.asarray(_compute(count_valid(features), progress=progress))
-    else:
-        counts = full_counts(features)
-    if counts.sum() == 0:
-        raise InputError("the input has no valid pixels (all masked, transparent or NaN)")
-    allocation = allocate_sample(counts, sample_size)
-    logger.info(
-        "sampling %d of %d valid pixels from %d chunks", allocation.sum(), counts.sum(), np.count_nonzero(allocation)
-    )
-    return np.asarray(_compute(build_sample(features, allocation, seed), progress=progress))
+def _draw_sample(features: Any, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
+    """One pass over the image when nothing is masked; a second, with a threshold from the
+    first pass's count of valid pixels, when masking left too few candidates."""
+    n_pixels = int(features.shape[0]) * int(features.shape[1])
+    threshold = candidate_threshold(sample_size, n_pixels)
+    while True:
+        logger.info("sampling %d pixels (candidate rate %.3g)", sample_size, threshold)
+        candidates = _compute(build_candidates(features, threshold=threshold, seed=seed), progress=progress)
+        if candidates.n_valid == 0:
+            raise InputError("the input has no valid pixels (all masked, transparent or NaN)")
+        enough = len(candidates.keys) >= min(sample_size, candidates.n_valid)
+        if enough or threshold >= 1.0:
+            return take_sample(candidates, sample_size)
+        threshold = max(2 * threshold, candidate_threshold(sample_size, candidates.n_valid))
 
 
 def _write_labels(image: Image, features: Any, model: SegmentationModel, plan: _OutputPlan, *, progress: bool) -> None:

@@ -1,136 +1,178 @@
-"""Deterministic, chunk-stratified sampling of feature vectors.
+"""Deterministic sampling of feature vectors, spread over the whole image.
 
-Each chunk contributes in proportion to its valid (non-NaN) pixels. Which pixels a chunk
-gives depends only on the seed and the chunk's (row, column) position in the chunk grid,
-never on task order, so the sample is the same on every scheduler and worker count.
+Every pixel gets a pseudo-random key from a counter-based hash (splitmix64) of the seed and
+its global position ``row * width + column``. The sample is the ``n`` valid pixels with the
+smallest keys: a uniform sample without replacement, so each chunk contributes in proportion
+to its valid pixels, and which pixels are drawn depends only on the seed and the pixels'
+positions: never on the chunking, the file's tiling, task order, the scheduler or the
+number of workers.
+
+Each chunk returns only pixels whose key is below a threshold chosen to yield a little more
+than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the image.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import dask
-import dask.array as da
+import numba
 import numpy as np
+from dask.delayed import Delayed
+
+#: Keys are 53-bit integers scaled to [0, 1).
+_KEY_SCALE = 2.0**-53
 
 
-def count_valid(features: da.Array) -> da.Array:
-    """Lazily count the valid pixels of every chunk.
+@dataclass(frozen=True)
+class Candidates:
+    """Pixels whose key fell below the threshold, and the image's count of valid pixels.
 
-    Parameters
+    Attributes
     ----------
-    features : dask.array.Array
-        Shape (Y, X, F), float32, NaN marking invalid pixels; F in one chunk.
-
-    Returns
-    -------
-    dask.array.Array
-        Shape (number of chunk rows, number of chunk columns), int64; computes nothing.
+    keys : numpy.ndarray
+        Shape (n,), float64 in [0, 1).
+    positions : numpy.ndarray
+        Shape (n,), int64: ``row * width + column`` of each pixel.
+    vectors : numpy.ndarray
+        Shape (n, F), float32 feature vectors.
+    n_valid : int
+        Valid pixels in the whole image.
     """
-    return features.map_blocks(
-        _count_valid_chunk,
-        drop_axis=2,
-        chunks=tuple((1,) * n for n in features.numblocks[:2]),
-        dtype=np.int64,
-        meta=np.empty((0, 0), dtype=np.int64),
-    )
+
+    keys: np.ndarray
+    positions: np.ndarray
+    vectors: np.ndarray
+    n_valid: int
 
 
-def _count_valid_chunk(chunk: np.ndarray) -> np.ndarray:
-    return np.array([[np.count_nonzero(~np.isnan(chunk[..., 0]))]], dtype=np.int64)
+@numba.njit(nogil=True, cache=True)
+def _pick(first_feature: np.ndarray, top: int, left: int, width: int, seed: int, threshold: float):  # pragma: no cover
+    height, chunk_width = first_feature.shape
+    picked = np.empty(height * chunk_width, dtype=np.int64)
+    keys = np.empty(height * chunk_width, dtype=np.float64)
+    seed_mix = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    n_picked = 0
+    n_valid = 0
+    for r in range(height):
+        for c in range(chunk_width):
+            if np.isnan(first_feature[r, c]):
+                continue
+            n_valid += 1
+            z = np.uint64((top + r) * width + left + c) + seed_mix
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            key = float(z >> np.uint64(11)) * _KEY_SCALE
+            if key < threshold:
+                picked[n_picked] = r * chunk_width + c
+                keys[n_picked] = key
+                n_picked += 1
+    return picked[:n_picked], keys[:n_picked], n_valid
 
 
-def full_counts(features: da.Array) -> np.ndarray:
-    """Per-chunk pixel counts when every pixel is valid: (chunk rows, chunk columns), int64."""
-    rows = np.array(features.chunks[0], dtype=np.int64)
-    cols = np.array(features.chunks[1], dtype=np.int64)
-    return np.outer(rows, cols)
-
-
-def allocate_sample(valid_counts: np.ndarray, sample_size: int) -> np.ndarray:
-    """Split ``sample_size`` over chunks in proportion to their valid pixels.
-
-    Largest-remainder rounding, ties broken by chunk position, so the total is exactly
-    ``min(sample_size, valid_counts.sum())`` and no chunk gives more than it holds.
-
-    Parameters
-    ----------
-    valid_counts : numpy.ndarray
-        Valid pixels per chunk, any shape, non-negative integers.
-    sample_size : int
-        Wanted number of vectors, >= 1.
+def pixel_keys(rows: np.ndarray, cols: np.ndarray, *, width: int, seed: int) -> np.ndarray:
+    """The sampling key of pixels (``rows``, ``cols``) of an image ``width`` pixels wide (numpy reference).
 
     Returns
     -------
     numpy.ndarray
-        Vectors to draw from each chunk, same shape as ``valid_counts``, int64.
+        float64 in [0, 1), same shape as ``rows``.
     """
-    counts = np.asarray(valid_counts, dtype=np.int64)
-    total = int(counts.sum())
-    if total <= sample_size:
-        return counts.copy()
-    exact = counts.ravel() * (sample_size / total)
-    allocated = np.floor(exact).astype(np.int64)
-    remainder = exact - allocated
-    missing = sample_size - int(allocated.sum())
-    # stable sort: equal remainders go to the earlier chunk
-    order = np.argsort(-remainder, kind="stable")
-    allocated[order[:missing]] += 1
-    return np.minimum(allocated, counts.ravel()).reshape(counts.shape)
+    with np.errstate(over="ignore"):
+        z = (np.asarray(rows, np.uint64) * np.uint64(width) + np.asarray(cols, np.uint64)) + (
+            np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        )
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * _KEY_SCALE
 
 
-def sample_chunk(chunk: np.ndarray, n: int, seed: int, position: tuple[int, int]) -> np.ndarray:
-    """Draw ``n`` valid feature vectors from one chunk without replacement.
+def candidate_threshold(sample_size: int, n_pixels: int) -> float:
+    """Key threshold expected to yield ``sample_size`` plus six standard deviations of candidates."""
+    if n_pixels <= 0:
+        return 1.0
+    return min(1.0, (sample_size + 6.0 * math.sqrt(sample_size) + 16.0) / n_pixels)
+
+
+def chunk_candidates(
+    chunk: np.ndarray, *, origin: tuple[int, int], width: int, seed: int, threshold: float
+) -> Candidates:
+    """Candidates of one chunk.
 
     Parameters
     ----------
     chunk : numpy.ndarray
         Shape (h, w, F), float32, NaN marking invalid pixels.
-    n : int
-        How many vectors; at most the chunk's valid pixel count.
+    origin : tuple of int
+        (row, column) of the chunk's first pixel in the image.
+    width : int
+        Width of the whole image.
     seed : int
-        The run's seed.
-    position : tuple of int
-        (row, column) of the chunk in the chunk grid.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape (n, F), float32, rows in raster order of the drawn pixels.
+        The run's seed (>= 0).
+    threshold : float
+        Keep pixels whose key is below it.
     """
-    flat = chunk.reshape(-1, chunk.shape[-1])
-    valid = np.flatnonzero(~np.isnan(flat[:, 0]))
-    if n >= valid.size:
-        return flat[valid]
-    rng = np.random.default_rng([seed, position[0], position[1]])
-    picked = np.sort(rng.choice(valid.size, size=n, replace=False))
-    return flat[valid[picked]]
+    first = np.ascontiguousarray(chunk[..., 0])
+    picked, keys, n_valid = _pick(first, origin[0], origin[1], width, seed, threshold)
+    rows, cols = np.divmod(picked, chunk.shape[1])
+    return Candidates(
+        keys=keys,
+        positions=(rows + origin[0]) * width + cols + origin[1],
+        vectors=chunk[rows, cols],
+        n_valid=int(n_valid),
+    )
 
 
-def build_sample(features: da.Array, allocation: np.ndarray, seed: int) -> da.Array:
-    """Lazily gather the sample described by ``allocation``.
+def merge_candidates(parts: list[Candidates]) -> Candidates:
+    """Concatenate per-chunk candidates (order does not matter to :func:`take_sample`)."""
+    return Candidates(
+        keys=np.concatenate([p.keys for p in parts]),
+        positions=np.concatenate([p.positions for p in parts]),
+        vectors=np.concatenate([p.vectors for p in parts]),
+        n_valid=sum(p.n_valid for p in parts),
+    )
+
+
+def build_candidates(features: object, *, threshold: float, seed: int) -> Delayed:
+    """Lazily gather the candidates of every chunk.
 
     Parameters
     ----------
     features : dask.array.Array
         Shape (Y, X, F), float32, NaN marking invalid pixels; F in one chunk.
-    allocation : numpy.ndarray
-        Vectors per chunk, shape ``features.numblocks[:2]`` (see :func:`allocate_sample`).
+    threshold : float
+        Key threshold (see :func:`candidate_threshold`).
     seed : int
-        The run's seed.
+        The run's seed (>= 0).
 
     Returns
     -------
-    dask.array.Array
-        Shape (allocation.sum(), F), float32, chunks in chunk-grid raster order; reads only
-        chunks with a non-zero allocation; computes nothing.
+    dask.delayed.Delayed
+        Computes to one :class:`Candidates`; nothing is computed here.
     """
-    n_features = features.shape[-1]
-    blocks = features.to_delayed()
-    parts = []
-    for (row, col), n in np.ndenumerate(allocation):
-        if n == 0:
-            continue
-        part = dask.delayed(sample_chunk, pure=True)(blocks[row, col, 0], int(n), seed, (row, col))
-        parts.append(da.from_delayed(part, shape=(int(n), n_features), dtype=np.float32))
-    if not parts:
-        return da.empty((0, n_features), dtype=np.float32)
-    return da.concatenate(parts, axis=0)
+    row_starts = np.cumsum((0, *features.chunks[0][:-1]))  # type: ignore[attr-defined]
+    col_starts = np.cumsum((0, *features.chunks[1][:-1]))  # type: ignore[attr-defined]
+    width = int(features.shape[1])  # type: ignore[attr-defined]
+    blocks = features.to_delayed()  # type: ignore[attr-defined]
+    pick = dask.delayed(chunk_candidates, pure=True)
+    parts = [
+        pick(blocks[i, j, 0], origin=(int(top), int(left)), width=width, seed=seed, threshold=threshold)
+        for i, top in enumerate(row_starts)
+        for j, left in enumerate(col_starts)
+    ]
+    return dask.delayed(merge_candidates, pure=True)(parts)
+
+
+def take_sample(candidates: Candidates, sample_size: int) -> np.ndarray:
+    """The ``sample_size`` candidates with the smallest keys (ties by position), in key order.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (min(sample_size, n candidates), F), float32.
+    """
+    order = np.lexsort((candidates.positions, candidates.keys))[:sample_size]
+    return candidates.vectors[order]

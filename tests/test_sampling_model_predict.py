@@ -13,58 +13,66 @@ from pipeline.errors import ParameterError
 from pipeline.features import make_feature_spec
 from pipeline.model import fit_model, order_centroids, squared_inertia
 from pipeline.predict import predict_chunk
-from pipeline.sampling import allocate_sample, build_sample, count_valid, full_counts, sample_chunk
+from pipeline.sampling import build_candidates, candidate_threshold, pixel_keys, take_sample
 
 
-@given(
-    counts=st.lists(st.integers(0, 5000), min_size=1, max_size=30),
-    sample_size=st.integers(1, 20000),
-)
-@settings(max_examples=200, deadline=None)
-def test_allocation_is_exact_proportional_and_capped(counts, sample_size):
-    counts = np.array(counts)
-    allocation = allocate_sample(counts, sample_size)
-    assert allocation.sum() == min(sample_size, counts.sum())
-    assert (allocation <= counts).all() and (allocation >= 0).all()
-    if counts.sum() > sample_size:
-        exact = counts * sample_size / counts.sum()
-        assert np.all(np.abs(allocation - exact) < 1.0 + 1e-9)
+def _features(seed=3, shape=(90, 70, 3), masked=0.8):
+    values = np.random.default_rng(seed).random(shape).astype(np.float32)
+    values[values[..., 0] > masked] = np.nan
+    return values
 
 
-def test_sample_chunk_depends_on_seed_and_position_only():
-    chunk = np.random.default_rng(1).random((40, 30, 2)).astype(np.float32)
-    chunk[:10] = np.nan
-    first = sample_chunk(chunk, 50, 7, (2, 3))
-    assert first.shape == (50, 2) and np.isfinite(first).all()
-    np.testing.assert_array_equal(first, sample_chunk(chunk.copy(), 50, 7, (2, 3)))
-    assert not np.array_equal(first, sample_chunk(chunk, 50, 7, (3, 2)))
-    assert not np.array_equal(first, sample_chunk(chunk, 50, 8, (2, 3)))
-    # every drawn row is a valid pixel of the chunk, no pixel twice
-    rows = {tuple(r) for r in chunk.reshape(-1, 2)[300:]}
-    assert {tuple(r) for r in first} <= rows and len({tuple(r) for r in first}) == 50
+def _candidates(values, chunks, *, threshold, seed=5):
+    return build_candidates(da.from_array(values, chunks=chunks), threshold=threshold, seed=seed).compute()
 
 
-def test_sample_and_counts_are_the_same_on_every_scheduler():
-    values = np.random.default_rng(3).random((90, 70, 3)).astype(np.float32)
-    values[values[..., 0] > 0.8] = np.nan
-    features = da.from_array(values, chunks=(32, 25, 3))
-    counts = count_valid(features).compute()
-    np.testing.assert_array_equal(
-        counts, [[np.count_nonzero(~np.isnan(b[..., 0])) for b in np.array_split(r, [25, 50], 1)]
-                 for r in np.array_split(values, [32, 64], 0)]
-    )
-    allocation = allocate_sample(counts, 1000)
+def test_keys_are_uniform_and_match_the_numpy_reference():
+    values = _features(masked=2.0)
+    candidates = _candidates(values, (32, 25, 3), threshold=1.0)
+    assert candidates.n_valid == 90 * 70 and len(candidates.keys) == 90 * 70
+    rows, cols = np.divmod(candidates.positions, 70)
+    np.testing.assert_array_equal(candidates.keys, pixel_keys(rows, cols, width=70, seed=5))
+    np.testing.assert_array_equal(candidates.vectors, values[rows, cols])
+    hist = np.histogram(candidates.keys, bins=10, range=(0, 1))[0]
+    assert hist.min() > 0.8 * 630 and hist.max() < 1.2 * 630
+
+
+@given(chunk_rows=st.integers(7, 90), chunk_cols=st.integers(5, 70), seed=st.integers(0, 2**40))
+@settings(max_examples=25, deadline=None)
+def test_sample_does_not_depend_on_chunking(chunk_rows, chunk_cols, seed):
+    values = _features()
+    reference = _candidates(values, (90, 70, 3), threshold=0.3, seed=seed)
+    chunked = _candidates(values, (chunk_rows, chunk_cols, 3), threshold=0.3, seed=seed)
+    assert chunked.n_valid == reference.n_valid == np.count_nonzero(~np.isnan(values[..., 0]))
+    np.testing.assert_array_equal(take_sample(chunked, 400), take_sample(reference, 400))
+
+
+def test_sample_excludes_invalid_pixels_and_depends_on_seed():
+    values = _features()
+    candidates = _candidates(values, (32, 25, 3), threshold=1.0)
+    assert len(candidates.keys) == candidates.n_valid == np.count_nonzero(~np.isnan(values[..., 0]))
+    sample = take_sample(candidates, 1000)
+    assert sample.shape == (1000, 3) and np.isfinite(sample).all()
+    other = take_sample(_candidates(values, (32, 25, 3), threshold=1.0, seed=6), 1000)
+    assert not np.array_equal(sample, other)
+
+
+def test_sample_is_the_same_on_every_scheduler():
+    features = da.from_array(_features(), chunks=(32, 25, 3))
     with dask.config.set(scheduler="sync"):
-        sync = build_sample(features, allocation, 5).compute()
+        sync = take_sample(build_candidates(features, threshold=0.5, seed=1).compute(), 500)
     with dask.config.set(scheduler="threads", num_workers=4):
-        threaded = build_sample(features, allocation, 5).compute()
-    assert sync.shape == (1000, 3)
+        threaded = take_sample(build_candidates(features, threshold=0.5, seed=1).compute(), 500)
     np.testing.assert_array_equal(sync, threaded)
 
 
-def test_full_counts_are_chunk_areas():
-    features = da.zeros((100, 70, 1), chunks=(64, 50, 1), dtype=np.float32)
-    np.testing.assert_array_equal(full_counts(features), [[64 * 50, 64 * 20], [36 * 50, 36 * 20]])
+def test_threshold_yields_enough_candidates():
+    assert candidate_threshold(10, 0) == 1.0
+    assert candidate_threshold(1000, 1000) == 1.0
+    values = _features(masked=2.0, shape=(300, 300, 1))
+    for sample_size in (50, 2000, 20000):
+        threshold = candidate_threshold(sample_size, 300 * 300)
+        assert len(_candidates(values, (100, 100, 1), threshold=threshold).keys) >= sample_size
 
 
 def test_order_centroids_by_brightness_then_coordinates():

@@ -231,6 +231,12 @@ class _RegionReader:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def __del__(self) -> None:
+        # TIFF stores hold an open file handle: release it with the reader
+        close = getattr(getattr(self._native, "store", None), "close", None)
+        if close is not None:
+            close()
+
     def _array(self) -> Any:
         with self._lock:
             if self._native is None:
