@@ -27,7 +27,7 @@ from pipeline.io.label_zarr import (
 )
 from pipeline.io.model_file import load_model, model_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
-from pipeline.model import SegmentationModel, fit_model
+from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.predict import build_labels
 from pipeline.sampling import build_candidates, candidate_threshold, take_sample
 
@@ -112,6 +112,8 @@ def segment(
     started = time.perf_counter()
     if fit.sample_size < 1:
         raise ParameterError(f"--sample-size must be >= 1, got {fit.sample_size!r}")
+    if not 2 <= fit.clusters <= MAX_CLUSTERS:
+        raise ParameterError(f"--clusters must be between 2 and {MAX_CLUSTERS}, got {fit.clusters!r}")
     if not 0 <= fit.seed < 2**63:
         raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
     image = open_image(input_path, level=read.level, chunk=read.chunk)
