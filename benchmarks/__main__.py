@@ -2,16 +2,19 @@
 
 Steps:
 
-1. Write synthetic stained-tissue RGB tiled TIFFs (512 x 512 tiles, one ``TiffWriter`` fed tile
+1. Time nearest-centroid kernels on one core (``benchmarks.kernels``; ``--skip-kernels``).
+2. Write synthetic stained-tissue RGB tiled TIFFs (512 x 512 tiles, one ``TiffWriter`` fed tile
    by tile) of ``--size`` and ``--baseline-size`` pixels a side under the work directory, or
    reuse them if they are already there.
-2. Run ``pixseg segment IMAGE OUT.zarr --overwrite --quiet`` (K=4) as a subprocess on both
+3. Run ``pixseg segment IMAGE OUT.zarr --overwrite --quiet`` (K=4) as a subprocess on both
    images with the threaded scheduler, and on the large one with ``--scheduler local
-   --workers 2``, measuring wall time and the peak RSS of the whole process tree.
-3. Run the in-memory scikit-learn recipe (``benchmarks.inmemory``) on the baseline image,
+   --workers 2`` (``--skip-local``), measuring wall time and the peak RSS of the whole process
+   tree. Outputs are deleted after each run.
+4. Run the in-memory scikit-learn recipe (``benchmarks.inmemory``) on the baseline image,
    measured the same way.
-4. Time nearest-centroid kernels on one core (``benchmarks.kernels``).
 5. Print a markdown report on stdout (progress goes to stderr); ``--json`` also saves it.
+
+Example: ``python -m benchmarks --json benchmarks/_work/results.json`` (about 5 minutes on 2 cores).
 
 Needs the ``bench`` extra (psutil, scikit-learn). Run from the repository root.
 """
@@ -174,7 +177,6 @@ def _measure(case: str, size: int, command: list[str], workdir: Path) -> tuple[C
         command=command,
         wall_s=measurement.wall_s,
         peak_tree_rss=measurement.peak_tree_rss,
-        max_process_rss=measurement.max_process_rss,
         max_processes=measurement.max_processes,
         load_before=load,
     )
@@ -189,9 +191,7 @@ def _pixseg_command() -> list[str]:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
-        description="Benchmark pixseg end to end (wall time, Mpx/s, peak RSS of the process tree) against "
-        "the in-memory scikit-learn recipe, and time nearest-centroid kernels. Prints a markdown report.",
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=_image_edge, default=16384, help="edge of the large image (default %(default)s)")
     parser.add_argument(
@@ -201,7 +201,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="edge of the image the in-memory baseline and pixseg are compared on (default %(default)s)",
     )
     parser.add_argument(
-        "--compression", choices=COMPRESSIONS, default="zstd", help="TIFF compression of the inputs (default %(default)s)"
+        "--compression",
+        choices=COMPRESSIONS,
+        default="zstd",
+        help="TIFF compression of the inputs (default %(default)s)",
     )
     parser.add_argument("--skip-local", action="store_true", help=f"skip pixseg on a local cluster of {LOCAL_WORKERS}")
     parser.add_argument("--skip-kernels", action="store_true", help="skip the nearest-centroid kernel microbenchmark")
@@ -209,6 +212,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir",
         type=Path,
+        metavar="DIR",
         default=DEFAULT_WORKDIR,
         help="inputs (kept and reused), logs and temporary outputs (default benchmarks/_work)",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -30,9 +29,6 @@ class Measurement:
     peak_tree_rss : int
         Bytes: the largest sum, over one poll, of the RSS of the process and all its
         descendants (shared pages count once per process that maps them).
-    max_process_rss : int
-        Bytes: the kernel's exact high-water RSS of the largest single process of the tree
-        (``ru_maxrss`` of the waited-for process and the children it waited for).
     max_processes : int
         The most processes seen in the tree at once.
     stdout : str
@@ -41,7 +37,6 @@ class Measurement:
 
     wall_s: float
     peak_tree_rss: int
-    max_process_rss: int
     max_processes: int
     stdout: str
 
@@ -73,35 +68,31 @@ def run_measured(command: Sequence[str], *, cwd: Path, log_stem: Path) -> Measur
         started = time.perf_counter()
         process = subprocess.Popen(list(command), cwd=cwd, stdout=out, stderr=err)
         try:
-            status, usage, peak, most = _poll_until_exit(process.pid)
+            peak, most = _poll_until_exit(process)
         except BaseException:  # interrupted: leave no process behind
-            _kill_tree(process.pid)
+            _kill_tree(process)
             raise
         wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped by os.wait4, not by Popen
     if process.returncode != 0:
         tail = stderr_path.read_text(errors="replace")[-2000:]
         raise BenchmarkError(f"{' '.join(command)!r} exited with status {process.returncode}:\n{tail}")
     return Measurement(
         wall_s=wall,
         peak_tree_rss=peak,
-        max_process_rss=usage.ru_maxrss * 1024,  # KiB on Linux
         max_processes=most,
         stdout=stdout_path.read_text(errors="replace"),
     )
 
 
-def _poll_until_exit(pid: int) -> tuple[int, os.struct_rusage, int, int]:
-    """Sample the tree rooted at ``pid`` until it exits; return (wait status, rusage, peak RSS, most processes)."""
-    root = psutil.Process(pid)
+def _poll_until_exit(process: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """Sample the tree of ``process`` until it exits; return (peak RSS, most processes)."""
+    root = psutil.Process(process.pid)
     peak = most = 0
-    while True:
-        waited, status, usage = os.wait4(pid, os.WNOHANG)
-        if waited == pid:
-            return status, usage, peak, most
+    while process.poll() is None:
         rss, count = _tree_rss(root)
         peak, most = max(peak, rss), max(most, count)
         time.sleep(POLL_INTERVAL)
+    return peak, most
 
 
 def _tree_rss(root: psutil.Process) -> tuple[int, int]:
@@ -120,15 +111,16 @@ def _tree_rss(root: psutil.Process) -> tuple[int, int]:
     return total, count
 
 
-def _kill_tree(pid: int) -> None:
-    """Kill the not yet reaped process ``pid`` and its descendants, then reap it."""
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` and its descendants, then reap it."""
     try:
-        victims = [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]
-    except psutil.Error:
+        root = psutil.Process(process.pid)
+        victims = [*root.children(recursive=True), root]
+    except psutil.Error:  # already gone
         victims = []
     for victim in victims:
         try:
             victim.kill()
         except psutil.Error:
             continue
-    os.waitpid(pid, 0)
+    process.wait()

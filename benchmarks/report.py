@@ -35,8 +35,6 @@ class CaseResult:
         Wall seconds, interpreter start-up included.
     peak_tree_rss : int
         Bytes: peak sum of RSS over the process tree (polled).
-    max_process_rss : int
-        Bytes: exact peak RSS of the largest single process.
     max_processes : int
         Most processes in the tree at once.
     load_before : float
@@ -50,7 +48,6 @@ class CaseResult:
     command: list[str]
     wall_s: float
     peak_tree_rss: int
-    max_process_rss: int
     max_processes: int
     load_before: float
     details: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +89,10 @@ def compute_ratios(large: CaseResult, small: CaseResult, baseline: CaseResult) -
     return [
         Ratio(f"pixseg {_px(large)} peak RSS / pixseg {_px(small)} peak RSS", _rss_ratio(large, small), 1.5),
         Ratio(f"pixseg {_px(large)} peak RSS (GB)", large.peak_tree_rss / GB, 1.5),
-        Ratio(f"in-memory scikit-learn {_px(baseline)} peak RSS / pixseg {_px(small)} peak RSS", _rss_ratio(baseline, small)),
+        Ratio(
+            f"in-memory scikit-learn {_px(baseline)} peak RSS / pixseg {_px(small)} peak RSS",
+            _rss_ratio(baseline, small),
+        ),
         Ratio(f"pixseg / in-memory scikit-learn Mpx/s on {_px(small)}", small.mpx_per_s / baseline.mpx_per_s),
     ]
 
@@ -101,7 +101,6 @@ def machine_info() -> dict[str, Any]:
     """Cores, memory, Python, package versions, date and load of this machine."""
     from threadpoolctl import threadpool_info  # numpy is loaded (by benchmarks.kernels): its BLAS is listed
 
-    blas = [f"{pool['internal_api']} {pool['version']} ({pool.get('architecture', '?')})" for pool in threadpool_info()]
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "logical_cores": os.cpu_count(),
@@ -110,7 +109,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_average": os.getloadavg(),
-        "thread_pools": blas,
+        "thread_pools": [_describe_pool(pool) for pool in threadpool_info()],
         "versions": {name: _version(name) for name in PACKAGES},
     }
 
@@ -136,20 +135,21 @@ def _header(info: dict[str, Any]) -> list[str]:
         f"- Python {info['python']}; {versions}",
         f"- thread pools: {'; '.join(info['thread_pools'])}",
         f"- load average at start (1, 5, 15 min): {load}",
-        "- peak RSS: sum over the process tree, polled every 50 ms; max proc RSS: kernel high-water mark of "
-        "the largest single process. 1 MB = 10^6 bytes.",
+        "- wall time includes interpreter start-up and imports; peak RSS: largest sum of RSS over the "
+        "process tree, polled every 50 ms (pages shared between processes count once per process). "
+        "1 MB = 10^6 bytes.",
     ]
 
 
 def _case_table(cases: list[CaseResult]) -> list[str]:
     rows = [
-        "| case | image | wall s | Mpx/s | peak RSS (MB) | max proc RSS (MB) | processes | load at start |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| case | image | wall s | Mpx/s | peak RSS (MB) | processes | load at start |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for case in cases:
         rows.append(
             f"| {case.case} | {_px(case)} | {case.wall_s:.1f} | {case.mpx_per_s:.1f} | {case.peak_tree_rss / MB:.0f} "
-            f"| {case.max_process_rss / MB:.0f} | {case.max_processes} | {case.load_before:.2f} |"
+            f"| {case.max_processes} | {case.load_before:.2f} |"
         )
     return rows
 
@@ -183,6 +183,11 @@ def _px(case: CaseResult) -> str:
 
 def _rss_ratio(numerator: CaseResult, denominator: CaseResult) -> float:
     return numerator.peak_tree_rss / denominator.peak_tree_rss
+
+
+def _describe_pool(pool: dict[str, Any]) -> str:
+    architecture = f" ({pool['architecture']})" if pool.get("architecture") else ""
+    return f"{pool['internal_api']} {pool.get('version') or ''}{architecture}".strip()
 
 
 def _version(name: str) -> str:

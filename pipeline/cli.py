@@ -146,7 +146,12 @@ def _run_segment(args: argparse.Namespace) -> int:
 def _run_apply(args: argparse.Namespace) -> int:
     with open_scheduler(args.scheduler, workers=args.workers):
         result = apply(
-            args.model, args.input, args.output, read=_read_options(args), overwrite=args.overwrite, progress=not args.quiet
+            args.model,
+            args.input,
+            args.output,
+            read=_read_options(args),
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
     _print_result(result)
     return 0
@@ -166,7 +171,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     os.makedirs(args.directory, exist_ok=True)
     source = os.path.join(args.directory, f"demo-ihc-{args.size}.tif")
     if not os.path.exists(source):
-        logger.info("writing demo input %s (%dx%d RGB, tiled TIFF from scikit-image's IHC photo)", source, args.size, args.size)
+        logger.info(
+            "writing demo input %s (%dx%d RGB, tiled TIFF from scikit-image's IHC photo)", source, args.size, args.size
+        )
         write_demo_tiff(source, size=args.size)
     output = os.path.join(args.directory, "demo-labels.zarr")
     model = os.path.join(args.directory, "demo-model.json")

@@ -20,9 +20,7 @@ FEATURE_GROUPS = ("channels", "grey", "lab")
 #: Luminance weights of skimage.color.rgb2gray (ITU-R BT.709).
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 #: sRGB (linear) to CIE XYZ, and the D65 white point, as in skimage.color.
-_RGB_TO_XYZ = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
-)
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 _D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 
 
@@ -197,9 +195,7 @@ def _grey(scaled: np.ndarray) -> np.ndarray:
 def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``pixels @ matrix.T`` as explicit sums: BLAS results vary with array size and alignment,
     which would make a pixel's features depend on the chunk it falls in."""
-    return np.stack(
-        [sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1
-    )
+    return np.stack([sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1)
 
 
 def _lab(scaled: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ def _nearest_labels(
         if np.isnan(pixels[i, 0]):
             labels[i] = 0
             continue
-        best = np.inf
+        best = np.float32(np.inf)
         best_k = 0
         for k in range(n_clusters):
             distance = np.float32(0.0)
@@ -36,7 +36,9 @@ def _nearest_labels(
         labels[i] = best_k + 1
 
 
-def predict_chunk(features: np.ndarray, centroids: np.ndarray, weights: np.ndarray, label_dtype: np.dtype) -> np.ndarray:
+def predict_chunk(
+    features: np.ndarray, centroids: np.ndarray, weights: np.ndarray, label_dtype: np.dtype
+) -> np.ndarray:
     """Label every pixel of a chunk with its nearest centroid.
 
     Parameters

@@ -120,9 +120,7 @@ def segment(
     plan = _plan_output(output_path, input_path, overwrite=overwrite)
     if model_path is not None:
         _check_model_path(model_path, input_path, plan.path, overwrite=overwrite)
-    spec = make_feature_spec(
-        fit.features, n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype
-    )
+    spec = make_feature_spec(fit.features, n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype)
     features = build_features(image.data, spec)
     logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
     sample = _draw_sample(features, sample_size=fit.sample_size, seed=fit.seed, progress=progress)

@@ -100,7 +100,9 @@ def test_plain_zarr_arrays(tmp_path, blob_image, zarr_format):
 
 def test_zarr_dimension_names_put_channels_last(tmp_path, blob_image):
     path = str(tmp_path / "cyx.zarr")
-    array = zarr.create_array(path, shape=(3, 150, 230), chunks=(3, 64, 64), dtype=np.uint8, dimension_names=["c", "y", "x"])
+    array = zarr.create_array(
+        path, shape=(3, 150, 230), chunks=(3, 64, 64), dtype=np.uint8, dimension_names=["c", "y", "x"]
+    )
     array[:] = np.moveaxis(blob_image, -1, 0)
     _check(path, blob_image)
 
@@ -115,7 +117,11 @@ def test_ome_zarr_multiscale_reads_dataset_paths_from_metadata(tmp_path, blob_im
         "version": "0.5",
         "multiscales": [
             {
-                "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space"},
+                    {"name": "x", "type": "space"},
+                ],
                 "datasets": [
                     {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]},
                     {"path": "s1", "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 2]}]},
@@ -199,3 +205,17 @@ def _write(path, data: bytes):
 def _mkdir(path):
     path.mkdir()
     return path
+
+
+def test_aperio_svs_pyramid(tmp_path, blob_image):
+    path = str(tmp_path / "slide.svs")
+    header = "Aperio Image Library v12.0.0\r\n"
+    options = {"photometric": "rgb", "compression": "zlib", "metadata": None}
+    level1 = blob_image[::4, ::4]
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(blob_image, tile=(64, 64), description=header + "230x150 (64x64) |AppMag = 20|MPP = 0.5", **options)
+        tif.write(blob_image[::8, ::8], description=header + "thumbnail", **options)
+        tif.write(level1, tile=(64, 64), description=header + "level 1", **options)
+    image = _check(path, blob_image)
+    assert image.level_shapes == ((150, 230), (38, 58))
+    _check(path, level1, level=1)

@@ -98,8 +98,11 @@ def test_same_seed_same_labels_and_apply_equals_segment(tmp_path, ihc_image):
     np.testing.assert_array_equal(_labels(str(tmp_path / "a.zarr")), _labels(str(tmp_path / "c.zarr")))
     saved = load_model(str(tmp_path / "m.json"))
     np.testing.assert_array_equal(saved.centroids, first.model.centroids)
-    other = segment(path, str(tmp_path / "d.zarr"), fit=FitOptions(clusters=5, seed=43, sample_size=5000,
-                                                                   features=("channels", "lab")))
+    other = segment(
+        path,
+        str(tmp_path / "d.zarr"),
+        fit=FitOptions(clusters=5, seed=43, sample_size=5000, features=("channels", "lab")),
+    )
     assert not np.array_equal(other.model.centroids, first.model.centroids)
 
 
@@ -202,7 +205,7 @@ def test_more_than_255_clusters_use_uint16(blob_image):
 
 @pytest.mark.parametrize("chunk", [64, 100])
 def test_grey_uint16_zarr_input(tmp_path, chunk):
-    pixels = (make_blob_image(120, 90)[..., 0].astype(np.uint16) * 257)
+    pixels = make_blob_image(120, 90)[..., 0].astype(np.uint16) * 257
     path = str(tmp_path / "grey.zarr")
     zarr.create_array(path, shape=pixels.shape, chunks=(40, 40), dtype=np.uint16)[:] = pixels
     out = str(tmp_path / "grey-labels.zarr")

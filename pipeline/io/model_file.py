@@ -56,7 +56,7 @@ def load_model(path: str) -> SegmentationModel:
 def model_from_document(document: Any, source: str) -> SegmentationModel:
     """Validate a model document (from a file or an output's metadata) and build the model."""
     if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{source!r} is not a pixseg model (no \"format\": {MODEL_FORMAT!r})")
+        raise ModelError(f'{source!r} is not a pixseg model (no "format": {MODEL_FORMAT!r})')
     version = document.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise ModelError(

@@ -372,19 +372,20 @@ def _zarr_source(path: str, level: int) -> _RegionReader:
         axes = _zarr_array_axes(node, path)
     else:
         attrs = node.attrs.asdict()
-        multiscales = attrs.get("ome", attrs).get("multiscales")
+        ome = attrs.get("ome")
+        multiscales = (ome if isinstance(ome, dict) else attrs).get("multiscales")
         if multiscales:
             kind = "ome-zarr"
             dataset_paths, axes = _ome_datasets(multiscales, path)
         else:
-            arrays = sorted(name for name, _ in node.arrays())
-            if len(arrays) != 1:
-                found = f"arrays {arrays!r}" if arrays else "no arrays"
+            names = sorted(name for name, _ in node.arrays())
+            if len(names) != 1:
+                found = f"arrays {names!r}" if names else "no arrays"
                 raise InputError(
                     f"zarr group {path!r} has no OME-Zarr 'multiscales' metadata and {found}; "
                     "point at one array (e.g. PATH/NAME) instead"
                 )
-            dataset_paths = arrays
+            dataset_paths = names
             axes = ""
     if level >= len(dataset_paths):
         raise InputError(f"--level {level} does not exist in {path!r}: it has {len(dataset_paths)} level(s)")
@@ -434,8 +435,7 @@ def _zarr_array_axes(array: Any, path: str) -> str:
     if array.ndim == 3:
         return "YXC" if array.shape[2] <= 4 or array.shape[0] > 4 else "CYX"
     raise InputError(
-        f"zarr array {path!r} has {array.ndim} dimensions and no dimension_names; "
-        "expected (Y, X) or (Y, X, C)"
+        f"zarr array {path!r} has {array.ndim} dimensions and no dimension_names; expected (Y, X) or (Y, X, C)"
     )
 
 
