@@ -154,3 +154,16 @@ def test_demo_builds_and_segments_its_own_input(tmp_path, capsys):
         assert tif.pages.first.is_tiled and tif.pages.first.shape == (1100, 1100, 3)
     labels = zarr.open_group(tmp_path / "demo" / "demo-labels.zarr", mode="r")["0"][:]
     assert labels.shape == (1100, 1100) and set(np.unique(labels)) == {1, 2, 3, 4}
+
+
+def test_corrupt_tile_exits_2_and_leaves_no_complete_output(tmp_path, capsys, blob_image):
+    path = tmp_path / "corrupt.tif"
+    tifffile.imwrite(path, blob_image, tile=(64, 64), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages.first.dataoffsets[4]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    code, _, err = _run(capsys, "segment", path, tmp_path / "o.tif", "--chunk", "64", "-q")
+    _assert_user_error(code, err, "cannot decode input")
+    assert not (tmp_path / "o.tif").exists()
