@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psutil
+from threadpoolctl import threadpool_info
 
 from benchmarks.kernels import KernelTiming
 
@@ -98,9 +99,7 @@ def compute_ratios(large: CaseResult, small: CaseResult, baseline: CaseResult) -
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, memory, Python, package versions, date and load of this machine."""
-    from threadpoolctl import threadpool_info  # numpy is loaded (by benchmarks.kernels): its BLAS is listed
-
+    """Cores, memory, Python, package versions, BLAS/OpenMP pools loaded so far, date and load of this machine."""
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "logical_cores": os.cpu_count(),
@@ -148,7 +147,7 @@ def _case_table(cases: list[CaseResult]) -> list[str]:
     ]
     for case in cases:
         rows.append(
-            f"| {case.case} | {_px(case)} | {case.wall_s:.1f} | {case.mpx_per_s:.1f} | {case.peak_tree_rss / MB:.0f} "
+            f"| {case.case} | {_px(case)} | {case.wall_s:.1f} | {case.mpx_per_s:.3g} | {case.peak_tree_rss / MB:.0f} "
             f"| {case.max_processes} | {case.load_before:.2f} |"
         )
     return rows

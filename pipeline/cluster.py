@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 import dask
@@ -42,6 +44,7 @@ def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) ->
     if workers is not None and workers < 1:
         raise ParameterError(f"--workers must be >= 1, got {workers!r}")
     if scheduler == "threads":
+        release_freed_memory_promptly()
         with dask.config.set(scheduler="threads", num_workers=workers):
             yield None
         return
@@ -76,3 +79,24 @@ def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) ->
     raise ParameterError(
         f"--scheduler {scheduler!r} is not known; use {', '.join(SCHEDULERS)} or a scheduler address tcp://HOST:PORT"
     )
+
+
+def release_freed_memory_promptly() -> None:
+    """Make glibc hand freed chunk buffers back to the system (no-op elsewhere).
+
+    With many threads, glibc keeps freed buffers in per-thread arenas, so the resident size of
+    a long threaded run creeps up with the number of chunks processed (measured: 555-887 MB on
+    a 16384^2 image against ~480 MB on 4096^2). Serving buffers of 1 MiB and more by ``mmap``
+    and trimming above 64 KiB keeps it flat; dask's worker processes get the same through
+    ``MALLOC_TRIM_THRESHOLD_``. The setting is process-wide and only affects allocation policy.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 20)
+    mallopt(m_trim_threshold, 1 << 16)

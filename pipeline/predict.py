@@ -1,7 +1,10 @@
 """Per-chunk nearest-centroid labels, and the lazy graph that applies them to a feature image.
 
-The kernel is a numba loop over pixels (no pixels x K x F temporary), measured fastest here
-(see ``benchmarks/``). Distances are standardised ones, computed in float32 as
+The kernel is a numba loop over pixels: no pixels x K x F temporary, NaN-aware, no thread
+pool of its own (dask's threads run chunks in parallel). Measured per core here (``python -m
+benchmarks``, K=4 / K=8): ~93 / ~56 Mpx/s, against scikit-learn's float32 ``KMeans.predict``
+~123 / ~84 (which runs its own OpenMP pool, fixed at fit time, so it oversubscribes under dask
+threads) and a numpy expanded formula ~36 / ~21. Distances are standardised ones, computed in float32 as
 ``sum_f w_f (x_f - c_f)^2`` with ``w_f = 1 / std_f^2``; ties go to the lower label.
 """
 
@@ -14,7 +17,8 @@ import numpy as np
 from pipeline.model import SegmentationModel
 
 
-@numba.njit(nogil=True, cache=True)
+# fast-math without "nnan"/"ninf": the NaN test that marks invalid pixels must survive
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 def _nearest_labels(
     pixels: np.ndarray, centroids: np.ndarray, weights: np.ndarray, labels: np.ndarray
 ) -> None:  # pragma: no cover - compiled
