@@ -17,7 +17,7 @@ from pipeline import __version__
 from pipeline.cluster import open_scheduler
 from pipeline.errors import PipelineError
 from pipeline.features import FEATURE_GROUPS
-from pipeline.runner import FitOptions, ReadOptions, RunResult, apply, describe, segment
+from pipeline.runner import FitOptions, OutputOptions, ReadOptions, RunResult, apply, describe, segment
 
 logger = logging.getLogger("pipeline")
 
@@ -56,7 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser("segment", help="fit k-means on a sample of an image and label every pixel")
     seg.add_argument("input", help="TIFF/OME-TIFF/SVS, zarr/OME-Zarr, PNG or JPEG")
-    seg.add_argument("output", help="OUTPUT.zarr (OME-Zarr labels) or OUTPUT.tif[f] (tiled BigTIFF)")
+    seg.add_argument("output", nargs="?", help="OUTPUT.zarr (OME-Zarr labels) or OUTPUT.tif[f] (pyramidal BigTIFF)")
     _add_fit_arguments(seg)
     seg.add_argument("--save-model", metavar="M.json", help="also save the fitted model as JSON")
     _add_run_arguments(seg)
@@ -65,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     app = commands.add_parser("apply", help="label an image with a saved model")
     app.add_argument("model", help="a model saved by `segment --save-model`")
     app.add_argument("input")
-    app.add_argument("output")
+    app.add_argument("output", nargs="?")
     _add_run_arguments(app)
     app.set_defaults(handler=_run_apply)
 
@@ -102,9 +102,35 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bo
     parser.add_argument("--chunk", type=int, default=None, help="processing chunk edge in pixels (default: ~1024)")
     if with_output_flags:
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        _add_output_arguments(parser)
     parser.add_argument("--scheduler", default="threads", help="threads (default), local, or tcp://HOST:PORT")
     parser.add_argument("--workers", type=int, default=None, help="threads or worker processes (default: cores)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = OutputOptions()
+    parser.add_argument(
+        "--into-input",
+        metavar="NAME",
+        help="write the labels into the OME-Zarr input's labels/NAME group (same as OUTPUT = INPUT/labels/NAME)",
+    )
+    parser.add_argument(
+        "--ngff", default=defaults.ngff, help="OME-Zarr version: 0.5 (zarr v3, default) or 0.4 (zarr v2)"
+    )
+    parser.add_argument(
+        "--pixel-size", metavar="UM[,UM]", help="pixel size in micrometres (Y,X or one value); default: the input's"
+    )
+    parser.add_argument(
+        "--tiff-flavour",
+        default=defaults.tiff_flavour,
+        help="TIFF layout: generic (OpenSlide, default) or ome (SubIFDs)",
+    )
+    parser.add_argument(
+        "--tiff-tile", type=int, default=defaults.tiff_tile, help="TIFF tile edge: 256 or 512 (default)"
+    )
+    parser.add_argument("--tiff-compression", default=defaults.tiff_compression, help="zstd (default) or zlib")
+    parser.add_argument("--no-previews", action="store_true", help="skip the PNG thumbnail, label map, overlay, legend")
 
 
 def _configure_logging(*, quiet: bool) -> None:
@@ -117,6 +143,42 @@ def _configure_logging(*, quiet: bool) -> None:
 
 def _read_options(args: argparse.Namespace) -> ReadOptions:
     return ReadOptions(level=args.level, chunk=args.chunk)
+
+
+def _output_options(args: argparse.Namespace) -> OutputOptions:
+    return OutputOptions(
+        ngff=args.ngff,
+        pixel_size=_parse_pixel_size(args.pixel_size),
+        tiff_flavour=args.tiff_flavour,
+        tiff_tile=args.tiff_tile,
+        tiff_compression=args.tiff_compression,
+        previews=not args.no_previews,
+    )
+
+
+def _parse_pixel_size(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as err:
+        raise UsageError(f"--pixel-size expects micrometres as Y,X or one number, got {text!r}") from err
+    if len(values) not in (1, 2):
+        raise UsageError(f"--pixel-size expects one or two numbers, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _output_path(args: argparse.Namespace) -> str:
+    if args.into_input is None:
+        if args.output is None:
+            raise UsageError("pixseg: the following arguments are required: output (or --into-input NAME)")
+        return str(args.output)
+    target = os.path.join(args.input, "labels", args.into_input)
+    if args.output is not None and os.path.normpath(args.output) != os.path.normpath(target):
+        raise UsageError(
+            f"--into-input {args.into_input!r} writes {target!r}; drop OUTPUT {args.output!r} or make it match"
+        )
+    return target
 
 
 def _fit_options(args: argparse.Namespace) -> FitOptions:
@@ -132,9 +194,10 @@ def _run_segment(args: argparse.Namespace) -> int:
     with open_scheduler(args.scheduler, workers=args.workers):
         result = segment(
             args.input,
-            args.output,
+            _output_path(args),
             read=_read_options(args),
             fit=_fit_options(args),
+            output=_output_options(args),
             model_path=args.save_model,
             overwrite=args.overwrite,
             progress=not args.quiet,
@@ -148,8 +211,9 @@ def _run_apply(args: argparse.Namespace) -> int:
         result = apply(
             args.model,
             args.input,
-            args.output,
+            _output_path(args),
             read=_read_options(args),
+            output=_output_options(args),
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
@@ -158,10 +222,13 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    for key, value in describe(args.path, level=args.level).items():
-        if key == "model":
+    description = describe(args.path, level=args.level)
+    for key, value in description.items():
+        if key in ("model", "statistics"):
             continue
         print(f"{key:>15}: {_format_value(key, value)}")
+    if description.get("statistics"):
+        print(format_label_table(description["statistics"]))
     return 0
 
 
@@ -197,8 +264,23 @@ def _print_result(result: RunResult) -> None:
     rate = height * width / 1e6 / max(result.seconds, 1e-9)
     print(
         f"wrote {result.output}: {height}x{width} labels 1..{result.model.n_clusters} "
-        f"in {result.seconds:.1f} s ({rate:.1f} Mpx/s, {result.n_chunks} chunks)"
+        f"in {result.seconds:.1f} s ({rate:.1f} Mpx/s, {result.n_chunks} chunks, {len(result.levels)} levels)"
     )
+    print(format_label_table(result.statistics))
+    if result.side_files:
+        print("side files: " + ", ".join(result.side_files))
+
+
+def format_label_table(rows: list[dict[str, Any]]) -> str:
+    """A text table of per-label statistics: label, pixels, % of unmasked, area, centroid."""
+    columns = list(rows[0]["centroid"]) if rows else []
+    header = f"{'label':>5} {'pixels':>14} {'%':>7} {'area mm^2':>11}  " + " ".join(f"{c:>9}" for c in columns)
+    lines = [header]
+    for row in rows:
+        area = f"{row['area_um2'] / 1e6:11.4g}" if row["area_um2"] is not None else f"{'-':>11}"
+        centroid = " ".join(f"{v:9.4g}" for v in row["centroid"].values())
+        lines.append(f"{row['label']:>5} {row['pixels']:>14} {100 * row['fraction']:7.2f} {area}  {centroid}")
+    return "\n".join(lines)
 
 
 def _format_value(key: str, value: Any) -> str:

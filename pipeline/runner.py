@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -11,25 +12,41 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 
 import pipeline
+from pipeline.colours import label_colours
 from pipeline.errors import InputError, ModelError, OutputError, ParameterError
 from pipeline.features import FeatureSpec, build_features, make_feature_spec
-from pipeline.io.label_tiff import read_label_tiff_status, write_label_tiff
+from pipeline.io.label_tiff import (
+    TIFF_COMPRESSIONS,
+    TIFF_FLAVOURS,
+    TIFF_TILES,
+    read_label_tiff_status,
+    write_label_tiff,
+)
 from pipeline.io.label_zarr import (
+    NGFF_VERSIONS,
     create_label_zarr,
     finalise_label_zarr,
-    open_label_level0,
+    ome_label_metadata,
+    open_label_levels,
+    prepare_labels_group,
     read_label_zarr_status,
+    register_label,
     remove_output,
     store_labels,
 )
 from pipeline.io.model_file import load_model, model_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
+from pipeline.io.side_files import SIDE_SUFFIXES, side_file_base, write_legend, write_png, write_statistics
 from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.predict import build_labels
+from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
+from pipeline.pyramid import pyramid_shapes, reduce_labels
 from pipeline.sampling import build_candidates, candidate_threshold, take_sample
+from pipeline.statistics import build_label_counts, label_table
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +73,57 @@ class FitOptions:
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """How to write: NGFF version, pixel size override (micrometres, (Y, X)), TIFF layout, previews."""
+
+    ngff: str = "0.5"
+    pixel_size: tuple[float, float] | None = None
+    tiff_flavour: str = "generic"
+    tiff_tile: int = 512
+    tiff_compression: str = "zstd"
+    previews: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ngff not in NGFF_VERSIONS:
+            raise ParameterError(f"--ngff must be one of {', '.join(NGFF_VERSIONS)}, got {self.ngff!r}")
+        if self.tiff_flavour not in TIFF_FLAVOURS:
+            raise ParameterError(f"--tiff-flavour must be one of {', '.join(TIFF_FLAVOURS)}, got {self.tiff_flavour!r}")
+        if self.tiff_tile not in TIFF_TILES:
+            raise ParameterError(f"--tiff-tile must be one of {TIFF_TILES}, got {self.tiff_tile!r}")
+        if self.tiff_compression not in TIFF_COMPRESSIONS:
+            raise ParameterError(
+                f"--tiff-compression must be one of {', '.join(TIFF_COMPRESSIONS)}, got {self.tiff_compression!r}"
+            )
+        if self.pixel_size is not None and not all(math.isfinite(v) and v > 0 for v in self.pixel_size):
+            raise ParameterError(f"--pixel-size must be positive micrometres, got {self.pixel_size!r}")
+
+
+@dataclass(frozen=True)
 class RunResult:
-    """What a ``segment`` or ``apply`` run produced."""
+    """What a ``segment`` or ``apply`` run produced.
+
+    ``statistics`` has one row per label (see :func:`pipeline.statistics.label_table`);
+    ``side_files`` lists the statistics and preview files written next to the output.
+    """
 
     output: str
     model: SegmentationModel
     shape: tuple[int, int]
     n_chunks: int
     seconds: float
+    levels: list[tuple[int, int]]
+    pixel_size: tuple[float, float] | None
+    statistics: list[dict[str, Any]]
+    side_files: list[str]
 
 
 @dataclass(frozen=True)
 class _OutputPlan:
     path: str
-    kind: str
+    kind: str  # "zarr" or "tiff"
     replace: bool
+    side_base: str
+    into_image: str | None  # the OME-Zarr image whose labels/ group receives the output
 
 
 def segment(
@@ -79,6 +132,7 @@ def segment(
     *,
     read: ReadOptions = ReadOptions(),
     fit: FitOptions = FitOptions(),
+    output: OutputOptions = OutputOptions(),
     model_path: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
@@ -91,8 +145,8 @@ def segment(
         Any image :func:`pipeline.io.readers.open_image` reads. Never modified.
     output_path : str
         ``.zarr`` (OME-Zarr labels) or ``.tif``/``.tiff`` (tiled BigTIFF).
-    read, fit : ReadOptions, FitOptions
-        Reading and fitting options.
+    read, fit, output : ReadOptions, FitOptions, OutputOptions
+        Reading, fitting and writing options.
     model_path : str, optional
         Also save the fitted model there (JSON).
     overwrite : bool
@@ -117,7 +171,7 @@ def segment(
     if not 0 <= fit.seed < 2**63:
         raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    plan = _plan_output(output_path, input_path, overwrite=overwrite)
+    plan = _plan_output(output_path, image, overwrite=overwrite)
     if model_path is not None:
         _check_model_path(model_path, input_path, plan.path, overwrite=overwrite)
     spec = make_feature_spec(fit.features, n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype)
@@ -130,8 +184,7 @@ def segment(
     if model_path is not None:
         save_model(model, model_path, provenance=_provenance(image))
         logger.info("model saved to %s", model_path)
-    _write_labels(image, features, model, plan, progress=progress)
-    return _result(plan, model, image, started)
+    return _write_labels(image, features, model, plan, output, started=started, progress=progress)
 
 
 def apply(
@@ -140,6 +193,7 @@ def apply(
     output_path: str,
     *,
     read: ReadOptions = ReadOptions(),
+    output: OutputOptions = OutputOptions(),
     overwrite: bool = False,
     progress: bool = False,
 ) -> RunResult:
@@ -155,12 +209,11 @@ def apply(
     started = time.perf_counter()
     model = load_model(model_path)
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    plan = _plan_output(output_path, input_path, overwrite=overwrite)
+    plan = _plan_output(output_path, image, overwrite=overwrite)
     _check_model_fits(model.feature_spec, image, model_path)
     features = build_features(image.data, model.feature_spec)
     logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
-    _write_labels(image, features, model, plan, progress=progress)
-    return _result(plan, model, image, started)
+    return _write_labels(image, features, model, plan, output, started=started, progress=progress)
 
 
 def describe(path: str, *, level: int = 0) -> dict[str, Any]:
@@ -219,45 +272,137 @@ def _draw_sample(features: Any, *, sample_size: int, seed: int, progress: bool) 
         threshold = max(2 * threshold, candidate_threshold(sample_size, candidates.n_valid))
 
 
-def _write_labels(image: Image, features: Any, model: SegmentationModel, plan: _OutputPlan, *, progress: bool) -> None:
+def _write_labels(
+    image: Image,
+    features: Any,
+    model: SegmentationModel,
+    plan: _OutputPlan,
+    options: OutputOptions,
+    *,
+    started: float,
+    progress: bool,
+) -> RunResult:
+    """Predict and store level 0 (with label counts and the input thumbnail from the same pass,
+    so the input is decoded once), build coarser levels from the level above, finalise the
+    metadata, write the side files, and stream a TIFF from the finished pyramid if asked."""
     labels = build_labels(features, model)
+    shapes = pyramid_shapes(labels.shape)
+    pixel_size = options.pixel_size or image.pixel_size
+    ngff = options.ngff
+    if plan.into_image is not None:
+        ngff = prepare_labels_group(plan.into_image)
     if plan.kind == "zarr":
         zarr_path = plan.path
         if plan.replace:
             remove_output(plan.path)
-    else:  # a TIFF is streamed from a finished zarr, then renamed into place
+    else:  # a TIFF is streamed from a finished zarr pyramid, then renamed into place
         zarr_path = plan.path + WORK_SUFFIX
         remove_output(zarr_path)  # leftover of an interrupted run
+        ngff = "0.5"
     metadata = _output_metadata(image, model)
-    array = create_label_zarr(
-        zarr_path, shape=labels.shape, chunks=labels.chunksize, dtype=labels.dtype, attrs=metadata
+    arrays = create_label_zarr(
+        zarr_path, shapes=shapes, chunks=labels.chunksize, dtype=labels.dtype, ngff=ngff, attrs=metadata
     )
+    step = thumbnail_step(labels.shape)
     logger.info("predicting %d chunks into %s", labels.npartitions, zarr_path)
-    _compute(store_labels(labels, array), progress=progress)
-    finalise_label_zarr(zarr_path, n_labels=model.n_clusters, name=os.path.basename(image.path.rstrip("/")))
+    _, counts, thumbnail = _compute(
+        store_labels(labels, arrays[0]),
+        build_label_counts(labels, model.n_clusters),
+        image.data[::step, ::step] if options.previews else None,
+        progress=progress,
+    )
+    for level in range(1, len(shapes)):
+        logger.info("pyramid level %d: %dx%d", level, *shapes[level])
+        above = da.from_zarr(arrays[level - 1])
+        _compute(store_labels(reduce_labels(above, chunks=arrays[level].chunks), arrays[level]), progress=False)
+    statistics = label_table(counts, model.centroids, model.feature_spec.columns, pixel_size=pixel_size)
+    summary = {"masked_pixels": int(counts[0]), "pixel_size_um": list(pixel_size) if pixel_size else None}
+    source_image = "../../" if plan.into_image is not None else None
+    ome = ome_label_metadata(
+        n_levels=len(shapes),
+        n_labels=model.n_clusters,
+        name=os.path.basename(plan.path),
+        pixel_size=pixel_size,
+        properties=statistics,
+        source_image=source_image,
+    )
+    finalise_label_zarr(zarr_path, ngff=ngff, ome=ome, extra={**summary, "statistics": statistics})
+    if plan.into_image is not None:
+        register_label(plan.into_image, os.path.basename(plan.path), ngff=ngff)
+    side_files = _write_side_files(plan.side_base, statistics, summary, thumbnail, arrays[-1], model.n_clusters, image)
     if plan.kind == "tiff":
-        logger.info("writing tiled TIFF %s", plan.path)
-        write_label_tiff(plan.path, open_label_level0(zarr_path), metadata=metadata)
+        logger.info("writing pyramidal TIFF %s (%d levels)", plan.path, len(shapes))
+        write_label_tiff(
+            plan.path,
+            open_label_levels(zarr_path),
+            metadata={**metadata, **summary, "statistics": statistics},
+            pixel_size=pixel_size,
+            flavour=options.tiff_flavour,
+            tile=options.tiff_tile,
+            compression=options.tiff_compression,
+        )
         remove_output(zarr_path)
+    return RunResult(
+        output=plan.path,
+        model=model,
+        shape=image.shape[:2],
+        n_chunks=int(np.prod(image.data.numblocks[:2])),
+        seconds=time.perf_counter() - started,
+        levels=shapes,
+        pixel_size=pixel_size,
+        statistics=statistics,
+        side_files=side_files,
+    )
 
 
-def _compute(collection: Any, *, progress: bool) -> Any:
-    """Compute one collection on the active scheduler, with a progress bar on stderr if asked."""
+def _write_side_files(
+    base: str,
+    statistics: list[dict[str, Any]],
+    summary: dict[str, Any],
+    thumbnail: np.ndarray | None,
+    coarsest: Any,
+    n_labels: int,
+    image: Image,
+) -> list[str]:
+    write_statistics(base, statistics, summary=summary)
+    written = [base + ".stats.csv", base + ".stats.json"]
+    if thumbnail is None:
+        return written
+    from PIL import Image as PILImage
+
+    small_labels = np.asarray(coarsest[:])
+    coloured = colour_labels(small_labels, n_labels)
+    rgb = display_rgb(np.asarray(thumbnail), n_colour=image.shape[2] - int(image.has_alpha))
+    height, width = small_labels.shape
+    matched = np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.Resampling.BILINEAR))
+    write_png(base + ".thumbnail.png", rgb)
+    write_png(base + ".labels.png", coloured)
+    write_png(base + ".overlay.png", overlay(matched, coloured, small_labels))
+    write_legend(base + ".legend.png", statistics, label_colours(n_labels))
+    return written + [base + suffix for suffix in (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")]
+
+
+def _compute(*collections: Any, progress: bool) -> Any:
+    """Compute collections together on the active scheduler (shared tasks run once), with a
+    progress bar on stderr if asked. ``None`` entries pass through. One collection -> its result."""
+    todo = [c for c in collections if c is not None]
     client = _active_client()
     if client is None:
         from dask.diagnostics import ProgressBar
 
         bar = ProgressBar(out=sys.stderr, minimum=0.5) if progress else contextlib.nullcontext()
         with bar:
-            (result,) = dask.compute(collection)
-        return result
-    future = client.compute(collection)
-    if progress:
-        from distributed import progress as distributed_progress
+            results = list(dask.compute(*todo))
+    else:
+        futures = client.compute(todo)
+        if progress:
+            from distributed import progress as distributed_progress
 
-        with contextlib.redirect_stdout(sys.stderr):
-            distributed_progress(future)
-    return future.result()
+            with contextlib.redirect_stdout(sys.stderr):
+                distributed_progress(futures)
+        results = client.gather(futures)
+    filled = [None if c is None else results.pop(0) for c in collections]
+    return filled[0] if len(filled) == 1 else tuple(filled)
 
 
 def _active_client() -> Any:
@@ -274,18 +419,38 @@ def _active_client() -> Any:
 # --- checks --------------------------------------------------------------------------------
 
 
-def _plan_output(output_path: str, input_path: str, *, overwrite: bool) -> _OutputPlan:
+def _plan_output(output_path: str, image: Image, *, overwrite: bool) -> _OutputPlan:
     stripped = output_path.rstrip("/")
     suffix = os.path.splitext(stripped)[1].lower()
-    kind = OUTPUT_KINDS.get(suffix)
+    into_image = _labels_beside_image(stripped, image)
+    kind = "zarr" if into_image is not None else OUTPUT_KINDS.get(suffix)
     if kind is None:
         raise OutputError(f"output {output_path!r} has an unknown suffix {suffix!r}; use .zarr, .tif or .tiff")
-    _check_not_input(stripped, input_path, "output")
-    exists = os.path.lexists(stripped)
-    if exists and not overwrite:
-        raise OutputError(f"output {output_path!r} already exists; pass --overwrite to replace it")
+    if into_image is None:
+        _check_not_input(stripped, image.path, "output")
+    side_base = side_file_base(
+        stripped if into_image is None else f"{into_image.rstrip('/')}.{os.path.basename(stripped)}"
+    )
+    existing = [p for p in (stripped, *(side_base + s for s in SIDE_SUFFIXES)) if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise OutputError(f"output {existing[0]!r} already exists; pass --overwrite to replace it")
     _check_writable_parent(stripped)
-    return _OutputPlan(path=stripped, kind=kind, replace=exists)
+    return _OutputPlan(
+        path=stripped, kind=kind, replace=os.path.lexists(stripped), side_base=side_base, into_image=into_image
+    )
+
+
+def _labels_beside_image(output_path: str, image: Image) -> str | None:
+    """The OME-Zarr image when ``output_path`` is ``IMAGE/labels/NAME`` of the input, else None."""
+    labels_dir, name = os.path.split(output_path)
+    image_dir, labels = os.path.split(labels_dir)
+    if labels != "labels" or not name or os.path.realpath(image_dir) != os.path.realpath(image.path):
+        return None
+    if image.kind != "ome-zarr":
+        raise OutputError(f"labels can only be written into an OME-Zarr image; {image.path!r} is {image.kind}")
+    if name in ("", ".", "..") or os.sep in name:
+        raise OutputError(f"label name {name!r} is not a plain name")
+    return image.path
 
 
 def _check_model_path(model_path: str, input_path: str, output_path: str, *, overwrite: bool) -> None:
@@ -345,7 +510,7 @@ def _provenance(image: Image) -> dict[str, Any]:
     return {
         "input": os.path.abspath(image.path),
         "level": image.level,
-        "shape": list(image.shape),
+        "input_shape": list(image.shape),
         "versions": {
             "pixseg": pipeline.__version__,
             "dask": dask.__version__,
@@ -363,13 +528,3 @@ def _output_metadata(image: Image, model: SegmentationModel) -> dict[str, Any]:
 def _shape_text(image: Image) -> str:
     height, width, channels = image.shape
     return f"{height}x{width}x{channels}"
-
-
-def _result(plan: _OutputPlan, model: SegmentationModel, image: Image, started: float) -> RunResult:
-    return RunResult(
-        output=plan.path,
-        model=model,
-        shape=image.shape[:2],
-        n_chunks=int(np.prod(image.data.numblocks[:2])),
-        seconds=time.perf_counter() - started,
-    )

@@ -1,14 +1,20 @@
-"""Tiled BigTIFF label images, written by one ``TiffWriter`` from a tile generator.
+"""Pyramidal tiled BigTIFF label images, written by one ``TiffWriter`` from tile generators.
 
-The file is written under a temporary name and renamed when finished, so an interrupted
-write never leaves a file that looks complete.
+Two layouts:
+
+- ``generic`` (default): full resolution first, each reduced level as a further page with
+  ``subfiletype=1`` (no SubIFDs), the layout OpenSlide reads as a pyramid;
+- ``ome``: OME-TIFF with the reduced levels in SubIFDs, for QuPath / Bio-Formats.
+
+The file is written under a temporary name and renamed when finished, so an interrupted write
+never leaves a file that looks complete. pixseg's metadata is JSON in a private ASCII tag.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,45 +22,84 @@ import tifffile
 
 from pipeline.errors import OutputError
 
-TIFF_TILE = 512
-#: First line of the ImageDescription of a pixseg label TIFF; JSON metadata follows.
-#: (A description starting with "{" would be taken by tifffile for its own shaped format.)
-DESCRIPTION_HEADER = "pixseg-labels\n"
+TIFF_TILES = (256, 512)
+TIFF_COMPRESSIONS = ("zstd", "zlib")
+TIFF_FLAVOURS = ("generic", "ome")
+#: Private tag (in the reusable range 65000-65535) holding pixseg's JSON metadata.
+PIXSEG_TAG = 65000
 
 
-def write_label_tiff(path: str, labels: Any, *, metadata: dict[str, Any], tile: int = TIFF_TILE) -> None:
-    """Write a 2-D label array as a tiled, zstd-compressed BigTIFF.
+def write_label_tiff(
+    path: str,
+    levels: Sequence[Any],
+    *,
+    metadata: dict[str, Any],
+    pixel_size: tuple[float, float] | None,
+    flavour: str = "generic",
+    tile: int = 512,
+    compression: str = "zstd",
+) -> None:
+    """Write a label pyramid as a tiled BigTIFF.
 
     Parameters
     ----------
     path : str
         Destination ``.tif``/``.tiff``; written as ``path + ".partial"`` and renamed at the end.
-    labels : array-like
-        Shape (Y, X), uint8 or uint16, sliceable (a zarr array): read one band of ``tile`` rows
-        at a time, so memory stays at a band.
+    levels : sequence of array-like
+        (Y, X) label arrays, full resolution first, each sliceable (zarr arrays): read one band
+        of ``tile`` rows at a time, so memory stays at a band.
     metadata : dict
-        pixseg's metadata, stored as JSON in the ImageDescription tag after ``DESCRIPTION_HEADER``.
+        pixseg's metadata, stored as JSON in tag ``PIXSEG_TAG`` of the first page.
+    pixel_size : tuple of float or None
+        (Y, X) micrometres per level-0 pixel, for the resolution tags (and OME PhysicalSize).
+    flavour : str
+        ``"generic"`` or ``"ome"``.
     tile : int
-        Tile edge, a multiple of 16.
+        256 or 512.
+    compression : str
+        ``"zstd"`` or ``"zlib"`` (never lossy for labels).
     """
-    height, width = labels.shape
     partial = path + ".partial"
-    description = DESCRIPTION_HEADER + json.dumps({**metadata, "complete": True})
+    payload = json.dumps({**metadata, "complete": True})
     try:
-        with tifffile.TiffWriter(partial, bigtiff=True) as writer:
-            writer.write(
-                _tiles(labels, tile),
-                shape=(height, width),
-                dtype=np.dtype(labels.dtype),
-                tile=(tile, tile),
-                compression="zstd",
-                photometric="minisblack",
-                description=description,
-                metadata=None,
-            )
+        with tifffile.TiffWriter(partial, bigtiff=True, ome=flavour == "ome") as writer:
+            for level, array in enumerate(levels):
+                factor = 2**level
+                options: dict[str, Any] = {
+                    "shape": tuple(array.shape),
+                    "dtype": np.dtype(array.dtype),
+                    "tile": (tile, tile),
+                    "compression": compression,
+                    "photometric": "minisblack",
+                }
+                if pixel_size is not None:
+                    # pixels per centimetre: 1e4 micrometres
+                    options["resolution"] = (1e4 / (pixel_size[1] * factor), 1e4 / (pixel_size[0] * factor))
+                    options["resolutionunit"] = "CENTIMETER"
+                if level == 0:
+                    options["extratags"] = [(PIXSEG_TAG, "s", 0, payload, True)]
+                    if flavour == "ome":
+                        options["subifds"] = len(levels) - 1
+                        options["metadata"] = _ome_metadata(pixel_size)
+                    else:
+                        options["description"] = "pixseg label image"
+                        options["metadata"] = None
+                else:
+                    options["subfiletype"] = 1
+                    options["metadata"] = None
+                writer.write(_tiles(array, tile), **options)
         os.replace(partial, path)
     except OSError as err:
         raise OutputError(f"cannot write TIFF output {path!r}: {err}") from err
+
+
+def _ome_metadata(pixel_size: tuple[float, float] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"axes": "YX", "Name": "pixseg labels"}
+    if pixel_size is not None:
+        meta.update(
+            PhysicalSizeY=pixel_size[0], PhysicalSizeYUnit="µm", PhysicalSizeX=pixel_size[1], PhysicalSizeXUnit="µm"
+        )
+    return meta
 
 
 def _tiles(labels: Any, tile: int) -> Iterator[np.ndarray]:
@@ -66,20 +111,20 @@ def _tiles(labels: Any, tile: int) -> Iterator[np.ndarray]:
 
 
 def read_label_tiff_status(path: str) -> dict[str, Any] | None:
-    """pixseg's metadata of a TIFF label output, with ``shape``/``dtype``/``tile``, or ``None``."""
+    """pixseg's metadata of a TIFF label output, with ``levels``/``dtype``/``tile``, or ``None``."""
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            description = page.description
-            if not description.startswith(DESCRIPTION_HEADER):
+            tag = page.tags.get(PIXSEG_TAG)
+            if tag is None:
                 return None
-            meta = json.loads(description[len(DESCRIPTION_HEADER) :])
+            meta = json.loads(tag.value)
             return {
                 **meta,
-                "shape": tuple(page.shape),
+                "levels": [tuple(level.shape) for level in tif.series[0].levels],
                 "dtype": str(page.dtype),
                 "tile": (page.tilelength, page.tilewidth),
-                "levels": len(tif.series[0].levels),
+                "flavour": "ome" if tif.is_ome else "generic",
             }
     except (tifffile.TiffFileError, OSError, ValueError):
         return None

@@ -1,8 +1,8 @@
-"""OME-Zarr (NGFF 0.5, zarr v3) label images, written chunk by chunk, metadata last.
+"""OME-Zarr label pyramids (NGFF 0.5 on zarr v3, or 0.4 on zarr v2), written chunk by chunk, metadata last.
 
-A label group is created with ``attrs["pixseg"]["complete"] = False`` and no ``ome``
-metadata; the ``ome`` metadata and ``complete = True`` are written only after every chunk
-is stored, so a viewer or ``pixseg info`` never takes an interrupted output for a result.
+A label group is created with ``pixseg.complete = False`` and no OME metadata; the OME metadata
+(``multiscales``, ``image-label``) and ``complete = True`` are written only after every chunk of
+every level is stored, so a viewer or ``pixseg info`` never takes an interrupted output for a result.
 """
 
 from __future__ import annotations
@@ -20,47 +20,67 @@ from dask.delayed import Delayed
 from pipeline.colours import label_colours
 from pipeline.errors import OutputError
 
-NGFF_VERSION = "0.5"
-LEVEL0_PATH = "0"
+NGFF_VERSIONS = ("0.5", "0.4")
 
 
 def create_label_zarr(
-    path: str, *, shape: tuple[int, int], chunks: tuple[int, int], dtype: np.dtype, attrs: dict[str, Any]
-) -> zarr.Array:
-    """Create an empty, incomplete label group with its full-resolution array.
+    path: str,
+    *,
+    shapes: list[tuple[int, int]],
+    chunks: tuple[int, int],
+    dtype: np.dtype,
+    ngff: str,
+    attrs: dict[str, Any],
+) -> list[zarr.Array]:
+    """Create an empty, incomplete label group with one array per pyramid level.
 
     Parameters
     ----------
     path : str
-        The ``.zarr`` directory to create (must not exist).
-    shape, chunks : tuple of int
-        (Y, X) of the label image and of its zarr chunks.
+        The group to create (must not exist; its parent group, if any, must).
+    shapes : list of tuple of int
+        (Y, X) of each level, full resolution first; level ``n`` is stored at path ``str(n)``.
+    chunks : tuple of int
+        (Y, X) zarr chunks of every level (clipped to the level's shape).
     dtype : numpy.dtype
         uint8 or uint16.
+    ngff : str
+        ``"0.5"`` (zarr v3) or ``"0.4"`` (zarr v2).
     attrs : dict
-        pixseg's own metadata (model, input...), stored under ``attrs["pixseg"]``.
+        pixseg's own metadata, stored under ``attrs["pixseg"]``.
 
     Returns
     -------
-    zarr.Array
-        The level-0 array, fill value 0 (= no data).
+    list of zarr.Array
+        The level arrays, fill value 0 (= no data).
     """
+    v3 = ngff == "0.5"
     try:
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
+        group = zarr.open_group(path, mode="w-", zarr_format=3 if v3 else 2)
         group.attrs["pixseg"] = {**attrs, "complete": False}
-        return group.create_array(
-            LEVEL0_PATH,
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=0,
-            compressors=zarr.codecs.ZstdCodec(level=1),
-            dimension_names=("y", "x"),
-            # all-zero (fully masked) chunks are written too, so chunk counts measure progress
-            config={"write_empty_chunks": True},
-        )
+        return [
+            group.create_array(
+                str(level),
+                shape=shape,
+                chunks=(min(chunks[0], shape[0]), min(chunks[1], shape[1])),
+                dtype=dtype,
+                fill_value=0,
+                compressors=zarr.codecs.ZstdCodec(level=1) if v3 else _v2_zstd(),
+                chunk_key_encoding={"name": "default"} if v3 else {"name": "v2", "separator": "/"},
+                dimension_names=("y", "x") if v3 else None,
+                # all-zero (fully masked) chunks are written too, so chunk counts measure progress
+                config={"write_empty_chunks": True},
+            )
+            for level, shape in enumerate(shapes)
+        ]
     except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
         raise OutputError(f"cannot create output {path!r}: {err}") from err
+
+
+def _v2_zstd() -> Any:
+    from numcodecs import Zstd
+
+    return Zstd(level=1)
 
 
 def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
@@ -95,37 +115,95 @@ def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tu
             raise ValueError(f"dask chunks {sizes!r} on axis {axis} do not align with zarr chunks of {step}")
 
 
-def finalise_label_zarr(path: str, *, n_labels: int, name: str) -> None:
-    """Write the OME-Zarr metadata and mark the output complete (call after every chunk is stored).
+def ome_label_metadata(
+    *,
+    n_levels: int,
+    n_labels: int,
+    name: str,
+    pixel_size: tuple[float, float] | None,
+    properties: list[dict[str, Any]],
+    source_image: str | None,
+) -> dict[str, Any]:
+    """``multiscales`` and ``image-label`` of a label pyramid (without the version keys).
+
+    Level ``n`` holds every ``2**n``-th pixel, so its scale is ``2**n`` times level 0's and a
+    translation of ``(2**n - 1) / 2`` level-0 pixels puts its pixel centres where they came from.
+    """
+    base = pixel_size or (1.0, 1.0)
+    axes: list[dict[str, Any]] = [{"name": axis, "type": "space"} for axis in ("y", "x")]
+    if pixel_size is not None:
+        for axis in axes:
+            axis["unit"] = "micrometer"
+    datasets = []
+    for level in range(n_levels):
+        factor = 2**level
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [base[0] * factor, base[1] * factor]}]
+        if level:
+            shift = (factor - 1) / 2
+            transforms.append({"type": "translation", "translation": [base[0] * shift, base[1] * shift]})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    image_label: dict[str, Any] = {
+        "colors": [{"label-value": i + 1, "rgba": list(rgba)} for i, rgba in enumerate(label_colours(n_labels))],
+        "properties": [
+            {"label-value": row["label"], "name": f"cluster {row['label']}", **_plain(row)} for row in properties
+        ],
+    }
+    if source_image is not None:
+        image_label["source"] = {"image": source_image}
+    return {"multiscales": [{"name": name, "axes": axes, "datasets": datasets}], "image-label": image_label}
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key not in ("label", "centroid") and value is not None}
+
+
+def finalise_label_zarr(path: str, *, ngff: str, ome: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the OME metadata and mark the output complete (call after every chunk is stored).
 
     Parameters
     ----------
     path : str
         A group made by :func:`create_label_zarr`.
-    n_labels : int
-        K: labels 1..K get a colour.
-    name : str
-        The multiscale's name.
+    ngff : str
+        ``"0.5"`` or ``"0.4"``.
+    ome : dict
+        From :func:`ome_label_metadata`.
+    extra : dict
+        Added to ``attrs["pixseg"]`` (statistics, levels...).
     """
     group = zarr.open_group(path, mode="r+")
-    colours = label_colours(n_labels)
-    group.attrs["ome"] = {
-        "version": NGFF_VERSION,
-        "multiscales": [
-            {
-                "name": name,
-                "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [
-                    {"path": LEVEL0_PATH, "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}
-                ],
-            }
-        ],
-        "image-label": {
-            "colors": [{"label-value": i + 1, "rgba": list(rgba)} for i, rgba in enumerate(colours)],
-            "properties": [{"label-value": i + 1, "name": f"cluster {i + 1}"} for i in range(n_labels)],
-        },
-    }
-    group.attrs["pixseg"] = {**group.attrs["pixseg"], "complete": True}
+    if ngff == "0.5":
+        group.attrs["ome"] = {"version": ngff, **ome}
+    else:
+        group.attrs["multiscales"] = [{"version": ngff, **ome["multiscales"][0]}]
+        group.attrs["image-label"] = {"version": ngff, **ome["image-label"]}
+    group.attrs["pixseg"] = {**group.attrs["pixseg"], **extra, "complete": True}
+
+
+def prepare_labels_group(image_path: str) -> str:
+    """Make sure an OME-Zarr image has a ``labels`` group; return the image's NGFF version.
+
+    Only the ``labels`` group is created or opened: the image's arrays are never touched.
+    """
+    image = zarr.open_group(image_path, mode="r")
+    ngff = "0.5" if image.metadata.zarr_format == 3 else "0.4"
+    try:
+        zarr.open_group(os.path.join(image_path, "labels"), mode="a", zarr_format=image.metadata.zarr_format)
+    except OSError as err:
+        raise OutputError(f"cannot create the labels group of {image_path!r}: {err}") from err
+    return ngff
+
+
+def register_label(image_path: str, name: str, *, ngff: str) -> None:
+    """Add ``name`` to the ``labels`` list of an OME-Zarr image's ``labels`` group (metadata last)."""
+    group = zarr.open_group(os.path.join(image_path, "labels"), mode="r+")
+    if ngff == "0.5":
+        ome = dict(group.attrs.get("ome") or {})
+        names = [n for n in ome.get("labels", []) if n != name] + [name]
+        group.attrs["ome"] = {**ome, "version": ngff, "labels": names}
+    else:
+        names = [n for n in group.attrs.get("labels", []) if n != name] + [name]
+        group.attrs["labels"] = names
 
 
 def read_label_zarr_status(path: str) -> dict[str, Any] | None:
@@ -134,8 +212,8 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``attrs["pixseg"]`` with ``shape``, ``chunks``, ``dtype``, ``chunks_written`` and
-        ``chunks_total`` added.
+        ``attrs["pixseg"]`` with ``levels`` (shapes), ``chunks``, ``dtype``, ``chunks_written``
+        and ``chunks_total`` (over all levels) added.
     """
     try:
         group = zarr.open_group(path, mode="r")
@@ -144,25 +222,28 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
     meta = group.attrs.get("pixseg")
     if not isinstance(meta, dict):
         return None
+    arrays = [a for _, a in sorted(group.arrays(), key=lambda item: int(item[0]) if item[0].isdigit() else -1)]
     status = dict(meta)
-    if LEVEL0_PATH in group:
-        array = group[LEVEL0_PATH]
-        assert isinstance(array, zarr.Array)
+    if arrays:
         status.update(
-            shape=tuple(array.shape),
-            chunks=tuple(array.chunks),
-            dtype=str(array.dtype),
-            chunks_written=int(array.nchunks_initialized),
-            chunks_total=math.prod(array.cdata_shape),
+            levels=[tuple(a.shape) for a in arrays],
+            chunks=tuple(arrays[0].chunks),
+            dtype=str(arrays[0].dtype),
+            chunks_written=sum(int(a.nchunks_initialized) for a in arrays),
+            chunks_total=sum(math.prod(a.cdata_shape) for a in arrays),
         )
     return status
 
 
-def open_label_level0(path: str) -> zarr.Array:
-    """The full-resolution label array of an output group, read-only."""
-    array = zarr.open_group(path, mode="r")[LEVEL0_PATH]
-    assert isinstance(array, zarr.Array)
-    return array
+def open_label_levels(path: str) -> list[zarr.Array]:
+    """The label arrays of an output group, full resolution first, read-only."""
+    group = zarr.open_group(path, mode="r")
+    arrays = []
+    while str(len(arrays)) in group:
+        array = group[str(len(arrays))]
+        assert isinstance(array, zarr.Array)
+        arrays.append(array)
+    return arrays
 
 
 def remove_output(path: str) -> None:

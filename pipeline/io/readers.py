@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class Image:
         (Y, X) of every pyramid level in the file, level 0 first.
     has_alpha : bool
         Whether the last channel is an alpha channel (alpha == 0 means masked).
+    pixel_size : tuple of float or None
+        (Y, X) size of a pixel of the selected level in micrometres, when the file says.
     """
 
     path: str
@@ -63,6 +66,7 @@ class Image:
     level: int
     level_shapes: tuple[tuple[int, int], ...]
     has_alpha: bool
+    pixel_size: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -137,6 +141,7 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
         level=level,
         level_shapes=source.level_shapes,
         has_alpha=source.has_alpha,
+        pixel_size=source.pixel_size,
     )
 
 
@@ -206,6 +211,7 @@ class _RegionReader:
         native_chunks: tuple[int, int],
         level_shapes: tuple[tuple[int, int], ...],
         has_alpha: bool,
+        pixel_size: tuple[float, float] | None = None,
     ) -> None:
         self.path = path
         self.kind = kind
@@ -215,6 +221,7 @@ class _RegionReader:
         self.native_chunks = native_chunks
         self.level_shapes = level_shapes
         self.has_alpha = has_alpha
+        self.pixel_size = pixel_size
         sizes = dict(zip(native_axes, native_shape, strict=True))
         self.shape = (sizes["Y"], sizes["X"], sizes.get("C", 1))
         self.ndim = 3
@@ -320,6 +327,7 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
             level_shapes = tuple(_yx(lvl.axes, lvl.shape) for lvl in levels)
             dtype = np.dtype(chosen.dtype)
             has_alpha = _tiff_has_alpha(page, axes, chosen.shape)
+            base_size = _tiff_pixel_size(tif, levels[0].keyframe)
             shape = tuple(int(n) for n in chosen.shape)
     except InputError:
         raise
@@ -335,7 +343,60 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
         native_chunks=native,
         level_shapes=level_shapes,
         has_alpha=has_alpha,
+        pixel_size=_scaled_pixel_size(base_size, level_shapes[0], level_shapes[level]),
     )
+
+
+def _scaled_pixel_size(
+    base: tuple[float, float] | None, base_shape: tuple[int, int], shape: tuple[int, int]
+) -> tuple[float, float] | None:
+    """Pixel size of a pyramid level from the full-resolution one and the shapes."""
+    if base is None:
+        return None
+    return base[0] * base_shape[0] / shape[0], base[1] * base_shape[1] / shape[1]
+
+
+#: Micrometres per unit, for OME-XML and OME-Zarr length units.
+_MICROMETRES = {
+    "m": 1e6, "meter": 1e6, "cm": 1e4, "centimeter": 1e4, "mm": 1e3, "millimeter": 1e3,
+    "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "inch": 25400.0, "in": 25400.0,
+}  # fmt: skip
+
+
+def _tiff_pixel_size(tif: Any, page: Any) -> tuple[float, float] | None:
+    """(Y, X) micrometres per pixel from OME-XML, an Aperio MPP, or the resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        size = _ome_xml_pixel_size(tif.ome_metadata)
+        if size is not None:
+            return size
+    if tif.is_svs:
+        match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description)
+        if match and float(match.group(1)) > 0:
+            return float(match.group(1)), float(match.group(1))
+    if int(page.resolutionunit) in (2, 3):  # inch, centimetre
+        per_um_x, per_um_y = page.get_resolution("micrometer")
+        if per_um_x > 0 and per_um_y > 0:
+            return 1.0 / per_um_y, 1.0 / per_um_x
+    return None
+
+
+def _ome_xml_pixel_size(xml: str) -> tuple[float, float] | None:
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
+        return None
+    try:
+        size_x = float(pixels.attrib["PhysicalSizeX"]) * _MICROMETRES[pixels.attrib.get("PhysicalSizeXUnit", "µm")]
+        size_y = float(pixels.attrib["PhysicalSizeY"]) * _MICROMETRES[pixels.attrib.get("PhysicalSizeYUnit", "µm")]
+    except (KeyError, ValueError):
+        return None
+    return (size_y, size_x) if size_x > 0 and size_y > 0 else None
 
 
 def _tiff_has_alpha(page: Any, axes: str, shape: tuple[int, ...]) -> bool:
@@ -367,6 +428,7 @@ def _zarr_source(path: str, level: int) -> _RegionReader:
     except Exception as err:
         raise InputError(f"cannot open zarr store {path!r}: {err}") from err
     kind = "zarr"
+    pixel_sizes: list[tuple[float, float] | None] = []
     if isinstance(node, zarr.Array):
         dataset_paths = [""]
         axes = _zarr_array_axes(node, path)
@@ -376,7 +438,7 @@ def _zarr_source(path: str, level: int) -> _RegionReader:
         multiscales = (ome if isinstance(ome, dict) else attrs).get("multiscales")
         if multiscales:
             kind = "ome-zarr"
-            dataset_paths, axes = _ome_datasets(multiscales, path)
+            dataset_paths, axes, pixel_sizes = _ome_datasets(multiscales, path)
         else:
             names = sorted(name for name, _ in node.arrays())
             if len(names) != 1:
@@ -410,20 +472,45 @@ def _zarr_source(path: str, level: int) -> _RegionReader:
         native_chunks=(int(chunk_of["Y"]), int(chunk_of["X"])),
         level_shapes=tuple(_yx(canonical, a.shape) for a in arrays),
         has_alpha=False,
+        pixel_size=pixel_sizes[level] if pixel_sizes else None,
     )
 
 
-def _ome_datasets(multiscales: Any, path: str) -> tuple[list[str], str]:
+def _ome_datasets(multiscales: Any, path: str) -> tuple[list[str], str, list[tuple[float, float] | None]]:
+    """Dataset paths, axis letters and per-level (Y, X) pixel size in micrometres of a multiscale."""
     try:
         first = multiscales[0]
         dataset_paths = [str(d["path"]) for d in first["datasets"]]
-        axes_meta = first.get("axes")
-        axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes_meta) if axes_meta else ""
-    except (KeyError, IndexError, TypeError) as err:
+        axes_meta = first.get("axes") or []
+        axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes_meta)
+        pixel_sizes = [_ome_pixel_size(axes_meta, first, d) for d in first["datasets"]]
+    except (KeyError, IndexError, TypeError, ValueError) as err:
         raise InputError(f"OME-Zarr {path!r} has malformed 'multiscales' metadata: {err!r}") from err
     if not dataset_paths:
         raise InputError(f"OME-Zarr {path!r} lists no datasets in its 'multiscales' metadata")
-    return dataset_paths, axes
+    return dataset_paths, axes, pixel_sizes
+
+
+def _ome_pixel_size(
+    axes_meta: list[Any], multiscale: dict[str, Any], dataset: dict[str, Any]
+) -> tuple[float, float] | None:
+    """(Y, X) micrometres per pixel of one dataset: its scale times the multiscale's, in the axes' units."""
+    names = [str(a.get("name", "")).lower() if isinstance(a, dict) else str(a).lower() for a in axes_meta]
+    if "y" not in names or "x" not in names:
+        return None
+    scale = [1.0] * len(names)
+    for transforms in (dataset.get("coordinateTransformations"), multiscale.get("coordinateTransformations")):
+        for transform in transforms or []:
+            if transform.get("type") == "scale":
+                scale = [a * float(b) for a, b in zip(scale, transform["scale"], strict=True)]
+    sizes = []
+    for axis in ("y", "x"):
+        meta = axes_meta[names.index(axis)]
+        unit = meta.get("unit") if isinstance(meta, dict) else None
+        if unit not in _MICROMETRES:
+            return None
+        sizes.append(scale[names.index(axis)] * _MICROMETRES[unit])
+    return sizes[0], sizes[1]
 
 
 def _zarr_array_axes(array: Any, path: str) -> str:

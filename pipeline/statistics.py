@@ -1,0 +1,79 @@
+"""Per-label statistics: pixel counts computed chunk by chunk, then areas, fractions and centroids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+
+def count_labels_chunk(labels: np.ndarray, n_values: int) -> np.ndarray:
+    """Pixel count of each value 0..``n_values - 1`` in one chunk: shape (1, 1, n_values), int64."""
+    return np.bincount(labels.ravel(), minlength=n_values)[np.newaxis, np.newaxis, :n_values].astype(np.int64)
+
+
+def build_label_counts(labels: da.Array, n_labels: int) -> da.Array:
+    """Lazily count pixels of each label.
+
+    Parameters
+    ----------
+    labels : dask.array.Array
+        Shape (Y, X), values 0..``n_labels``.
+    n_labels : int
+        K.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (K + 1,), int64: index 0 counts masked pixels; computes nothing.
+    """
+    per_chunk = labels.map_blocks(
+        count_labels_chunk,
+        n_labels + 1,
+        new_axis=2,
+        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_labels + 1,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), dtype=np.int64),
+    )
+    return per_chunk.sum(axis=(0, 1))
+
+
+def label_table(
+    counts: np.ndarray,
+    centroids: np.ndarray,
+    columns: tuple[str, ...],
+    *,
+    pixel_size: tuple[float, float] | None,
+) -> list[dict[str, Any]]:
+    """One row per label 1..K.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        Shape (K + 1,): pixel counts, index 0 = masked.
+    centroids : numpy.ndarray
+        Shape (K, F), in feature units.
+    columns : tuple of str
+        Feature column names (F).
+    pixel_size : tuple of float or None
+        (Y, X) micrometres per pixel, if known.
+
+    Returns
+    -------
+    list of dict
+        Keys ``label``, ``pixels``, ``fraction`` (of unmasked pixels), ``area_um2`` (None when
+        the pixel size is unknown) and ``centroid`` (column name -> value).
+    """
+    unmasked = int(counts[1:].sum())
+    pixel_area = pixel_size[0] * pixel_size[1] if pixel_size else None
+    return [
+        {
+            "label": label,
+            "pixels": int(counts[label]),
+            "fraction": int(counts[label]) / unmasked if unmasked else 0.0,
+            "area_um2": int(counts[label]) * pixel_area if pixel_area is not None else None,
+            "centroid": {name: float(v) for name, v in zip(columns, centroids[label - 1], strict=True)},
+        }
+        for label in range(1, len(counts))
+    ]
