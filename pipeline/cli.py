@@ -7,6 +7,7 @@ Every subcommand is a thin wrapper over a library function. A user mistake print
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -17,11 +18,13 @@ from pipeline import __version__
 from pipeline.cluster import open_scheduler
 from pipeline.errors import PipelineError
 from pipeline.features import FEATURE_GROUPS
-from pipeline.runner import FitOptions, OutputOptions, ReadOptions, RunResult, apply, describe, segment
+from pipeline.runner import NORMALISE_MODES, FitOptions, OutputOptions, ReadOptions, RunResult, apply, describe, segment
 
 logger = logging.getLogger("pipeline")
 
 EXIT_USER_ERROR = 2
+#: ``pixseg run`` finished, but some images failed (listed in the run summary).
+EXIT_BATCH_FAILED = 3
 
 
 class UsageError(PipelineError, ValueError):
@@ -66,8 +69,26 @@ def _build_parser() -> argparse.ArgumentParser:
     app.add_argument("model", help="a model saved by `segment --save-model`")
     app.add_argument("input")
     app.add_argument("output", nargs="?")
+    app.add_argument("--mask", default=None, metavar="auto|none|PATH", help="mask (default: the model's, auto or none)")
     _add_run_arguments(app)
     app.set_defaults(handler=_run_apply)
+
+    run = commands.add_parser("run", help="segment a batch of images from a YAML config (see configs/)")
+    run.add_argument("config", help="a run configuration (YAML)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, e.g. compute.workers=4; the value is YAML); repeatable",
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the plan (images, chunks, memory) and stop")
+    run.add_argument("--scheduler", help="override compute.scheduler: threads, local, slurm, pbs or tcp://HOST:PORT")
+    run.add_argument("--workers", type=int, help="override compute.workers (threads, processes or batch jobs)")
+    run.add_argument("--lifetime", help="override compute.lifetime: workers retire and are replaced after it (55m)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+    run.set_defaults(handler=_run_batch)
 
     info = commands.add_parser("info", help="what an image or a pixseg output holds")
     info.add_argument("path")
@@ -90,11 +111,46 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
         default=",".join(defaults.features),
-        help=f"comma-separated features from {', '.join(FEATURE_GROUPS)} (default %(default)s)",
+        help=f"comma-separated features from {', '.join(FEATURE_GROUPS)}; texture = smooth,std,gradient,log "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--sample-size", type=int, default=defaults.sample_size, help="pixels sampled for the fit (default %(default)s)"
     )
+    parser.add_argument(
+        "--sigmas",
+        type=_parse_sigmas,
+        default=defaults.sigmas,
+        metavar="S1,S2",
+        help=f"texture scales in full-resolution pixels (default {','.join(f'{s:g}' for s in defaults.sigmas)})",
+    )
+    parser.add_argument(
+        "--mask",
+        default=defaults.mask,
+        metavar="auto|none|PATH",
+        help="auto: tissue versus glass (RGB); PATH: a mask image, 0 = masked (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fit-level",
+        type=int,
+        default=defaults.fit_level,
+        metavar="L",
+        help="pyramid level to sample for the fit; labels are still predicted at --level (default: --level)",
+    )
+    parser.add_argument(
+        "--normalise",
+        choices=NORMALISE_MODES,
+        default=defaults.normalise,
+        help="channel scaling: dtype range, or robust 0.5-99.5 percentiles; auto = robust unless 8-bit "
+        "(default %(default)s)",
+    )
+
+
+def _parse_sigmas(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bool = True) -> None:
@@ -102,6 +158,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bo
     parser.add_argument("--chunk", type=int, default=None, help="processing chunk edge in pixels (default: ~1024)")
     if with_output_flags:
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        parser.add_argument(
+            "--resume", action="store_true", help="continue an interrupted run of the same job (same input, options)"
+        )
         _add_output_arguments(parser)
     parser.add_argument("--scheduler", default="threads", help="threads (default), local, or tcp://HOST:PORT")
     parser.add_argument("--workers", type=int, default=None, help="threads or worker processes (default: cores)")
@@ -187,6 +246,10 @@ def _fit_options(args: argparse.Namespace) -> FitOptions:
         seed=args.seed,
         features=tuple(name.strip() for name in args.features.split(",")),
         sample_size=args.sample_size,
+        sigmas=args.sigmas,
+        mask=args.mask,
+        fit_level=args.fit_level,
+        normalise=args.normalise,
     )
 
 
@@ -200,6 +263,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             output=_output_options(args),
             model_path=args.save_model,
             overwrite=args.overwrite,
+            resume=args.resume,
             progress=not args.quiet,
         )
     _print_result(result)
@@ -215,10 +279,34 @@ def _run_apply(args: argparse.Namespace) -> int:
             read=_read_options(args),
             output=_output_options(args),
             overwrite=args.overwrite,
+            resume=args.resume,
             progress=not args.quiet,
+            mask=args.mask,
         )
     _print_result(result)
     return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from pipeline.batch import format_plan, plan_batch, run_batch
+    from pipeline.config import load_config
+
+    overrides = list(args.overrides)
+    for key, value in (("scheduler", args.scheduler), ("workers", args.workers), ("lifetime", args.lifetime)):
+        if value is not None:
+            overrides.append(f"compute.{key}={json.dumps(value)}")
+    config = load_config(args.config, overrides)
+    if args.dry_run:
+        print(format_plan(plan_batch(config)))
+        return 0
+    result = run_batch(config, progress=not args.quiet)
+    print(
+        f"{result.count('done')} done, {result.count('skipped')} skipped, {result.count('failed')} failed "
+        f"in {result.seconds:.1f} s; summary: {result.summary_path}"
+    )
+    for outcome in result.failed:
+        print(f"failed: {outcome.input}: {outcome.error}", file=sys.stderr)
+    return EXIT_BATCH_FAILED if result.failed else 0
 
 
 def _run_info(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ import ctypes
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dask
 
@@ -15,21 +16,50 @@ from pipeline.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = ("threads", "local")
+SCHEDULERS = ("threads", "local", "slurm", "pbs")
+#: dask-jobqueue cluster classes of the batch-system schedulers.
+JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
 
 @contextlib.contextmanager
-def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) -> Iterator[object | None]:
+def open_scheduler(
+    scheduler: str = "threads",
+    *,
+    workers: int | None = None,
+    memory_limit: str | None = None,
+    jobqueue: Mapping[str, Any] | None = None,
+    lifetime: str | None = None,
+    lifetime_stagger: str | None = None,
+    dashboard_address: str = "127.0.0.1:0",
+    startup_timeout: float | None = None,
+) -> Iterator[object | None]:
     """Make ``scheduler`` the active dask scheduler for the duration of the block.
 
     Parameters
     ----------
     scheduler : str
         ``"threads"`` (embedded, nothing to set up), ``"local"`` (a ``distributed.LocalCluster``
-        of ``workers`` single-threaded processes, dashboard on localhost only), or the address
+        of ``workers`` single-threaded processes, dashboard on localhost only), ``"slurm"`` or
+        ``"pbs"`` (a dask-jobqueue cluster whose workers run as batch jobs), or the address
         of a running scheduler (``tcp://host:port``).
     workers : int, optional
-        Threads (``threads``) or worker processes (``local``); default: the number of cores.
+        Threads (``threads``), worker processes (``local``; default: the number of cores) or
+        batch jobs (``slurm``/``pbs``; default 1).
+    memory_limit : str, optional
+        Memory limit of each ``local`` worker (``"4GB"``); default: the machine's memory shared out.
+    jobqueue : mapping, optional
+        Keyword arguments of the dask-jobqueue cluster (``cores``, ``memory``, ``walltime``,
+        ``queue``, ``account``, ``job_extra_directives``, ``interface``, ``log_directory``...);
+        those left out come from dask-jobqueue's configuration (``jobqueue.yaml``,
+        ``DASK_JOBQUEUE__SLURM__*`` variables).
+    lifetime, lifetime_stagger : str, optional
+        ``slurm``/``pbs``: workers retire after ``lifetime`` (e.g. ``"55m"``, before the job's
+        wall time) and the cluster adapts to keep ``workers`` jobs, so a run outlives one job.
+    dashboard_address : str
+        Where the distributed dashboard of ``local``/``slurm``/``pbs`` binds (default: localhost,
+        a free port); its link is logged.
+    startup_timeout : float, optional
+        ``slurm``/``pbs``: seconds to wait for the first worker (default: as long as the queue takes).
 
     Yields
     ------
@@ -39,7 +69,8 @@ def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) ->
     Raises
     ------
     ParameterError
-        For an unknown scheduler name or a bad worker count.
+        For an unknown scheduler name, a bad worker count, a batch-system cluster that
+        dask-jobqueue cannot set up, or no worker within ``startup_timeout``.
     """
     if workers is not None and workers < 1:
         raise ParameterError(f"--workers must be >= 1, got {workers!r}")
@@ -58,11 +89,24 @@ def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) ->
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
+                dashboard_address=dashboard_address,
+                memory_limit=memory_limit or "auto",
             ) as cluster,
             Client(cluster) as client,
         ):
             logger.info("local cluster of %d workers; dashboard %s", n_workers, client.dashboard_link)
+            yield client
+        return
+    if scheduler in JOBQUEUE_CLUSTERS:
+        with _open_jobqueue(
+            scheduler,
+            jobs=workers or 1,
+            options=dict(jobqueue or {}),
+            lifetime=lifetime,
+            lifetime_stagger=lifetime_stagger,
+            dashboard_address=dashboard_address,
+            startup_timeout=startup_timeout,
+        ) as client:
             yield client
         return
     if "://" in scheduler:
@@ -79,6 +123,63 @@ def open_scheduler(scheduler: str = "threads", *, workers: int | None = None) ->
     raise ParameterError(
         f"--scheduler {scheduler!r} is not known; use {', '.join(SCHEDULERS)} or a scheduler address tcp://HOST:PORT"
     )
+
+
+@contextlib.contextmanager
+def _open_jobqueue(
+    scheduler: str,
+    *,
+    jobs: int,
+    options: dict[str, Any],
+    lifetime: str | None,
+    lifetime_stagger: str | None,
+    dashboard_address: str,
+    startup_timeout: float | None,
+) -> Iterator[object]:
+    """A dask-jobqueue cluster of ``jobs`` batch jobs and a client to it (see :func:`open_scheduler`)."""
+    try:
+        import dask_jobqueue
+    except ImportError as err:
+        raise ParameterError(f"--scheduler {scheduler} needs dask-jobqueue: pip install 'pixseg[cluster]'") from err
+    from distributed import Client
+
+    cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[scheduler])
+    if lifetime is not None:
+        extra = ["--lifetime", lifetime]
+        if lifetime_stagger is not None:
+            extra += ["--lifetime-stagger", lifetime_stagger]
+        options["worker_extra_args"] = [*options.get("worker_extra_args", []), *extra]
+    options.setdefault("dashboard_address", dashboard_address)
+    if options.get("log_directory"):
+        os.makedirs(options["log_directory"], exist_ok=True)
+    try:
+        cluster = cluster_class(**options)
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"--scheduler {scheduler}: dask-jobqueue cannot set up the cluster: {err}") from err
+    with cluster, Client(cluster) as client:
+        logger.debug("%s job script:\n%s", scheduler, cluster.job_script())
+        if lifetime is not None:  # retiring workers are replaced by new jobs
+            cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
+        else:
+            cluster.scale(jobs=jobs)
+        logger.info(
+            "%s cluster of %d job(s) (%s); dashboard %s", scheduler, jobs, _job_summary(options), client.dashboard_link
+        )
+        try:
+            client.wait_for_workers(1, timeout=startup_timeout)
+        except TimeoutError as err:
+            logs = options.get("log_directory") or "the job's working directory"
+            raise ParameterError(
+                f"--scheduler {scheduler}: no worker started within {startup_timeout:g} s; "
+                f"check the queue (squeue/qstat) and the job logs in {logs!r}"
+            ) from err
+        yield client
+
+
+def _job_summary(options: Mapping[str, Any]) -> str:
+    keys = ("cores", "memory", "processes", "walltime", "queue", "account")
+    described = [f"{key}={options[key]}" for key in keys if options.get(key) is not None]
+    return ", ".join(described) or "dask-jobqueue defaults"
 
 
 def release_freed_memory_promptly() -> None:

@@ -26,3 +26,7 @@ class ParameterError(PipelineError, ValueError):
 
 class ModelError(PipelineError, ValueError):
     """A model file is missing, malformed, or does not fit the image it is applied to."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A run configuration file is unreadable, has an unknown key, or a value of the wrong type or range."""

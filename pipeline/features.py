@@ -1,27 +1,59 @@
 """Per-pixel features: pure per-chunk numpy functions and the one place that builds them lazily.
 
 A feature image has shape (Y, X, F), dtype float32. Pixels that carry no data (alpha == 0,
-NaN or infinite input) hold NaN in every feature: that NaN is the validity mask the sampling
-and prediction stages read.
+NaN or infinite input, outside a mask) hold NaN in every feature: that NaN is the validity
+mask the sampling and prediction stages read.
+
+Colour features are per pixel. Texture features (Gaussian-smoothed intensity, local standard
+deviation, gradient magnitude, Laplacian of Gaussian, Hessian eigenvalues) filter the
+intensity image with ``scipy.ndimage`` Gaussians (``mode="reflect"``, ``truncate`` 4) at each
+scale ``sigma``; the lazy builder gives every chunk a halo of ``ceil(sigma * truncate)``
+pixels (dask-image's rule) and no padding at the image edges, so scipy's own boundary
+handling applies there and a pixel's features do not depend on the chunking. Sigmas are in
+full-resolution pixels: on a pyramid level downsampled ``f`` times the filters use
+``sigma / f`` and derivatives are expressed per full-resolution pixel, so features of a
+level approximate those of the full-resolution image.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from scipy import ndimage
 
 from pipeline.errors import ParameterError
 
-#: Feature groups, in the order they are stacked.
-FEATURE_GROUPS = ("channels", "grey", "lab")
+#: Per-pixel colour feature groups.
+COLOUR_GROUPS = ("channels", "grey", "lab", "hsv", "hed")
+#: Texture feature groups, computed on the intensity (``grey``) image at every sigma.
+TEXTURE_GROUPS = ("smooth", "std", "gradient", "log", "hessian")
+#: Every feature group name; the spec stacks them in the order the user gives.
+FEATURE_GROUPS = (*COLOUR_GROUPS, *TEXTURE_GROUPS, "coordinates")
+#: Shorthand names that expand to several groups.
+FEATURE_ALIASES = {"texture": ("smooth", "std", "gradient", "log")}
+#: Default texture scales, in full-resolution pixels.
+DEFAULT_SIGMAS = (1.0, 4.0)
+#: Largest accepted sigma (its halo is ``4 * sigma`` pixels on every chunk side).
+MAX_SIGMA = 64.0
+#: Gaussian kernels stop at ``truncate * sigma`` (scipy.ndimage's default).
+TRUNCATE = 4.0
+#: Mask modes a spec records: no mask, the automatic tissue mask, or a user's mask file.
+MASK_MODES = ("none", "auto", "file")
 #: Luminance weights of skimage.color.rgb2gray (ITU-R BT.709).
 _GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
 #: sRGB (linear) to CIE XYZ, and the D65 white point, as in skimage.color.
 _RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
 _D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+#: Haematoxylin, eosin and DAB optical densities of RGB (Ruifrok & Johnston), as skimage.color.rgb_from_hed.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+#: skimage.color.hed_from_rgb, transposed for :func:`_mix` (``stains = od @ hed_from_rgb``).
+_HED_MIX = np.linalg.inv(_RGB_FROM_HED).T
+_HED_LOG_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -38,28 +70,53 @@ class FeatureSpec:
         Whether the input carries a trailing alpha channel (alpha == 0 is masked).
     dtype : str
         The input dtype the spec was built for.
-    value_range : tuple of float
-        Input values mapped to 0 and 1 when scaling channels.
+    channel_ranges : tuple of (float, float)
+        Per colour channel, the input values mapped to 0 and 1 when scaling channels.
+    sigmas : tuple of float
+        Texture scales in full-resolution pixels; empty when no texture group is chosen.
+    mask : str
+        How pixels were masked when the model was fitted: one of ``MASK_MODES``.
     """
 
     groups: tuple[str, ...]
     n_channels: int
     has_alpha: bool
     dtype: str
-    value_range: tuple[float, float]
+    channel_ranges: tuple[tuple[float, float], ...]
+    sigmas: tuple[float, ...] = ()
+    mask: str = "none"
+
+    @property
+    def texture_groups(self) -> tuple[str, ...]:
+        """The texture groups of ``groups``, in stacking order."""
+        return tuple(g for g in self.groups if g in TEXTURE_GROUPS)
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """One name per feature column, e.g. ``("ch0", "ch1", "ch2", "grey")``."""
+        """One name per feature column, e.g. ``("ch0", "ch1", "ch2", "grey", "smooth_s1")``."""
         names: list[str] = []
         for group in self.groups:
             if group == "channels":
                 names += [f"ch{i}" for i in range(self.n_channels)]
-            elif group == "grey":
-                names.append("grey")
+            elif group in _COLUMN_NAMES:
+                names += _COLUMN_NAMES[group]
+            elif group == "hessian":
+                names += [f"hessian{k}_s{sigma:g}" for sigma in self.sigmas for k in (1, 2)]
             else:
-                names += ["L", "a", "b"]
+                names += [f"{group}_s{sigma:g}" for sigma in self.sigmas]
         return tuple(names)
+
+    def halo(self, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
+        """Pixels of context each chunk needs on each side, (rows, columns), at a level downsampled ``scale``.
+
+        ``ceil(truncate * sigma / scale)`` for the largest sigma when a texture group is chosen, else (0, 0).
+        """
+        if not self.texture_groups:
+            return 0, 0
+        return (
+            max(math.ceil(TRUNCATE * sigma / scale[0]) for sigma in self.sigmas),
+            max(math.ceil(TRUNCATE * sigma / scale[1]) for sigma in self.sigmas),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
@@ -68,35 +125,64 @@ class FeatureSpec:
             "n_channels": self.n_channels,
             "has_alpha": self.has_alpha,
             "dtype": self.dtype,
-            "value_range": list(self.value_range),
+            "channel_ranges": [list(r) for r in self.channel_ranges],
+            "sigmas": list(self.sigmas),
+            "truncate": TRUNCATE,
+            "mask": self.mask,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError``/``ValueError`` on malformed data."""
+        """Inverse of :meth:`to_dict`; also reads schema-1 specs (one ``value_range``, no texture).
+
+        Raises ``KeyError``/``TypeError``/``ValueError`` on malformed data (a ``ParameterError`` is a ``ValueError``).
+        """
+        if float(data.get("truncate", TRUNCATE)) != TRUNCATE:
+            raise ValueError(f"feature truncate {data['truncate']!r} is not {TRUNCATE}")
+        has_alpha = bool(data["has_alpha"])
+        n_colour = int(data["n_channels"])
+        if "channel_ranges" in data:
+            ranges = [(float(lo), float(hi)) for lo, hi in data["channel_ranges"]]
+        else:
+            ranges = [(float(data["value_range"][0]), float(data["value_range"][1]))] * n_colour
         return make_feature_spec(
             data["groups"],
-            n_channels=int(data["n_channels"]) + int(bool(data["has_alpha"])),
-            has_alpha=bool(data["has_alpha"]),
+            n_channels=n_colour + int(has_alpha),
+            has_alpha=has_alpha,
             dtype=np.dtype(str(data["dtype"])),
-            value_range=(float(data["value_range"][0]), float(data["value_range"][1])),
+            channel_ranges=ranges,
+            sigmas=[float(s) for s in data.get("sigmas", ())] or DEFAULT_SIGMAS,
+            mask=str(data.get("mask", "none")),
         )
 
 
+_COLUMN_NAMES = {
+    "grey": ["grey"],
+    "lab": ["L", "a", "b"],
+    "hsv": ["hue", "saturation", "value"],
+    "hed": ["haematoxylin", "eosin", "dab"],
+    "coordinates": ["row", "column"],
+}
+
+
 def make_feature_spec(
-    groups: str | list[str] | tuple[str, ...],
+    groups: str | Sequence[str],
     *,
     n_channels: int,
     has_alpha: bool,
     dtype: np.dtype,
     value_range: tuple[float, float] | None = None,
+    channel_ranges: Sequence[tuple[float, float]] | None = None,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    mask: str = "none",
 ) -> FeatureSpec:
-    """Validate feature group names against an input layout.
+    """Validate feature group names and texture scales against an input layout.
 
     Parameters
     ----------
     groups : str or sequence of str
-        Group names, or one comma-separated string (``"channels,lab"``).
+        Group names, or one comma-separated string (``"hed,texture"``); ``texture`` expands to
+        ``smooth,std,gradient,log``.
     n_channels : int
         Channels of the input including any alpha channel.
     has_alpha : bool
@@ -104,30 +190,55 @@ def make_feature_spec(
     dtype : numpy.dtype
         The input dtype.
     value_range : tuple of float, optional
-        Values mapped to 0 and 1; by default the dtype's range (integers) or (0, 1) (floats).
+        Values mapped to 0 and 1 in every channel; by default the dtype's range (integers) or (0, 1) (floats).
+    channel_ranges : sequence of (float, float), optional
+        One range per colour channel (e.g. robust percentiles); overrides ``value_range``.
+    sigmas : sequence of float
+        Texture scales in full-resolution pixels, each in (0, ``MAX_SIGMA``]; kept only when a texture
+        group is chosen.
+    mask : str
+        The mask mode, one of ``MASK_MODES``.
 
     Raises
     ------
     ParameterError
-        For an unknown or repeated group, or ``lab`` on an input that is not RGB.
+        For an unknown or repeated group, a colour conversion on an input that is not RGB, a bad
+        sigma, a channel range that is empty or of the wrong length, or an unknown mask mode.
     """
-    names = tuple(g.strip() for g in groups.split(",")) if isinstance(groups, str) else tuple(groups)
+    given = tuple(g.strip() for g in groups.split(",")) if isinstance(groups, str) else tuple(groups)
+    names = tuple(name for g in given for name in FEATURE_ALIASES.get(g, (g,)))
     colour = n_channels - int(has_alpha)
     unknown = [g for g in names if g not in FEATURE_GROUPS]
     if unknown or not names:
-        raise ParameterError(f"--features: unknown feature {unknown!r}; choose from {', '.join(FEATURE_GROUPS)}")
+        choices = ", ".join((*FEATURE_GROUPS, *FEATURE_ALIASES))
+        raise ParameterError(f"--features: unknown feature {unknown!r}; choose from {choices}")
     if len(set(names)) != len(names):
-        raise ParameterError(f"--features: repeated feature in {','.join(names)!r}")
-    if "lab" in names and colour != 3:
-        raise ParameterError(f"--features lab needs an RGB image; this one has {colour} colour channel(s)")
-    if value_range is None:
-        value_range = dtype_range(dtype)
+        raise ParameterError(f"--features: repeated feature in {','.join(given)!r}")
+    for group in ("lab", "hsv", "hed"):
+        if group in names and colour != 3:
+            raise ParameterError(f"--features {group} needs an RGB image; this one has {colour} colour channel(s)")
+    if mask not in MASK_MODES:
+        raise ParameterError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mask!r}")
+    if channel_ranges is None:
+        channel_ranges = [value_range if value_range is not None else dtype_range(dtype)] * colour
+    ranges = tuple((float(lo), float(hi)) for lo, hi in channel_ranges)
+    if len(ranges) != colour or not all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in ranges):
+        raise ParameterError(f"channel ranges {ranges!r}: expected {colour} finite (low, high) pairs with low < high")
+    kept_sigmas: tuple[float, ...] = ()
+    if any(g in TEXTURE_GROUPS for g in names):
+        kept_sigmas = tuple(float(s) for s in sigmas)
+        if not kept_sigmas or not all(math.isfinite(s) and 0 < s <= MAX_SIGMA for s in kept_sigmas):
+            raise ParameterError(f"--sigmas must be one or more numbers in (0, {MAX_SIGMA:g}], got {tuple(sigmas)!r}")
+        if len(set(kept_sigmas)) != len(kept_sigmas):
+            raise ParameterError(f"--sigmas: repeated sigma in {kept_sigmas!r}")
     return FeatureSpec(
         groups=names,
         n_channels=colour,
         has_alpha=has_alpha,
         dtype=np.dtype(dtype).name,
-        value_range=(float(value_range[0]), float(value_range[1])),
+        channel_ranges=ranges,
+        sigmas=kept_sigmas,
+        mask=mask,
     )
 
 
@@ -140,39 +251,73 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def compute_features(chunk: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Features of one chunk.
+def compute_features(
+    chunk: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    halo: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+    scale: tuple[float, float] = (1.0, 1.0),
+    origin: tuple[int, int] = (0, 0),
+    image_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Features of one chunk (or of a whole in-memory image, with the defaults).
 
     Parameters
     ----------
     chunk : numpy.ndarray
-        Shape (h, w, C) in the input dtype; C includes alpha when ``spec.has_alpha``.
+        Shape (h, w, C) in the input dtype; C includes alpha when ``spec.has_alpha``. Includes
+        the ``halo`` context pixels around the region whose features are returned.
     spec : FeatureSpec
         What to compute.
+    halo : ((int, int), (int, int))
+        Context rows above and below, and columns left and right, of the returned region. Texture
+        features are exact when each side is at least ``spec.halo(scale)`` or lies on the image edge.
+    scale : (float, float)
+        How many full-resolution pixels one pixel of this level spans, (rows, columns).
+    origin : (int, int)
+        (row, column) in the image of the first returned pixel (for ``coordinates``).
+    image_shape : (int, int), optional
+        (Y, X) of the image at this level (for ``coordinates``); by default the returned region's.
 
     Returns
     -------
     numpy.ndarray
-        Shape (h, w, len(spec.columns)), float32; NaN in every column of an invalid pixel.
-        The input is not modified.
+        Shape (h - top - bottom, w - left - right, len(spec.columns)), float32; NaN in every
+        column of an invalid pixel. The input is not modified.
     """
     colour = chunk[..., : spec.n_channels]
-    low, high = spec.value_range
-    scaled = (colour.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (high - low))
+    lows = np.array([low for low, _ in spec.channel_ranges], dtype=np.float32)
+    inverse_spans = np.array([1.0 / (high - low) for low, high in spec.channel_ranges], dtype=np.float32)
+    scaled = (colour.astype(np.float32) - lows) * inverse_spans
     invalid = _invalid_pixels(chunk, scaled, spec)
     if invalid is not None:
         scaled[invalid] = 0.0
+    (top, bottom), (left, right) = halo
+    inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
+    core = scaled[inner]
+    intensity = _grey(scaled).astype(np.float64) if spec.texture_groups else None
+    filtered: dict[tuple[Any, ...], np.ndarray] = {}
     parts: list[np.ndarray] = []
     for group in spec.groups:
         if group == "channels":
-            parts.append(scaled)
+            parts.append(core)
         elif group == "grey":
-            parts.append(_grey(scaled)[..., np.newaxis])
+            parts.append(_grey(core)[..., np.newaxis])
+        elif group == "lab":
+            parts.append(_lab(core))
+        elif group == "hsv":
+            parts.append(_hsv(core))
+        elif group == "hed":
+            parts.append(_hed(core))
+        elif group == "coordinates":
+            parts.append(_coordinates(core.shape[:2], origin, image_shape or core.shape[:2]))
         else:
-            parts.append(_lab(scaled))
-    features = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+            assert intensity is not None
+            columns = [c for s in spec.sigmas for c in _texture(group, intensity, s, scale, filtered)]
+            parts.append(np.stack([c[inner] for c in columns], axis=-1).astype(np.float32))
+    features = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=-1)
     if invalid is not None:
-        features[invalid] = np.nan
+        features[invalid[inner]] = np.nan
     return features
 
 
@@ -209,8 +354,105 @@ def _lab(scaled: np.ndarray) -> np.ndarray:
     return lab.astype(np.float32)
 
 
-def build_features(image: da.Array, spec: FeatureSpec) -> da.Array:
-    """Lazily compute features chunk by chunk.
+def _hsv(scaled: np.ndarray) -> np.ndarray:
+    """Hue, saturation, value in [0, 1] of RGB values in [0, 1], as ``skimage.color.rgb2hsv``."""
+    rgb = np.clip(scaled, 0.0, 1.0).astype(np.float64)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    delta = value - rgb.min(axis=-1)
+    grey = delta == 0.0
+    safe = np.where(grey, 1.0, delta)
+    # skimage assigns the red, green, blue cases in turn, so the last channel equal to the maximum wins
+    hue = np.where(
+        blue == value,
+        4.0 + (red - green) / safe,
+        np.where(green == value, 2.0 + (blue - red) / safe, (green - blue) / safe),
+    )
+    hue = np.where(grey, 0.0, (hue / 6.0) % 1.0)
+    saturation = np.where(grey, 0.0, delta / np.where(value == 0.0, 1.0, value))
+    return np.stack([hue, saturation, value], axis=-1).astype(np.float32)
+
+
+def _hed(scaled: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and DAB densities of RGB values in [0, 1], as ``skimage.color.rgb2hed``."""
+    rgb = np.clip(scaled, _HED_LOG_FLOOR, 1.0).astype(np.float64)
+    density = np.log(rgb) / np.log(_HED_LOG_FLOOR)
+    return np.maximum(_mix(density, _HED_MIX), 0.0).astype(np.float32)
+
+
+def _coordinates(shape: tuple[int, int], origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
+    """Pixel centres scaled to [0, 1] by the image size: the same values at every pyramid level."""
+    rows = (origin[0] + np.arange(shape[0], dtype=np.float64) + 0.5) / image_shape[0]
+    cols = (origin[1] + np.arange(shape[1], dtype=np.float64) + 0.5) / image_shape[1]
+    grid = np.empty((*shape, 2), dtype=np.float32)
+    grid[..., 0] = rows[:, np.newaxis]
+    grid[..., 1] = cols[np.newaxis, :]
+    return grid
+
+
+def _texture(
+    group: str,
+    intensity: np.ndarray,
+    sigma: float,
+    scale: tuple[float, float],
+    filtered: dict[tuple[Any, ...], np.ndarray],
+) -> list[np.ndarray]:
+    """The ``group`` texture columns of a 2-D float64 ``intensity`` image at one full-resolution ``sigma``.
+
+    ``filtered`` memoises Gaussian filterings between groups of the same chunk.
+    """
+    level_sigma = (sigma / scale[0], sigma / scale[1])
+
+    def gaussian(order: tuple[int, int], *, squared: bool = False) -> np.ndarray:
+        key = (sigma, order, squared)
+        if key not in filtered:
+            source = intensity * intensity if squared else intensity
+            filtered[key] = ndimage.gaussian_filter(source, level_sigma, order=order, mode="reflect", truncate=TRUNCATE)
+        return filtered[key]
+
+    rows, cols = scale
+    if group == "smooth":
+        return [gaussian((0, 0))]
+    if group == "std":
+        mean = gaussian((0, 0))
+        return [np.sqrt(np.maximum(gaussian((0, 0), squared=True) - mean * mean, 0.0))]
+    if group == "gradient":
+        d_row = gaussian((1, 0)) / rows
+        d_col = gaussian((0, 1)) / cols
+        return [np.sqrt(d_row * d_row + d_col * d_col)]
+    d_row_row = gaussian((2, 0)) / (rows * rows)
+    d_col_col = gaussian((0, 2)) / (cols * cols)
+    if group == "log":
+        return [d_row_row + d_col_col]
+    d_row_col = gaussian((1, 1)) / (rows * cols)
+    half_trace = (d_row_row + d_col_col) / 2.0
+    root = np.sqrt(((d_row_row - d_col_col) / 2.0) ** 2 + d_row_col * d_row_col)
+    return [half_trace + root, half_trace - root]
+
+
+def robust_channel_ranges(
+    sample: np.ndarray, *, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[tuple[float, float], ...]:
+    """Per-channel (low, high) input values at the given percentiles of a sample.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        Shape (n, C): raw channel values of valid pixels, n >= 1.
+    percentiles : (float, float)
+        Lower and upper percentile, 0 <= low < high <= 100.
+
+    Returns
+    -------
+    tuple of (float, float)
+        One range per channel; a channel whose percentiles coincide gets ``(low, low + 1)``.
+    """
+    low, high = np.percentile(np.asarray(sample, dtype=np.float64), percentiles, axis=0)
+    return tuple((float(lo), float(hi) if hi > lo else float(lo) + 1.0) for lo, hi in zip(low, high, strict=True))
+
+
+def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, float] = (1.0, 1.0)) -> da.Array:
+    """Lazily compute features chunk by chunk, with the halo texture features need.
 
     Parameters
     ----------
@@ -218,17 +460,84 @@ def build_features(image: da.Array, spec: FeatureSpec) -> da.Array:
         Shape (Y, X, C), channels in one chunk.
     spec : FeatureSpec
         Features to compute; must match the image's channels.
+    scale : (float, float)
+        How many full-resolution pixels one pixel of ``image`` spans, (rows, columns): sigmas are
+        divided by it.
 
     Returns
     -------
     dask.array.Array
-        Shape (Y, X, F), float32, the same (Y, X) chunks as ``image``; computes nothing.
+        Shape (Y, X, F), float32, the same (Y, X) chunks as ``image``; computes nothing. With a halo,
+        chunks are first overlapped by ``spec.halo(scale)`` pixels (none added at the image edges,
+        chunks smaller than the halo merged with a neighbour), so every pixel's features equal those
+        of :func:`compute_features` on the whole image.
     """
     n_columns = len(spec.columns)
-    return image.map_blocks(
-        compute_features,
+    halo = spec.halo(scale)
+    work = image
+    if any(halo):
+        work = image.rechunk(
+            (
+                _merge_small_chunks(image.chunks[0], halo[0]),
+                _merge_small_chunks(image.chunks[1], halo[1]),
+                image.chunks[2],
+            )
+        )
+        padded = da.overlap.overlap(work, depth={0: halo[0], 1: halo[1], 2: 0}, boundary="none")
+    else:
+        padded = work
+    features = padded.map_blocks(
+        _block_features,
         spec,
-        chunks=(image.chunks[0], image.chunks[1], (n_columns,)),
+        halo=halo,
+        scale=scale,
+        chunks_yx=work.chunks[:2],
+        image_shape=(int(image.shape[0]), int(image.shape[1])),
+        chunks=(work.chunks[0], work.chunks[1], (n_columns,)),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
     )
+    if features.chunks[:2] != image.chunks[:2]:
+        features = features.rechunk((image.chunks[0], image.chunks[1], (n_columns,)))
+    return features
+
+
+def _block_features(
+    block: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    halo: tuple[int, int],
+    scale: tuple[float, float],
+    chunks_yx: tuple[tuple[int, ...], tuple[int, ...]],
+    image_shape: tuple[int, int],
+    block_id: tuple[int, ...],
+) -> np.ndarray:
+    """Features of block ``block_id`` of the overlapped image (no overlap at the image edges)."""
+    sides = []
+    origin = []
+    for axis in (0, 1):
+        index, sizes = block_id[axis], chunks_yx[axis]
+        sides.append((halo[axis] if index > 0 else 0, halo[axis] if index < len(sizes) - 1 else 0))
+        origin.append(int(sum(sizes[:index])))
+    expected = tuple(chunks_yx[axis][block_id[axis]] + sum(sides[axis]) for axis in (0, 1))
+    if block.shape[:2] != expected:
+        raise AssertionError(f"block {block_id!r} has shape {block.shape!r}; expected {expected!r} with halo {sides!r}")
+    return compute_features(
+        block,
+        spec,
+        halo=(sides[0], sides[1]),
+        scale=scale,
+        origin=(origin[0], origin[1]),
+        image_shape=image_shape,
+    )
+
+
+def _merge_small_chunks(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
+    """Merge chunks smaller than ``minimum`` into a neighbour (dask's overlap needs depth <= chunk)."""
+    merged: list[int] = []
+    for size in chunks:
+        if merged and (size < minimum or merged[-1] < minimum):
+            merged[-1] += size
+        else:
+            merged.append(size)
+    return tuple(merged)

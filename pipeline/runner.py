@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
 
 import pipeline
 from pipeline.colours import label_colours
-from pipeline.errors import InputError, ModelError, OutputError, ParameterError
-from pipeline.features import FeatureSpec, build_features, make_feature_spec
+from pipeline.errors import InputError, ModelError, OutputError, ParameterError, PipelineError
+from pipeline.features import (
+    DEFAULT_SIGMAS,
+    FeatureSpec,
+    build_features,
+    make_feature_spec,
+    robust_channel_ranges,
+)
 from pipeline.io.label_tiff import (
     TIFF_COMPRESSIONS,
     TIFF_FLAVOURS,
@@ -28,6 +38,8 @@ from pipeline.io.label_tiff import (
 )
 from pipeline.io.label_zarr import (
     NGFF_VERSIONS,
+    chunk_written,
+    count_stored_chunk,
     create_label_zarr,
     finalise_label_zarr,
     ome_label_metadata,
@@ -36,16 +48,19 @@ from pipeline.io.label_zarr import (
     read_label_zarr_status,
     register_label,
     remove_output,
+    store_blocks,
     store_labels,
 )
-from pipeline.io.model_file import load_model, model_document, save_model
+from pipeline.io.locks import lock_path_for, output_lock
+from pipeline.io.model_file import load_model, model_document, model_from_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
 from pipeline.io.side_files import SIDE_SUFFIXES, side_file_base, write_legend, write_png, write_statistics
+from pipeline.masks import block_mean, check_mask_shape, choose_mask_level, mask_features, tissue_mask, upsample_mask
 from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.predict import build_labels
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pipeline.pyramid import pyramid_shapes, reduce_labels
-from pipeline.sampling import build_candidates, candidate_threshold, take_sample
+from pipeline.sampling import build_candidates, candidate_threshold, cohort_seed, take_pooled_sample, take_sample
 from pipeline.statistics import build_label_counts, label_table
 
 logger = logging.getLogger(__name__)
@@ -64,12 +79,21 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """How to fit: K, seed, feature groups and sample size."""
+    """How to fit: K, seed, feature groups and sample size; texture scales, mask, fit level, normalisation.
+
+    ``sigmas`` are in full-resolution pixels; ``mask`` is ``"none"``, ``"auto"`` or a mask image path;
+    ``fit_level`` is the pyramid level sampled for the fit (None: the level read); ``normalise`` is
+    ``"auto"`` (``"robust"`` unless the input is 8-bit), ``"dtype"`` or ``"robust"``.
+    """
 
     clusters: int = 4
     seed: int = 0
     features: tuple[str, ...] = ("channels",)
     sample_size: int = 200_000
+    sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+    mask: str = "none"
+    fit_level: int | None = None
+    normalise: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -121,9 +145,21 @@ class RunResult:
 class _OutputPlan:
     path: str
     kind: str  # "zarr" or "tiff"
-    replace: bool
     side_base: str
     into_image: str | None  # the OME-Zarr image whose labels/ group receives the output
+
+    @property
+    def work_path(self) -> str:
+        """The zarr pyramid written chunk by chunk: the output itself, or a TIFF's work store."""
+        return self.path if self.kind == "zarr" else self.path + WORK_SUFFIX
+
+
+@dataclass(frozen=True)
+class _PreviousRun:
+    """An earlier run of the same job found by ``--resume``: its model and stored status."""
+
+    model: SegmentationModel
+    status: dict[str, Any]
 
 
 def segment(
@@ -135,6 +171,7 @@ def segment(
     output: OutputOptions = OutputOptions(),
     model_path: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
 ) -> RunResult:
     """Segment one image: sample, fit k-means, label every pixel, write the label image.
@@ -151,6 +188,10 @@ def segment(
         Also save the fitted model there (JSON).
     overwrite : bool
         Replace an existing output (and model file).
+    resume : bool
+        Continue an interrupted run of the same job at ``output_path`` (same input and options,
+        checked against the fingerprint stored in the output): its model is reused and chunks
+        already written and verified are kept. The labels equal an uninterrupted run's.
     progress : bool
         Show progress bars on stderr.
 
@@ -164,27 +205,44 @@ def segment(
         For every user mistake (bad input, output, parameter).
     """
     started = time.perf_counter()
-    if fit.sample_size < 1:
-        raise ParameterError(f"--sample-size must be >= 1, got {fit.sample_size!r}")
-    if not 2 <= fit.clusters <= MAX_CLUSTERS:
-        raise ParameterError(f"--clusters must be between 2 and {MAX_CLUSTERS}, got {fit.clusters!r}")
-    if not 0 <= fit.seed < 2**63:
-        raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
+    _check_fit_options(fit)
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    plan = _plan_output(output_path, image, overwrite=overwrite)
+    _refuse_incomplete_input(image)
+    plan = _plan_output(output_path, image, overwrite=overwrite, resume=resume)
     if model_path is not None:
-        _check_model_path(model_path, input_path, plan.path, overwrite=overwrite)
-    spec = make_feature_spec(fit.features, n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype)
-    features = build_features(image.data, spec)
-    logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
-    sample = _draw_sample(features, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
-    logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
-    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
-    logger.info("fitted in %d iterations; centroids (%s):\n%s", model.n_iter, ", ".join(spec.columns), model.centroids)
-    if model_path is not None:
-        save_model(model, model_path, provenance=_provenance(image))
-        logger.info("model saved to %s", model_path)
-    return _write_labels(image, features, model, plan, output, started=started, progress=progress)
+        _check_model_path(model_path, input_path, plan.path, overwrite=overwrite or resume)
+    fingerprint = _fingerprint(image, read=read, fit=fit, output=output)
+    with output_lock(lock_path_for(plan.side_base)):
+        previous = _previous_run(plan, fingerprint) if resume else None
+        if previous is not None and previous.status.get("complete"):
+            return _finished_result(plan, previous, image, started)
+        logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
+        if previous is None:
+            spec, features, fit_features = _segment_features(image, fit, read=read, progress=progress)
+            sample = _draw_sample(fit_features, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
+            logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
+            model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
+            logger.info(
+                "fitted in %d iterations; centroids (%s):\n%s", model.n_iter, ", ".join(spec.columns), model.centroids
+            )
+        else:
+            logger.info("resuming %s with the interrupted run's model", plan.path)
+            model = previous.model
+            features = _model_features(image, model.feature_spec, mask=fit.mask, read=read, progress=progress)
+        if model_path is not None:
+            save_model(model, model_path, provenance=_provenance(image))
+            logger.info("model saved to %s", model_path)
+        return _write_labels(
+            image,
+            features,
+            model,
+            plan,
+            output,
+            fingerprint=fingerprint,
+            previous=previous,
+            started=started,
+            progress=progress,
+        )
 
 
 def apply(
@@ -195,11 +253,15 @@ def apply(
     read: ReadOptions = ReadOptions(),
     output: OutputOptions = OutputOptions(),
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
+    mask: str | None = None,
 ) -> RunResult:
     """Label an image with a saved model; the labels equal those ``segment`` gave with that model.
 
-    Parameters are as for :func:`segment`; ``model_path`` is a JSON model file.
+    Parameters are as for :func:`segment`; ``model_path`` is a JSON model file. ``mask`` is
+    ``"none"``, ``"auto"`` or a mask image path; by default the model's mask mode (``auto`` or
+    ``none``; a model fitted with a mask file needs the path again).
 
     Raises
     ------
@@ -209,11 +271,27 @@ def apply(
     started = time.perf_counter()
     model = load_model(model_path)
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    plan = _plan_output(output_path, image, overwrite=overwrite)
+    _refuse_incomplete_input(image)
+    plan = _plan_output(output_path, image, overwrite=overwrite, resume=resume)
     _check_model_fits(model.feature_spec, image, model_path)
-    features = build_features(image.data, model.feature_spec)
-    logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
-    return _write_labels(image, features, model, plan, output, started=started, progress=progress)
+    fingerprint = _fingerprint(image, read=read, output=output, model=model_document(model))
+    with output_lock(lock_path_for(plan.side_base)):
+        previous = _previous_run(plan, fingerprint) if resume else None
+        if previous is not None and previous.status.get("complete"):
+            return _finished_result(plan, previous, image, started)
+        logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
+        features = _model_features(image, model.feature_spec, mask=mask, read=read, progress=progress)
+        return _write_labels(
+            image,
+            features,
+            model,
+            plan,
+            output,
+            fingerprint=fingerprint,
+            previous=previous,
+            started=started,
+            progress=progress,
+        )
 
 
 def describe(path: str, *, level: int = 0) -> dict[str, Any]:
@@ -253,6 +331,167 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class CohortFit:
+    """A model fitted on a sample pooled over several images (``fit_cohort``).
+
+    Attributes
+    ----------
+    model : SegmentationModel
+        The fitted model.
+    inputs : tuple of str
+        The images that contributed to the sample, in cohort order.
+    contributions : tuple of int
+        Sampled pixels taken from each of ``inputs``: in proportion to its valid pixels.
+    failed : dict of str to PipelineError
+        Images left out of the pool, with the reason (unreadable, corrupt, or of another layout).
+    """
+
+    model: SegmentationModel
+    inputs: tuple[str, ...]
+    contributions: tuple[int, ...]
+    failed: dict[str, PipelineError]
+
+
+def fit_cohort(
+    input_paths: Sequence[str],
+    *,
+    read: ReadOptions = ReadOptions(),
+    fit: FitOptions = FitOptions(),
+    model_path: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> CohortFit:
+    """Fit one model on a sample pooled over several images, so a label means the same on all.
+
+    Every image ``i`` samples its pixels with its own seed (:func:`pipeline.sampling.cohort_seed`
+    of ``fit.seed`` and ``i``) below one key threshold common to all images; the ``fit.sample_size``
+    smallest keys overall form the sample, so each image contributes in proportion to its valid
+    pixels. Like a single image's sample, it depends only on the seed, the images and their order.
+    The first readable image sets the feature spec (its channel normalisation included); every
+    image is sampled with the features that spec gives it, i.e. those :func:`apply` computes.
+    Each image's candidates are computed separately, so an image that fails (unreadable, corrupt,
+    or of another channel layout or dtype than the first readable one) is left out alone.
+
+    Parameters
+    ----------
+    input_paths : sequence of str
+        The cohort, in a deterministic order (it seeds the per-image keys).
+    read, fit : ReadOptions, FitOptions
+        As for :func:`segment`.
+    model_path : str, optional
+        Save the model there (JSON), with the cohort listed in its provenance.
+    overwrite : bool
+        Replace an existing model file.
+    progress : bool
+        Show progress bars on stderr.
+
+    Returns
+    -------
+    CohortFit
+        Computes one candidate pass per image (two when masking left too few candidates).
+
+    Raises
+    ------
+    PipelineError
+        For a bad parameter, or when no image could be sampled (the first image's error is named).
+    """
+    _check_fit_options(fit)
+    if not input_paths:
+        raise ParameterError("fit_cohort needs at least one input image")
+    if model_path is not None:
+        for path in input_paths:
+            _check_not_input(model_path, path, "cohort model file")
+        if os.path.lexists(model_path) and not overwrite:
+            raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
+        _check_writable_parent(model_path)
+    failed: dict[str, PipelineError] = {}
+    members: list[tuple[int, Image, Any]] = []
+    spec: FeatureSpec | None = None
+    for index, path in enumerate(input_paths):
+        try:
+            image = open_image(path, level=read.level, chunk=read.chunk)
+            _refuse_incomplete_input(image)
+            if spec is None:  # the first readable image sets the spec (normalisation included)
+                image_spec, _, features = _segment_features(image, fit, read=read, progress=progress)
+            else:  # the others are sampled with the features the model will give them
+                _check_model_fits(spec, image, f"cohort of {members[0][1].path!r}")
+                level = image.level if fit.fit_level is None else fit.fit_level
+                fit_image = image if level == image.level else open_image(path, level=level, chunk=read.chunk)
+                features = _model_features(fit_image, spec, mask=fit.mask, read=read, progress=progress)
+        except PipelineError as err:
+            logger.warning("cohort: leaving out %s: %s", path, err)
+            failed[path] = err
+            continue
+        spec = spec or image_spec
+        members.append((index, image, features))
+    if spec is None:
+        first = next(iter(failed.items()))
+        raise InputError(f"no input of the cohort could be read; {first[0]!r}: {first[1]}") from first[1]
+    sample, counts = _draw_pooled_sample(members, failed, fit=fit, progress=progress)
+    contributors = [image.path for _, image, _ in members]
+    logger.info(
+        "fitting k-means (K=%d) on %d pixels pooled from %d images", fit.clusters, len(sample), len(contributors)
+    )
+    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
+    if model_path is not None:
+        provenance = {
+            **_provenance(members[0][1]),
+            "input": None,
+            "cohort": [
+                {"input": os.path.abspath(path), "index": index, "sampled_pixels": int(n)}
+                for (index, _, _), path, n in zip(members, contributors, counts, strict=True)
+            ],
+        }
+        save_model(model, model_path, provenance=provenance)
+        logger.info("cohort model saved to %s", model_path)
+    return CohortFit(
+        model=model, inputs=tuple(contributors), contributions=tuple(int(n) for n in counts), failed=failed
+    )
+
+
+def _check_fit_options(fit: FitOptions) -> None:
+    if fit.sample_size < 1:
+        raise ParameterError(f"--sample-size must be >= 1, got {fit.sample_size!r}")
+    if not 2 <= fit.clusters <= MAX_CLUSTERS:
+        raise ParameterError(f"--clusters must be between 2 and {MAX_CLUSTERS}, got {fit.clusters!r}")
+    if not 0 <= fit.seed < 2**63:
+        raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
+    _check_feature_options(fit)
+
+
+def _draw_pooled_sample(
+    members: list[tuple[int, Image, Any]], failed: dict[str, PipelineError], *, fit: FitOptions, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of every member below one threshold, then the smallest keys overall.
+
+    A member whose candidates cannot be computed is moved from ``members`` to ``failed``.
+    The threshold starts from the cohort's pixel count; if masking left too few candidates it
+    is raised from the valid-pixel count, and every member is sampled again with it.
+    """
+    n_pixels = sum(int(features.shape[0]) * int(features.shape[1]) for _, _, features in members)
+    threshold = candidate_threshold(fit.sample_size, n_pixels)
+    while True:
+        logger.info("sampling %d pixels from %d images (candidate rate %.3g)", fit.sample_size, len(members), threshold)
+        parts = []
+        for member in list(members):
+            index, image, features = member
+            try:
+                graph = build_candidates(features, threshold=threshold, seed=cohort_seed(fit.seed, index))
+                parts.append(_compute(graph, progress=progress))
+            except PipelineError as err:
+                logger.warning("cohort: leaving out %s: %s", image.path, err)
+                failed[image.path] = err
+                members.remove(member)
+        n_valid = sum(part.n_valid for part in parts)
+        if n_valid == 0:
+            raise InputError(f"no valid pixels in any of the {len(members)} readable cohort images")
+        enough = sum(len(part.keys) for part in parts) >= min(fit.sample_size, n_valid)
+        if enough or threshold >= 1.0:
+            return take_pooled_sample(parts, fit.sample_size)
+        threshold = max(2 * threshold, candidate_threshold(fit.sample_size, n_valid))
+
+
 # --- steps ---------------------------------------------------------------------------------
 
 
@@ -279,42 +518,55 @@ def _write_labels(
     plan: _OutputPlan,
     options: OutputOptions,
     *,
+    fingerprint: dict[str, Any],
+    previous: _PreviousRun | None,
     started: float,
     progress: bool,
 ) -> RunResult:
     """Predict and store level 0 (with label counts and the input thumbnail from the same pass,
     so the input is decoded once), build coarser levels from the level above, finalise the
-    metadata, write the side files, and stream a TIFF from the finished pyramid if asked."""
+    metadata, write the side files, and stream a TIFF from the finished pyramid if asked.
+
+    With ``previous`` (an interrupted run of the same fingerprint), level-0 chunks already
+    written and decodable are kept and only the others are predicted.
+    """
     labels = build_labels(features, model)
     shapes = pyramid_shapes(labels.shape)
     pixel_size = options.pixel_size or image.pixel_size
-    ngff = options.ngff
+    zarr_path = plan.work_path
+    ngff = "0.5" if plan.kind == "tiff" else options.ngff
     if plan.into_image is not None:
         ngff = prepare_labels_group(plan.into_image)
-    if plan.kind == "zarr":
-        zarr_path = plan.path
-        if plan.replace:
-            remove_output(plan.path)
-    else:  # a TIFF is streamed from a finished zarr pyramid, then renamed into place
-        zarr_path = plan.path + WORK_SUFFIX
-        remove_output(zarr_path)  # leftover of an interrupted run
-        ngff = "0.5"
-    metadata = _output_metadata(image, model)
-    arrays = create_label_zarr(
-        zarr_path, shapes=shapes, chunks=labels.chunksize, dtype=labels.dtype, ngff=ngff, attrs=metadata
-    )
+    metadata = {**_output_metadata(image, model), "fingerprint": fingerprint, "ngff": ngff}
+    if previous is None:
+        remove_output(zarr_path)  # an output replaced with --overwrite, or a TIFF run's leftover
+        arrays = create_label_zarr(
+            zarr_path, shapes=shapes, chunks=labels.chunksize, dtype=labels.dtype, ngff=ngff, attrs=metadata
+        )
+        done_counts, missing = np.zeros(model.n_clusters + 1, np.int64), list(np.ndindex(*labels.numblocks))
+    else:
+        arrays = open_label_levels(zarr_path, writable=True)
+        if tuple(arrays[0].chunks) != tuple(labels.chunksize):
+            raise OutputError(f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's")
+        done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
     step = thumbnail_step(labels.shape)
-    logger.info("predicting %d chunks into %s", labels.npartitions, zarr_path)
-    _, counts, thumbnail = _compute(
-        store_labels(labels, arrays[0]),
-        build_label_counts(labels, model.n_clusters),
-        image.data[::step, ::step] if options.previews else None,
-        progress=progress,
-    )
-    for level in range(1, len(shapes)):
-        logger.info("pyramid level %d: %dx%d", level, *shapes[level])
-        above = da.from_zarr(arrays[level - 1])
-        _compute(store_labels(reduce_labels(above, chunks=arrays[level].chunks), arrays[level]), progress=False)
+    logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
+    try:
+        _, new_counts, thumbnail = _compute(
+            store_blocks(labels, arrays[0], missing),
+            build_label_counts(labels, model.n_clusters, missing),
+            image.data[::step, ::step] if options.previews else None,
+            progress=progress,
+        )
+        _write_pyramid(arrays)
+    except PipelineError:
+        raise
+    except OSError as err:
+        raise OutputError(
+            f"writing {zarr_path!r} failed: {err.strerror or err}; the chunks written so far are kept: "
+            "fix the cause and rerun with --resume"
+        ) from err
+    counts = done_counts + new_counts
     statistics = label_table(counts, model.centroids, model.feature_spec.columns, pixel_size=pixel_size)
     summary = {"masked_pixels": int(counts[0]), "pixel_size_um": list(pixel_size) if pixel_size else None}
     source_image = "../../" if plan.into_image is not None else None
@@ -355,6 +607,29 @@ def _write_labels(
     )
 
 
+def _write_pyramid(arrays: list[Any]) -> None:
+    """Build every coarser level from the level above, as stored (never from the lazy graph)."""
+    for level in range(1, len(arrays)):
+        logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)
+        above = da.from_zarr(arrays[level - 1])
+        _compute(store_labels(reduce_labels(above, chunks=arrays[level].chunks), arrays[level]), progress=False)
+
+
+def _verify_written(
+    zarr_path: str, array: Any, numblocks: tuple[int, ...], n_labels: int
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Counts of the level-0 chunks an interrupted run wrote (each decoded to check it), and the
+    chunks still to predict (missing or undecodable)."""
+    blocks = list(np.ndindex(*numblocks))
+    written = [b for b in blocks if chunk_written(zarr_path, 0, array, b)]
+    count = dask.delayed(count_stored_chunk, pure=True)
+    results = _compute([count(array, b, n_labels + 1) for b in written], progress=False) if written else []
+    good = {b for b, counts in zip(written, results, strict=True) if counts is not None}
+    total = np.sum([c for c in results if c is not None], axis=0) if good else np.zeros(n_labels + 1)
+    logger.info("resuming: %d of %d chunks already written and verified", len(good), len(blocks))
+    return np.asarray(total, dtype=np.int64), [b for b in blocks if b not in good]
+
+
 def _write_side_files(
     base: str,
     statistics: list[dict[str, Any]],
@@ -385,7 +660,9 @@ def _write_side_files(
 def _compute(*collections: Any, progress: bool) -> Any:
     """Compute collections together on the active scheduler (shared tasks run once), with a
     progress bar on stderr if asked. ``None`` entries pass through. One collection -> its result."""
-    todo = [c for c in collections if c is not None]
+    # dask 2026.8 returns the results of mixed collections grouped by type (arrays before
+    # delayed objects), not in argument order: wrapping each in a Delayed keeps the order
+    todo = [c if isinstance(c, Delayed) else dask.delayed(c) for c in collections if c is not None]
     client = _active_client()
     if client is None:
         from dask.diagnostics import ProgressBar
@@ -419,7 +696,32 @@ def _active_client() -> Any:
 # --- checks --------------------------------------------------------------------------------
 
 
-def _plan_output(output_path: str, image: Image, *, overwrite: bool) -> _OutputPlan:
+def _refuse_incomplete_input(image: Image) -> None:
+    """An interrupted pixseg output is not an image to segment."""
+    status = read_label_zarr_status(image.path) if os.path.isdir(image.path) else None
+    if status is not None and not status.get("complete"):
+        raise InputError(f"input {image.path!r} is an incomplete pixseg output; finish it with --resume first")
+
+
+def _finished_result(plan: _OutputPlan, previous: _PreviousRun, image: Image, started: float) -> RunResult:
+    """The result of a run that ``--resume`` found already complete: nothing is redone."""
+    status = previous.status
+    logger.info("%s is already complete; nothing to do", plan.path)
+    size = status.get("pixel_size_um")
+    return RunResult(
+        output=plan.path,
+        model=previous.model,
+        shape=image.shape[:2],
+        n_chunks=int(np.prod(image.data.numblocks[:2])),
+        seconds=time.perf_counter() - started,
+        levels=[tuple(level) for level in status.get("levels", [])],
+        pixel_size=(size[0], size[1]) if size else None,
+        statistics=list(status.get("statistics", [])),
+        side_files=[],
+    )
+
+
+def _plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool) -> _OutputPlan:
     stripped = output_path.rstrip("/")
     suffix = os.path.splitext(stripped)[1].lower()
     into_image = _labels_beside_image(stripped, image)
@@ -431,13 +733,66 @@ def _plan_output(output_path: str, image: Image, *, overwrite: bool) -> _OutputP
     side_base = side_file_base(
         stripped if into_image is None else f"{into_image.rstrip('/')}.{os.path.basename(stripped)}"
     )
+    if overwrite and resume:
+        raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
     existing = [p for p in (stripped, *(side_base + s for s in SIDE_SUFFIXES)) if os.path.lexists(p)]
-    if existing and not overwrite:
-        raise OutputError(f"output {existing[0]!r} already exists; pass --overwrite to replace it")
+    if existing and not (overwrite or resume):
+        raise OutputError(
+            f"output {existing[0]!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
+        )
     _check_writable_parent(stripped)
-    return _OutputPlan(
-        path=stripped, kind=kind, replace=os.path.lexists(stripped), side_base=side_base, into_image=into_image
-    )
+    return _OutputPlan(path=stripped, kind=kind, side_base=side_base, into_image=into_image)
+
+
+def _previous_run(plan: _OutputPlan, fingerprint: dict[str, Any]) -> _PreviousRun | None:
+    """The interrupted (or finished) run of the same job at ``plan``'s output, for ``--resume``.
+
+    Raises
+    ------
+    OutputError
+        If something else is there, or it was started from another input or other options.
+    """
+    if plan.kind == "tiff" and os.path.exists(plan.path):
+        status = read_label_tiff_status(plan.path)
+        if status is None:
+            raise OutputError(f"cannot resume: {plan.path!r} exists and is not a pixseg output")
+    elif os.path.lexists(plan.work_path):
+        status = read_label_zarr_status(plan.work_path)
+        if status is None:
+            raise OutputError(f"cannot resume: {plan.work_path!r} exists and is not a pixseg output")
+        if plan.kind == "tiff":  # a finished work pyramid still has its TIFF to write
+            status = {**status, "complete": False}
+    else:
+        return None
+    stored = status.get("fingerprint") or {}
+    for part in sorted(set(stored) | set(fingerprint)):
+        if stored.get(part) != fingerprint.get(part):
+            raise OutputError(
+                f"cannot resume {plan.path!r}: it was started with a different {part} "
+                f"({stored.get(part)!r}, now {fingerprint.get(part)!r}); use --overwrite to start again"
+            )
+    return _PreviousRun(model=model_from_document(status["model"], plan.work_path), status=status)
+
+
+def _fingerprint(image: Image, **parts: Any) -> dict[str, Any]:
+    """What must not change between an interrupted run and its ``--resume``: the input (path, size,
+    modification time, level) and every option, normalised through JSON as it is stored."""
+    described = {
+        name: dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part for name, part in parts.items()
+    }
+    return json.loads(json.dumps({"input": _input_identity(image), **described}))
+
+
+def _input_identity(image: Image) -> dict[str, Any]:
+    path = os.path.realpath(image.path)
+    if os.path.isdir(path):  # a zarr store: its metadata documents stand for it
+        names = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+        stats = [os.stat(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n))]
+        size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+    else:
+        stat = os.stat(path)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    return {"path": path, "size": size, "mtime_ns": mtime, "level": image.level, "shape": list(image.shape)}
 
 
 def _labels_beside_image(output_path: str, image: Image) -> str | None:
@@ -528,3 +883,124 @@ def _output_metadata(image: Image, model: SegmentationModel) -> dict[str, Any]:
 def _shape_text(image: Image) -> str:
     height, width, channels = image.shape
     return f"{height}x{width}x{channels}"
+
+
+# --- features: texture scale, masks, normalisation, fit level ------------------------------
+
+NORMALISE_MODES = ("auto", "dtype", "robust")
+#: Percentiles of the sampled channel values that ``--normalise robust`` maps to 0 and 1.
+ROBUST_PERCENTILES = (0.5, 99.5)
+
+
+def _check_feature_options(fit: FitOptions) -> None:
+    if fit.normalise not in NORMALISE_MODES:
+        raise ParameterError(f"--normalise must be one of {', '.join(NORMALISE_MODES)}, got {fit.normalise!r}")
+    if fit.fit_level is not None and fit.fit_level < 0:
+        raise ParameterError(f"--fit-level must be >= 0, got {fit.fit_level!r}")
+    if fit.mask not in ("none", "auto") and not os.path.exists(fit.mask):
+        raise ParameterError(f"--mask {fit.mask!r} is neither auto, none nor an existing mask image")
+
+
+def _segment_features(
+    image: Image, fit: FitOptions, *, read: ReadOptions, progress: bool
+) -> tuple[FeatureSpec, Any, Any]:
+    """The feature spec, the lazy (masked) features of ``image``, and those of the fit level to sample.
+
+    Computes the automatic mask (on a small level) and, for robust normalisation, one sample
+    pass of the raw channels at the fit level.
+    """
+    spec = _feature_spec(image, fit, channel_ranges=None)  # validates the options before any compute
+    fit_image = image
+    if fit.fit_level is not None and fit.fit_level != image.level:
+        if fit.fit_level >= len(image.level_shapes):
+            n_levels = len(image.level_shapes)
+            raise ParameterError(
+                f"--fit-level {fit.fit_level} does not exist in {image.path!r}: it has {n_levels} level(s)"
+            )
+        fit_image = open_image(image.path, level=fit.fit_level, chunk=read.chunk)
+        logger.info(
+            "fitting on level %d (%s), predicting level %d", fit_image.level, _shape_text(fit_image), image.level
+        )
+    mask = _open_mask(fit.mask, image, read=read, progress=progress)
+    mode = fit.normalise if fit.normalise != "auto" else ("dtype" if image.dtype == np.uint8 else "robust")
+    if mode == "robust":
+        raw_spec = make_feature_spec(
+            "channels", n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype, value_range=(0.0, 1.0)
+        )
+        raw = _image_features(fit_image, raw_spec, mask)
+        values = _draw_sample(raw, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
+        ranges = robust_channel_ranges(values, percentiles=ROBUST_PERCENTILES)
+        logger.info("robust channel ranges (%g-%g percentiles): %s", *ROBUST_PERCENTILES, ranges)
+        spec = _feature_spec(image, fit, channel_ranges=ranges)
+    features = _image_features(image, spec, mask)
+    fit_features = features if fit_image is image else _image_features(fit_image, spec, mask)
+    return spec, features, fit_features
+
+
+def _feature_spec(image: Image, fit: FitOptions, *, channel_ranges: Any) -> FeatureSpec:
+    return make_feature_spec(
+        fit.features,
+        n_channels=image.shape[2],
+        has_alpha=image.has_alpha,
+        dtype=image.dtype,
+        channel_ranges=channel_ranges,
+        sigmas=fit.sigmas,
+        mask=fit.mask if fit.mask in ("none", "auto") else "file",
+    )
+
+
+def _model_features(image: Image, spec: FeatureSpec, *, mask: str | None, read: ReadOptions, progress: bool) -> Any:
+    """The lazy features a saved model's spec gives ``image``, masked as asked (default: as the model)."""
+    if mask is None:
+        if spec.mask == "file":
+            raise ParameterError("the model was fitted with a mask file: pass --mask PATH again (or --mask none)")
+        mask = spec.mask
+    if mask not in ("none", "auto") and not os.path.exists(mask):
+        raise ParameterError(f"--mask {mask!r} is neither auto, none nor an existing mask image")
+    return _image_features(image, spec, _open_mask(mask, image, read=read, progress=progress))
+
+
+def _image_features(image: Image, spec: FeatureSpec, mask: Any) -> Any:
+    """Lazy features of ``image`` at its level, NaN outside ``mask`` (a 2-D bool dask array at any resolution)."""
+    features = build_features(image.data, spec, scale=_level_scale(image))
+    if mask is None:
+        return features
+    return mask_features(features, upsample_mask(mask, image.shape[:2], features.chunks[:2]))
+
+
+def _level_scale(image: Image) -> tuple[float, float]:
+    """Full-resolution pixels per pixel of ``image``'s level, (rows, columns)."""
+    full, level = image.level_shapes[0], image.shape[:2]
+    return full[0] / level[0], full[1] / level[1]
+
+
+def _open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> Any:
+    """``None``, the automatic tissue mask (computed here, on a small level) or a user mask file, lazily.
+
+    Returns a 2-D bool dask array (True = keep) at its own resolution.
+    """
+    if mask == "none":
+        return None
+    if mask != "auto":
+        mask_image = open_image(mask, chunk=read.chunk)
+        if mask_image.shape[2] != 1:
+            raise ParameterError(f"--mask {mask!r} has {mask_image.shape[2]} channels; a mask has one (0 = masked)")
+        check_mask_shape(mask_image.shape[:2], image.level_shapes[0], source=mask)
+        return mask_image.data[..., 0] != 0
+    colour = image.shape[2] - int(image.has_alpha)
+    if colour != 3:
+        raise ParameterError(f"--mask auto needs an RGB image; {image.path!r} has {colour} colour channel(s)")
+    level, factor = choose_mask_level(image.level_shapes)
+    low = image if level == image.level else open_image(image.path, level=level, chunk=read.chunk)
+    raw_spec = make_feature_spec(
+        "channels", n_channels=low.shape[2], has_alpha=low.has_alpha, dtype=low.dtype, value_range=(0.0, 1.0)
+    )
+    pixels = _compute(block_mean(build_features(low.data, raw_spec), factor), progress=progress)
+    white = (float(np.iinfo(np.uint8).max),) * 3 if image.dtype == np.uint8 else None
+    tissue = tissue_mask(pixels, white=white)
+    logger.info(
+        "auto mask from level %d averaged %dx: %dx%d, %.1f%% tissue", level, factor, *tissue.shape, 100 * tissue.mean()
+    )
+    if not tissue.any():
+        raise InputError(f"--mask auto found no tissue in {image.path!r}; use --mask none or a mask file")
+    return da.from_array(tissue, chunks=tissue.shape)

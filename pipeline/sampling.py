@@ -176,3 +176,52 @@ def take_sample(candidates: Candidates, sample_size: int) -> np.ndarray:
     """
     order = np.lexsort((candidates.positions, candidates.keys))[:sample_size]
     return candidates.vectors[order]
+
+
+def cohort_seed(seed: int, index: int) -> int:
+    """The sampling seed of image ``index`` (0-based) of a cohort sampled with ``seed``.
+
+    Images of a cohort need keys that are independent of each other (the same position in two
+    images must not get the same key), so each image gets its own seed derived by splitmix64
+    from the run's seed and the image's index.
+
+    Returns
+    -------
+    int
+        In [0, 2**63).
+    """
+    mask = (1 << 64) - 1
+    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) >> 1
+
+
+def take_pooled_sample(parts: list[Candidates], sample_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``sample_size`` candidates with the smallest keys over several images.
+
+    Every image's candidates must come from the same key threshold; the keys are uniform in
+    [0, 1) in every image, so the smallest keys overall are a uniform sample of the valid pixels
+    of all the images together: each image contributes in proportion to its valid pixels.
+
+    Parameters
+    ----------
+    parts : list of Candidates
+        One per image, in cohort order (ties of equal keys go to the earlier image, then the
+        smaller position).
+    sample_size : int
+        Vectors to take.
+
+    Returns
+    -------
+    sample : numpy.ndarray
+        Shape (min(sample_size, n candidates), F), float32, in key order.
+    counts : numpy.ndarray
+        Shape (len(parts),), int64: vectors taken from each image.
+    """
+    keys = np.concatenate([p.keys for p in parts])
+    positions = np.concatenate([p.positions for p in parts])
+    owners = np.concatenate([np.full(len(p.keys), i, dtype=np.int64) for i, p in enumerate(parts)])
+    vectors = np.concatenate([p.vectors for p in parts])
+    order = np.lexsort((positions, owners, keys))[:sample_size]
+    return vectors[order], np.bincount(owners[order], minlength=len(parts)).astype(np.int64)

@@ -65,8 +65,8 @@ def test_features_do_not_modify_input():
 
 
 def test_bad_feature_names_are_parameter_errors(ihc_image):
-    with pytest.raises(ParameterError, match="unknown feature \\['texture'\\]"):
-        _spec("channels,texture", ihc_image)
+    with pytest.raises(ParameterError, match="unknown feature \\['textures'\\]"):
+        _spec("channels,textures", ihc_image)
     with pytest.raises(ParameterError, match="repeated"):
         _spec("grey,grey", ihc_image)
     grey = ihc_image[..., :1]

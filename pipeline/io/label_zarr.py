@@ -19,6 +19,7 @@ from dask.delayed import Delayed
 
 from pipeline.colours import label_colours
 from pipeline.errors import OutputError
+from pipeline.statistics import count_labels
 
 NGFF_VERSIONS = ("0.5", "0.4")
 
@@ -105,6 +106,36 @@ def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
     """
     check_chunks_align(labels.chunks, array.chunks)
     return da.store(labels, array, lock=False, compute=False)
+
+
+def store_blocks(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, int]]) -> Delayed:
+    """Lazily store only the chunks ``blocks`` ((row, column) indices) of ``labels``.
+
+    ``labels`` must be chunked exactly like ``array`` (block (i, j) is zarr chunk (i, j)).
+    """
+    if tuple(labels.chunksize) != tuple(array.chunks):
+        raise ValueError(f"dask chunks {labels.chunksize!r} differ from the zarr chunks {array.chunks!r}")
+    check_chunks_align(labels.chunks, array.chunks)
+    height, width = array.chunks
+    sources = [labels.blocks[i, j] for i, j in blocks]
+    regions = [(slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width)) for i, j in blocks]
+    return da.store(sources, [array] * len(sources), regions=regions, lock=False, compute=False)
+
+
+def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:
+    """Whether chunk ``block`` of level ``level`` exists on disk (zarr renames each chunk into place)."""
+    key = array.metadata.encode_chunk_key(block)
+    return os.path.exists(os.path.join(group_path, str(level), *key.split("/")))
+
+
+def count_stored_chunk(array: zarr.Array, block: tuple[int, int], n_values: int) -> np.ndarray | None:
+    """Label counts of a stored chunk, or ``None`` if it cannot be decoded (treat it as not written)."""
+    height, width = array.chunks
+    try:
+        values = array[block[0] * height : (block[0] + 1) * height, block[1] * width : (block[1] + 1) * width]
+    except Exception:  # any decode failure means the chunk must be written again
+        return None
+    return count_labels(np.asarray(values), n_values)
 
 
 def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[int, ...]) -> None:
@@ -235,9 +266,9 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
     return status
 
 
-def open_label_levels(path: str) -> list[zarr.Array]:
-    """The label arrays of an output group, full resolution first, read-only."""
-    group = zarr.open_group(path, mode="r")
+def open_label_levels(path: str, *, writable: bool = False) -> list[zarr.Array]:
+    """The label arrays of an output group, full resolution first (read-only unless ``writable``)."""
+    group = zarr.open_group(path, mode="r+" if writable else "r")
     arrays = []
     while str(len(arrays)) in group:
         array = group[str(len(arrays))]

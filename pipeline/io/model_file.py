@@ -10,7 +10,8 @@ from pipeline.errors import ModelError
 from pipeline.model import SegmentationModel
 
 MODEL_FORMAT = "pixseg-model"
-SCHEMA_VERSION = 1
+#: 2 added per-channel ranges, texture sigmas and the mask mode to the feature spec (1 still reads).
+SCHEMA_VERSION = 2
 
 
 def save_model(model: SegmentationModel, path: str, *, provenance: dict[str, Any]) -> None:

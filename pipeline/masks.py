@@ -1,0 +1,241 @@
+"""Foreground masks: the automatic tissue mask, user masks, and applying a mask to features.
+
+A mask is a 2-D boolean image (True = keep) at any resolution that maps onto the image by
+nearest-neighbour upsampling: pixel ``r`` of an image ``H`` rows high takes mask row
+``floor((r + 0.5) * h / H)`` of a mask ``h`` rows high (``r // f`` when ``H = f * h``), the
+same for columns. Applying a mask sets every feature of a masked pixel to NaN, which is how
+sampling and prediction already recognise pixels without data: masked pixels are never
+sampled and get label 0.
+
+The automatic mask (``--mask auto``) is computed on a low-resolution copy of an RGB
+brightfield image: the mean optical density of the three channels separates stained tissue
+from the bright, unstained glass; Otsu's threshold splits the two, and objects and holes
+smaller than a fraction of the image are removed (scikit-image morphology).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+
+from pipeline.errors import ParameterError
+
+#: The automatic mask is computed on an image of at most this many pixels on its long side.
+AUTO_MASK_EDGE = 2048
+#: Objects and holes smaller than this fraction of the low-resolution image are cleaned away.
+MIN_AREA_FRACTION = 1e-4
+#: ... but never smaller than this many low-resolution pixels.
+MIN_AREA_PIXELS = 16
+#: Relative intensities are clipped here before the logarithm (optical density at most 3).
+_OD_FLOOR = 1e-3
+
+
+def choose_mask_level(level_shapes: tuple[tuple[int, int], ...], *, max_edge: int | None = None) -> tuple[int, int]:
+    """The pyramid level and extra block-averaging factor that bring an image to ``max_edge`` pixels or less.
+
+    Parameters
+    ----------
+    level_shapes : tuple of (int, int)
+        (Y, X) of every pyramid level, level 0 first.
+    max_edge : int, optional
+        Longest edge wanted; by default ``AUTO_MASK_EDGE``.
+
+    Returns
+    -------
+    (int, int)
+        The finest level whose long edge is at most ``max_edge`` (factor 1), or the coarsest level
+        and the integer factor that averaging it needs to get there.
+    """
+    if max_edge is None:
+        max_edge = AUTO_MASK_EDGE
+    for level, shape in enumerate(level_shapes):
+        if max(shape) <= max_edge:
+            return level, 1
+    level = len(level_shapes) - 1
+    return level, math.ceil(max(level_shapes[level]) / max_edge)
+
+
+def block_mean(values: da.Array, factor: int) -> da.Array:
+    """Lazily average ``factor`` x ``factor`` blocks of a (Y, X, C) float array (partial edge blocks dropped).
+
+    NaN in a block makes its mean NaN. Returns a (Y // factor, X // factor, C) float32 dask array; computes nothing.
+    """
+    if factor == 1:
+        return values.astype(np.float32)
+    return da.coarsen(np.mean, values, {0: factor, 1: factor}, trim_excess=True).astype(np.float32)
+
+
+def tissue_mask(
+    pixels: np.ndarray,
+    *,
+    white: tuple[float, ...] | None = None,
+    min_area_fraction: float = MIN_AREA_FRACTION,
+) -> np.ndarray:
+    """Tissue (True) versus glass on a small RGB image.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Shape (h, w, 3), float, raw input values; NaN marks pixels without data (never tissue).
+    white : tuple of float, optional
+        Per-channel value of blank glass (e.g. 255 for 8-bit). By default the 99.5th percentile of each
+        channel over valid pixels (glass is the brightest thing on a slide).
+    min_area_fraction : float
+        Objects and holes smaller than this fraction of the image (at least ``MIN_AREA_PIXELS`` pixels)
+        are removed.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (h, w), bool; the input is not modified.
+
+    Raises
+    ------
+    ParameterError
+        If the image is not RGB or has no valid pixels.
+    """
+    from skimage.filters import threshold_otsu
+
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ParameterError(f"--mask auto needs an RGB image; got pixels of shape {pixels.shape!r}")
+    valid = np.isfinite(pixels).all(axis=-1)
+    if not valid.any():
+        raise ParameterError("--mask auto: the image has no valid pixels")
+    values = np.where(valid[..., np.newaxis], pixels, 0.0).astype(np.float64)
+    if white is None:
+        white = tuple(float(v) for v in np.percentile(values[valid], 99.5, axis=0))
+    relative = values / np.maximum(np.asarray(white, dtype=np.float64), np.finfo(np.float64).tiny)
+    density = -np.log10(np.clip(relative, _OD_FLOOR, 1.0)).mean(axis=-1)
+    measured = density[valid]
+    threshold = threshold_otsu(measured) if measured.min() < measured.max() else measured.max()
+    mask = valid & (density > threshold)
+    min_area = max(MIN_AREA_PIXELS, int(min_area_fraction * mask.size))
+    return _remove_small_holes(_remove_small_objects(mask, min_area), min_area)
+
+
+def _remove_small_objects(mask: np.ndarray, min_area: int) -> np.ndarray:
+    from skimage.morphology import remove_small_objects
+
+    try:  # scikit-image >= 0.26 names the inclusive bound max_size
+        return remove_small_objects(mask, max_size=min_area - 1)
+    except TypeError:  # pragma: no cover - older scikit-image
+        return remove_small_objects(mask, min_size=min_area)
+
+
+def _remove_small_holes(mask: np.ndarray, min_area: int) -> np.ndarray:
+    from skimage.morphology import remove_small_holes
+
+    try:
+        return remove_small_holes(mask, max_size=min_area - 1)
+    except TypeError:  # pragma: no cover - older scikit-image
+        return remove_small_holes(mask, area_threshold=min_area)
+
+
+def check_mask_shape(mask_shape: tuple[int, int], image_shape: tuple[int, int], *, source: str) -> None:
+    """Check that a user mask's (Y, X) divides the full-resolution image's.
+
+    Raises
+    ------
+    ParameterError
+        Naming ``source`` and both shapes, if either edge does not divide.
+    """
+    if any(m < 1 or i % m for m, i in zip(mask_shape, image_shape, strict=True)):
+        raise ParameterError(
+            f"--mask {source!r} is {mask_shape[0]}x{mask_shape[1]}, which does not divide the image "
+            f"({image_shape[0]}x{image_shape[1]}); a mask must be the image size or smaller by whole factors"
+        )
+
+
+def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
+    """Index of the nearest of ``n_in`` mask pixels for each of ``n_out`` image pixels along one axis.
+
+    ``floor((i + 0.5) * n_in / n_out)`` in exact integer arithmetic; ``i // f`` when ``n_out = f * n_in``.
+    Returns an int64 array of length ``n_out``.
+    """
+    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
+
+
+def upsample_mask(mask: da.Array, shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:
+    """Lazily upsample a mask to ``shape`` by nearest neighbour, chunk by chunk.
+
+    Parameters
+    ----------
+    mask : dask.array.Array
+        Shape (h, w), bool, any chunking.
+    shape : (int, int)
+        (Y, X) of the image it applies to.
+    chunks : tuple of tuple of int
+        The image's (Y, X) chunks; the result has exactly these.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``shape``, bool; each chunk reads only the mask region it covers. Computes nothing.
+    """
+    rows = nearest_indices(shape[0], int(mask.shape[0]))
+    cols = nearest_indices(shape[1], int(mask.shape[1]))
+    row_edges = np.cumsum((0, *chunks[0]))
+    col_edges = np.cumsum((0, *chunks[1]))
+    blocks = []
+    for top, bottom in zip(row_edges[:-1], row_edges[1:], strict=True):
+        band = []
+        block_rows = rows[top:bottom]
+        for left, right in zip(col_edges[:-1], col_edges[1:], strict=True):
+            block_cols = cols[left:right]
+            region = mask[block_rows[0] : block_rows[-1] + 1, block_cols[0] : block_cols[-1] + 1]
+            region = region.rechunk(region.shape)
+            band.append(
+                region.map_blocks(
+                    take_nearest,
+                    rows=block_rows - block_rows[0],
+                    cols=block_cols - block_cols[0],
+                    chunks=((bottom - top,), (right - left,)),
+                    dtype=bool,
+                    meta=np.empty((0, 0), dtype=bool),
+                )
+            )
+        blocks.append(band)
+    return da.block(blocks)
+
+
+def take_nearest(region: np.ndarray, *, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``region[rows][:, cols]`` as a new bool array (one chunk of an upsampled mask)."""
+    return np.asarray(region, dtype=bool)[np.ix_(rows, cols)]
+
+
+def mask_chunk(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of ``features`` (h, w, F) with every column NaN where ``mask`` (h, w) is False."""
+    out = features.copy()
+    out[~mask] = np.nan
+    return out
+
+
+def mask_features(features: da.Array, mask: da.Array) -> da.Array:
+    """Lazily set the features of masked pixels to NaN.
+
+    Parameters
+    ----------
+    features : dask.array.Array
+        Shape (Y, X, F), float32, F in one chunk.
+    mask : dask.array.Array
+        Shape (Y, X), bool, the same (Y, X) chunks (see :func:`upsample_mask`).
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (Y, X, F), float32, the same chunks; computes nothing.
+    """
+    if mask.chunks != features.chunks[:2]:
+        raise ValueError(f"mask chunks {mask.chunks!r} differ from the features' {features.chunks[:2]!r}")
+    return da.blockwise(
+        mask_chunk,
+        "yxf",
+        features,
+        "yxf",
+        mask,
+        "yx",
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+    )

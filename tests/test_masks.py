@@ -1,0 +1,180 @@
+"""Masks: the automatic tissue mask, user mask files, nearest upsampling, and masked pixels never sampled."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from slides import downsample, make_slide, write_pyramid_tiff
+
+import pipeline.masks
+from pipeline.errors import ParameterError
+from pipeline.features import build_features, make_feature_spec
+from pipeline.io.model_file import load_model
+from pipeline.masks import (
+    block_mean,
+    check_mask_shape,
+    choose_mask_level,
+    mask_features,
+    nearest_indices,
+    tissue_mask,
+    upsample_mask,
+)
+from pipeline.runner import FitOptions, ReadOptions, apply, segment
+from pipeline.sampling import build_candidates
+
+
+def _labels(path: str) -> np.ndarray:
+    return zarr.open_group(path, mode="r")["0"][:]
+
+
+@pytest.fixture
+def slide():
+    return make_slide(300, 400)
+
+
+@pytest.fixture
+def slide_tiff(tmp_path, slide):
+    return write_pyramid_tiff(str(tmp_path / "slide.tif"), slide[0])
+
+
+def test_nearest_indices():
+    np.testing.assert_array_equal(nearest_indices(12, 3), np.arange(12) // 4)
+    np.testing.assert_array_equal(nearest_indices(7, 7), np.arange(7))
+    np.testing.assert_array_equal(nearest_indices(10, 4), np.floor((np.arange(10) + 0.5) * 4 / 10).astype(int))
+    assert nearest_indices(1001, 500).max() == 499
+
+
+def test_upsample_mask_equals_repeat_on_uneven_chunks():
+    mask = np.random.default_rng(0).random((15, 10)) < 0.5
+    lazy_mask = da.from_array(mask, chunks=(4, 3))
+    chunks = ((7, 7, 7, 7, 2), (13, 13, 4))
+    up = upsample_mask(lazy_mask, (30, 30), chunks)
+    assert up.chunks == chunks and up.dtype == bool
+    np.testing.assert_array_equal(up.compute(), np.repeat(np.repeat(mask, 2, axis=0), 3, axis=1))
+
+
+def test_mask_features_sets_every_column_nan():
+    features = da.from_array(np.ones((6, 5, 3), np.float32), chunks=(4, 3, 3))
+    mask = np.ones((6, 5), bool)
+    mask[1, 4] = mask[5, 0] = False
+    out = mask_features(features, da.from_array(mask, chunks=(4, 3))).compute()
+    assert np.isnan(out[~mask]).all() and (out[mask] == 1).all()
+
+
+def test_choose_mask_level():
+    shapes = ((40000, 30000), (10000, 7500), (2500, 1875), (625, 468))
+    assert choose_mask_level(shapes, max_edge=2048) == (3, 1)
+    assert choose_mask_level(shapes, max_edge=2500) == (2, 1)
+    assert choose_mask_level(((40000, 30000),), max_edge=2048) == (0, 20)
+    assert choose_mask_level(((1000, 800),), max_edge=2048) == (0, 1)
+
+
+def test_block_mean_matches_numpy(slide):
+    pixels = slide[0].astype(np.float32)
+    lazy = block_mean(da.from_array(pixels, chunks=(64, 64, 3)), 4).compute()
+    np.testing.assert_allclose(lazy, pixels.reshape(75, 4, 100, 4, 3).mean(axis=(1, 3)), rtol=1e-5)
+
+
+def test_tissue_mask_recovers_tissue_area_within_two_percent(slide):
+    pixels, tissue = slide
+    for factor in (1, 4):
+        low = downsample(pixels, factor).astype(np.float32)
+        mask = tissue_mask(low, white=(255.0, 255.0, 255.0))
+        full = np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)
+        error = abs(int(full.sum()) - int(tissue.sum())) / tissue.sum()
+        assert error < 0.02, (factor, error)
+        assert (full & tissue).sum() / (full | tissue).sum() > 0.95
+    assert not tissue_mask(pixels.astype(np.float32))[~tissue].reshape(-1)[:2000].any()  # white from percentiles
+
+
+def test_tissue_mask_refuses_non_rgb():
+    with pytest.raises(ParameterError, match="needs an RGB image"):
+        tissue_mask(np.zeros((4, 4, 1)))
+
+
+def test_check_mask_shape():
+    check_mask_shape((100, 50), (400, 400), source="m.tif")
+    with pytest.raises(ParameterError, match="'m.tif' is 99x50, which does not divide the image \\(400x400\\)"):
+        check_mask_shape((99, 50), (400, 400), source="m.tif")
+
+
+def test_auto_mask_end_to_end_from_a_low_level(tmp_path, monkeypatch, slide, slide_tiff):
+    """The mask comes from level 2 (4x smaller), upsampled: tissue area within 2%, masked pixels never
+    sampled (the model is fitted on exactly the mask's pixels) and always label 0."""
+    pixels, tissue = slide
+    monkeypatch.setattr(pipeline.masks, "AUTO_MASK_EDGE", 128)
+    out = str(tmp_path / "labels.zarr")
+    model_path = str(tmp_path / "model.json")
+    fit = FitOptions(clusters=3, mask="auto", sample_size=pixels.shape[0] * pixels.shape[1])
+    result = segment(slide_tiff, out, read=ReadOptions(chunk=64), fit=fit, model_path=model_path)
+    labels = _labels(out)
+    low_mask = tissue_mask(downsample(pixels, 4).astype(np.float32), white=(255.0, 255.0, 255.0))
+    expected = np.repeat(np.repeat(low_mask, 4, axis=0), 4, axis=1)
+    np.testing.assert_array_equal(labels > 0, expected)
+    error = abs(int((labels > 0).sum()) - int(tissue.sum())) / tissue.sum()
+    print(f"auto mask tissue area error: {100 * error:.2f}%")
+    assert error < 0.02
+    assert result.model.sample_size == expected.sum()  # the whole valid set is the mask
+    assert result.model.feature_spec.mask == "auto"
+    assert ((labels > 0) & ~tissue).sum() < 0.03 * tissue.sum()  # glass only along the low-level boundary
+    again = str(tmp_path / "again.zarr")
+    apply(model_path, slide_tiff, again, read=ReadOptions(chunk=100))
+    np.testing.assert_array_equal(_labels(again), labels)
+    assert load_model(model_path).feature_spec.mask == "auto"
+
+
+def test_masked_pixels_are_never_candidates(slide):
+    pixels, _ = slide
+    mask = np.zeros(pixels.shape[:2], bool)
+    mask[50:200, 120:330] = True
+    spec = make_feature_spec("channels,texture", n_channels=3, has_alpha=False, dtype=pixels.dtype, sigmas=(2,))
+    features = build_features(da.from_array(pixels, chunks=(64, 64, 3)), spec)
+    masked = mask_features(features, upsample_mask(da.from_array(mask[::2, ::2]), mask.shape, features.chunks[:2]))
+    candidates = build_candidates(masked, threshold=1.0, seed=3).compute()
+    rows, cols = np.divmod(candidates.positions, pixels.shape[1])
+    assert mask[rows, cols].all() and len(rows) == candidates.n_valid == mask.sum()
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_user_mask_file_at_half_resolution(tmp_path, slide, kind):
+    pixels, _ = slide
+    path = str(tmp_path / "slide.tif")
+    tifffile.imwrite(path, pixels, tile=(64, 64), photometric="rgb")
+    mask = np.zeros((150, 200), np.uint8)
+    mask[20:130, 30:90] = 255
+    mask[100:140, 150:190] = 1
+    if kind == "zarr":
+        mask_path = str(tmp_path / "mask.zarr")
+        zarr.create_array(mask_path, shape=mask.shape, chunks=(64, 64), dtype=np.uint8)[:] = mask
+    else:
+        mask_path = str(tmp_path / "mask.tif")
+        tifffile.imwrite(mask_path, mask)
+    out = str(tmp_path / "labels.zarr")
+    model_path = str(tmp_path / "m.json")
+    segment(path, out, read=ReadOptions(chunk=100), fit=FitOptions(clusters=3, mask=mask_path), model_path=model_path)
+    labels = _labels(out)
+    np.testing.assert_array_equal(labels > 0, np.repeat(np.repeat(mask > 0, 2, axis=0), 2, axis=1))
+    with pytest.raises(ParameterError, match="fitted with a mask file"):
+        apply(model_path, path, str(tmp_path / "again.zarr"))
+    apply(model_path, path, str(tmp_path / "again.zarr"), mask=mask_path)
+    np.testing.assert_array_equal(_labels(str(tmp_path / "again.zarr")), labels)
+
+
+def test_bad_masks_are_parameter_errors(tmp_path, blob_tiff):
+    bad = str(tmp_path / "bad.tif")
+    tifffile.imwrite(bad, np.ones((149, 230), np.uint8))
+    with pytest.raises(ParameterError, match="does not divide the image"):
+        segment(blob_tiff, str(tmp_path / "a.zarr"), fit=FitOptions(mask=bad))
+    rgb = str(tmp_path / "rgb.tif")
+    tifffile.imwrite(rgb, np.ones((75, 115, 3), np.uint8), photometric="rgb")
+    with pytest.raises(ParameterError, match="has 3 channels"):
+        segment(blob_tiff, str(tmp_path / "b.zarr"), fit=FitOptions(mask=rgb))
+    with pytest.raises(ParameterError, match="neither auto, none nor an existing mask image"):
+        segment(blob_tiff, str(tmp_path / "c.zarr"), fit=FitOptions(mask="atuo"))
+    grey = str(tmp_path / "grey.tif")
+    tifffile.imwrite(grey, np.full((40, 40), 100, np.uint8))
+    with pytest.raises(ParameterError, match="--mask auto needs an RGB image"):
+        segment(grey, str(tmp_path / "d.zarr"), fit=FitOptions(mask="auto"))

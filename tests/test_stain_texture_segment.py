@@ -1,0 +1,103 @@
+"""End to end with the new features: stain + texture on the IHC photo, --fit-level, 16-bit normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from skimage.color import rgb2hed
+from skimage.filters import threshold_otsu
+from sklearn.metrics import adjusted_rand_score
+from slides import write_pyramid_tiff
+
+from pipeline.errors import ParameterError
+from pipeline.io.model_file import load_model
+from pipeline.runner import FitOptions, ReadOptions, apply, segment
+
+#: Stain densities plus smoothed intensity and local standard deviation at sigma 1.
+STAIN_TEXTURE = FitOptions(clusters=3, features=("hed", "smooth", "std"), sigmas=(1.0,), sample_size=60_000)
+
+
+def _labels(path: str) -> np.ndarray:
+    return zarr.open_group(path, mode="r")["0"][:]
+
+
+def _stain_reference(rgb: np.ndarray) -> np.ndarray:
+    """0 background, 1 haematoxylin (nuclei), 2 DAB-positive: Otsu thresholds of scikit-image's rgb2hed."""
+    hed = rgb2hed(rgb)
+    reference = np.zeros(rgb.shape[:2], dtype=np.int64)
+    reference[hed[..., 0] > threshold_otsu(hed[..., 0])] = 1
+    reference[hed[..., 2] > threshold_otsu(hed[..., 2])] = 2
+    return reference
+
+
+@pytest.fixture
+def ihc_tiff(tmp_path, ihc_image):
+    path = str(tmp_path / "ihc.tif")
+    tifffile.imwrite(path, ihc_image, tile=(128, 128), photometric="rgb")
+    return path
+
+
+def test_stain_and_texture_separate_ihc_classes_better_than_rgb(tmp_path, ihc_image, ihc_tiff):
+    reference = _stain_reference(ihc_image).ravel()
+    scores = {}
+    for name, fit in (("rgb", FitOptions(clusters=3, sample_size=60_000)), ("hed+texture", STAIN_TEXTURE)):
+        out = str(tmp_path / f"{name}.zarr")
+        segment(ihc_tiff, out, read=ReadOptions(chunk=200), fit=fit)
+        scores[name] = adjusted_rand_score(reference, _labels(out).ravel())
+    print(f"ARI against the rgb2hed reference: RGB {scores['rgb']:.3f}, hed+smooth+std {scores['hed+texture']:.3f}")
+    assert scores["hed+texture"] > scores["rgb"] + 0.05
+
+
+def test_fit_on_a_low_level_predicts_full_resolution(tmp_path, ihc_image):
+    path = write_pyramid_tiff(str(tmp_path / "pyramid.tif"), ihc_image, n_levels=3)
+    fit = FitOptions(clusters=3, features=("hed", "smooth", "std"), sigmas=(2.0,), sample_size=512 * 512)
+    full = str(tmp_path / "full.zarr")
+    segment(path, full, read=ReadOptions(chunk=128), fit=fit)
+    low = str(tmp_path / "low.zarr")
+    model_path = str(tmp_path / "low.json")
+    result = segment(
+        path, low, read=ReadOptions(chunk=128), fit=FitOptions(**{**fit.__dict__, "fit_level": 1}), model_path=model_path
+    )
+    assert result.model.sample_size == 256 * 256  # the sample came from level 1
+    labels = _labels(low)
+    assert labels.shape == (512, 512)
+    score = adjusted_rand_score(_labels(full).ravel(), labels.ravel())
+    print(f"ARI fit on level 1 vs level 0: {score:.3f}")
+    assert score > 0.8
+    again = str(tmp_path / "again.zarr")
+    apply(model_path, path, again, read=ReadOptions(chunk=100))
+    np.testing.assert_array_equal(_labels(again), labels)
+    assert load_model(model_path).feature_spec.sigmas == (2.0,)
+    with pytest.raises(ParameterError, match="--fit-level 3 does not exist .* 3 level"):
+        segment(path, str(tmp_path / "bad.zarr"), fit=FitOptions(fit_level=3))
+
+
+def test_twelve_bit_input_segments_as_well_as_eight_bit(tmp_path, ihc_image):
+    rng = np.random.default_rng(0)
+    twelve = ihc_image.astype(np.uint16) * 16 + rng.integers(0, 16, ihc_image.shape, dtype=np.uint16)
+    reference = _stain_reference(ihc_image).ravel()
+    paths = {"8-bit": str(tmp_path / "u8.tif"), "12-bit": str(tmp_path / "u12.tif")}
+    tifffile.imwrite(paths["8-bit"], ihc_image, tile=(128, 128), photometric="rgb")
+    tifffile.imwrite(paths["12-bit"], twelve, tile=(128, 128), photometric="rgb")
+    runs = {"8-bit": ("8-bit", "auto"), "12-bit": ("12-bit", "auto"), "12-bit dtype": ("12-bit", "dtype")}
+    scores = {}
+    labels = {}
+    for name, (source, normalise) in runs.items():
+        out = str(tmp_path / f"{name}.zarr")
+        fit = FitOptions(**{**STAIN_TEXTURE.__dict__, "normalise": normalise})
+        result = segment(paths[source], out, read=ReadOptions(chunk=200), fit=fit)
+        labels[name] = _labels(out).ravel()
+        scores[name] = adjusted_rand_score(reference, labels[name])
+        if name == "12-bit":
+            ranges = result.model.feature_spec.channel_ranges
+            assert all(0 <= low < 1000 and 3000 < high <= 4095 for low, high in ranges), ranges
+    agreement = adjusted_rand_score(labels["8-bit"], labels["12-bit"])
+    print(
+        "ARI against the rgb2hed reference: "
+        + ", ".join(f"{name} {score:.3f}" for name, score in scores.items())
+        + f"; 12-bit vs 8-bit labels {agreement:.3f}"
+    )
+    assert scores["12-bit"] >= scores["8-bit"] - 0.03
+    assert scores["12-bit"] > scores["12-bit dtype"]
