@@ -327,6 +327,7 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
             level_shapes = tuple(_yx(lvl.axes, lvl.shape) for lvl in levels)
             dtype = np.dtype(chosen.dtype)
             has_alpha = _tiff_has_alpha(page, axes, chosen.shape)
+            _check_tiff_data(path, chosen.pages)
             base_size = _tiff_pixel_size(tif, levels[0].keyframe)
             shape = tuple(int(n) for n in chosen.shape)
     except InputError:
@@ -345,6 +346,25 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
         has_alpha=has_alpha,
         pixel_size=_scaled_pixel_size(base_size, level_shapes[0], level_shapes[level]),
     )
+
+
+def _check_tiff_data(path: str, pages: Any) -> None:
+    """Refuse a TIFF whose tiles or strips lie beyond the end of the file, or that holds none."""
+    file_size = os.path.getsize(path)
+    total = 0
+    for page in pages:
+        if page is None:
+            continue
+        offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+        counts = np.asarray(page.databytecounts, dtype=np.int64)
+        total += int(counts.sum())
+        if offsets.size and int((offsets + counts).max()) > file_size:
+            raise InputError(
+                f"TIFF {path!r} declares pixel data beyond the end of the file ({file_size} bytes): "
+                "truncated or corrupt"
+            )
+    if total == 0:
+        raise InputError(f"TIFF {path!r} holds no pixel data")
 
 
 def _scaled_pixel_size(
