@@ -18,7 +18,17 @@ from pipeline import __version__
 from pipeline.cluster import open_scheduler
 from pipeline.errors import PipelineError
 from pipeline.features import FEATURE_GROUPS
-from pipeline.runner import NORMALISE_MODES, FitOptions, OutputOptions, ReadOptions, RunResult, apply, describe, segment
+from pipeline.runner import (
+    NORMALISE_MODES,
+    FitOptions,
+    OutputOptions,
+    ReadOptions,
+    RunResult,
+    apply,
+    convert,
+    describe,
+    segment,
+)
 
 logger = logging.getLogger("pipeline")
 
@@ -89,6 +99,18 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lifetime", help="override compute.lifetime: workers retire and are replaced after it (55m)")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
     run.set_defaults(handler=_run_batch)
+
+    conv = commands.add_parser("convert", help="write an image as a chunked OME-Zarr (NGFF 0.5) pyramid")
+    conv.add_argument("input")
+    conv.add_argument("output", help="OUTPUT.zarr")
+    conv.add_argument("--level", type=int, default=0, help="input pyramid level to convert (default 0)")
+    conv.add_argument("--chunk", type=int, default=1024, help="zarr chunk edge in pixels (default %(default)s)")
+    conv.add_argument("--levels", default="auto", help="pyramid levels: auto (down to <= 1024 px) or a number")
+    conv.add_argument("--codec", default="zstd", help="zstd (default), lz4, zlib or none (all lossless)")
+    conv.add_argument("--shard", type=int, default=None, metavar="N", help="zarr v3 shards of N x N chunks")
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    conv.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+    conv.set_defaults(handler=_run_convert)
 
     info = commands.add_parser("info", help="what an image or a pixseg output holds")
     info.add_argument("path")
@@ -307,6 +329,32 @@ def _run_batch(args: argparse.Namespace) -> int:
     for outcome in result.failed:
         print(f"failed: {outcome.input}: {outcome.error}", file=sys.stderr)
     return EXIT_BATCH_FAILED if result.failed else 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    if args.levels == "auto":
+        levels = None
+    else:
+        try:
+            levels = int(args.levels)
+        except ValueError as err:
+            raise UsageError(f"--levels expects auto or a number, got {args.levels!r}") from err
+    result = convert(
+        args.input,
+        args.output,
+        level=args.level,
+        chunk=args.chunk,
+        levels=levels,
+        codec=args.codec,
+        shard=args.shard,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    shapes = ", ".join(f"{y}x{x}" for y, x in result.levels)
+    print(
+        f"wrote {result.output}: levels {shapes}, chunks {result.chunks[0]}x{result.chunks[1]}, {result.seconds:.1f} s"
+    )
+    return 0
 
 
 def _run_info(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from dask.delayed import Delayed
 
 import pipeline
 from pipeline.colours import label_colours
+from pipeline.downsample import downsample_level
 from pipeline.errors import InputError, ModelError, OutputError, ParameterError, PipelineError
 from pipeline.features import (
     DEFAULT_SIGMAS,
@@ -29,6 +30,7 @@ from pipeline.features import (
     make_feature_spec,
     robust_channel_ranges,
 )
+from pipeline.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
 from pipeline.io.label_tiff import (
     TIFF_COMPRESSIONS,
     TIFF_FLAVOURS,
@@ -292,6 +294,123 @@ def apply(
             started=started,
             progress=progress,
         )
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What ``pixseg convert`` wrote."""
+
+    output: str
+    levels: list[tuple[int, int]]
+    chunks: tuple[int, int]
+    seconds: float
+
+
+def convert(
+    input_path: str,
+    output_path: str,
+    *,
+    level: int = 0,
+    chunk: int = 1024,
+    levels: int | None = None,
+    codec: str = "zstd",
+    shard: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> ConvertResult:
+    """Write an image as an OME-Zarr (NGFF 0.5) multiscale image, chunk by chunk, metadata last.
+
+    Parameters
+    ----------
+    input_path : str
+        Any image :func:`pipeline.io.readers.open_image` reads (striped TIFFs are read in
+        full-width bands, so memory stays at a band of ``chunk`` rows). Never modified.
+    output_path : str
+        The ``.zarr`` directory to write.
+    level : int
+        Input pyramid level to convert.
+    chunk : int
+        Edge of the square zarr chunks of every level.
+    levels : int, optional
+        Number of pyramid levels; by default halving until the long side is <= 1024.
+    codec : str
+        ``zstd`` (default), ``lz4``, ``zlib`` or ``none`` (all lossless).
+    shard : int, optional
+        Store level arrays in zarr v3 shards of ``shard x shard`` chunks.
+    overwrite, progress : bool
+        Replace an existing output; show progress bars.
+
+    Raises
+    ------
+    PipelineError
+        For a bad input, output or option.
+    """
+    started = time.perf_counter()
+    if chunk < 16:
+        raise ParameterError(f"--chunk must be at least 16 pixels, got {chunk!r}")
+    image = open_image(input_path, level=level)
+    target = output_path.rstrip("/")
+    if not target.lower().endswith(".zarr"):
+        raise OutputError(f"convert writes OME-Zarr: output {output_path!r} must end in .zarr")
+    _check_not_input(target, image.path, "output")
+    if os.path.lexists(target) and not overwrite:
+        raise OutputError(f"output {output_path!r} already exists; pass --overwrite to replace it")
+    _check_writable_parent(target)
+    shapes = pyramid_shapes(image.shape[:2])
+    if levels is not None:
+        if levels < 1:
+            raise ParameterError(f"--levels must be >= 1, got {levels!r}")
+        shapes = [(-(-image.shape[0] // 2**n), -(-image.shape[1] // 2**n)) for n in range(levels)]
+    with output_lock(lock_path_for(target)):
+        remove_output(target)
+        arrays = create_image_zarr(
+            target,
+            shapes=shapes,
+            channels=image.shape[2],
+            chunks=(chunk, chunk),
+            dtype=image.dtype,
+            codec=codec,
+            shard=shard,
+            attrs={"source": _input_identity(image), "version": pipeline.__version__},
+        )
+        logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
+        _store_in_bands(image.data, arrays[0], progress=progress)
+        for above, array in zip(arrays, arrays[1:], strict=False):
+            reduced = downsample_level(da.from_zarr(above).transpose(1, 2, 0), chunks=write_block_shape(array))
+            _compute(da.store(reduced.transpose(2, 0, 1), array, lock=False, compute=False), progress=False)
+        finalise_image_zarr(
+            target,
+            n_levels=len(shapes),
+            name=os.path.basename(image.path.rstrip("/")),
+            channel_names=_channel_names(image),
+            pixel_size=image.pixel_size,
+            extra={"alpha": image.has_alpha},
+        )
+    return ConvertResult(output=target, levels=shapes, chunks=(chunk, chunk), seconds=time.perf_counter() - started)
+
+
+def _store_in_bands(pixels: da.Array, array: Any, *, progress: bool) -> None:
+    """Store (Y, X, C) ``pixels`` into a (C, Y, X) array one band of write blocks at a time.
+
+    Regrouping strips or tiles into the array's chunks in one graph lets dask read far ahead of
+    the writes; a band at a time bounds memory by a band (block rows x the full width).
+    """
+    rows, cols = write_block_shape(array)
+    channels = pixels.shape[2]
+    for top in range(0, pixels.shape[0], rows):
+        band = pixels[top : top + rows].rechunk((rows, cols, channels)).transpose(2, 0, 1)
+        region = (slice(None), slice(top, top + band.shape[1]), slice(None))
+        _compute(da.store(band, array, regions=region, lock=False, compute=False), progress=False)
+        if progress:
+            print(f"\rconverted {min(top + rows, pixels.shape[0])} of {pixels.shape[0]} rows", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+
+
+def _channel_names(image: Image) -> list[str]:
+    colour = image.shape[2] - int(image.has_alpha)
+    names = ["red", "green", "blue"] if colour == 3 else [f"channel {i}" for i in range(colour)]
+    return names + (["alpha"] if image.has_alpha else [])
 
 
 def describe(path: str, *, level: int = 0) -> dict[str, Any]:
@@ -929,7 +1048,8 @@ def _segment_features(
         )
         raw = _image_features(fit_image, raw_spec, mask)
         values = _draw_sample(raw, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
-        ranges = robust_channel_ranges(values, percentiles=ROBUST_PERCENTILES)
+        rgb = image.shape[2] - int(image.has_alpha) == 3
+        ranges = robust_channel_ranges(values, percentiles=ROBUST_PERCENTILES, rgb=rgb)
         logger.info("robust channel ranges (%g-%g percentiles): %s", *ROBUST_PERCENTILES, ranges)
         spec = _feature_spec(image, fit, channel_ranges=ranges)
     features = _image_features(image, spec, mask)
