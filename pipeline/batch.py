@@ -417,33 +417,30 @@ def _process(
         if _is_done(image, state, fingerprint):
             logger.info("skipping %s: %s is complete", image.input, image.output)
             return ImageOutcome(image.input, image.output, "skipped")
-        overwrite = state is not None or config.output.overwrite
-        if state is not None:
-            logger.info("redoing %s (interrupted, or its input or settings changed)", image.output)
+        interrupted = state is not None and state.get("fingerprint") == fingerprint
+        overwrite = (state is not None or config.output.overwrite) and not interrupted
+        if interrupted:
+            logger.info("continuing %s (interrupted)", image.output)
+        elif state is not None:
+            logger.info("redoing %s (its input or settings changed)", image.output)
         _write_json(image.state_path, {"fingerprint": fingerprint, "input": image.input, "status": "started"})
         logger.info("[%d] %s -> %s", image.index + 1, image.input, image.output)
-        if model_path is None:
-            segment(
-                image.input,
-                image.output,
+        try:
+            _label(
+                image,
+                model_path,
+                config,
                 read=read,
                 fit=fit,
                 output=output,
-                model_path=image.output + ".model.json",
-                overwrite=overwrite,
+                mode=(overwrite, interrupted),
                 progress=progress,
             )
-        else:
-            apply(
-                model_path,
-                image.input,
-                image.output,
-                read=read,
-                output=output,
-                overwrite=overwrite,
-                mask=config.mask,
-                progress=progress,
-            )
+        except OutputError as err:
+            if not interrupted or "cannot resume" not in str(err):
+                raise
+            logger.info("cannot continue %s (%s): starting it again", image.output, err)
+            _label(image, model_path, config, read=read, fit=fit, output=output, mode=(True, False), progress=progress)
     except Exception as err:  # one image fails alone; the run goes on and reports it
         seconds = time.perf_counter() - started
         message = " ".join(f"{type(err).__name__}: {err}".split())
@@ -462,6 +459,46 @@ def _process(
         {"fingerprint": fingerprint, "input": image.input, "status": "done", "finished": _now(), "seconds": seconds},
     )
     return ImageOutcome(image.input, image.output, "done", seconds)
+
+
+def _label(
+    image: BatchImage,
+    model_path: str | None,
+    config: RunConfig,
+    *,
+    read: ReadOptions,
+    fit: FitOptions,
+    output: OutputOptions,
+    mode: tuple[bool, bool],
+    progress: bool,
+) -> None:
+    """Segment (per-image) or apply the model to one image; ``mode`` is (overwrite, resume): an
+    interrupted output of the same job is continued with the runner's ``resume``."""
+    overwrite, resume = mode
+    if model_path is None:
+        segment(
+            image.input,
+            image.output,
+            read=read,
+            fit=fit,
+            output=output,
+            model_path=image.output + ".model.json",
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+        )
+    else:
+        apply(
+            model_path,
+            image.input,
+            image.output,
+            read=read,
+            output=output,
+            overwrite=overwrite,
+            resume=resume,
+            mask=config.mask,
+            progress=progress,
+        )
 
 
 def _fingerprint(config: RunConfig, image: BatchImage, model_id: str) -> str:

@@ -178,6 +178,11 @@ def _parse_sigmas(text: str) -> tuple[float, ...]:
 def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bool = True) -> None:
     parser.add_argument("--level", type=int, default=0, help="input pyramid level (default 0, full resolution)")
     parser.add_argument("--chunk", type=int, default=None, help="processing chunk edge in pixels (default: ~1024)")
+    parser.add_argument(
+        "--no-convert", action="store_true", help="read the input directly even if its layout calls for converting it"
+    )
+    parser.add_argument("--workdir", help="where an input is converted when that pays (default: beside the output)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the converted input after the run")
     if with_output_flags:
         parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
         parser.add_argument(
@@ -223,7 +228,13 @@ def _configure_logging(*, quiet: bool) -> None:
 
 
 def _read_options(args: argparse.Namespace) -> ReadOptions:
-    return ReadOptions(level=args.level, chunk=args.chunk)
+    return ReadOptions(
+        level=args.level,
+        chunk=args.chunk,
+        convert=not args.no_convert,
+        workdir=args.workdir,
+        keep_workdir=args.keep_workdir,
+    )
 
 
 def _output_options(args: argparse.Namespace) -> OutputOptions:

@@ -149,7 +149,7 @@ def _open_jobqueue(
         if lifetime_stagger is not None:
             extra += ["--lifetime-stagger", lifetime_stagger]
         options["worker_extra_args"] = [*options.get("worker_extra_args", []), *extra]
-    options.setdefault("dashboard_address", dashboard_address)
+    options["scheduler_options"] = {"dashboard_address": dashboard_address, **options.get("scheduler_options", {})}
     if options.get("log_directory"):
         os.makedirs(options["log_directory"], exist_ok=True)
     try:

@@ -357,7 +357,8 @@ class _Context:
 def _build(cls: type, data: Any, prefix: str, context: _Context) -> Any:
     """Build dataclass ``cls`` from a mapping, checking keys and the type of every value."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{context.where(prefix)}: key {prefix!r} must be a mapping of keys, got {_describe(data)}")
+        key = prefix.rstrip(".")
+        raise ConfigError(f"{context.where(key)}: key {key!r} must be a mapping of keys, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in data if key not in names]

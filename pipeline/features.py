@@ -431,7 +431,7 @@ def _texture(
 
 
 def robust_channel_ranges(
-    sample: np.ndarray, *, percentiles: tuple[float, float] = (0.5, 99.5)
+    sample: np.ndarray, *, percentiles: tuple[float, float] = (0.5, 99.5), rgb: bool = False
 ) -> tuple[tuple[float, float], ...]:
     """Per-channel (low, high) input values at the given percentiles of a sample.
 
@@ -441,6 +441,11 @@ def robust_channel_ranges(
         Shape (n, C): raw channel values of valid pixels, n >= 1.
     percentiles : (float, float)
         Lower and upper percentile, 0 <= low < high <= 100.
+    rgb : bool
+        Keep black at 0 and use one white point for the three channels (the largest upper
+        percentile): a global gain that keeps the colour balance, so that colour conversions (lab,
+        hsv, hed) keep their meaning (a per-channel stretch would create colour, e.g. eosin, where
+        there is none).
 
     Returns
     -------
@@ -448,6 +453,8 @@ def robust_channel_ranges(
         One range per channel; a channel whose percentiles coincide gets ``(low, low + 1)``.
     """
     low, high = np.percentile(np.asarray(sample, dtype=np.float64), percentiles, axis=0)
+    if rgb:
+        low, high = np.zeros_like(low), np.full_like(high, high.max())
     return tuple((float(lo), float(hi) if hi > lo else float(lo) + 1.0) for lo, hi in zip(low, high, strict=True))
 
 

@@ -2,7 +2,10 @@
 
 Fitting standardises an in-memory sample and runs dask-ml's k-means|| KMeans on it, working
 around dask-ml's known traps (first-row bias of k-means||, absolute ``tol``, unsquared
-``inertia_``, integer centres). Centroids are stored in feature units, sorted so that label
+``inertia_``, integer centres) and its sensitivity to outliers: the sample is winsorised per
+column at the 0.1 and 99.9 percentiles before standardising and clustering, so a few extreme
+pixels (e.g. stain densities of saturated or zero-valued pixels, a near-constant feature with
+rare spikes) cannot capture a cluster. Centroids are stored in feature units, sorted so that label
 1 is the darkest cluster (ascending mean of the centroid's features, ties broken by the
 remaining coordinates in column order).
 """
@@ -24,6 +27,8 @@ from pipeline.features import FeatureSpec
 _FIT_CHUNK_ROWS = 50_000
 #: Convergence threshold on the squared shift of the standardised centres.
 _FIT_TOL = 1e-6
+#: Percentiles each column of the sample is clipped to before standardising and clustering.
+WINSOR_PERCENTILES = (0.1, 99.9)
 MAX_CLUSTERS = 65_535
 
 
@@ -112,7 +117,8 @@ def fit_model(sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: i
     Parameters
     ----------
     sample : numpy.ndarray
-        Shape (n, F), float; rows in a deterministic order (they are shuffled with ``seed``).
+        Shape (n, F), float; rows in a deterministic order (they are shuffled with ``seed``). Each
+        column is clipped to its ``WINSOR_PERCENTILES`` before the fit (the input is not modified).
     spec : FeatureSpec
         The features the columns hold.
     n_clusters : int
@@ -142,12 +148,14 @@ def fit_model(sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: i
             f"--clusters {n_clusters} is more than the {distinct} distinct feature vector(s) in the sample "
             f"of {len(vectors)} pixels; lower --clusters"
         )
-    mean = vectors.mean(axis=0)
-    std = vectors.std(axis=0)
+    low, high = np.percentile(vectors, WINSOR_PERCENTILES, axis=0)
+    clipped = np.clip(vectors, low, high)
+    mean = clipped.mean(axis=0)
+    std = clipped.std(axis=0)
     std[std == 0] = 1.0
     standardised = (vectors - mean) / std
     # dask-ml's k-means|| always takes row 0 as its first candidate: shuffle first
-    shuffled = standardised[np.random.default_rng(seed).permutation(len(standardised))]
+    shuffled = ((clipped - mean) / std)[np.random.default_rng(seed).permutation(len(standardised))]
     estimator = KMeans(n_clusters=n_clusters, init="k-means||", random_state=seed, tol=_FIT_TOL, max_iter=300)
     with dask.config.set(scheduler="threads"):
         estimator.fit(da.from_array(shuffled, chunks=(_FIT_CHUNK_ROWS, shuffled.shape[1])))

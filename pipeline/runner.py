@@ -57,6 +57,7 @@ from pipeline.io.locks import lock_path_for, output_lock
 from pipeline.io.model_file import load_model, model_document, model_from_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
 from pipeline.io.side_files import SIDE_SUFFIXES, side_file_base, write_legend, write_png, write_statistics
+from pipeline.layout import conversion_reason
 from pipeline.masks import block_mean, check_mask_shape, choose_mask_level, mask_features, tissue_mask, upsample_mask
 from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.predict import build_labels
@@ -69,14 +70,20 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_KINDS = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff"}
 WORK_SUFFIX = ".pixseg-work.zarr"
+CONVERTED_SUFFIX = ".pixseg-input.zarr"
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How to read the input: pyramid ``level`` and processing ``chunk`` edge (None = automatic)."""
+    """How to read the input: pyramid ``level``, processing ``chunk`` edge (None = automatic), and
+    whether to convert a poorly laid-out input first (see :func:`pipeline.layout.conversion_reason`)
+    into ``workdir`` (default: beside the output), kept afterwards with ``keep_workdir``."""
 
     level: int = 0
     chunk: int | None = None
+    convert: bool = True
+    workdir: str | None = None
+    keep_workdir: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ def segment(
         previous = _previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return _finished_result(plan, previous, image, started)
+        image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         if previous is None:
             spec, features, fit_features = _segment_features(image, fit, read=read, progress=progress)
@@ -234,7 +242,7 @@ def segment(
         if model_path is not None:
             save_model(model, model_path, provenance=_provenance(image))
             logger.info("model saved to %s", model_path)
-        return _write_labels(
+        result = _write_labels(
             image,
             features,
             model,
@@ -245,6 +253,8 @@ def segment(
             started=started,
             progress=progress,
         )
+        _remove_workdir_copy(image, plan, read)
+        return result
 
 
 def apply(
@@ -281,9 +291,10 @@ def apply(
         previous = _previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return _finished_result(plan, previous, image, started)
+        image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         features = _model_features(image, model.feature_spec, mask=mask, read=read, progress=progress)
-        return _write_labels(
+        result = _write_labels(
             image,
             features,
             model,
@@ -294,6 +305,8 @@ def apply(
             started=started,
             progress=progress,
         )
+        _remove_workdir_copy(image, plan, read)
+        return result
 
 
 @dataclass(frozen=True)
@@ -407,6 +420,38 @@ def _store_in_bands(pixels: da.Array, array: Any, *, progress: bool) -> None:
         print(file=sys.stderr)
 
 
+def _workdir_copy_path(plan: _OutputPlan, read: ReadOptions) -> str:
+    workdir = read.workdir or os.path.dirname(os.path.abspath(plan.side_base))
+    return os.path.join(workdir, os.path.basename(plan.side_base) + CONVERTED_SUFFIX)
+
+
+def _converted_if_needed(image: Image, plan: _OutputPlan, read: ReadOptions, *, progress: bool) -> Image:
+    """``image`` itself, or (when its layout makes direct reading slow or memory-hungry and
+    conversion is allowed) its chunked OME-Zarr copy in the work directory. A complete copy of
+    the same input, left by an interrupted run, is reused."""
+    reason = conversion_reason(image)
+    if reason is None or not read.convert:
+        if reason is not None:
+            logger.info("reading %s directly (--no-convert) although it has %s", image.path, reason)
+        return image
+    copy = _workdir_copy_path(plan, read)
+    status = read_label_zarr_status(copy) if os.path.isdir(copy) else None
+    if status and status.get("complete") and status.get("source") == _input_identity(image):
+        logger.info("reusing the converted copy %s", copy)
+    else:
+        logger.info("converting %s first: it has %s (--no-convert reads it directly)", image.path, reason)
+        os.makedirs(os.path.dirname(copy), exist_ok=True)
+        convert(image.path, copy, level=image.level, levels=1, overwrite=True, progress=progress)
+    converted = open_image(copy, chunk=read.chunk)
+    return dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
+
+
+def _remove_workdir_copy(image: Image, plan: _OutputPlan, read: ReadOptions) -> None:
+    copy = _workdir_copy_path(plan, read)
+    if image.path == copy and not read.keep_workdir:
+        remove_output(copy)
+
+
 def _channel_names(image: Image) -> list[str]:
     colour = image.shape[2] - int(image.has_alpha)
     names = ["red", "green", "blue"] if colour == 3 else [f"channel {i}" for i in range(colour)]
@@ -435,8 +480,10 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
         status = None
     if status is None and os.path.exists(path + ".partial"):
         return {"kind": "output", "path": path, "complete": False, "note": "TIFF write was interrupted"}
-    if status is not None:
+    if status is not None and "model" in status:
         return {"kind": "output", "path": path, **status}
+    if status is not None and not status.get("complete"):
+        return {"kind": "converted image", "path": path, **status}
     image = open_image(path, level=level)
     return {
         "kind": "input",
@@ -447,6 +494,8 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
         "alpha": image.has_alpha,
         "chunks": describe_chunks(image),
         "levels": image.level_shapes,
+        "pixel_size_um": image.pixel_size,
+        "convert": f"yes: {reason}" if (reason := conversion_reason(image)) else "no: its layout reads well directly",
     }
 
 

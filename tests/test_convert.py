@@ -150,3 +150,35 @@ def test_convert_errors(tmp_path, capsys, blob_tiff):
     assert "--codec must be one of" in capsys.readouterr().err
     assert main(["convert", blob_tiff, str(tmp_path / "y.zarr"), "--levels", "many"]) == 2
     assert "--levels expects auto or a number" in capsys.readouterr().err
+
+
+def test_segment_converts_a_striped_tiff_automatically_with_identical_labels(tmp_path, capsys, monkeypatch):
+    from pipeline import layout
+
+    monkeypatch.setattr(layout, "CONVERT_ABOVE_PIXELS", 100_000)  # this small image stands for a big one
+    pixels = make_blob_image(400, 1500, seed=8)
+    source = tmp_path / "striped.tif"
+    tifffile.imwrite(source, pixels, rowsperstrip=8, photometric="rgb")
+    assert main(["info", str(source)]) == 0
+    assert "convert: yes: strips of 8 full rows" in capsys.readouterr().out
+    common = ["-k", "4", "--sample-size", "5000", "--features", "channels,lab"]
+    direct, converted = tmp_path / "direct.zarr", tmp_path / "converted.zarr"
+    assert main(["segment", str(source), str(direct), "--no-convert", "-q", *common]) == 0
+    assert main(["segment", str(source), str(converted), *common]) == 0
+    err = capsys.readouterr().err
+    assert "converting" in err and "strips of 8 full rows" in err
+    np.testing.assert_array_equal(
+        zarr.open_group(direct, mode="r")["0"][:], zarr.open_group(converted, mode="r")["0"][:]
+    )
+    assert not (tmp_path / "converted.zarr.pixseg-input.zarr").exists()  # work copy removed
+    workdir = tmp_path / "work"
+    kept = tmp_path / "kept.zarr"
+    argv = ["segment", str(source), str(kept), "--workdir", str(workdir), "--keep-workdir", "-q", *common]
+    assert main(argv) == 0
+    copy = workdir / "kept.zarr.pixseg-input.zarr"
+    assert zarr.open_group(copy, mode="r").attrs["pixseg"]["complete"] is True
+    np.testing.assert_array_equal(zarr.open_group(kept, mode="r")["0"][:], zarr.open_group(direct, mode="r")["0"][:])
+    capsys.readouterr()
+    assert main([*(a for a in argv if a != "-q"), "--overwrite"]) == 0  # the same job again: the copy is reused
+    assert "reusing the converted copy" in capsys.readouterr().err
+    np.testing.assert_array_equal(zarr.open_group(kept, mode="r")["0"][:], zarr.open_group(direct, mode="r")["0"][:])

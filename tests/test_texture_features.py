@@ -171,5 +171,11 @@ def test_texture_alias_and_column_names(small_rgb):
 def test_spec_round_trips_and_reads_schema_1(small_rgb):
     spec = _spec("hed,texture,hessian,coordinates", small_rgb, sigmas=(1.5, 3), mask="auto")
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
-    old = {"groups": ["channels", "lab"], "n_channels": 3, "has_alpha": False, "dtype": "uint8", "value_range": [0, 255]}
+    old = {
+        "groups": ["channels", "lab"],
+        "n_channels": 3,
+        "has_alpha": False,
+        "dtype": "uint8",
+        "value_range": [0, 255],
+    }
     assert FeatureSpec.from_dict(old) == _spec("channels,lab", small_rgb)
