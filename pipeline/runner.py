@@ -242,19 +242,18 @@ def segment(
         if model_path is not None:
             save_model(model, model_path, provenance=_provenance(image))
             logger.info("model saved to %s", model_path)
-        result = _write_labels(
+        return _write_labels(
             image,
             features,
             model,
             plan,
             output,
+            read=read,
             fingerprint=fingerprint,
             previous=previous,
             started=started,
             progress=progress,
         )
-        _remove_workdir_copy(image, plan, read)
-        return result
 
 
 def apply(
@@ -294,19 +293,18 @@ def apply(
         image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         features = _model_features(image, model.feature_spec, mask=mask, read=read, progress=progress)
-        result = _write_labels(
+        return _write_labels(
             image,
             features,
             model,
             plan,
             output,
+            read=read,
             fingerprint=fingerprint,
             previous=previous,
             started=started,
             progress=progress,
         )
-        _remove_workdir_copy(image, plan, read)
-        return result
 
 
 @dataclass(frozen=True)
@@ -686,6 +684,7 @@ def _write_labels(
     plan: _OutputPlan,
     options: OutputOptions,
     *,
+    read: ReadOptions,
     fingerprint: dict[str, Any],
     previous: _PreviousRun | None,
     started: float,
@@ -696,7 +695,8 @@ def _write_labels(
     metadata, write the side files, and stream a TIFF from the finished pyramid if asked.
 
     With ``previous`` (an interrupted run of the same fingerprint), level-0 chunks already
-    written and decodable are kept and only the others are predicted.
+    written and decodable are kept and only the others are predicted. A converted copy of the
+    input in the work directory is removed at the end unless ``read.keep_workdir``.
     """
     labels = build_labels(features, model)
     shapes = pyramid_shapes(labels.shape)
@@ -762,6 +762,7 @@ def _write_labels(
             compression=options.tiff_compression,
         )
         remove_output(zarr_path)
+    _remove_workdir_copy(image, plan, read)
     return RunResult(
         output=plan.path,
         model=model,
