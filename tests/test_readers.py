@@ -219,3 +219,13 @@ def test_aperio_svs_pyramid(tmp_path, blob_image):
     image = _check(path, blob_image)
     assert image.level_shapes == ((150, 230), (38, 58))
     _check(path, level1, level=1)
+
+
+def test_png_too_large_to_decode_names_alternatives(tmp_path, monkeypatch):
+    from pipeline.io import readers
+
+    monkeypatch.setattr(readers, "MAX_PLAIN_PIXELS", 100)
+    path = tmp_path / "big.png"
+    path.write_bytes(imagecodecs.png_encode(np.zeros((20, 30), np.uint8)))
+    with pytest.raises(InputError, match="20 pixels, too large to decode whole .*vips tiffsave .*gdal_translate"):
+        open_image(str(path))

@@ -583,7 +583,9 @@ def _plain_source(path: str, level: int) -> _RegionReader:
     if width * height > MAX_PLAIN_PIXELS:
         raise InputError(
             f"image {path!r} is {width}x{height} pixels, too large to decode whole "
-            f"(limit {MAX_PLAIN_PIXELS // 2**20} Mpx); convert it to a tiled TIFF or zarr first"
+            f"(limit {MAX_PLAIN_PIXELS // 2**20} Mpx; PNG/JPEG cannot be read a tile at a time); convert it to a "
+            "tiled pyramidal TIFF first, e.g. `vips tiffsave IN OUT.tif --tile --pyramid --bigtiff --compression zstd` "
+            "or `gdal_translate -co TILED=YES -co BIGTIFF=YES IN OUT.tif`, then run pixseg on that"
         )
     try:
         sample = _decode_plain(path)
