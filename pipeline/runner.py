@@ -50,7 +50,7 @@ from pipeline.io.label_zarr import (
     read_label_zarr_status,
     register_label,
     remove_output,
-    store_blocks,
+    store_and_count,
     store_labels,
 )
 from pipeline.io.locks import lock_path_for, output_lock
@@ -64,7 +64,7 @@ from pipeline.predict import build_labels
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pipeline.pyramid import pyramid_shapes, reduce_labels
 from pipeline.sampling import build_candidates, candidate_threshold, cohort_seed, take_pooled_sample, take_sample
-from pipeline.statistics import build_label_counts, label_table
+from pipeline.statistics import label_table
 
 logger = logging.getLogger(__name__)
 
@@ -720,9 +720,8 @@ def _write_labels(
     step = thumbnail_step(labels.shape)
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
-        _, new_counts, thumbnail = _compute(
-            store_blocks(labels, arrays[0], missing),
-            build_label_counts(labels, model.n_clusters, missing),
+        new_counts, thumbnail = _compute(
+            store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
             image.data[::step, ::step] if options.previews else None,
             progress=progress,
         )
@@ -829,9 +828,11 @@ def _write_side_files(
 def _compute(*collections: Any, progress: bool) -> Any:
     """Compute collections together on the active scheduler (shared tasks run once), with a
     progress bar on stderr if asked. ``None`` entries pass through. One collection -> its result."""
-    # dask 2026.8 returns the results of mixed collections grouped by type (arrays before
-    # delayed objects), not in argument order: wrapping each in a Delayed keeps the order
-    todo = [c if isinstance(c, Delayed) else dask.delayed(c) for c in collections if c is not None]
+    # dask 2026.8 can hand back the results of mixed collection types (arrays and delayed
+    # objects, even in a dict) in the wrong places: compute one type at a time
+    todo = [c for c in collections if c is not None]
+    if len({isinstance(c, Delayed) for c in todo}) > 1:
+        raise TypeError("_compute takes collections of one type at a time (dask arrays or delayed objects)")
     client = _active_client()
     if client is None:
         from dask.diagnostics import ProgressBar

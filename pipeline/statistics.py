@@ -4,35 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
-from dask.delayed import Delayed
 
 
 def count_labels(labels: np.ndarray, n_values: int) -> np.ndarray:
     """Pixel count of each value 0..``n_values - 1`` in a label array: shape (n_values,), int64."""
     return np.bincount(labels.ravel(), minlength=n_values)[:n_values].astype(np.int64)
-
-
-def build_label_counts(labels: da.Array, n_labels: int, blocks: list[tuple[int, int]]) -> Delayed:
-    """Lazily count the pixels of each label in chunks ``blocks`` ((row, column) indices) of ``labels``.
-
-    Computed together with a store of the same blocks, each block is predicted once.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computes to shape (K + 1,), int64: index 0 counts masked pixels.
-    """
-    chunks = labels.to_delayed()
-    count = dask.delayed(count_labels, pure=True)
-    parts = [count(chunks[i, j], n_labels + 1) for i, j in blocks]
-    return dask.delayed(_sum_counts, pure=True)(parts, n_labels + 1)
-
-
-def _sum_counts(parts: list[np.ndarray], n_values: int) -> np.ndarray:
-    return np.sum(parts, axis=0, dtype=np.int64) if parts else np.zeros(n_values, dtype=np.int64)
 
 
 def label_table(

@@ -108,18 +108,71 @@ def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
     return da.store(labels, array, lock=False, compute=False)
 
 
-def store_blocks(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, int]]) -> Delayed:
-    """Lazily store only the chunks ``blocks`` ((row, column) indices) of ``labels``.
+def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, ...]], n_values: int) -> da.Array:
+    """Lazily write chunks ``blocks`` ((row, column) indices) of ``labels`` and count their values.
 
-    ``labels`` must be chunked exactly like ``array`` (block (i, j) is zarr chunk (i, j)).
+    Each task predicts, writes and counts one chunk, so nothing is computed twice. With every
+    block listed it is one ``map_blocks`` over the whole array; a subset (a resumed run) becomes
+    one small graph per block, so blocks not listed are never computed.
+
+    Parameters
+    ----------
+    labels : dask.array.Array
+        Shape (Y, X), chunked exactly like ``array`` (block (i, j) is zarr chunk (i, j)).
+    array : zarr.Array
+        Destination of the same shape and dtype.
+    blocks : list of tuple of int
+        Chunks to write.
+    n_values : int
+        Values counted: 0..``n_values - 1``.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (n_values,), int64: the counts over the written chunks; computing it writes them.
     """
     if tuple(labels.chunksize) != tuple(array.chunks):
         raise ValueError(f"dask chunks {labels.chunksize!r} differ from the zarr chunks {array.chunks!r}")
     check_chunks_align(labels.chunks, array.chunks)
+    per_block = {"new_axis": 2, "dtype": np.int64, "meta": np.empty((0, 0, 0), dtype=np.int64)}
+    if len(blocks) == labels.npartitions:
+        counts = labels.map_blocks(
+            _write_counting,
+            array,
+            n_values,
+            chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,)),
+            **per_block,
+        )
+        return counts.sum(axis=(0, 1))
+    if not blocks:
+        return da.zeros(n_values, dtype=np.int64)
     height, width = array.chunks
-    sources = [labels.blocks[i, j] for i, j in blocks]
-    regions = [(slice(i * height, (i + 1) * height), slice(j * width, (j + 1) * width)) for i, j in blocks]
-    return da.store(sources, [array] * len(sources), regions=regions, lock=False, compute=False)
+    parts = [
+        labels.blocks[i, j].map_blocks(
+            _write_counting,
+            array,
+            n_values,
+            origin=(i * height, j * width),
+            chunks=((1,), (1,), (n_values,)),
+            **per_block,
+        )[0, 0]
+        for i, j in blocks
+    ]
+    return da.stack(parts).sum(axis=0)
+
+
+def _write_counting(
+    block: np.ndarray,
+    array: zarr.Array,
+    n_values: int,
+    origin: tuple[int, int] | None = None,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
+    if origin is None:
+        assert block_info is not None
+        origin = tuple(start for start, _ in block_info[0]["array-location"])
+    array[origin[0] : origin[0] + block.shape[0], origin[1] : origin[1] + block.shape[1]] = block
+    return count_labels(block, n_values)[np.newaxis, np.newaxis, :]
 
 
 def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:
