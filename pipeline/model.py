@@ -25,8 +25,9 @@ from pipeline.features import FeatureSpec
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
 _FIT_CHUNK_ROWS = 50_000
-#: Convergence threshold on the squared shift of the standardised centres.
-_FIT_TOL = 1e-6
+#: Convergence threshold on the squared shift of the standardised centres. dask-ml's ``tol`` is
+#: absolute; on standardised features (unit variance) 1e-4 is scikit-learn's default relative tol.
+_FIT_TOL = 1e-4
 #: Percentiles each column of the sample is clipped to before standardising and clustering.
 WINSOR_PERCENTILES = (0.1, 99.9)
 MAX_CLUSTERS = 65_535
