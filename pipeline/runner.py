@@ -225,7 +225,9 @@ def segment(
         previous = _previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return _finished_result(plan, previous, image, started)
-        image = _converted_if_needed(image, plan, read, progress=progress)
+        # --fit-level reads another pyramid level of the input itself: a one-level copy has none
+        if fit.fit_level is None:
+            image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         if previous is None:
             spec, features, fit_features = _segment_features(image, fit, read=read, progress=progress)
