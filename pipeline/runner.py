@@ -719,12 +719,11 @@ def _write_labels(
         if tuple(arrays[0].chunks) != tuple(labels.chunksize):
             raise OutputError(f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's")
         done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
-    step = thumbnail_step(labels.shape)
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
         new_counts, thumbnail = _compute(
             store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
-            image.data[::step, ::step] if options.previews else None,
+            _thumbnail_pixels(image) if options.previews else None,
             progress=progress,
         )
         _write_pyramid(arrays)
@@ -775,6 +774,22 @@ def _write_labels(
         statistics=statistics,
         side_files=side_files,
     )
+
+
+def _thumbnail_pixels(image: Image) -> da.Array:
+    """Lazy (h, w, C) pixels for the preview thumbnail, long side <= 1024: strided from the
+    smallest pyramid level of the input that is still at least that large (a small read), or
+    from the processed level itself (dask does not share those reads with the label pass, so
+    for a single-level input this costs one more decode of the image)."""
+    source = image
+    usable = [lvl for lvl in range(image.level + 1, len(image.level_shapes)) if max(image.level_shapes[lvl]) >= 1024]
+    if usable:
+        try:
+            source = open_image(image.path, level=usable[-1])
+        except InputError:  # e.g. a converted one-level copy standing in for the input
+            source = image
+    step = thumbnail_step(source.shape[:2])
+    return source.data[::step, ::step]
 
 
 def _write_pyramid(arrays: list[Any]) -> None:
