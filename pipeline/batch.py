@@ -41,6 +41,7 @@ from pipeline.cluster import open_scheduler
 from pipeline.config import RunConfig, name_outputs
 from pipeline.errors import ConfigError, ModelError, OutputError, ParameterError, PipelineError
 from pipeline.features import make_feature_spec
+from pipeline.io.json_files import read_json_object
 from pipeline.io.model_file import load_model, model_document
 from pipeline.io.readers import open_image
 from pipeline.runner import FitOptions, OutputOptions, ReadOptions, apply, describe, fit_cohort, segment
@@ -360,7 +361,7 @@ def _reusable_cohort_model(config: RunConfig) -> str | None:
     path = config.cohort_model_path
     if not os.path.isfile(path):
         return None
-    state = _read_json(_cohort_state_path(config))
+    state = read_json_object(_cohort_state_path(config))
     if state is None or state.get("fit") != _fit_id(config):
         logger.info("cohort model %s was fitted with other settings: fitting again", path)
         return None
@@ -540,7 +541,7 @@ def _is_done(image: BatchImage, state: dict[str, Any] | None, fingerprint: str) 
 
 
 def _read_state(image: BatchImage) -> dict[str, Any] | None:
-    return _read_json(image.state_path)
+    return read_json_object(image.state_path)
 
 
 # --- options -------------------------------------------------------------------------------
@@ -657,15 +658,6 @@ def _write_json(path: str, document: Any) -> None:
         os.replace(partial, path)
     except OSError as err:
         raise OutputError(f"cannot write {path!r}: {err}") from err
-
-
-def _read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
 
 
 def _json_default(value: Any) -> Any:

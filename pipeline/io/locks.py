@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 from pipeline.errors import OutputError
+from pipeline.io.json_files import read_json_object
 
 #: An unreadable lock younger than this is taken as being written by a starting run.
 _FRESH_SECONDS = 10.0
@@ -46,7 +47,7 @@ def _acquire(path: str) -> None:
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _read_holder(path)
+            holder = read_json_object(path)
             if holder is None and _age(path) < _FRESH_SECONDS:
                 holder = {"pid": "?", "host": "?"}  # just created, not yet written: held
             if holder is not None and not _is_stale(holder):
@@ -70,15 +71,6 @@ def _age(path: str) -> float:
         return time.time() - os.path.getmtime(path)
     except OSError:
         return float("inf")
-
-
-def _read_holder(path: str) -> dict[str, object] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            holder = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
 
 
 def _is_stale(holder: dict[str, object]) -> bool:
