@@ -378,7 +378,7 @@ def _build(cls: type, data: Any, prefix: str, context: _Context) -> Any:
 
 
 def _convert(value: Any, hint: Any, key: str, context: _Context) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", context)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

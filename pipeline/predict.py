@@ -85,7 +85,7 @@ def build_labels(features: da.Array, model: SegmentationModel) -> da.Array:
     centroids = np.ascontiguousarray(model.centroids, dtype=np.float32)
     weights = (1.0 / model.feature_std**2).astype(np.float32)
     return features.map_blocks(
-        predict_chunk,
+        predict_chunk,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
         centroids,
         weights,
         model.label_dtype,

@@ -390,7 +390,8 @@ def convert(
         _store_in_bands(image.data, arrays[0], progress=progress)
         for above, array in zip(arrays, arrays[1:], strict=False):
             reduced = downsample_level(da.from_zarr(above).transpose(1, 2, 0), chunks=write_block_shape(array))
-            _compute(da.store(reduced.transpose(2, 0, 1), array, lock=False, compute=False), progress=False)
+            stored = da.store(reduced.transpose(2, 0, 1), array, lock=False, compute=False)  # type: ignore[arg-type]
+            _compute(stored, progress=False)
         finalise_image_zarr(
             target,
             n_levels=len(shapes),
@@ -711,7 +712,12 @@ def _write_labels(
     if previous is None:
         remove_output(zarr_path)  # an output replaced with --overwrite, or a TIFF run's leftover
         arrays = create_label_zarr(
-            zarr_path, shapes=shapes, chunks=labels.chunksize, dtype=labels.dtype, ngff=ngff, attrs=metadata
+            zarr_path,
+            shapes=shapes,
+            chunks=(int(labels.chunksize[0]), int(labels.chunksize[1])),
+            dtype=labels.dtype,
+            ngff=ngff,
+            attrs=metadata,
         )
         done_counts, missing = np.zeros(model.n_clusters + 1, np.int64), list(np.ndindex(*labels.numblocks))
     else:
@@ -965,7 +971,8 @@ def _fingerprint(image: Image, **parts: Any) -> dict[str, Any]:
     """What must not change between an interrupted run and its ``--resume``: the input (path, size,
     modification time, level) and every option, normalised through JSON as it is stored."""
     described = {
-        name: dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part for name, part in parts.items()
+        name: dataclasses.asdict(part) if dataclasses.is_dataclass(part) and not isinstance(part, type) else part
+        for name, part in parts.items()
     }
     return json.loads(json.dumps({"input": _input_identity(image), **described}))
 

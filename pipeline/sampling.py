@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import dask
+import dask.array as da
 import numba
 import numpy as np
 from dask.delayed import Delayed
@@ -136,7 +137,7 @@ def merge_candidates(parts: list[Candidates]) -> Candidates:
     )
 
 
-def build_candidates(features: object, *, threshold: float, seed: int) -> Delayed:
+def build_candidates(features: da.Array, *, threshold: float, seed: int) -> Delayed:
     """Lazily gather the candidates of every chunk.
 
     Parameters
@@ -153,10 +154,10 @@ def build_candidates(features: object, *, threshold: float, seed: int) -> Delaye
     dask.delayed.Delayed
         Computes to one :class:`Candidates`; nothing is computed here.
     """
-    row_starts = np.cumsum((0, *features.chunks[0][:-1]))  # type: ignore[attr-defined]
-    col_starts = np.cumsum((0, *features.chunks[1][:-1]))  # type: ignore[attr-defined]
-    width = int(features.shape[1])  # type: ignore[attr-defined]
-    blocks = features.to_delayed()  # type: ignore[attr-defined]
+    row_starts = np.cumsum((0, *features.chunks[0][:-1]))
+    col_starts = np.cumsum((0, *features.chunks[1][:-1]))
+    width = int(features.shape[1])
+    blocks = features.to_delayed()
     pick = dask.delayed(chunk_candidates, pure=True)
     parts = [
         pick(blocks[i, j, 0], origin=(int(top), int(left)), width=width, seed=seed, threshold=threshold)

@@ -7,10 +7,11 @@ Arrays are stored (c, y, x) — NGFF requires channel axes before space axes —
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from pipeline.errors import OutputError, ParameterError
 
@@ -19,11 +20,11 @@ CODECS = ("zstd", "lz4", "zlib", "none")
 
 def _compressors(codec: str) -> Any:
     if codec == "zstd":
-        return zarr.codecs.ZstdCodec(level=3)
+        return ZstdCodec(level=3)
     if codec == "lz4":
-        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     if codec == "zlib":
-        return zarr.codecs.GzipCodec(level=6)
+        return GzipCodec(level=6)
     if codec == "none":
         return None
     raise ParameterError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
@@ -118,7 +119,7 @@ def finalise_image_zarr(
             shift = (factor - 1) / 2
             transforms.append({"type": "translation", "translation": [0.0, base[0] * shift, base[1] * shift]})
         datasets.append({"path": str(level), "coordinateTransformations": transforms})
-    group.attrs["ome"] = {
+    ome: dict[str, Any] = {
         "version": "0.5",
         "multiscales": [
             {
@@ -130,4 +131,5 @@ def finalise_image_zarr(
         ],
         "omero": {"channels": [{"label": label, "color": "FFFFFF", "active": True} for label in channel_names]},
     }
-    group.attrs["pixseg"] = {**group.attrs["pixseg"], **extra, "complete": True}
+    group.attrs["ome"] = ome
+    group.attrs["pixseg"] = {**cast(dict[str, Any], group.attrs["pixseg"]), **extra, "complete": True}

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
 import zarr
 from dask.delayed import Delayed
+from zarr.codecs import ZstdCodec
 
 from pipeline.colours import label_colours
 from pipeline.errors import OutputError
@@ -66,7 +67,7 @@ def create_label_zarr(
                 chunks=(min(chunks[0], shape[0]), min(chunks[1], shape[1])),
                 dtype=dtype,
                 fill_value=0,
-                compressors=zarr.codecs.ZstdCodec(level=1) if v3 else _v2_zstd(),
+                compressors=ZstdCodec(level=1) if v3 else _v2_zstd(),
                 chunk_key_encoding={"name": "default"} if v3 else {"name": "v2", "separator": "/"},
                 dimension_names=("y", "x") if v3 else None,
                 # all-zero (fully masked) chunks are written too, so chunk counts measure progress
@@ -105,7 +106,7 @@ def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
         If the chunkings do not line up (storing would corrupt chunks shared by two tasks).
     """
     check_chunks_align(labels.chunks, array.chunks)
-    return da.store(labels, array, lock=False, compute=False)
+    return da.store(labels, array, lock=False, compute=False)  # type: ignore[arg-type]  # zarr arrays are targets
 
 
 def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, ...]], n_values: int) -> da.Array:
@@ -137,7 +138,7 @@ def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int,
     per_block = {"new_axis": 2, "dtype": np.int64, "meta": np.empty((0, 0, 0), dtype=np.int64)}
     if len(blocks) == labels.npartitions:
         counts = labels.map_blocks(
-            _write_counting,
+            _write_counting,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
             array,
             n_values,
             chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,)),
@@ -261,7 +262,7 @@ def finalise_label_zarr(path: str, *, ngff: str, ome: dict[str, Any], extra: dic
     else:
         group.attrs["multiscales"] = [{"version": ngff, **ome["multiscales"][0]}]
         group.attrs["image-label"] = {"version": ngff, **ome["image-label"]}
-    group.attrs["pixseg"] = {**group.attrs["pixseg"], **extra, "complete": True}
+    group.attrs["pixseg"] = {**cast(dict[str, Any], group.attrs["pixseg"]), **extra, "complete": True}
 
 
 def prepare_labels_group(image_path: str) -> str:
@@ -282,11 +283,11 @@ def register_label(image_path: str, name: str, *, ngff: str) -> None:
     """Add ``name`` to the ``labels`` list of an OME-Zarr image's ``labels`` group (metadata last)."""
     group = zarr.open_group(os.path.join(image_path, "labels"), mode="r+")
     if ngff == "0.5":
-        ome = dict(group.attrs.get("ome") or {})
+        ome = dict(cast(dict[str, Any], group.attrs.get("ome") or {}))
         names = [n for n in ome.get("labels", []) if n != name] + [name]
         group.attrs["ome"] = {**ome, "version": ngff, "labels": names}
     else:
-        names = [n for n in group.attrs.get("labels", []) if n != name] + [name]
+        names = [n for n in cast(list[str], group.attrs.get("labels", [])) if n != name] + [name]
         group.attrs["labels"] = names
 
 
@@ -322,7 +323,7 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
 def open_label_levels(path: str, *, writable: bool = False) -> list[zarr.Array]:
     """The label arrays of an output group, full resolution first (read-only unless ``writable``)."""
     group = zarr.open_group(path, mode="r+" if writable else "r")
-    arrays = []
+    arrays: list[zarr.Array] = []
     while str(len(arrays)) in group:
         array = group[str(len(arrays))]
         assert isinstance(array, zarr.Array)
