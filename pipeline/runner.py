@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from dask.delayed import Delayed
 import pipeline
 from pipeline.colours import label_colours
 from pipeline.downsample import downsample_level
-from pipeline.errors import InputError, ModelError, OutputError, ParameterError, PipelineError
+from pipeline.errors import InputError, OutputError, ParameterError, PipelineError
 from pipeline.features import (
     DEFAULT_SIGMAS,
     FeatureSpec,
@@ -54,12 +53,26 @@ from pipeline.io.label_zarr import (
     store_labels,
 )
 from pipeline.io.locks import lock_path_for, output_lock
-from pipeline.io.model_file import load_model, model_document, model_from_document, save_model
+from pipeline.io.model_file import load_model, model_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
-from pipeline.io.side_files import SIDE_SUFFIXES, side_file_base, write_legend, write_png, write_statistics
+from pipeline.io.side_files import write_legend, write_png, write_statistics
 from pipeline.layout import conversion_reason
 from pipeline.masks import block_mean, check_mask_shape, choose_mask_level, mask_features, tissue_mask, upsample_mask
 from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
+from pipeline.plan import (
+    CONVERTED_SUFFIX,
+    OutputPlan,
+    PreviousRun,
+    check_model_fits,
+    check_model_path,
+    check_not_input,
+    check_writable_parent,
+    input_identity,
+    job_fingerprint,
+    plan_output,
+    previous_run,
+    refuse_incomplete_input,
+)
 from pipeline.predict import build_labels
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pipeline.pyramid import pyramid_shapes, reduce_labels
@@ -67,10 +80,6 @@ from pipeline.sampling import build_candidates, candidate_threshold, cohort_seed
 from pipeline.statistics import label_table
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_KINDS = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff"}
-WORK_SUFFIX = ".pixseg-work.zarr"
-CONVERTED_SUFFIX = ".pixseg-input.zarr"
 
 
 @dataclass(frozen=True)
@@ -150,27 +159,6 @@ class RunResult:
     side_files: list[str]
 
 
-@dataclass(frozen=True)
-class _OutputPlan:
-    path: str
-    kind: str  # "zarr" or "tiff"
-    side_base: str
-    into_image: str | None  # the OME-Zarr image whose labels/ group receives the output
-
-    @property
-    def work_path(self) -> str:
-        """The zarr pyramid written chunk by chunk: the output itself, or a TIFF's work store."""
-        return self.path if self.kind == "zarr" else self.path + WORK_SUFFIX
-
-
-@dataclass(frozen=True)
-class _PreviousRun:
-    """An earlier run of the same job found by ``--resume``: its model and stored status."""
-
-    model: SegmentationModel
-    status: dict[str, Any]
-
-
 def segment(
     input_path: str,
     output_path: str,
@@ -216,13 +204,13 @@ def segment(
     started = time.perf_counter()
     _check_fit_options(fit)
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    _refuse_incomplete_input(image)
-    plan = _plan_output(output_path, image, overwrite=overwrite, resume=resume)
+    refuse_incomplete_input(image)
+    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
     if model_path is not None:
-        _check_model_path(model_path, input_path, plan.path, overwrite=overwrite or resume)
-    fingerprint = _fingerprint(image, read=read, fit=fit, output=output)
+        check_model_path(model_path, input_path, plan.path, overwrite=overwrite or resume)
+    fingerprint = job_fingerprint(image, read=read, fit=fit, output=output)
     with output_lock(lock_path_for(plan.side_base)):
-        previous = _previous_run(plan, fingerprint) if resume else None
+        previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return _finished_result(plan, previous, image, started)
         # --fit-level reads another pyramid level of the input itself: a one-level copy has none
@@ -284,12 +272,12 @@ def apply(
     started = time.perf_counter()
     model = load_model(model_path)
     image = open_image(input_path, level=read.level, chunk=read.chunk)
-    _refuse_incomplete_input(image)
-    plan = _plan_output(output_path, image, overwrite=overwrite, resume=resume)
-    _check_model_fits(model.feature_spec, image, model_path)
-    fingerprint = _fingerprint(image, read=read, output=output, model=model_document(model))
+    refuse_incomplete_input(image)
+    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
+    check_model_fits(model.feature_spec, image, model_path)
+    fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model))
     with output_lock(lock_path_for(plan.side_base)):
-        previous = _previous_run(plan, fingerprint) if resume else None
+        previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return _finished_result(plan, previous, image, started)
         image = _converted_if_needed(image, plan, read, progress=progress)
@@ -365,10 +353,10 @@ def convert(
     target = output_path.rstrip("/")
     if not target.lower().endswith(".zarr"):
         raise OutputError(f"convert writes OME-Zarr: output {output_path!r} must end in .zarr")
-    _check_not_input(target, image.path, "output")
+    check_not_input(target, image.path, "output")
     if os.path.lexists(target) and not overwrite:
         raise OutputError(f"output {output_path!r} already exists; pass --overwrite to replace it")
-    _check_writable_parent(target)
+    check_writable_parent(target)
     shapes = pyramid_shapes(image.shape[:2])
     if levels is not None:
         if levels < 1:
@@ -384,7 +372,7 @@ def convert(
             dtype=image.dtype,
             codec=codec,
             shard=shard,
-            attrs={"source": _input_identity(image), "version": pipeline.__version__},
+            attrs={"source": input_identity(image), "version": pipeline.__version__},
         )
         logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
         _store_in_bands(image.data, arrays[0], progress=progress)
@@ -421,12 +409,12 @@ def _store_in_bands(pixels: da.Array, array: Any, *, progress: bool) -> None:
         print(file=sys.stderr)
 
 
-def _workdir_copy_path(plan: _OutputPlan, read: ReadOptions) -> str:
+def _workdir_copy_path(plan: OutputPlan, read: ReadOptions) -> str:
     workdir = read.workdir or os.path.dirname(os.path.abspath(plan.side_base))
     return os.path.join(workdir, os.path.basename(plan.side_base) + CONVERTED_SUFFIX)
 
 
-def _converted_if_needed(image: Image, plan: _OutputPlan, read: ReadOptions, *, progress: bool) -> Image:
+def _converted_if_needed(image: Image, plan: OutputPlan, read: ReadOptions, *, progress: bool) -> Image:
     """``image`` itself, or (when its layout makes direct reading slow or memory-hungry and
     conversion is allowed) its chunked OME-Zarr copy in the work directory. A complete copy of
     the same input, left by an interrupted run, is reused."""
@@ -437,7 +425,7 @@ def _converted_if_needed(image: Image, plan: _OutputPlan, read: ReadOptions, *, 
         return image
     copy = _workdir_copy_path(plan, read)
     status = read_label_zarr_status(copy) if os.path.isdir(copy) else None
-    if status and status.get("complete") and status.get("source") == _input_identity(image):
+    if status and status.get("complete") and status.get("source") == input_identity(image):
         logger.info("reusing the converted copy %s", copy)
     else:
         logger.info("converting %s first: it has %s (--no-convert reads it directly)", image.path, reason)
@@ -447,7 +435,7 @@ def _converted_if_needed(image: Image, plan: _OutputPlan, read: ReadOptions, *, 
     return dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
 
 
-def _remove_workdir_copy(image: Image, plan: _OutputPlan, read: ReadOptions) -> None:
+def _remove_workdir_copy(image: Image, plan: OutputPlan, read: ReadOptions) -> None:
     copy = _workdir_copy_path(plan, read)
     if image.path == copy and not read.keep_workdir:
         remove_output(copy)
@@ -570,21 +558,21 @@ def fit_cohort(
         raise ParameterError("fit_cohort needs at least one input image")
     if model_path is not None:
         for path in input_paths:
-            _check_not_input(model_path, path, "cohort model file")
+            check_not_input(model_path, path, "cohort model file")
         if os.path.lexists(model_path) and not overwrite:
             raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
-        _check_writable_parent(model_path)
+        check_writable_parent(model_path)
     failed: dict[str, PipelineError] = {}
     members: list[tuple[int, Image, Any]] = []
     spec: FeatureSpec | None = None
     for index, path in enumerate(input_paths):
         try:
             image = open_image(path, level=read.level, chunk=read.chunk)
-            _refuse_incomplete_input(image)
+            refuse_incomplete_input(image)
             if spec is None:  # the first readable image sets the spec (normalisation included)
                 image_spec, _, features = _segment_features(image, fit, read=read, progress=progress)
             else:  # the others are sampled with the features the model will give them
-                _check_model_fits(spec, image, f"cohort of {members[0][1].path!r}")
+                check_model_fits(spec, image, f"cohort of {members[0][1].path!r}")
                 level = image.level if fit.fit_level is None else fit.fit_level
                 fit_image = image if level == image.level else open_image(path, level=level, chunk=read.chunk)
                 features = _model_features(fit_image, spec, mask=fit.mask, read=read, progress=progress)
@@ -684,12 +672,12 @@ def _write_labels(
     image: Image,
     features: Any,
     model: SegmentationModel,
-    plan: _OutputPlan,
+    plan: OutputPlan,
     options: OutputOptions,
     *,
     read: ReadOptions,
     fingerprint: dict[str, Any],
-    previous: _PreviousRun | None,
+    previous: PreviousRun | None,
     started: float,
     progress: bool,
 ) -> RunResult:
@@ -889,14 +877,7 @@ def _active_client() -> Any:
 # --- checks --------------------------------------------------------------------------------
 
 
-def _refuse_incomplete_input(image: Image) -> None:
-    """An interrupted pixseg output is not an image to segment."""
-    status = read_label_zarr_status(image.path) if os.path.isdir(image.path) else None
-    if status is not None and not status.get("complete"):
-        raise InputError(f"input {image.path!r} is an incomplete pixseg output; finish it with --resume first")
-
-
-def _finished_result(plan: _OutputPlan, previous: _PreviousRun, image: Image, started: float) -> RunResult:
+def _finished_result(plan: OutputPlan, previous: PreviousRun, image: Image, started: float) -> RunResult:
     """The result of a run that ``--resume`` found already complete: nothing is redone."""
     status = previous.status
     logger.info("%s is already complete; nothing to do", plan.path)
@@ -912,141 +893,6 @@ def _finished_result(plan: _OutputPlan, previous: _PreviousRun, image: Image, st
         statistics=list(status.get("statistics", [])),
         side_files=[],
     )
-
-
-def _plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool) -> _OutputPlan:
-    stripped = output_path.rstrip("/")
-    suffix = os.path.splitext(stripped)[1].lower()
-    into_image = _labels_beside_image(stripped, image)
-    kind = "zarr" if into_image is not None else OUTPUT_KINDS.get(suffix)
-    if kind is None:
-        raise OutputError(f"output {output_path!r} has an unknown suffix {suffix!r}; use .zarr, .tif or .tiff")
-    if into_image is None:
-        _check_not_input(stripped, image.path, "output")
-    side_base = side_file_base(
-        stripped if into_image is None else f"{into_image.rstrip('/')}.{os.path.basename(stripped)}"
-    )
-    if overwrite and resume:
-        raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
-    existing = [p for p in (stripped, *(side_base + s for s in SIDE_SUFFIXES)) if os.path.lexists(p)]
-    if existing and not (overwrite or resume):
-        raise OutputError(
-            f"output {existing[0]!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
-        )
-    _check_writable_parent(stripped)
-    return _OutputPlan(path=stripped, kind=kind, side_base=side_base, into_image=into_image)
-
-
-def _previous_run(plan: _OutputPlan, fingerprint: dict[str, Any]) -> _PreviousRun | None:
-    """The interrupted (or finished) run of the same job at ``plan``'s output, for ``--resume``.
-
-    Raises
-    ------
-    OutputError
-        If something else is there, or it was started from another input or other options.
-    """
-    if plan.kind == "tiff" and os.path.exists(plan.path):
-        status = read_label_tiff_status(plan.path)
-        if status is None:
-            raise OutputError(f"cannot resume: {plan.path!r} exists and is not a pixseg output")
-    elif os.path.lexists(plan.work_path):
-        status = read_label_zarr_status(plan.work_path)
-        if status is None:
-            raise OutputError(f"cannot resume: {plan.work_path!r} exists and is not a pixseg output")
-        if plan.kind == "tiff":  # a finished work pyramid still has its TIFF to write
-            status = {**status, "complete": False}
-    else:
-        return None
-    stored = status.get("fingerprint") or {}
-    for part in sorted(set(stored) | set(fingerprint)):
-        if stored.get(part) != fingerprint.get(part):
-            raise OutputError(
-                f"cannot resume {plan.path!r}: it was started with a different {part} "
-                f"({stored.get(part)!r}, now {fingerprint.get(part)!r}); use --overwrite to start again"
-            )
-    return _PreviousRun(model=model_from_document(status["model"], plan.work_path), status=status)
-
-
-def _fingerprint(image: Image, **parts: Any) -> dict[str, Any]:
-    """What must not change between an interrupted run and its ``--resume``: the input (path, size,
-    modification time, level) and every option, normalised through JSON as it is stored."""
-    described = {
-        name: dataclasses.asdict(part) if dataclasses.is_dataclass(part) and not isinstance(part, type) else part
-        for name, part in parts.items()
-    }
-    return json.loads(json.dumps({"input": _input_identity(image), **described}))
-
-
-def _input_identity(image: Image) -> dict[str, Any]:
-    path = os.path.realpath(image.path)
-    if os.path.isdir(path):  # a zarr store: its metadata documents stand for it
-        names = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
-        stats = [os.stat(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n))]
-        size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-    else:
-        stat = os.stat(path)
-        size, mtime = stat.st_size, stat.st_mtime_ns
-    return {"path": path, "size": size, "mtime_ns": mtime, "level": image.level, "shape": list(image.shape)}
-
-
-def _labels_beside_image(output_path: str, image: Image) -> str | None:
-    """The OME-Zarr image when ``output_path`` is ``IMAGE/labels/NAME`` of the input, else None."""
-    labels_dir, name = os.path.split(output_path)
-    image_dir, labels = os.path.split(labels_dir)
-    if labels != "labels" or not name or os.path.realpath(image_dir) != os.path.realpath(image.path):
-        return None
-    if image.kind != "ome-zarr":
-        raise OutputError(f"labels can only be written into an OME-Zarr image; {image.path!r} is {image.kind}")
-    if name in ("", ".", "..") or os.sep in name:
-        raise OutputError(f"label name {name!r} is not a plain name")
-    return image.path
-
-
-def _check_model_path(model_path: str, input_path: str, output_path: str, *, overwrite: bool) -> None:
-    if not model_path.lower().endswith(".json"):
-        raise OutputError(f"--save-model {model_path!r}: model files end in .json")
-    _check_not_input(model_path, input_path, "--save-model")
-    if os.path.realpath(model_path) == os.path.realpath(output_path):
-        raise OutputError(f"--save-model {model_path!r} is the same path as the output")
-    if os.path.lexists(model_path) and not overwrite:
-        raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
-    _check_writable_parent(model_path)
-
-
-def _check_not_input(path: str, input_path: str, what: str) -> None:
-    target = os.path.realpath(path)
-    source = os.path.realpath(input_path)
-    if target == source or target.startswith(source + os.sep) or source.startswith(target + os.sep):
-        raise OutputError(f"{what} {path!r} is, or is inside, the input {input_path!r}; inputs are never modified")
-
-
-def _check_writable_parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    ancestor = parent
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise OutputError(f"cannot write {path!r}: {ancestor!r} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path!r}: directory {ancestor!r} is not writable")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create directory {parent!r} for {path!r}: {err}") from err
-
-
-def _check_model_fits(spec: FeatureSpec, image: Image, model_path: str) -> None:
-    channels = image.shape[2] - int(image.has_alpha)
-    if channels != spec.n_channels or image.has_alpha != spec.has_alpha:
-        raise ModelError(
-            f"model {model_path!r} was fitted on {spec.n_channels} colour channel(s)"
-            f"{' + alpha' if spec.has_alpha else ''}; input {image.path!r} has {channels}"
-            f"{' + alpha' if image.has_alpha else ''}"
-        )
-    if image.dtype.name != spec.dtype:
-        raise ModelError(
-            f"model {model_path!r} was fitted on {spec.dtype} pixels; input {image.path!r} is {image.dtype.name}"
-        )
 
 
 # --- small helpers -------------------------------------------------------------------------
