@@ -1,23 +1,31 @@
-"""``python -m benchmarks``: pixseg end to end vs the in-memory scikit-learn recipe, and predict kernels.
+"""``python -m benchmarks``: pixseg against the I/O floor and the seed recipes, scaling, fit cost, kernels.
 
-Steps:
+Steps (inputs are synthetic stained-tissue RGB tiled TIFFs, 512 x 512 tiles, written by one
+``TiffWriter`` tile by tile under the work directory, or reused if already there):
 
 1. Time nearest-centroid kernels on one core (``benchmarks.kernels``; ``--skip-kernels``).
-2. Write synthetic stained-tissue RGB tiled TIFFs (512 x 512 tiles, one ``TiffWriter`` fed tile
-   by tile) of ``--size`` and ``--baseline-size`` pixels a side under the work directory, or
-   reuse them if they are already there.
-3. Run pixseg once, unmeasured, on a one-tile image, so numba's caches are warm. Then run
-   ``pixseg segment IMAGE OUT.zarr --overwrite --quiet`` (K=4) as a subprocess on both
-   images with the threaded scheduler, and on the large one with ``--scheduler local
-   --workers 2`` (``--skip-local``), measuring wall time and the peak RSS of the whole process
-   tree. Outputs are deleted after each run.
-4. Run the in-memory scikit-learn recipe (``benchmarks.inmemory``) on the baseline image,
-   measured the same way.
-5. Print a markdown report on stdout (progress goes to stderr); ``--json`` also saves it.
+2. Warm numba's caches with one unmeasured pixseg run on a one-tile image.
+3. I/O floor (``--floor-codecs``, default zlib,zstd,jpeg): on a ``--size`` image per codec, the
+   no-compute copy (``benchmarks.floor``) and ``pixseg segment``, threaded.
+4. Scaling: ``pixseg segment`` on ``--baseline-size``, ``--size`` (and 32768 with ``--large``)
+   zstd images, threaded and on a local cluster of 2 workers (``--skip-local``); plotted to
+   ``benchmarks/scaling.png`` (``--plot``) when matplotlib is installed.
+5. Seed recipes on ``--baseline-size``/2 and ``--baseline-size``: in-memory scikit-learn
+   (``benchmarks.inmemory``), dask-ml KMeans on the whole dask array (``benchmarks.naive``)
+   and pixseg, with all-pixel inertia relative to the scikit-learn fit (``benchmarks.quality``).
+6. Fit cost on ``--baseline-size`` for each of ``--sample-sizes``: ``fit_model`` alone, and
+   ``pixseg segment --sample-size N`` with its all-pixel inertia ratio.
+7. ``--huge`` (opt-in, long): a 100,000^2 zstd image written tile by tile (free disk is checked
+   first) and segmented end to end.
 
-Example: ``python -m benchmarks --json benchmarks/_work/results.json`` (about 5 minutes on 2 cores).
+Every command runs as a subprocess, measured for wall time and the peak RSS of its whole process
+tree; identical commands run once. Outputs are deleted after each run. The markdown report goes
+to stdout (progress to stderr); ``--json`` also saves it.
 
-Needs the ``bench`` extra (psutil, scikit-learn). Run from the repository root.
+Example: ``python -m benchmarks --json benchmarks/_work/results.json`` (about 15 minutes on 2 cores,
+plus about 1 minute per missing 16384^2 input).
+
+Needs the ``bench`` extra (psutil, scikit-learn; matplotlib for the plot). Run from the repository root.
 """
 
 from __future__ import annotations
@@ -30,22 +38,48 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fitcost import time_fit
 from benchmarks.kernels import KernelTiming, measure_kernels
 from benchmarks.measure import BenchmarkError, run_measured
-from benchmarks.report import CaseResult, Ratio, compute_ratios, format_report, machine_info
+from benchmarks.quality import pixseg_inertia
+from benchmarks.report import (
+    DASK_ML,
+    FLOOR,
+    IN_MEMORY,
+    LOCAL,
+    THREADS,
+    CaseResult,
+    FitCost,
+    FloorComparison,
+    Ratio,
+    compute_ratios,
+    format_report,
+    machine_info,
+)
 from benchmarks.synthetic import TILE, ensure_synthetic_tiff
 
 logger = logging.getLogger("benchmarks")
 
+#: Maps what a measured command printed on stdout to its ``details``.
+StdoutParser = Callable[[str], dict[str, Any]]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = Path(__file__).resolve().parent / "_work"
+DEFAULT_PLOT = Path(__file__).resolve().parent / "scaling.png"
 LOCAL_WORKERS = 2
 COMPRESSIONS = ("zstd", "zlib", "jpeg", "none")
+FLOOR_CODECS = ("zlib", "zstd", "jpeg")
+SAMPLE_SIZES = (50_000, 200_000, 1_000_000)
+LARGE_SIZE = 32768
+HUGE_SIZE = 100_000
+#: Disk a ``--huge`` run needs, per pixel: the RGB input (zstd on the noisy synthetic field keeps ~83% of
+#: its 3 raw bytes) and pixseg's uint8 label pyramid (at most ~1.34 bytes), rounded up.
+HUGE_BYTES_PER_PIXEL = 4.0
 
 
 @dataclass(frozen=True)
@@ -53,58 +87,109 @@ class BenchmarkResults:
     """Everything one benchmark run measured."""
 
     machine: dict[str, Any]
-    cases: list[CaseResult]
+    scaling: list[CaseResult]
+    floors: list[FloorComparison]
+    recipes: list[CaseResult]
+    fit_costs: list[FitCost]
     ratios: list[Ratio]
     kernels: list[KernelTiming]
+    huge: CaseResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict, derived figures (Mpx/s, pass/fail) included."""
+        """A JSON-serialisable dict, derived figures (Mpx/s, ratios, pass/fail) included."""
         return {
             "machine": self.machine,
-            "cases": [{**dataclasses.asdict(case), "mpx_per_s": case.mpx_per_s} for case in self.cases],
+            "scaling": [_case_json(case) for case in self.scaling],
+            "floors": [
+                {
+                    "compression": floor.compression,
+                    "floor": _case_json(floor.floor),
+                    "pixseg": _case_json(floor.pixseg),
+                    "time_ratio": floor.time_ratio,
+                }
+                for floor in self.floors
+            ],
+            "recipes": [_case_json(case) for case in self.recipes],
+            "fit_costs": [
+                {
+                    "fit": dataclasses.asdict(cost.fit),
+                    "pixseg": _case_json(cost.pixseg),
+                    "reference_inertia": cost.reference_inertia,
+                    "inertia_ratio": cost.inertia_ratio,
+                }
+                for cost in self.fit_costs
+            ],
             "ratios": [{**dataclasses.asdict(ratio), "passed": ratio.passed} for ratio in self.ratios],
             "kernels": [dataclasses.asdict(timing) for timing in self.kernels],
+            "huge": None if self.huge is None else _case_json(self.huge),
         }
+
+    def to_markdown(self) -> str:
+        """The markdown report (the ``--huge`` run, when there is one, ends the scaling table)."""
+        return format_report(
+            self.machine,
+            scaling=self.scaling if self.huge is None else [*self.scaling, self.huge],
+            floors=self.floors,
+            recipes=self.recipes,
+            fit_costs=self.fit_costs,
+            ratios=self.ratios,
+            kernels=self.kernels,
+        )
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run (the parsed command line, less output paths)."""
+
+    size: int
+    baseline_size: int
+    compression: str
+    floor_codecs: tuple[str, ...]
+    sample_sizes: tuple[int, ...]
+    local: bool
+    kernels: bool
+    large: bool
+    huge: bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; returns the exit status (1 if a benchmarked command failed)."""
     args = _build_parser().parse_args(argv)
     _configure_logging()
+    options = Options(
+        size=args.size,
+        baseline_size=args.baseline_size,
+        compression=args.compression,
+        floor_codecs=args.floor_codecs,
+        sample_sizes=args.sample_sizes,
+        local=not args.skip_local,
+        kernels=not args.skip_kernels,
+        large=args.large,
+        huge=args.huge,
+    )
     try:
-        results = run_benchmarks(
-            size=args.size,
-            baseline_size=args.baseline_size,
-            workdir=args.workdir,
-            compression=args.compression,
-            local=not args.skip_local,
-            kernels=not args.skip_kernels,
-        )
+        results = run_benchmarks(options, workdir=args.workdir)
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(format_report(results.machine, results.cases, results.ratios, results.kernels))
+    print(results.to_markdown())
     if args.json is not None:
         args.json.write_text(json.dumps(results.to_json(), indent=2) + "\n")
         logger.info("results saved to %s", args.json)
+    if args.plot is not None:
+        _plot(results.scaling, args.plot)
     return 0
 
 
-def run_benchmarks(
-    *, size: int, baseline_size: int, workdir: Path, compression: str, local: bool, kernels: bool
-) -> BenchmarkResults:
+def run_benchmarks(options: Options, *, workdir: Path) -> BenchmarkResults:
     """Build the inputs, run every case and the kernel microbenchmark.
 
     Parameters
     ----------
-    size, baseline_size : int
-        Edges of the large and of the baseline image, in pixels.
+    options : Options
+        What to run.
     workdir : pathlib.Path
         Where inputs, logs and (temporary) outputs go; created if missing.
-    compression : str
-        TIFF compression of the inputs.
-    local, kernels : bool
-        Whether to run pixseg on a local cluster too, and the kernel microbenchmark.
 
     Returns
     -------
@@ -113,83 +198,174 @@ def run_benchmarks(
     Raises
     ------
     BenchmarkError
-        If a benchmarked command fails.
+        If a benchmarked command fails, or ``--huge`` lacks disk space.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    timings = _run_kernels() if kernels else []
-    large = _input_image(workdir, size, compression)
-    small = _input_image(workdir, baseline_size, compression)
-    _warm_up(workdir, compression)
-    pixseg_small = _measure_pixseg(small, baseline_size, workdir, scheduler="threads")
-    in_memory = _measure_in_memory(small, baseline_size, workdir)
-    pixseg_large = _measure_pixseg(large, size, workdir, scheduler="threads")
-    cases = [pixseg_small, in_memory, pixseg_large]
-    if local:
-        cases.append(_measure_pixseg(large, size, workdir, scheduler="local"))
-    ratios = compute_ratios(pixseg_large, pixseg_small, in_memory)
-    return BenchmarkResults(machine=info, cases=cases, ratios=ratios, kernels=timings)
+    timings = measure_kernels() if options.kernels else []
+    runner = _Runner(workdir)
+    runner.pixseg(TILE, options.compression)  # warm-up: fills numba's caches; its result is not reported
+    floors = [_floor_comparison(runner, options.size, codec) for codec in options.floor_codecs]
+    scaling = _scaling(runner, options)
+    recipes = _recipes(runner, options.baseline_size)
+    fit_costs = _fit_costs(runner, options.baseline_size, options.sample_sizes, recipes)
+    huge = _huge(runner, workdir) if options.huge else None
+    return BenchmarkResults(
+        machine=info,
+        scaling=scaling,
+        floors=floors,
+        recipes=recipes,
+        fit_costs=fit_costs,
+        ratios=compute_ratios(scaling, recipes, floors),
+        kernels=timings,
+        huge=huge,
+    )
 
 
-def _run_kernels() -> list[KernelTiming]:
-    logger.info("timing nearest-centroid kernels")
-    return measure_kernels()
+class _Runner:
+    """Runs measured commands on synthetic inputs, each distinct command once."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._done: dict[tuple[str, ...], CaseResult] = {}
+
+    def image(self, size: int, compression: str) -> Path:
+        """The synthetic input of ``size`` and ``compression``, written if missing."""
+        path = self.workdir / f"tissue-{size}-{compression}.tif"
+        started = time.perf_counter()
+        if ensure_synthetic_tiff(path, size=size, compression=compression):
+            logger.info("wrote %s in %.1f s", path, time.perf_counter() - started)
+        return path
+
+    def pixseg(
+        self, size: int, compression: str, *, scheduler: str = "threads", sample_size: int | None = None
+    ) -> CaseResult:
+        """``pixseg segment`` on an input; with the threaded scheduler, its all-pixel inertia too
+        (in ``details``) for images up to 8192^2."""
+        image = self.image(size, compression)
+        output = self.workdir / f"{image.stem}-{scheduler}-{sample_size or 'default'}.zarr"
+        model = output.with_suffix(".model.json")
+        command = [*_pixseg_command(), "segment", str(image), str(output), "--overwrite", "--quiet"]
+        command += ["--save-model", str(model)]
+        if sample_size is not None:
+            command += ["--sample-size", str(sample_size)]
+        if scheduler == "local":
+            command += ["--scheduler", "local", "--workers", str(LOCAL_WORKERS)]
+        case = LOCAL if scheduler == "local" else THREADS
+        try:
+            result = self.run(case, size, command, parse=lambda stdout: {"printed": stdout.strip()})
+            if scheduler == "threads" and size <= 8192 and "inertia" not in result.details:
+                result = dataclasses.replace(
+                    result, details={**result.details, "inertia": pixseg_inertia(image, output, model)}
+                )
+                self._done[tuple(command)] = result
+        finally:
+            _remove_outputs(output)
+        return result
+
+    def module(self, case: str, module: str, size: int, compression: str, *extra: str) -> CaseResult:
+        """``python -m benchmarks.MODULE IMAGE [EXTRA...]``; its stdout is one JSON object (the details)."""
+        command = [sys.executable, "-m", f"benchmarks.{module}", str(self.image(size, compression)), *extra]
+        return self.run(case, size, command, parse=json.loads)
+
+    def run(self, case: str, size: int, command: list[str], *, parse: StdoutParser) -> CaseResult:
+        """Run ``command`` measured, unless it already ran; ``parse`` maps its stdout to ``details``."""
+        key = tuple(command)
+        if key not in self._done:
+            self._done[key] = self._measure(case, size, command, parse)
+        return self._done[key]
+
+    def _measure(self, case: str, size: int, command: list[str], parse: StdoutParser) -> CaseResult:
+        logger.info("running %s on %d^2: %s", case, size, " ".join(command))
+        load = os.getloadavg()[0]
+        log_stem = self.workdir / f"{case.replace(' ', '-').replace('/', '-')}-{size}"
+        measurement = run_measured(command, cwd=REPO_ROOT, log_stem=log_stem)
+        logger.info("  %.1f s, peak RSS %.0f MB", measurement.wall_s, measurement.peak_tree_rss / 1e6)
+        return CaseResult(
+            case=case,
+            size=size,
+            command=command,
+            wall_s=measurement.wall_s,
+            peak_tree_rss=measurement.peak_tree_rss,
+            max_processes=measurement.max_processes,
+            load_before=load,
+            details=parse(measurement.stdout),
+        )
 
 
-def _warm_up(workdir: Path, compression: str) -> None:
-    """Run pixseg once, unmeasured, on a one-tile image: fills numba's on-disk caches, so that
-    no measured run pays for JIT compilation (seconds, and some 150 MB of RSS)."""
-    logger.info("warm-up run (not measured)")
-    _measure_pixseg(_input_image(workdir, TILE, compression), TILE, workdir, scheduler="threads")
-
-
-def _input_image(workdir: Path, size: int, compression: str) -> Path:
-    path = workdir / f"tissue-{size}-{compression}.tif"
-    started = time.perf_counter()
-    if ensure_synthetic_tiff(path, size=size, compression=compression):
-        logger.info("wrote %s in %.1f s", path, time.perf_counter() - started)
-    else:
-        logger.info("reusing %s", path)
-    return path
-
-
-def _measure_pixseg(image: Path, size: int, workdir: Path, *, scheduler: str) -> CaseResult:
-    output = workdir / f"{image.stem}-{scheduler}.zarr"
-    command = [*_pixseg_command(), "segment", str(image), str(output), "--overwrite", "--quiet"]
-    case = "pixseg threads"
-    if scheduler == "local":
-        command += ["--scheduler", "local", "--workers", str(LOCAL_WORKERS)]
-        case = f"pixseg local x{LOCAL_WORKERS}"
+def _floor_comparison(runner: _Runner, size: int, compression: str) -> FloorComparison:
+    output = runner.workdir / f"floor-{size}-{compression}.zarr"
+    shutil.rmtree(output, ignore_errors=True)
     try:
-        result, stdout = _measure(case, size, command, workdir)
+        floor = runner.module(FLOOR, "floor", size, compression, str(output))
     finally:
         shutil.rmtree(output, ignore_errors=True)
-    return dataclasses.replace(result, details={"printed": stdout.strip()})
+    return FloorComparison(compression=compression, floor=floor, pixseg=runner.pixseg(size, compression))
 
 
-def _measure_in_memory(image: Path, size: int, workdir: Path) -> CaseResult:
-    command = [sys.executable, "-m", "benchmarks.inmemory", str(image)]
-    result, stdout = _measure("in-memory scikit-learn", size, command, workdir)
-    return dataclasses.replace(result, details=json.loads(stdout))
+def _scaling(runner: _Runner, options: Options) -> list[CaseResult]:
+    sizes = sorted({options.baseline_size, options.size, *([LARGE_SIZE] if options.large else [])})
+    schedulers = ("threads", "local") if options.local else ("threads",)
+    return [runner.pixseg(size, options.compression, scheduler=scheduler) for size in sizes for scheduler in schedulers]
 
 
-def _measure(case: str, size: int, command: list[str], workdir: Path) -> tuple[CaseResult, str]:
-    """Run one case; returns its result (without details) and what it printed."""
-    logger.info("running %s on %d^2: %s", case, size, " ".join(command))
-    load = os.getloadavg()[0]
-    log_stem = workdir / f"{case.replace(' ', '-')}-{size}"
-    measurement = run_measured(command, cwd=REPO_ROOT, log_stem=log_stem)
-    logger.info("  %.1f s, peak RSS %.0f MB", measurement.wall_s, measurement.peak_tree_rss / 1e6)
-    result = CaseResult(
-        case=case,
-        size=size,
-        command=command,
-        wall_s=measurement.wall_s,
-        peak_tree_rss=measurement.peak_tree_rss,
-        max_processes=measurement.max_processes,
-        load_before=load,
-    )
-    return result, measurement.stdout
+def _recipes(runner: _Runner, baseline_size: int) -> list[CaseResult]:
+    """In-memory scikit-learn, dask-ml on the dask array and pixseg, on half and on the full baseline size."""
+    cases = []
+    for size in (max(TILE, baseline_size // 2), baseline_size):
+        cases += [
+            runner.module(IN_MEMORY, "inmemory", size, "zstd"),
+            runner.module(DASK_ML, "naive", size, "zstd"),
+            runner.pixseg(size, "zstd"),
+        ]
+    return cases
+
+
+def _fit_costs(
+    runner: _Runner, size: int, sample_sizes: Sequence[int], recipes: list[CaseResult]
+) -> list[FitCost]:
+    reference = next(case for case in recipes if case.case == IN_MEMORY and case.size == size)
+    costs = []
+    for sample_size in sample_sizes:
+        logger.info("timing fit_model on %d pixels of %d^2", sample_size, size)
+        fit = time_fit(runner.image(size, "zstd"), min(sample_size, size * size))
+        run = runner.pixseg(size, "zstd", sample_size=sample_size)
+        costs.append(FitCost(fit=fit, pixseg=run, reference_inertia=reference.details["inertia"]))
+    return costs
+
+
+def _huge(runner: _Runner, workdir: Path) -> CaseResult:
+    """Segment a ``HUGE_SIZE``^2 image end to end (writing it first, after checking free disk)."""
+    need = HUGE_SIZE * HUGE_SIZE * HUGE_BYTES_PER_PIXEL
+    free = shutil.disk_usage(workdir).free
+    logger.info("--huge needs about %.0f GB of disk under %s; %.0f GB free", need / 1e9, workdir, free / 1e9)
+    if free < need and not (workdir / f"tissue-{HUGE_SIZE}-zstd.tif").is_file():
+        raise BenchmarkError(
+            f"--huge needs about {need / 1e9:.0f} GB free under {str(workdir)!r}, found {free / 1e9:.0f} GB"
+        )
+    return runner.pixseg(HUGE_SIZE, "zstd")
+
+
+def _remove_outputs(output: Path) -> None:
+    """Delete a pixseg output, its model file and its side files (``OUTPUT.*``)."""
+    shutil.rmtree(output, ignore_errors=True)
+    for side in output.parent.glob(f"{output.name}.*"):
+        side.unlink(missing_ok=True)
+    output.with_suffix(".model.json").unlink(missing_ok=True)
+
+
+def _plot(scaling: list[CaseResult], path: Path) -> None:
+    try:
+        from benchmarks.plot import plot_scaling
+    except ModuleNotFoundError:
+        logger.warning("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    plot_scaling(scaling, path)
+    logger.info("plot saved to %s", path)
+
+
+def _case_json(case: CaseResult) -> dict[str, Any]:
+    return {**dataclasses.asdict(case), "mpx_per_s": case.mpx_per_s}
 
 
 def _pixseg_command() -> list[str]:
@@ -202,22 +378,48 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=_image_edge, default=16384, help="edge of the large image (default %(default)s)")
+    parser.add_argument(
+        "--size", type=_image_edge, default=16384, help="edge of the large image and of the I/O floor inputs "
+        "(default %(default)s)"
+    )
     parser.add_argument(
         "--baseline-size",
         type=_image_edge,
         default=4096,
-        help="edge of the image the in-memory baseline and pixseg are compared on (default %(default)s)",
+        help="edge of the image the seed recipes, fit cost and pixseg are compared on; the recipes also run "
+        "at half of it (default %(default)s)",
     )
     parser.add_argument(
-        "--compression",
-        choices=COMPRESSIONS,
-        default="zstd",
-        help="TIFF compression of the inputs (default %(default)s)",
+        "--compression", choices=COMPRESSIONS, default="zstd", help="TIFF compression of the scaling inputs "
+        "(default %(default)s)"
+    )
+    parser.add_argument(
+        "--floor-codecs",
+        type=_codecs,
+        default=FLOOR_CODECS,
+        metavar="C1,C2",
+        help=f"TIFF compressions of the I/O floor inputs, '' for none (default {','.join(FLOOR_CODECS)})",
+    )
+    parser.add_argument(
+        "--sample-sizes",
+        type=_sample_sizes,
+        default=SAMPLE_SIZES,
+        metavar="N1,N2",
+        help=f"fit-cost sample sizes, '' for none (default {','.join(map(str, SAMPLE_SIZES))})",
+    )
+    parser.add_argument("--large", action="store_true", help=f"also scale to {LARGE_SIZE}^2")
+    parser.add_argument(
+        "--huge",
+        action="store_true",
+        help=f"also segment a {HUGE_SIZE:,}^2 image (needs about {HUGE_SIZE**2 * HUGE_BYTES_PER_PIXEL / 1e9:.0f} GB "
+        "of disk, checked first; long)",
     )
     parser.add_argument("--skip-local", action="store_true", help=f"skip pixseg on a local cluster of {LOCAL_WORKERS}")
     parser.add_argument("--skip-kernels", action="store_true", help="skip the nearest-centroid kernel microbenchmark")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", default=DEFAULT_PLOT, help="scaling plot (default benchmarks/scaling.png)"
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -236,6 +438,24 @@ def _image_edge(text: str) -> int:
     if edge < TILE:
         raise argparse.ArgumentTypeError(f"must be at least {TILE} pixels, got {edge!r}")
     return edge
+
+
+def _codecs(text: str) -> tuple[str, ...]:
+    codecs = tuple(name for name in text.split(",") if name)
+    unknown = [name for name in codecs if name not in COMPRESSIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected names from {', '.join(COMPRESSIONS)}, got {unknown!r}")
+    return codecs
+
+
+def _sample_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+    if any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"sample sizes must be positive, got {text!r}")
+    return sizes
 
 
 def _configure_logging() -> None:
