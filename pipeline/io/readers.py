@@ -23,6 +23,7 @@ import dask.array as da
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.io.tiff_segments import TiffSegmentReader, segment_readable
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +331,11 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
             _check_tiff_data(path, chosen.pages)
             base_size = _tiff_pixel_size(tif, levels[0].keyframe)
             shape = tuple(int(n) for n in chosen.shape)
+            open_native: Callable[[], Any] = functools.partial(_open_tiff_level, path, level)
+            if segment_readable(page, len(chosen.pages)):
+                open_native = functools.partial(TiffSegmentReader, path, level=level)
+                _, _, height, width, contig = page.shaped
+                axes, shape = "YXC", (int(height), int(width), int(page.shaped[0] * contig))
     except InputError:
         raise
     except Exception as err:  # tifffile raises many types for corrupt files
@@ -337,7 +343,7 @@ def _tiff_source(path: str, level: int) -> _RegionReader:
     return _RegionReader(
         path=path,
         kind="tiff",
-        open_native=functools.partial(_open_tiff_level, path, level),
+        open_native=open_native,
         native_axes=axes,
         native_shape=shape,
         dtype=dtype,
