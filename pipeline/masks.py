@@ -174,30 +174,48 @@ def upsample_mask(mask: da.Array, shape: tuple[int, int], chunks: tuple[tuple[in
     dask.array.Array
         Shape ``shape``, bool; each chunk reads only the mask region it covers. Computes nothing.
     """
-    rows = nearest_indices(shape[0], int(mask.shape[0]))
-    cols = nearest_indices(shape[1], int(mask.shape[1]))
     row_edges = np.cumsum((0, *chunks[0]))
     col_edges = np.cumsum((0, *chunks[1]))
-    blocks = []
-    for top, bottom in zip(row_edges[:-1], row_edges[1:], strict=True):
-        band = []
-        block_rows = rows[top:bottom]
-        for left, right in zip(col_edges[:-1], col_edges[1:], strict=True):
-            block_cols = cols[left:right]
-            region = mask[block_rows[0] : block_rows[-1] + 1, block_cols[0] : block_cols[-1] + 1]
-            region = region.rechunk(region.shape)
-            band.append(
-                region.map_blocks(
-                    take_nearest,
-                    rows=block_rows - block_rows[0],
-                    cols=block_cols - block_cols[0],
-                    chunks=((bottom - top,), (right - left,)),
-                    dtype=bool,
-                    meta=np.empty((0, 0), dtype=bool),
-                )
-            )
-        blocks.append(band)
+    blocks = [
+        [
+            mask_region(mask, shape, rows=(int(top), int(bottom)), cols=(int(left), int(right)))
+            for left, right in zip(col_edges[:-1], col_edges[1:], strict=True)
+        ]
+        for top, bottom in zip(row_edges[:-1], row_edges[1:], strict=True)
+    ]
     return da.block(blocks)
+
+
+def mask_region(mask: da.Array, shape: tuple[int, int], *, rows: tuple[int, int], cols: tuple[int, int]) -> da.Array:
+    """One region of ``mask`` upsampled to ``shape`` by nearest neighbour, lazily.
+
+    Parameters
+    ----------
+    mask : dask.array.Array
+        Shape (h, w), bool, any chunking.
+    shape : (int, int)
+        (Y, X) of the image it applies to.
+    rows, cols : (int, int)
+        [start, stop) of the region in the image.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (rows[1] - rows[0], cols[1] - cols[0]), bool, one chunk that reads only the mask
+        pixels it covers. Computes nothing.
+    """
+    block_rows = nearest_indices(shape[0], int(mask.shape[0]))[rows[0] : rows[1]]
+    block_cols = nearest_indices(shape[1], int(mask.shape[1]))[cols[0] : cols[1]]
+    region = mask[block_rows[0] : block_rows[-1] + 1, block_cols[0] : block_cols[-1] + 1]
+    region = region.rechunk(region.shape)
+    return region.map_blocks(
+        take_nearest,
+        rows=block_rows - block_rows[0],
+        cols=block_cols - block_cols[0],
+        chunks=((rows[1] - rows[0],), (cols[1] - cols[0],)),
+        dtype=bool,
+        meta=np.empty((0, 0), dtype=bool),
+    )
 
 
 def take_nearest(region: np.ndarray, *, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -239,3 +257,24 @@ def mask_features(features: da.Array, mask: da.Array) -> da.Array:
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
     )
+
+
+def mask_labels(labels: da.Array, mask: da.Array) -> da.Array:
+    """Lazily set the labels of masked pixels to 0.
+
+    Parameters
+    ----------
+    labels : dask.array.Array
+        Shape (Y, X), integer labels.
+    mask : dask.array.Array
+        Shape (Y, X), bool, the same chunks (see :func:`upsample_mask`).
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (Y, X), ``labels.dtype``, the same chunks; computes nothing.
+    """
+    if mask.chunks != labels.chunks:
+        raise ValueError(f"mask chunks {mask.chunks!r} differ from the labels' {labels.chunks!r}")
+    zero = np.zeros((), dtype=labels.dtype)
+    return da.where(mask, labels, zero)

@@ -6,15 +6,30 @@ benchmarks``, K=4 / K=8): ~93 / ~56 Mpx/s, against scikit-learn's float32 ``KMea
 ~123 / ~84 (which runs its own OpenMP pool, fixed at fit time, so it oversubscribes under dask
 threads) and a numpy expanded formula ~36 / ~21. Distances are standardised ones, computed in float32 as
 ``sum_f w_f (x_f - c_f)^2`` with ``w_f = 1 / std_f^2``; ties go to the lower label.
+
+Colour tables: when every feature is a function of one pixel's colour (no texture, no
+coordinates) and the input has at most three 8-bit colour channels, a pixel's label depends
+only on its colour. The labels of all ``256**channels`` colours are then computed once, with
+the same feature and kernel code, into a table (16 MiB for RGB), and a chunk is labelled by
+one table lookup per pixel: no float features, no distances. The table is used when the image
+has at least ``TABLE_PIXELS_PER_ENTRY`` pixels per entry, where building it pays; the labels
+are those of the kernel path.
 """
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numba
 import numpy as np
 
+from pipeline.features import compute_features
 from pipeline.model import SegmentationModel
+
+#: Use a colour table when the image has at least this many pixels per table entry.
+TABLE_PIXELS_PER_ENTRY = 4
+#: Colours featurised and labelled per step while building a table.
+_TABLE_STEP = 2**20
 
 
 # fast-math without "nnan"/"ninf": the NaN test that marks invalid pixels must survive
@@ -67,6 +82,120 @@ def predict_chunk(
     return labels.reshape(features.shape[:2])
 
 
+def _kernel_arguments(model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
+    centroids = np.ascontiguousarray(model.centroids, dtype=np.float32)
+    weights = (1.0 / model.feature_std**2).astype(np.float32)
+    return centroids, weights
+
+
+def table_applies(model: SegmentationModel, n_pixels: int) -> bool:
+    """Whether labelling ``n_pixels`` pixels through a colour table is exact and pays.
+
+    Exact when every feature is a function of the pixel's own colour (no texture, no
+    coordinates) and the input has 8-bit samples and at most three colour channels; it pays when
+    there are at least ``TABLE_PIXELS_PER_ENTRY`` pixels per table entry.
+    """
+    spec = model.feature_spec
+    pointwise = not spec.texture_groups and "coordinates" not in spec.groups
+    if not pointwise or np.dtype(spec.dtype) != np.uint8 or spec.n_channels > 3:
+        return False
+    return n_pixels >= TABLE_PIXELS_PER_ENTRY * 256**spec.n_channels
+
+
+def colour_table_part(model: SegmentationModel, start: int, stop: int) -> np.ndarray:
+    """Entries ``start:stop`` of the colour table: the label of every colour of an 8-bit input.
+
+    Entry ``sum_c v_c * 256**(n - 1 - c)`` holds the label of the colour (v_0, ..., v_{n-1}),
+    computed by :func:`pipeline.features.compute_features` and the nearest-centroid kernel, as
+    for a pixel of that colour in an image (alpha, when the model has it, taken as opaque).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (stop - start,), ``model.label_dtype``.
+    """
+    spec = model.feature_spec
+    index = np.arange(start, stop, dtype=np.int64)
+    colours = np.full((len(index), 1, spec.n_channels + int(spec.has_alpha)), 255, dtype=np.uint8)
+    for channel in range(spec.n_channels):
+        colours[:, 0, channel] = (index >> (8 * (spec.n_channels - 1 - channel))) & 255
+    centroids, weights = _kernel_arguments(model)
+    return predict_chunk(compute_features(colours, spec), centroids, weights, model.label_dtype)[:, 0]
+
+
+@numba.njit(nogil=True, cache=True)
+def _lookup(
+    pixels: np.ndarray, table: np.ndarray, n_colour: int, alpha: int, labels: np.ndarray
+) -> None:  # pragma: no cover
+    height, width, _ = pixels.shape
+    for r in range(height):
+        for c in range(width):
+            if alpha >= 0 and pixels[r, c, alpha] == 0:
+                labels[r, c] = 0
+                continue
+            index = 0
+            for channel in range(n_colour):
+                index = index * 256 + pixels[r, c, channel]
+            labels[r, c] = table[index]
+
+
+def lookup_labels(pixels: np.ndarray, table: np.ndarray, *, n_colour: int, has_alpha: bool) -> np.ndarray:
+    """Label a chunk of 8-bit pixels through a colour table.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Shape (h, w, C), uint8; C = ``n_colour`` (+ 1 for a trailing alpha channel).
+    table : numpy.ndarray
+        Shape (256**n_colour,), the labels of every colour (see :func:`colour_table_part`).
+    n_colour : int
+        Colour channels (at most 3).
+    has_alpha : bool
+        Whether the last channel is alpha (alpha == 0 is labelled 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (h, w), ``table.dtype``.
+    """
+    labels = np.empty(pixels.shape[:2], dtype=table.dtype)
+    _lookup(np.ascontiguousarray(pixels), table, n_colour, pixels.shape[2] - 1 if has_alpha else -1, labels)
+    return labels
+
+
+def build_table_labels(pixels: da.Array, model: SegmentationModel) -> da.Array:
+    """Lazily label an 8-bit image through a colour table (see :func:`table_applies`).
+
+    Parameters
+    ----------
+    pixels : dask.array.Array
+        Shape (Y, X, C), uint8, C in one chunk, the layout ``model.feature_spec`` describes.
+    model : SegmentationModel
+        The fitted model.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (Y, X), ``model.label_dtype``, the same (Y, X) chunks; computes nothing. The table
+        is built by a few tasks of ``_TABLE_STEP`` colours and enters the graph as one key, shared
+        by every chunk's lookup. Masks are applied by the caller.
+    """
+    spec = model.feature_spec
+    n_entries = 256**spec.n_channels
+    part = dask.delayed(colour_table_part, pure=True)
+    parts = [part(model, start, min(start + _TABLE_STEP, n_entries)) for start in range(0, n_entries, _TABLE_STEP)]
+    table = dask.delayed(np.concatenate, pure=True)(parts)
+    return pixels.map_blocks(
+        lookup_labels,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
+        table,
+        n_colour=spec.n_channels,
+        has_alpha=spec.has_alpha,
+        drop_axis=2,
+        dtype=model.label_dtype,
+        meta=np.empty((0, 0), dtype=model.label_dtype),
+    )
+
+
 def build_labels(features: da.Array, model: SegmentationModel) -> da.Array:
     """Lazily label a feature image.
 
@@ -82,8 +211,7 @@ def build_labels(features: da.Array, model: SegmentationModel) -> da.Array:
     dask.array.Array
         Shape (Y, X), ``model.label_dtype``, the same (Y, X) chunks; computes nothing.
     """
-    centroids = np.ascontiguousarray(model.centroids, dtype=np.float32)
-    weights = (1.0 / model.feature_std**2).astype(np.float32)
+    centroids, weights = _kernel_arguments(model)
     return features.map_blocks(
         predict_chunk,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
         centroids,

@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,15 @@ from pipeline.io.model_file import load_model, model_document, save_model
 from pipeline.io.readers import Image, describe_chunks, open_image
 from pipeline.io.side_files import write_legend, write_png, write_statistics
 from pipeline.layout import conversion_reason
-from pipeline.masks import block_mean, check_mask_shape, choose_mask_level, mask_features, tissue_mask, upsample_mask
+from pipeline.masks import (
+    block_mean,
+    check_mask_shape,
+    choose_mask_level,
+    mask_features,
+    mask_labels,
+    tissue_mask,
+    upsample_mask,
+)
 from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.plan import (
     CONVERTED_SUFFIX,
@@ -73,10 +81,20 @@ from pipeline.plan import (
     previous_run,
     refuse_incomplete_input,
 )
-from pipeline.predict import build_labels
+from pipeline.predict import build_labels, build_table_labels, table_applies
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pipeline.pyramid import pyramid_shapes, reduce_labels
-from pipeline.sampling import build_candidates, candidate_threshold, cohort_seed, take_pooled_sample, take_sample
+from pipeline.sampling import (
+    Candidates,
+    SampleSource,
+    build_candidates,
+    candidate_threshold,
+    cohort_seed,
+    plan_blocks,
+    sampling_stride,
+    take_pooled_sample,
+    take_sample,
+)
 from pipeline.statistics import label_table
 
 logger = logging.getLogger(__name__)
@@ -218,8 +236,8 @@ def segment(
             image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         if previous is None:
-            spec, features, fit_features = _segment_features(image, fit, read=read, progress=progress)
-            sample = _draw_sample(fit_features, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
+            spec, mask, fit_source = _segment_features(image, fit, read=read, progress=progress)
+            sample = _draw_sample(fit_source, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
             logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
             model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
             logger.info(
@@ -228,13 +246,13 @@ def segment(
         else:
             logger.info("resuming %s with the interrupted run's model", plan.path)
             model = previous.model
-            features = _model_features(image, model.feature_spec, mask=fit.mask, read=read, progress=progress)
+            mask = _model_mask(image, model.feature_spec, mask=fit.mask, read=read, progress=progress)
         if model_path is not None:
             save_model(model, model_path, provenance=_provenance(image))
             logger.info("model saved to %s", model_path)
         return _write_labels(
             image,
-            features,
+            mask,
             model,
             plan,
             output,
@@ -282,10 +300,10 @@ def apply(
             return _finished_result(plan, previous, image, started)
         image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
-        features = _model_features(image, model.feature_spec, mask=mask, read=read, progress=progress)
+        mask = _model_mask(image, model.feature_spec, mask=mask, read=read, progress=progress)
         return _write_labels(
             image,
-            features,
+            mask,
             model,
             plan,
             output,
@@ -570,18 +588,19 @@ def fit_cohort(
             image = open_image(path, level=read.level, chunk=read.chunk)
             refuse_incomplete_input(image)
             if spec is None:  # the first readable image sets the spec (normalisation included)
-                image_spec, _, features = _segment_features(image, fit, read=read, progress=progress)
+                image_spec, _, source = _segment_features(image, fit, read=read, progress=progress)
             else:  # the others are sampled with the features the model will give them
                 check_model_fits(spec, image, f"cohort of {members[0][1].path!r}")
                 level = image.level if fit.fit_level is None else fit.fit_level
                 fit_image = image if level == image.level else open_image(path, level=level, chunk=read.chunk)
-                features = _model_features(fit_image, spec, mask=fit.mask, read=read, progress=progress)
+                mask = _model_mask(fit_image, spec, mask=fit.mask, read=read, progress=progress)
+                source = _sample_source(fit_image, spec, mask)
         except PipelineError as err:
             logger.warning("cohort: leaving out %s: %s", path, err)
             failed[path] = err
             continue
         spec = spec or image_spec
-        members.append((index, image, features))
+        members.append((index, image, source))
     if spec is None:
         first = next(iter(failed.items()))
         raise InputError(f"no input of the cohort could be read; {first[0]!r}: {first[1]}") from first[1]
@@ -620,57 +639,89 @@ def _check_fit_options(fit: FitOptions) -> None:
 def _draw_pooled_sample(
     members: list[tuple[int, Image, Any]], failed: dict[str, PipelineError], *, fit: FitOptions, progress: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates of every member below one threshold, then the smallest keys overall.
+    """Candidates of every member below one weighted-key threshold, then the smallest keys overall.
 
     A member whose candidates cannot be computed is moved from ``members`` to ``failed``.
-    The threshold starts from the cohort's pixel count; if masking left too few candidates it
-    is raised from the valid-pixel count, and every member is sampled again with it.
     """
-    n_pixels = sum(int(features.shape[0]) * int(features.shape[1]) for _, _, features in members)
-    threshold = candidate_threshold(fit.sample_size, n_pixels)
-    while True:
-        logger.info("sampling %d pixels from %d images (candidate rate %.3g)", fit.sample_size, len(members), threshold)
-        parts = []
-        for member in list(members):
-            index, image, features = member
-            try:
-                graph = build_candidates(features, threshold=threshold, seed=cohort_seed(fit.seed, index))
-                parts.append(_compute(graph, progress=progress))
-            except PipelineError as err:
-                logger.warning("cohort: leaving out %s: %s", image.path, err)
-                failed[image.path] = err
-                members.remove(member)
-        n_valid = sum(part.n_valid for part in parts)
-        if n_valid == 0:
-            raise InputError(f"no valid pixels in any of the {len(members)} readable cohort images")
-        enough = sum(len(part.keys) for part in parts) >= min(fit.sample_size, n_valid)
-        if enough or threshold >= 1.0:
-            return take_pooled_sample(parts, fit.sample_size)
-        threshold = max(2 * threshold, candidate_threshold(fit.sample_size, n_valid))
+
+    def leave_out(position: int, err: PipelineError) -> None:
+        path = members[position][1].path
+        logger.warning("cohort: leaving out %s: %s", path, err)
+        failed[path] = err
+
+    sources = [(cohort_seed(fit.seed, index), source) for index, _, source in members]
+    parts = _sample_candidates(sources, fit.sample_size, progress=progress, on_error=leave_out)
+    members[:] = [member for position, member in enumerate(members) if position in parts]
+    if not parts or sum(part.n_valid for part in parts.values()) == 0:
+        raise InputError(f"no valid pixels in any of the {len(members)} readable cohort images")
+    return take_pooled_sample(list(parts.values()), fit.sample_size)
 
 
 # --- steps ---------------------------------------------------------------------------------
 
 
-def _draw_sample(features: Any, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
-    """One pass over the image when nothing is masked; a second, with a threshold from the
-    first pass's count of valid pixels, when masking left too few candidates."""
-    n_pixels = int(features.shape[0]) * int(features.shape[1])
-    threshold = candidate_threshold(sample_size, n_pixels)
+def _draw_sample(source: SampleSource, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
+    """The sample of one image (see :mod:`pipeline.sampling`)."""
+    candidates = _sample_candidates([(seed, source)], sample_size, progress=progress, on_error=None)[0]
+    if candidates.n_valid == 0:
+        raise InputError("the input has no valid pixels (all masked, transparent or NaN)")
+    return take_sample(candidates, sample_size)
+
+
+def _sample_candidates(
+    sources: list[tuple[int, SampleSource]],
+    sample_size: int,
+    *,
+    progress: bool,
+    on_error: Callable[[int, PipelineError], None] | None,
+) -> dict[int, Candidates]:
+    """Candidates of each (seed, source) below one weighted-key threshold, enough for ``sample_size``.
+
+    The first pass reads each source's planned blocks with a threshold from the pixel count.
+    While masking leaves too few candidates, the threshold is raised from the estimated valid
+    pixels; once every valid pixel read is a candidate, the strata are made finer (more blocks
+    read), down to reading every block. A source whose pass raises a :class:`PipelineError` is
+    reported to ``on_error`` with its position and dropped (without ``on_error``, the error
+    propagates). Returns the candidates by position in ``sources``.
+    """
+    strides = {i: sampling_stride(source.shape, sample_size) for i, (_, source) in enumerate(sources)}
+    threshold = candidate_threshold(sample_size, sum(math.prod(source.shape) for _, source in sources))
     while True:
-        logger.info("sampling %d pixels (candidate rate %.3g)", sample_size, threshold)
-        candidates = _compute(build_candidates(features, threshold=threshold, seed=seed), progress=progress)
-        if candidates.n_valid == 0:
-            raise InputError("the input has no valid pixels (all masked, transparent or NaN)")
-        enough = len(candidates.keys) >= min(sample_size, candidates.n_valid)
-        if enough or threshold >= 1.0:
-            return take_sample(candidates, sample_size)
-        threshold = max(2 * threshold, candidate_threshold(sample_size, candidates.n_valid))
+        parts: dict[int, Candidates] = {}
+        plans = {
+            i: plan_blocks(sources[i][1].shape, stride=stride, seed=sources[i][0]) for i, stride in strides.items()
+        }
+        logger.info(
+            "sampling %d pixels from %d blocks (weighted-key threshold %.3g)",
+            sample_size,
+            sum(len(plan.regions) for plan in plans.values()),
+            threshold,
+        )
+        for i, plan in plans.items():
+            seed, source = sources[i]
+            try:
+                parts[i] = _compute(build_candidates(source, plan, threshold=threshold, seed=seed), progress=progress)
+            except PipelineError as err:
+                if on_error is None:
+                    raise
+                on_error(i, err)
+                del strides[i]
+        n_candidates = sum(len(part.keys) for part in parts.values())
+        if n_candidates >= sample_size:
+            return parts
+        unsaturated = [i for i, plan in plans.items() if i in parts and threshold * plan.weights.min() < 1.0]
+        if unsaturated:
+            valid = sum(part.valid_estimate for part in parts.values())
+            threshold = max(2 * threshold, candidate_threshold(sample_size, valid))
+        elif any(stride > 1 for stride in strides.values()):
+            strides = {i: max(1, stride // 2) for i, stride in strides.items()}
+        else:
+            return parts
 
 
 def _write_labels(
     image: Image,
-    features: Any,
+    mask: Any,
     model: SegmentationModel,
     plan: OutputPlan,
     options: OutputOptions,
@@ -689,7 +740,7 @@ def _write_labels(
     written and decodable are kept and only the others are predicted. A converted copy of the
     input in the work directory is removed at the end unless ``read.keep_workdir``.
     """
-    labels = build_labels(features, model)
+    labels = _image_labels(image, model, mask)
     shapes = pyramid_shapes(labels.shape)
     pixel_size = options.pixel_size or image.pixel_size
     zarr_path = plan.work_path
@@ -944,7 +995,7 @@ def _check_feature_options(fit: FitOptions) -> None:
 def _segment_features(
     image: Image, fit: FitOptions, *, read: ReadOptions, progress: bool
 ) -> tuple[FeatureSpec, Any, Any]:
-    """The feature spec, the lazy (masked) features of ``image``, and those of the fit level to sample.
+    """The feature spec, the mask (see :func:`_open_mask`), and what to sample at the fit level.
 
     Computes the automatic mask (on a small level) and, for robust normalisation, one sample
     pass of the raw channels at the fit level.
@@ -967,15 +1018,13 @@ def _segment_features(
         raw_spec = make_feature_spec(
             "channels", n_channels=image.shape[2], has_alpha=image.has_alpha, dtype=image.dtype, value_range=(0.0, 1.0)
         )
-        raw = _image_features(fit_image, raw_spec, mask)
+        raw = _sample_source(fit_image, raw_spec, mask)
         values = _draw_sample(raw, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
         rgb = image.shape[2] - int(image.has_alpha) == 3
         ranges = robust_channel_ranges(values, percentiles=ROBUST_PERCENTILES, rgb=rgb)
         logger.info("robust channel ranges (%g-%g percentiles): %s", *ROBUST_PERCENTILES, ranges)
         spec = _feature_spec(image, fit, channel_ranges=ranges)
-    features = _image_features(image, spec, mask)
-    fit_features = features if fit_image is image else _image_features(fit_image, spec, mask)
-    return spec, features, fit_features
+    return spec, mask, _sample_source(fit_image, spec, mask)
 
 
 def _feature_spec(image: Image, fit: FitOptions, *, channel_ranges: Any) -> FeatureSpec:
@@ -990,15 +1039,27 @@ def _feature_spec(image: Image, fit: FitOptions, *, channel_ranges: Any) -> Feat
     )
 
 
-def _model_features(image: Image, spec: FeatureSpec, *, mask: str | None, read: ReadOptions, progress: bool) -> Any:
-    """The lazy features a saved model's spec gives ``image``, masked as asked (default: as the model)."""
+def _model_mask(image: Image, spec: FeatureSpec, *, mask: str | None, read: ReadOptions, progress: bool) -> Any:
+    """The mask (see :func:`_open_mask`) to apply with a saved model's spec: as asked, by default as the model."""
     if mask is None:
         if spec.mask == "file":
             raise ParameterError("the model was fitted with a mask file: pass --mask PATH again (or --mask none)")
         mask = spec.mask
     if mask not in ("none", "auto") and not os.path.exists(mask):
         raise ParameterError(f"--mask {mask!r} is neither auto, none nor an existing mask image")
-    return _image_features(image, spec, _open_mask(mask, image, read=read, progress=progress))
+    return _open_mask(mask, image, read=read, progress=progress)
+
+
+def _image_labels(image: Image, model: SegmentationModel, mask: Any) -> da.Array:
+    """Lazy (Y, X) labels of ``image``, 0 outside ``mask``: through a colour table when one applies
+    (see :func:`pipeline.predict.table_applies`), else from the features by the kernel."""
+    if not table_applies(model, math.prod(image.shape[:2])):
+        return build_labels(_image_features(image, model.feature_spec, mask), model)
+    logger.info("labelling through a table of every colour's label")
+    labels = build_table_labels(image.data, model)
+    if mask is None:
+        return labels
+    return mask_labels(labels, upsample_mask(mask, image.shape[:2], labels.chunks))
 
 
 def _image_features(image: Image, spec: FeatureSpec, mask: Any) -> Any:
@@ -1007,6 +1068,17 @@ def _image_features(image: Image, spec: FeatureSpec, mask: Any) -> Any:
     if mask is None:
         return features
     return mask_features(features, upsample_mask(mask, image.shape[:2], features.chunks[:2]))
+
+
+def _sample_source(image: Image, spec: FeatureSpec, mask: Any) -> SampleSource:
+    """What to sample ``image`` for: its region reader, ``spec``'s features, and ``mask``."""
+    return SampleSource(
+        pixels=image.source,
+        spec=spec,
+        scale=_level_scale(image),
+        mask=mask,
+        full_width_reads=image.native_chunks[1] >= image.shape[1],
+    )
 
 
 def _level_scale(image: Image) -> tuple[float, float]:

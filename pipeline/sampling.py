@@ -1,20 +1,32 @@
-"""Deterministic sampling of feature vectors, spread over the whole image.
+"""Deterministic sampling of feature vectors, spread over the whole image, reading a small part of it.
 
-Every pixel gets a pseudo-random key from a counter-based hash (splitmix64) of the seed and
-its global position ``row * width + column``. The sample is the ``n`` valid pixels with the
-smallest keys: a uniform sample without replacement, so each chunk contributes in proportion
-to its valid pixels, and which pixels are drawn depends only on the seed and the pixels'
-positions: never on the chunking, the file's tiling, task order, the scheduler or the
-number of workers.
+Blocks: the image is cut into square blocks of ``SAMPLE_BLOCK`` pixels, grouped into strata
+of ``stride`` x ``stride`` blocks; the sample is drawn from one block per stratum (the block
+with the smallest block key), so it is spread evenly over the image and only about
+``1 / stride**2`` of the image is read and featurised. The stride is chosen so that at least
+``MIN_SAMPLE_BLOCKS`` blocks and ``READ_PER_SAMPLED`` times the sample size are read; small
+images are read whole (stride 1).
 
-Each chunk returns only pixels whose key is below a threshold chosen to yield a little more
-than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the image.
+Pixels: every pixel gets a pseudo-random key from a counter-based hash (splitmix64) of the seed
+and its global position ``row * width + column``, divided by its block's weight (pixels of the
+stratum / pixels of the block, so a pixel stands for the pixels of its stratum). The sample is
+the ``n`` valid pixels with the smallest weighted keys: an unbiased, stratified sample of the
+valid pixels, in which each stratum (and, pooled, each image) contributes in proportion to its
+valid pixels. Which pixels are drawn depends only on the seed, the image's shape and the
+pixels' positions: never on the chunking, the file's tiling, task order, the scheduler or the
+number of workers. Features of a block are computed with the halo texture needs, so they equal
+the whole image's (see :func:`pipeline.features.compute_features`).
+
+Each block returns only pixels whose weighted key is below a threshold chosen to yield a little
+more than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the blocks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 import dask.array as da
@@ -22,34 +34,101 @@ import numba
 import numpy as np
 from dask.delayed import Delayed
 
+from pipeline.features import FeatureSpec, compute_features
+from pipeline.masks import mask_chunk, mask_region
+
 #: Keys are 53-bit integers scaled to [0, 1).
 _KEY_SCALE = 2.0**-53
+#: Edge of a sampling block, in pixels of the sampled level.
+SAMPLE_BLOCK = 256
+#: Fewest blocks a sample is drawn from, when the image has more.
+MIN_SAMPLE_BLOCKS = 256
+#: Fewest pixels read per sampled pixel, when the image has more.
+READ_PER_SAMPLED = 32
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """Pixels whose key fell below the threshold, and the image's count of valid pixels.
+    """Pixels whose weighted key fell below the threshold, and the valid pixels behind them.
 
     Attributes
     ----------
     keys : numpy.ndarray
-        Shape (n,), float64 in [0, 1).
+        Shape (n,), float64 >= 0: each pixel's key divided by its block's weight.
     positions : numpy.ndarray
         Shape (n,), int64: ``row * width + column`` of each pixel.
     vectors : numpy.ndarray
         Shape (n, F), float32 feature vectors.
     n_valid : int
-        Valid pixels in the whole image.
+        Valid pixels in the blocks read.
+    valid_estimate : float
+        Valid pixels in the whole image, estimated from the blocks read (each valid pixel counts
+        its block's weight; exact when every block is read).
     """
 
     keys: np.ndarray
     positions: np.ndarray
     vectors: np.ndarray
     n_valid: int
+    valid_estimate: float
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The blocks a sample is read from: one per stratum of ``stride`` x ``stride`` blocks.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        (Y, X) of the sampled image.
+    stride : int
+        Stratum edge in blocks (1: every block is read).
+    regions : numpy.ndarray
+        Shape (n, 4), int64: (top, left, bottom, right) of each block read, in row-major order.
+    weights : numpy.ndarray
+        Shape (n,), float64: pixels of the block's stratum / pixels of the block (>= 1).
+    """
+
+    shape: tuple[int, int]
+    stride: int
+    regions: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass(frozen=True)
+class SampleSource:
+    """What a sample is drawn from: pixels, the features they give and a mask.
+
+    Attributes
+    ----------
+    pixels : array-like
+        Shape (Y, X, C), read region by region with ``pixels[ys, xs, :]`` inside tasks
+        (picklable, thread-safe; e.g. :attr:`pipeline.io.readers.Image.source`).
+    spec : FeatureSpec
+        The features to sample.
+    scale : (float, float)
+        Full-resolution pixels per pixel of this level (for texture sigmas).
+    mask : dask.array.Array or None
+        2-D bool (True = keep) at any resolution that divides the image, or None.
+    full_width_reads : bool
+        Whether a read decodes whole rows (a striped file): blocks of one block row are then
+        read together, once.
+    """
+
+    pixels: Any
+    spec: FeatureSpec
+    scale: tuple[float, float]
+    mask: da.Array | None
+    full_width_reads: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(Y, X)."""
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 @numba.njit(nogil=True, cache=True)
-def _pick(first_feature: np.ndarray, top: int, left: int, width: int, seed: int, threshold: float):  # pragma: no cover
+def _pick(first_feature: np.ndarray, top: int, left: int, width: int, seed: int, limit: float):  # pragma: no cover
     height, chunk_width = first_feature.shape
     picked = np.empty(height * chunk_width, dtype=np.int64)
     keys = np.empty(height * chunk_width, dtype=np.float64)
@@ -66,7 +145,7 @@ def _pick(first_feature: np.ndarray, top: int, left: int, width: int, seed: int,
             z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
             z = z ^ (z >> np.uint64(31))
             key = float(z >> np.uint64(11)) * _KEY_SCALE
-            if key < threshold:
+            if key < limit:
                 picked[n_picked] = r * chunk_width + c
                 keys[n_picked] = key
                 n_picked += 1
@@ -91,61 +170,185 @@ def pixel_keys(rows: np.ndarray, cols: np.ndarray, *, width: int, seed: int) -> 
     return (z >> np.uint64(11)).astype(np.float64) * _KEY_SCALE
 
 
-def candidate_threshold(sample_size: int, n_pixels: int) -> float:
-    """Key threshold expected to yield ``sample_size`` plus six standard deviations of candidates."""
+def candidate_threshold(sample_size: int, n_pixels: float) -> float:
+    """Weighted-key threshold expected to yield ``sample_size`` plus six standard deviations of
+    candidates from an image of ``n_pixels`` valid pixels."""
     if n_pixels <= 0:
         return 1.0
     return min(1.0, (sample_size + 6.0 * math.sqrt(sample_size) + 16.0) / n_pixels)
 
 
+def sampling_stride(shape: tuple[int, int], sample_size: int, *, block: int | None = None) -> int:
+    """Stratum edge in blocks of ``block`` (default ``SAMPLE_BLOCK``) pixels: as coarse as keeps
+    ``MIN_SAMPLE_BLOCKS`` blocks and ``READ_PER_SAMPLED * sample_size`` pixels read (1 for small images)."""
+    block = block or SAMPLE_BLOCK
+    n_blocks = math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
+    wanted = max(MIN_SAMPLE_BLOCKS, math.ceil(READ_PER_SAMPLED * sample_size / block**2))
+    return max(1, math.isqrt(n_blocks // wanted))
+
+
+def plan_blocks(shape: tuple[int, int], *, stride: int, seed: int, block: int | None = None) -> BlockPlan:
+    """The block of each stratum with the smallest block key (a hash of the seed and the block's index).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (Y, X) of the image.
+    stride : int
+        Stratum edge in blocks (see :func:`sampling_stride`).
+    seed : int
+        The run's seed (>= 0).
+    block : int, optional
+        Block edge in pixels (default ``SAMPLE_BLOCK``).
+
+    Returns
+    -------
+    BlockPlan
+        Pure function of its arguments.
+    """
+    block = block or SAMPLE_BLOCK
+    height, width = shape
+    n_rows, n_cols = math.ceil(height / block), math.ceil(width / block)
+    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
+    keys = pixel_keys(rows, cols, width=n_cols, seed=derived_seed(seed, 0)).reshape(n_rows, n_cols)
+    block_pixels = np.outer(_block_sizes(height, block), _block_sizes(width, block)).astype(np.float64)
+    s_rows, s_cols = math.ceil(n_rows / stride), math.ceil(n_cols / stride)
+    padded = np.full((s_rows * stride, s_cols * stride), np.inf)
+    padded[:n_rows, :n_cols] = keys
+    within = padded.reshape(s_rows, stride, s_cols, stride).transpose(0, 2, 1, 3).reshape(s_rows, s_cols, -1)
+    choice = np.argmin(within, axis=-1)
+    chosen_rows = (np.arange(s_rows)[:, np.newaxis] * stride + choice // stride).ravel()
+    chosen_cols = (np.arange(s_cols)[np.newaxis, :] * stride + choice % stride).ravel()
+    stratum_pixels = np.add.reduceat(
+        np.add.reduceat(block_pixels, np.arange(0, n_rows, stride), axis=0), np.arange(0, n_cols, stride), axis=1
+    ).ravel()
+    order = np.lexsort((chosen_cols, chosen_rows))
+    chosen_rows, chosen_cols = chosen_rows[order], chosen_cols[order]
+    tops, lefts = chosen_rows * block, chosen_cols * block
+    regions = np.stack(
+        [tops, lefts, np.minimum(tops + block, height), np.minimum(lefts + block, width)], axis=1
+    ).astype(np.int64)
+    weights = stratum_pixels[order] / block_pixels[chosen_rows, chosen_cols]
+    return BlockPlan(shape=(int(height), int(width)), stride=int(stride), regions=regions, weights=weights)
+
+
+def _block_sizes(length: int, block: int) -> np.ndarray:
+    return np.minimum(block, length - np.arange(0, length, block))
+
+
 def chunk_candidates(
-    chunk: np.ndarray, *, origin: tuple[int, int], width: int, seed: int, threshold: float
+    chunk: np.ndarray, *, origin: tuple[int, int], width: int, seed: int, threshold: float, weight: float = 1.0
 ) -> Candidates:
-    """Candidates of one chunk.
+    """Candidates of one block of features.
 
     Parameters
     ----------
     chunk : numpy.ndarray
         Shape (h, w, F), float32, NaN marking invalid pixels.
     origin : tuple of int
-        (row, column) of the chunk's first pixel in the image.
+        (row, column) of the block's first pixel in the image.
     width : int
         Width of the whole image.
     seed : int
         The run's seed (>= 0).
     threshold : float
-        Keep pixels whose key is below it.
+        Keep pixels whose weighted key (key / ``weight``) is below it.
+    weight : float
+        Pixels of the image each pixel of this block stands for.
     """
     first = np.ascontiguousarray(chunk[..., 0])
-    picked, keys, n_valid = _pick(first, origin[0], origin[1], width, seed, threshold)
+    picked, keys, n_valid = _pick(first, origin[0], origin[1], width, seed, threshold * weight)
     rows, cols = np.divmod(picked, chunk.shape[1])
     return Candidates(
-        keys=keys,
+        keys=keys / weight,
         positions=(rows + origin[0]) * width + cols + origin[1],
         vectors=chunk[rows, cols],
         n_valid=int(n_valid),
+        valid_estimate=float(n_valid) * weight,
     )
 
 
-def merge_candidates(parts: list[Candidates]) -> Candidates:
-    """Concatenate per-chunk candidates (order does not matter to :func:`take_sample`)."""
+def merge_candidates(parts: Sequence[Candidates]) -> Candidates:
+    """Concatenate candidates (order does not matter to :func:`take_sample`)."""
     return Candidates(
         keys=np.concatenate([p.keys for p in parts]),
         positions=np.concatenate([p.positions for p in parts]),
         vectors=np.concatenate([p.vectors for p in parts]),
         n_valid=sum(p.n_valid for p in parts),
+        valid_estimate=sum(p.valid_estimate for p in parts),
     )
 
 
-def build_candidates(features: da.Array, *, threshold: float, seed: int) -> Delayed:
-    """Lazily gather the candidates of every chunk.
+def window_candidates(
+    pixels: Any,
+    mask: np.ndarray | None,
+    *,
+    window: tuple[int, int, int, int],
+    regions: np.ndarray,
+    weights: np.ndarray,
+    spec: FeatureSpec,
+    scale: tuple[float, float],
+    image_shape: tuple[int, int],
+    seed: int,
+    threshold: float,
+) -> Candidates:
+    """Read one window of pixels and return the candidates of the blocks inside it.
 
     Parameters
     ----------
-    features : dask.array.Array
-        Shape (Y, X, F), float32, NaN marking invalid pixels; F in one chunk.
+    pixels : array-like
+        Shape (Y, X, C): the whole image, read here only over ``window``.
+    mask : numpy.ndarray or None
+        Shape of the window, bool (True = keep), or None.
+    window : (int, int, int, int)
+        (top, left, bottom, right) read: the blocks plus the texture halo, clipped to the image.
+    regions, weights : numpy.ndarray
+        (n, 4) blocks inside the window and their weights (see :class:`BlockPlan`).
+    spec, scale, image_shape
+        As for :func:`pipeline.features.compute_features`.
+    seed, threshold
+        As for :func:`chunk_candidates`.
+    """
+    top, left, bottom, right = window
+    read = np.asarray(pixels[top:bottom, left:right, :])
+    halo_y, halo_x = spec.halo(scale)
+    parts = []
+    for (b_top, b_left, b_bottom, b_right), weight in zip(regions.tolist(), weights.tolist(), strict=True):
+        y0, y1 = max(top, b_top - halo_y), min(bottom, b_bottom + halo_y)
+        x0, x1 = max(left, b_left - halo_x), min(right, b_right + halo_x)
+        features = compute_features(
+            read[y0 - top : y1 - top, x0 - left : x1 - left],
+            spec,
+            halo=((b_top - y0, y1 - b_bottom), (b_left - x0, x1 - b_right)),
+            scale=scale,
+            origin=(b_top, b_left),
+            image_shape=image_shape,
+        )
+        if mask is not None:
+            features = mask_chunk(features, mask[b_top - top : b_bottom - top, b_left - left : b_right - left])
+        parts.append(
+            chunk_candidates(
+                features, origin=(b_top, b_left), width=image_shape[1], seed=seed, threshold=threshold, weight=weight
+            )
+        )
+    return merge_candidates(parts)
+
+
+def build_candidates(source: SampleSource, plan: BlockPlan, *, threshold: float, seed: int) -> Delayed:
+    """Lazily gather the candidates of every block of ``plan``.
+
+    Each block is read with the halo its texture features need (a striped source's blocks of
+    one block row are read together, as one band), featurised, masked and thinned to the
+    pixels whose weighted key is below ``threshold``.
+
+    Parameters
+    ----------
+    source : SampleSource
+        What to sample.
+    plan : BlockPlan
+        Blocks to read (from :func:`plan_blocks` on ``source.shape``).
     threshold : float
-        Key threshold (see :func:`candidate_threshold`).
+        Weighted-key threshold (see :func:`candidate_threshold`).
     seed : int
         The run's seed (>= 0).
 
@@ -154,16 +357,38 @@ def build_candidates(features: da.Array, *, threshold: float, seed: int) -> Dela
     dask.delayed.Delayed
         Computes to one :class:`Candidates`; nothing is computed here.
     """
-    row_starts = np.cumsum((0, *features.chunks[0][:-1]))
-    col_starts = np.cumsum((0, *features.chunks[1][:-1]))
-    width = int(features.shape[1])
-    blocks = features.to_delayed()
-    pick = dask.delayed(chunk_candidates, pure=True)
-    parts = [
-        pick(blocks[i, j, 0], origin=(int(top), int(left)), width=width, seed=seed, threshold=threshold)
-        for i, top in enumerate(row_starts)
-        for j, left in enumerate(col_starts)
-    ]
+    height, width = source.shape
+    halo_y, halo_x = source.spec.halo(source.scale)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (top, left, _, _) in enumerate(plan.regions.tolist()):
+        groups.setdefault((top, 0 if source.full_width_reads else left), []).append(index)
+    candidates = dask.delayed(window_candidates, pure=True)
+    parts = []
+    for members in groups.values():
+        regions = plan.regions[members]
+        window = (
+            max(0, int(regions[:, 0].min()) - halo_y),
+            max(0, int(regions[:, 1].min()) - halo_x),
+            min(height, int(regions[:, 2].max()) + halo_y),
+            min(width, int(regions[:, 3].max()) + halo_x),
+        )
+        mask = None
+        if source.mask is not None:
+            mask = mask_region(source.mask, (height, width), rows=(window[0], window[2]), cols=(window[1], window[3]))
+        parts.append(
+            candidates(
+                source.pixels,
+                mask,
+                window=window,
+                regions=regions,
+                weights=plan.weights[members],
+                spec=source.spec,
+                scale=source.scale,
+                image_shape=(height, width),
+                seed=seed,
+                threshold=threshold,
+            )
+        )
     return dask.delayed(merge_candidates, pure=True)(parts)
 
 
@@ -191,8 +416,13 @@ def cohort_seed(seed: int, index: int) -> int:
     int
         In [0, 2**63).
     """
+    return derived_seed(seed, index + 1)
+
+
+def derived_seed(seed: int, salt: int) -> int:
+    """A seed in [0, 2**63) derived from ``seed`` and ``salt`` by splitmix64 (0: the block keys)."""
     mask = (1 << 64) - 1
-    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & mask
+    z = (seed + salt * 0x9E3779B97F4A7C15) & mask
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
     return (z ^ (z >> 31)) >> 1

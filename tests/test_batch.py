@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import pytest
 import tifffile
@@ -14,8 +13,9 @@ import zarr
 from conftest import make_blob_image, raise_if_dask_computes
 
 from pipeline.cli import main
+from pipeline.features import make_feature_spec
 from pipeline.runner import FitOptions, ReadOptions, fit_cohort, segment
-from pipeline.sampling import build_candidates, cohort_seed, pixel_keys, take_pooled_sample
+from pipeline.sampling import SampleSource, build_candidates, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIZES = [(150, 230), (90, 100), (120, 170)]
@@ -61,10 +61,12 @@ def test_pooled_sample_is_the_smallest_keys_over_all_images():
     rng = np.random.default_rng(1)
     images = [rng.random((37, 53, 2), dtype=np.float32), rng.random((20, 31, 2), dtype=np.float32)]
     images[0][:30, :40] = np.nan  # image 0: 1981 - 1200 = 781 valid pixels, image 1: 620
-    parts = [
-        build_candidates(da.from_array(image, chunks=(11, 13, 2)), threshold=1.0, seed=cohort_seed(7, i)).compute()
-        for i, image in enumerate(images)
-    ]
+    parts = []
+    for i, image in enumerate(images):
+        spec = make_feature_spec("channels", n_channels=2, has_alpha=False, dtype=image.dtype, value_range=(0.0, 1.0))
+        source = SampleSource(pixels=image, spec=spec, scale=(1.0, 1.0), mask=None)
+        plan = plan_blocks(image.shape[:2], stride=1, seed=cohort_seed(7, i), block=11)
+        parts.append(build_candidates(source, plan, threshold=1.0, seed=cohort_seed(7, i)).compute())
     sample, counts = take_pooled_sample(parts, 300)
     pooled = []
     for i, image in enumerate(images):

@@ -11,7 +11,7 @@ from slides import downsample, make_slide, write_pyramid_tiff
 
 import pipeline.masks
 from pipeline.errors import ParameterError
-from pipeline.features import build_features, make_feature_spec
+from pipeline.features import compute_features, make_feature_spec
 from pipeline.io.model_file import load_model
 from pipeline.masks import (
     block_mean,
@@ -23,7 +23,7 @@ from pipeline.masks import (
     upsample_mask,
 )
 from pipeline.runner import FitOptions, ReadOptions, apply, segment
-from pipeline.sampling import build_candidates
+from pipeline.sampling import SampleSource, build_candidates, plan_blocks
 
 
 def _labels(path: str) -> np.ndarray:
@@ -131,11 +131,13 @@ def test_masked_pixels_are_never_candidates(slide):
     mask = np.zeros(pixels.shape[:2], bool)
     mask[50:200, 120:330] = True
     spec = make_feature_spec("channels,texture", n_channels=3, has_alpha=False, dtype=pixels.dtype, sigmas=(2,))
-    features = build_features(da.from_array(pixels, chunks=(64, 64, 3)), spec)
-    masked = mask_features(features, upsample_mask(da.from_array(mask[::2, ::2]), mask.shape, features.chunks[:2]))
-    candidates = build_candidates(masked, threshold=1.0, seed=3).compute()
+    source = SampleSource(pixels=pixels, spec=spec, scale=(1.0, 1.0), mask=da.from_array(mask[::2, ::2]))
+    plan = plan_blocks(pixels.shape[:2], stride=1, seed=3, block=64)
+    candidates = build_candidates(source, plan, threshold=1.0, seed=3).compute()
     rows, cols = np.divmod(candidates.positions, pixels.shape[1])
     assert mask[rows, cols].all() and len(rows) == candidates.n_valid == mask.sum()
+    whole = compute_features(pixels, spec)
+    np.testing.assert_array_equal(candidates.vectors, whole[rows, cols])
 
 
 @pytest.mark.parametrize("kind", ["zarr", "tiff"])

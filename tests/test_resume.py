@@ -128,9 +128,11 @@ def test_killed_during_tiff_write_resumes(tmp_path, capsys, big_tiff, reference)
     argv = _argv(big_tiff, out)
     _kill_when(
         argv,
-        lambda log: "writing pyramidal TIFF" in log
-        and os.path.exists(out + ".partial")
-        and os.path.getsize(out + ".partial") > 0,
+        lambda log: (
+            "writing pyramidal TIFF" in log
+            and os.path.exists(out + ".partial")
+            and os.path.getsize(out + ".partial") > 0
+        ),
         log=tmp_path / "log",
         slow_tiles=True,
     )

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import dask
-import dask.array as da
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ParameterError
-from pipeline.features import make_feature_spec
+from pipeline.features import compute_features, make_feature_spec
 from pipeline.model import fit_model, order_centroids, squared_inertia
 from pipeline.predict import predict_chunk
-from pipeline.sampling import build_candidates, candidate_threshold, pixel_keys, take_sample
+from pipeline.sampling import (
+    SampleSource,
+    build_candidates,
+    candidate_threshold,
+    pixel_keys,
+    plan_blocks,
+    sampling_stride,
+    take_sample,
+)
 
 
 def _features(seed=3, shape=(90, 70, 3), masked=0.8):
@@ -22,13 +29,22 @@ def _features(seed=3, shape=(90, 70, 3), masked=0.8):
     return values
 
 
-def _candidates(values, chunks, *, threshold, seed=5):
-    return build_candidates(da.from_array(values, chunks=chunks), threshold=threshold, seed=seed).compute()
+def _source(values, *, spec=None, mask=None, full_width_reads=False):
+    """Pixels that are their own features: float channels scaled by (0, 1), NaN = invalid."""
+    spec = spec or make_feature_spec(
+        "channels", n_channels=values.shape[2], has_alpha=False, dtype=values.dtype, value_range=(0.0, 1.0)
+    )
+    return SampleSource(pixels=values, spec=spec, scale=(1.0, 1.0), mask=mask, full_width_reads=full_width_reads)
+
+
+def _candidates(values, block, *, threshold, seed=5, stride=1, **source):
+    plan = plan_blocks(values.shape[:2], stride=stride, seed=seed, block=block)
+    return build_candidates(_source(values, **source), plan, threshold=threshold, seed=seed).compute()
 
 
 def test_keys_are_uniform_and_match_the_numpy_reference():
     values = _features(masked=2.0)
-    candidates = _candidates(values, (32, 25, 3), threshold=1.0)
+    candidates = _candidates(values, 32, threshold=1.0)
     assert candidates.n_valid == 90 * 70 and len(candidates.keys) == 90 * 70
     rows, cols = np.divmod(candidates.positions, 70)
     np.testing.assert_array_equal(candidates.keys, pixel_keys(rows, cols, width=70, seed=5))
@@ -37,32 +53,32 @@ def test_keys_are_uniform_and_match_the_numpy_reference():
     assert hist.min() > 0.8 * 630 and hist.max() < 1.2 * 630
 
 
-@given(chunk_rows=st.integers(7, 90), chunk_cols=st.integers(5, 70), seed=st.integers(0, 2**40))
+@given(block=st.integers(5, 100), full_width=st.booleans(), seed=st.integers(0, 2**40))
 @settings(max_examples=25, deadline=None)
-def test_sample_does_not_depend_on_chunking(chunk_rows, chunk_cols, seed):
+def test_sample_of_every_block_does_not_depend_on_the_block_edge_or_reads(block, full_width, seed):
     values = _features()
-    reference = _candidates(values, (90, 70, 3), threshold=0.3, seed=seed)
-    chunked = _candidates(values, (chunk_rows, chunk_cols, 3), threshold=0.3, seed=seed)
-    assert chunked.n_valid == reference.n_valid == np.count_nonzero(~np.isnan(values[..., 0]))
-    np.testing.assert_array_equal(take_sample(chunked, 400), take_sample(reference, 400))
+    reference = _candidates(values, 90, threshold=0.3, seed=seed)
+    blocked = _candidates(values, block, threshold=0.3, seed=seed, full_width_reads=full_width)
+    assert blocked.n_valid == reference.n_valid == np.count_nonzero(~np.isnan(values[..., 0]))
+    np.testing.assert_array_equal(take_sample(blocked, 400), take_sample(reference, 400))
 
 
 def test_sample_excludes_invalid_pixels_and_depends_on_seed():
     values = _features()
-    candidates = _candidates(values, (32, 25, 3), threshold=1.0)
+    candidates = _candidates(values, 32, threshold=1.0)
     assert len(candidates.keys) == candidates.n_valid == np.count_nonzero(~np.isnan(values[..., 0]))
     sample = take_sample(candidates, 1000)
     assert sample.shape == (1000, 3) and np.isfinite(sample).all()
-    other = take_sample(_candidates(values, (32, 25, 3), threshold=1.0, seed=6), 1000)
+    other = take_sample(_candidates(values, 32, threshold=1.0, seed=6), 1000)
     assert not np.array_equal(sample, other)
 
 
 def test_sample_is_the_same_on_every_scheduler():
-    features = da.from_array(_features(), chunks=(32, 25, 3))
+    values = _features()
     with dask.config.set(scheduler="sync"):
-        sync = take_sample(build_candidates(features, threshold=0.5, seed=1).compute(), 500)
+        sync = take_sample(_candidates(values, 16, threshold=0.5, seed=1, stride=2), 200)
     with dask.config.set(scheduler="threads", num_workers=4):
-        threaded = take_sample(build_candidates(features, threshold=0.5, seed=1).compute(), 500)
+        threaded = take_sample(_candidates(values, 16, threshold=0.5, seed=1, stride=2), 200)
     np.testing.assert_array_equal(sync, threaded)
 
 
@@ -72,7 +88,44 @@ def test_threshold_yields_enough_candidates():
     values = _features(masked=2.0, shape=(300, 300, 1))
     for sample_size in (50, 2000, 20000):
         threshold = candidate_threshold(sample_size, 300 * 300)
-        assert len(_candidates(values, (100, 100, 1), threshold=threshold).keys) >= sample_size
+        assert len(_candidates(values, 100, threshold=threshold).keys) >= sample_size
+
+
+def test_plan_reads_one_block_per_stratum_weighted_by_its_stratum():
+    shape, block, stride = (1000, 730), 32, 3  # 32 x 23 blocks: partial blocks and strata at the edges
+    plan = plan_blocks(shape, stride=stride, seed=4, block=block)
+    assert plan.regions.shape == (11 * 8, 4)
+    strata = {(top // block // stride, left // block // stride) for top, left, _, _ in plan.regions}
+    assert len(strata) == 11 * 8  # exactly one block in every stratum
+    assert (plan.regions[:, 2] <= 1000).all() and (plan.regions[:, 3] <= 730).all()
+    areas = (plan.regions[:, 2] - plan.regions[:, 0]) * (plan.regions[:, 3] - plan.regions[:, 1])
+    assert np.isclose((areas * plan.weights).sum(), 1000 * 730)  # the strata tile the image
+    assert not np.array_equal(plan.regions, plan_blocks(shape, stride=stride, seed=5, block=block).regions)
+    assert sampling_stride((100_000, 100_000), 200_000) == 24 and sampling_stride((4096, 4096), 200_000) == 1
+
+
+def test_stratified_sample_is_spread_over_the_image_without_bias():
+    values = np.zeros((600, 500, 1), np.float32) + 0.5
+    candidates = _candidates(values, 10, threshold=0.02, seed=2, stride=4)  # 1/16 of the blocks read
+    rows, cols = np.divmod(candidates.positions, 500)
+    assert abs(len(rows) - 0.02 * 600 * 500) < 6 * np.sqrt(0.02 * 600 * 500)  # as many as a whole-image pass
+    assert abs(rows.mean() - 299.5) < 12 and abs(cols.mean() - 249.5) < 10
+    # the partial strata along the right edge (columns 480-499) hold 4% of the image
+    assert abs(np.mean(cols >= 480) - 0.04) < 0.015
+    np.testing.assert_allclose(candidates.valid_estimate, 600 * 500, rtol=1e-9)
+    weights = np.asarray(candidates.keys) / pixel_keys(rows, cols, width=500, seed=2)
+    assert np.all(weights <= 1.0) and np.all(weights >= 1 / 16 - 1e-12)
+
+
+def test_block_features_equal_the_whole_image_features_with_texture():
+    rng = np.random.default_rng(8)
+    pixels = (rng.random((97, 83, 3)) * 255).astype(np.uint8)
+    spec = make_feature_spec("channels,texture", n_channels=3, has_alpha=False, dtype=pixels.dtype, sigmas=(1, 3))
+    candidates = _candidates(pixels, 16, threshold=1.0, stride=2, spec=spec)
+    rows, cols = np.divmod(candidates.positions, 83)
+    whole = compute_features(pixels, spec)
+    np.testing.assert_array_equal(candidates.vectors, whole[rows, cols])
+    assert len(rows) == candidates.n_valid < 97 * 83
 
 
 def test_order_centroids_by_brightness_then_coordinates():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -13,13 +14,14 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import StandardScaler
 
+from pipeline import sampling
 from pipeline.features import build_features, make_feature_spec
 from pipeline.io.model_file import load_model
 from pipeline.io.readers import open_image
 from pipeline.model import SegmentationModel
 from pipeline.predict import build_labels, predict_chunk
 from pipeline.runner import FitOptions, ReadOptions, apply, segment
-from pipeline.sampling import build_candidates
+from pipeline.sampling import SampleSource, build_candidates, plan_blocks
 
 
 def _labels(path: str) -> np.ndarray:
@@ -63,6 +65,43 @@ def test_one_percent_sample_matches_sklearn_on_separated_data(tmp_path):
     result = segment(path, out, read=ReadOptions(chunk=100), fit=FitOptions(clusters=4, sample_size=2000))
     assert result.model.sample_size == 2000
     assert adjusted_rand_score(_sklearn_labels(pixels, 4), _labels(out).ravel()) >= 0.95
+
+
+@pytest.fixture
+def small_sampling_blocks(monkeypatch):
+    """Sampling blocks of 16 pixels and strata from 4 blocks up, so small images read a fraction."""
+    monkeypatch.setattr(sampling, "SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(sampling, "MIN_SAMPLE_BLOCKS", 4)
+    monkeypatch.setattr(sampling, "READ_PER_SAMPLED", 4)
+
+
+def test_stratified_sample_matches_sklearn_and_reads_a_fraction(tmp_path, small_sampling_blocks, caplog):
+    pixels = make_blob_image(400, 500, seed=3)
+    path = _write_tiff(tmp_path / "big.tif", pixels)
+    out = str(tmp_path / "big.zarr")
+    assert sampling.sampling_stride(pixels.shape[:2], 2000) == 5  # 25 x 32 blocks, 1 in 25 read
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        result = segment(path, out, fit=FitOptions(clusters=4, sample_size=2000))
+    assert result.model.sample_size == 2000
+    assert "sampling 2000 pixels from 35 blocks" in caplog.text
+    assert adjusted_rand_score(_sklearn_labels(pixels, 4), _labels(out).ravel()) >= 0.95
+    again = str(tmp_path / "again.zarr")
+    segment(path, again, read=ReadOptions(chunk=70), fit=FitOptions(clusters=4, sample_size=2000))
+    np.testing.assert_array_equal(_labels(again), _labels(out))  # chunking changes nothing
+
+
+def test_sparse_valid_pixels_make_the_strata_finer_until_the_sample_is_full(tmp_path, small_sampling_blocks, caplog):
+    rgba = np.dstack([make_blob_image(400, 500, seed=3), np.zeros((400, 500), np.uint8)])
+    rgba[300:330, 420:445, 3] = 255  # 750 valid pixels in one corner: most strata's blocks hold none
+    path = str(tmp_path / "sparse.tif")
+    tifffile.imwrite(path, rgba, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+    out = str(tmp_path / "sparse.zarr")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        result = segment(path, out, fit=FitOptions(clusters=3, sample_size=600))
+    assert result.model.sample_size == 600
+    assert caplog.text.count("sampling 600 pixels from") >= 2  # refined at least once
+    labels = _labels(out)
+    assert (labels[rgba[..., 3] == 0] == 0).all() and (labels[rgba[..., 3] > 0] > 0).all()
 
 
 def test_labels_ordered_by_brightness(tmp_path, blob_image, blob_tiff):
@@ -122,7 +161,8 @@ def test_building_the_pipeline_computes_nothing(blob_tiff):
         image = open_image(blob_tiff, chunk=64)
         spec = make_feature_spec("channels,grey,lab", n_channels=3, has_alpha=False, dtype=image.dtype)
         features = build_features(image.data, spec)
-        build_candidates(features, threshold=0.1, seed=0)
+        source = SampleSource(pixels=image.source, spec=spec, scale=(1.0, 1.0), mask=None)
+        build_candidates(source, plan_blocks(image.shape[:2], stride=2, seed=0, block=32), threshold=0.1, seed=0)
         model = SegmentationModel(
             feature_spec=spec,
             centroids=np.linspace(0, 1, 4 * 7).reshape(4, 7),

@@ -52,7 +52,10 @@ def test_regions_equal_tifffile(tmp_path, name):
         regions = [
             (slice(int(a), int(b)), slice(int(c), int(d)), slice(None))
             for a, b, c, d in zip(
-                rng.integers(0, 40, 20), rng.integers(41, 76, 20), rng.integers(0, 50, 20), rng.integers(51, 102, 20),
+                rng.integers(0, 40, 20),
+                rng.integers(41, 76, 20),
+                rng.integers(0, 50, 20),
+                rng.integers(51, 102, 20),
                 strict=True,
             )
         ]

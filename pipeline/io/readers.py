@@ -48,6 +48,9 @@ class Image:
         ``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"`` or ``"jpeg"``.
     data : dask.array.Array
         Shape (Y, X, C), the file's dtype, chunked for processing; C in one chunk.
+    source : array-like
+        The same pixels as an array-like that reads any region ``source[ys, xs, :]`` on demand
+        (picklable and thread-safe), for work that reads a few regions rather than whole chunks.
     native_chunks : tuple of int
         The (Y, X) size of the file's own tiles, strips or chunks.
     level : int
@@ -63,6 +66,7 @@ class Image:
     path: str
     kind: str
     data: da.Array
+    source: Any
     native_chunks: tuple[int, int]
     level: int
     level_shapes: tuple[tuple[int, int], ...]
@@ -138,6 +142,7 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
         path=path_str,
         kind=source.kind,
         data=data,
+        source=source,
         native_chunks=source.native_chunks,
         level=level,
         level_shapes=source.level_shapes,

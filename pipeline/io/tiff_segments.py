@@ -50,8 +50,7 @@ class TiffSegmentReader:
         import tifffile
 
         self._tif = tifffile.TiffFile(path)
-        page = self._tif.series[series].levels[level].pages[0]
-        self._page = page
+        page: Any = self._tif.series[series].levels[level].pages[0]  # a TiffPage (see segment_readable)
         self._decode = page.decode
         self._decode_args: dict[str, Any] = {"_fullsize": page.is_tiled}
         if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
