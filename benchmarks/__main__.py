@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import CLUSTERS
 from benchmarks.fitcost import time_fit
 from benchmarks.kernels import KernelTiming, measure_kernels
 from benchmarks.measure import BenchmarkError, run_measured
@@ -50,8 +51,10 @@ from benchmarks.quality import pixseg_inertia
 from benchmarks.report import (
     DASK_ML,
     FLOOR,
+    FLOOR_PIXSEG_READER,
     IN_MEMORY,
     LOCAL,
+    LOCAL_ONE,
     THREADS,
     CaseResult,
     FitCost,
@@ -105,6 +108,9 @@ class BenchmarkResults:
                     "compression": floor.compression,
                     "floor": _case_json(floor.floor),
                     "pixseg": _case_json(floor.pixseg),
+                    "floor_pixseg_reader": None
+                    if floor.floor_pixseg_reader is None
+                    else _case_json(floor.floor_pixseg_reader),
                     "time_ratio": floor.time_ratio,
                 }
                 for floor in self.floors
@@ -238,20 +244,28 @@ class _Runner:
         return path
 
     def pixseg(
-        self, size: int, compression: str, *, scheduler: str = "threads", sample_size: int | None = None
+        self,
+        size: int,
+        compression: str,
+        *,
+        scheduler: str = "threads",
+        workers: int = LOCAL_WORKERS,
+        sample_size: int | None = None,
     ) -> CaseResult:
-        """``pixseg segment`` on an input; with the threaded scheduler, its all-pixel inertia too
-        (in ``details``) for images up to 8192^2."""
+        """``pixseg segment`` (K = ``CLUSTERS``) on an input, threaded or on a local cluster of
+        ``workers``; with the threaded scheduler, its all-pixel inertia too (in ``details``) for
+        images up to 8192^2."""
         image = self.image(size, compression)
-        output = self.workdir / f"{image.stem}-{scheduler}-{sample_size or 'default'}.zarr"
+        name = scheduler if scheduler == "threads" else f"{scheduler}{workers}"
+        output = self.workdir / f"{image.stem}-{name}-{sample_size or 'default'}.zarr"
         model = output.with_suffix(".model.json")
         command = [*_pixseg_command(), "segment", str(image), str(output), "--overwrite", "--quiet"]
-        command += ["--save-model", str(model)]
+        command += ["--clusters", str(CLUSTERS), "--save-model", str(model)]
         if sample_size is not None:
             command += ["--sample-size", str(sample_size)]
         if scheduler == "local":
-            command += ["--scheduler", "local", "--workers", str(LOCAL_WORKERS)]
-        case = LOCAL if scheduler == "local" else THREADS
+            command += ["--scheduler", "local", "--workers", str(workers)]
+        case = THREADS if scheduler == "threads" else LOCAL if workers == LOCAL_WORKERS else LOCAL_ONE
         try:
             result = self.run(case, size, command, parse=lambda stdout: {"printed": stdout.strip()})
             if scheduler == "threads" and size <= 8192 and "inertia" not in result.details:
@@ -295,18 +309,27 @@ class _Runner:
 
 def _floor_comparison(runner: _Runner, size: int, compression: str) -> FloorComparison:
     output = runner.workdir / f"floor-{size}-{compression}.zarr"
-    shutil.rmtree(output, ignore_errors=True)
-    try:
-        floor = runner.module(FLOOR, "floor", size, compression, str(output))
-    finally:
+    floors = []
+    for case, reader in ((FLOOR, "tifffile"), (FLOOR_PIXSEG_READER, "pixseg")):
         shutil.rmtree(output, ignore_errors=True)
-    return FloorComparison(compression=compression, floor=floor, pixseg=runner.pixseg(size, compression))
+        try:
+            floors.append(runner.module(case, "floor", size, compression, str(output), "--reader", reader))
+        finally:
+            shutil.rmtree(output, ignore_errors=True)
+    return FloorComparison(
+        compression=compression, floor=floors[0], pixseg=runner.pixseg(size, compression), floor_pixseg_reader=floors[1]
+    )
 
 
 def _scaling(runner: _Runner, options: Options) -> list[CaseResult]:
     sizes = sorted({options.baseline_size, options.size, *([LARGE_SIZE] if options.large else [])})
-    schedulers = ("threads", "local") if options.local else ("threads",)
-    return [runner.pixseg(size, options.compression, scheduler=scheduler) for size in sizes for scheduler in schedulers]
+    cases = []
+    for size in sizes:
+        cases.append(runner.pixseg(size, options.compression))
+        if options.local:
+            cases.append(runner.pixseg(size, options.compression, scheduler="local", workers=LOCAL_WORKERS))
+            cases.append(runner.pixseg(size, options.compression, scheduler="local", workers=1))
+    return cases
 
 
 def _recipes(runner: _Runner, baseline_size: int) -> list[CaseResult]:
@@ -321,9 +344,7 @@ def _recipes(runner: _Runner, baseline_size: int) -> list[CaseResult]:
     return cases
 
 
-def _fit_costs(
-    runner: _Runner, size: int, sample_sizes: Sequence[int], recipes: list[CaseResult]
-) -> list[FitCost]:
+def _fit_costs(runner: _Runner, size: int, sample_sizes: Sequence[int], recipes: list[CaseResult]) -> list[FitCost]:
     reference = next(case for case in recipes if case.case == IN_MEMORY and case.size == size)
     costs = []
     for sample_size in sample_sizes:
@@ -379,8 +400,10 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--size", type=_image_edge, default=16384, help="edge of the large image and of the I/O floor inputs "
-        "(default %(default)s)"
+        "--size",
+        type=_image_edge,
+        default=16384,
+        help="edge of the large image and of the I/O floor inputs (default %(default)s)",
     )
     parser.add_argument(
         "--baseline-size",
@@ -390,8 +413,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "at half of it (default %(default)s)",
     )
     parser.add_argument(
-        "--compression", choices=COMPRESSIONS, default="zstd", help="TIFF compression of the scaling inputs "
-        "(default %(default)s)"
+        "--compression",
+        choices=COMPRESSIONS,
+        default="zstd",
+        help="TIFF compression of the scaling inputs (default %(default)s)",
     )
     parser.add_argument(
         "--floor-codecs",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from benchmarks import CLUSTERS
 from pipeline.features import make_feature_spec
 from pipeline.model import fit_model
 
@@ -35,7 +36,7 @@ class FitTiming:
     n_iter: int
 
 
-def time_fit(image_path: Path, sample_size: int, *, clusters: int = 4, seed: int = 0) -> FitTiming:
+def time_fit(image_path: Path, sample_size: int, *, clusters: int = CLUSTERS, seed: int = 0) -> FitTiming:
     """Time ``fit_model`` on ``sample_size`` pixels drawn without replacement from an RGB uint8 TIFF.
 
     Parameters

@@ -1,7 +1,7 @@
 """The in-memory baseline: the classic "k-means on the pixels" recipe with scikit-learn.
 
 Run as ``python -m benchmarks.inmemory IMAGE.tif``: it reads the whole image into numpy,
-reshapes it to (pixels, 3) float64, fits ``KMeans(n_clusters=4, n_init=1, random_state=0)``
+reshapes it to (pixels, 3) float64, fits ``KMeans(n_clusters=8, n_init=1, random_state=0)``
 on every pixel, predicts every pixel and reshapes the labels to the image. It writes no
 output file. It prints its stage timings and all-pixel inertia (raw 0..255 units, computed from
 the predicted labels) as one JSON object on stdout.
@@ -19,10 +19,13 @@ import numpy as np
 import tifffile
 from sklearn.cluster import KMeans
 
+from benchmarks import CLUSTERS
 from benchmarks.quality import labelled_inertia
 
 
-def segment_in_memory(image: np.ndarray, *, clusters: int = 4, seed: int = 0) -> tuple[np.ndarray, dict[str, float]]:
+def segment_in_memory(
+    image: np.ndarray, *, clusters: int = CLUSTERS, seed: int = 0
+) -> tuple[np.ndarray, dict[str, float]]:
     """Label every pixel of ``image`` with in-memory scikit-learn k-means.
 
     Parameters
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Read the image named on the command line, segment it in memory, print timings as JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inmemory", description=__doc__.splitlines()[0])
     parser.add_argument("image", help="an RGB TIFF")
-    parser.add_argument("--clusters", "-k", type=int, default=4, help="K (default %(default)s)")
+    parser.add_argument("--clusters", "-k", type=int, default=CLUSTERS, help="K (default %(default)s)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     image = tifffile.imread(args.image)

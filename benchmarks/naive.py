@@ -2,7 +2,7 @@
 
 Run as ``python -m benchmarks.naive IMAGE.tif``: it opens the TIFF lazily (``aszarr`` +
 ``da.from_zarr``, chunks = TIFF tiles), reshapes it to (pixels, 3) float32 in raw 0..255 units,
-fits ``dask_ml.cluster.KMeans(n_clusters=4, init="k-means||", random_state=0)`` with dask-ml's
+fits ``dask_ml.cluster.KMeans(n_clusters=8, init="k-means||", random_state=0)`` with dask-ml's
 other defaults, predicts every pixel and computes the labels (uint8, in memory) and their
 all-pixel inertia in one pass, on the threaded scheduler. It prints its stage timings, the
 iterations and the inertia as one JSON object on stdout.
@@ -25,10 +25,11 @@ import tifffile
 import zarr
 from dask_ml.cluster import KMeans
 
+from benchmarks import CLUSTERS
 from benchmarks.quality import labelled_inertia
 
 
-def segment_dask_ml(image: da.Array, *, clusters: int = 4, seed: int = 0) -> dict[str, Any]:
+def segment_dask_ml(image: da.Array, *, clusters: int = CLUSTERS, seed: int = 0) -> dict[str, Any]:
     """Fit and predict with dask-ml KMeans on every pixel of ``image``.
 
     Parameters

@@ -24,7 +24,7 @@ from pipeline.features import FeatureSpec
 
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
-_FIT_CHUNK_ROWS = 50_000
+_FIT_CHUNK_ROWS = 250_000
 #: Convergence threshold on the squared shift of the standardised centres. dask-ml's ``tol`` is
 #: absolute; on standardised features (unit variance) 1e-4 is scikit-learn's default relative tol.
 _FIT_TOL = 1e-4

@@ -50,6 +50,7 @@ from pipeline.io.label_zarr import (
     register_label,
     remove_output,
     store_and_count,
+    store_count_and_preview,
     store_labels,
 )
 from pipeline.io.locks import lock_path_for, output_lock
@@ -753,7 +754,7 @@ def _write_labels(
         arrays = create_label_zarr(
             zarr_path,
             shapes=shapes,
-            chunks=(int(labels.chunksize[0]), int(labels.chunksize[1])),
+            chunks=_level_chunks(shapes, (int(labels.chunksize[0]), int(labels.chunksize[1]))),
             dtype=labels.dtype,
             ngff=ngff,
             attrs=metadata,
@@ -766,12 +767,27 @@ def _write_labels(
         done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
-        new_counts, thumbnail = _compute(
-            store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
-            _thumbnail_pixels(image) if options.previews else None,
-            progress=progress,
-        )
-        _write_pyramid(arrays)
+        first_reduced = 1
+        if previous is None:  # one pass writes, counts, takes the preview thumbnail and writes level 1
+            pixels = image.data if options.previews else None
+            next_level = None
+            if len(arrays) > 1 and tuple(2 * c for c in arrays[1].chunks) == tuple(arrays[0].chunks):
+                next_level, first_reduced = arrays[1], 2
+            written = store_count_and_preview(
+                labels,
+                arrays[0],
+                model.n_clusters + 1,
+                pixels=pixels,
+                step=thumbnail_step(image.shape[:2]),
+                next_level=next_level,
+            )
+        else:
+            written = (
+                store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
+                _thumbnail_pixels(image) if options.previews else None,
+            )
+        new_counts, thumbnail = _compute(*written, progress=progress)
+        _write_pyramid(arrays, first=first_reduced)
     except PipelineError:
         raise
     except OSError as err:
@@ -822,10 +838,10 @@ def _write_labels(
 
 
 def _thumbnail_pixels(image: Image) -> da.Array:
-    """Lazy (h, w, C) pixels for the preview thumbnail, long side <= 1024: strided from the
-    smallest pyramid level of the input that is still at least that large (a small read), or
-    from the processed level itself (dask does not share those reads with the label pass, so
-    for a single-level input this costs one more decode of the image)."""
+    """Lazy (h, w, C) pixels for a resumed run's preview thumbnail, long side <= 1024: strided from
+    the smallest pyramid level of the input that is still at least that large (a small read), or
+    from the processed level itself (one more decode: a resumed run skips the written chunks, so
+    the label pass cannot provide it, as a first run's does)."""
     source = image
     usable = [lvl for lvl in range(image.level + 1, len(image.level_shapes)) if max(image.level_shapes[lvl]) >= 1024]
     if usable:
@@ -837,9 +853,16 @@ def _thumbnail_pixels(image: Image) -> da.Array:
     return source.data[::step, ::step]
 
 
-def _write_pyramid(arrays: list[Any]) -> None:
-    """Build every coarser level from the level above, as stored (never from the lazy graph)."""
-    for level in range(1, len(arrays)):
+def _level_chunks(shapes: list[tuple[int, int]], chunks: tuple[int, int]) -> list[tuple[int, int]]:
+    """Zarr chunks of each level: ``chunks``, but half of them on level 1 when they are even, so
+    the level-0 pass can write level 1 chunk by chunk (see ``store_count_and_preview``)."""
+    halve = len(shapes) > 1 and chunks[0] % 2 == 0 and chunks[1] % 2 == 0 and min(shapes[0]) > 1
+    return [((chunks[0] // 2, chunks[1] // 2) if level == 1 and halve else chunks) for level in range(len(shapes))]
+
+
+def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
+    """Build every level from ``first`` on from the level above, as stored (never from the lazy graph)."""
+    for level in range(first, len(arrays)):
         logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)
         above = da.from_zarr(arrays[level - 1])
         _compute(store_labels(reduce_labels(above, chunks=arrays[level].chunks), arrays[level]), progress=False)

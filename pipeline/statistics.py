@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 
 def count_labels(labels: np.ndarray, n_values: int) -> np.ndarray:
-    """Pixel count of each value 0..``n_values - 1`` in a label array: shape (n_values,), int64."""
-    return np.bincount(labels.ravel(), minlength=n_values)[:n_values].astype(np.int64)
+    """Pixel count of each value 0..``n_values - 1`` in a label array: shape (n_values,), int64.
+
+    Values at or above ``n_values`` are not counted. A numba loop: ``np.bincount`` first widens
+    a uint8 chunk to int64 (8x its size), which made counting cost more than labelling.
+    """
+    counts = np.zeros(max(n_values, int(np.iinfo(labels.dtype).max) + 1), dtype=np.int64)
+    _count(np.ascontiguousarray(labels).reshape(-1), counts)
+    return counts[:n_values]
+
+
+@numba.njit(nogil=True, cache=True)
+def _count(values: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled
+    for value in values:
+        counts[value] += 1
 
 
 def label_table(

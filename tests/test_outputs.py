@@ -265,3 +265,28 @@ def test_existing_side_file_needs_overwrite(tmp_path, capsys, blob_tiff):
     Path(tmp_path / "o.zarr.stats.csv").write_text("old")
     code = main(["segment", blob_tiff, str(tmp_path / "o.zarr"), "-q"])
     assert code == 2 and "o.zarr.stats.csv' already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_pixels", [True, False])
+def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pixels):
+    import dask.array as da
+
+    from pipeline.io.label_zarr import store_count_and_preview
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, size=(150, 230), dtype=np.uint8)
+    pixels = rng.integers(0, 255, size=(150, 230, 3), dtype=np.uint8)
+    array = zarr.create_array(str(tmp_path / "l.zarr"), shape=labels.shape, chunks=(64, 64), dtype=np.uint8)
+    counts, preview = store_count_and_preview(
+        da.from_array(labels, chunks=(64, 64)),
+        array,
+        5,
+        pixels=da.from_array(pixels, chunks=(64, 64, 3)) if with_pixels else None,
+        step=7,  # chunk edges are not multiples of the stride
+    )
+    assert preview is None if not with_pixels else preview.shape == pixels[::7, ::7].shape
+    computed = da.compute(counts, *([preview] if with_pixels else []))
+    np.testing.assert_array_equal(computed[0], np.bincount(labels.ravel(), minlength=5))
+    np.testing.assert_array_equal(array[:], labels)
+    if with_pixels:
+        np.testing.assert_array_equal(computed[1], pixels[::7, ::7])

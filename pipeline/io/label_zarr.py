@@ -29,7 +29,7 @@ def create_label_zarr(
     path: str,
     *,
     shapes: list[tuple[int, int]],
-    chunks: tuple[int, int],
+    chunks: list[tuple[int, int]],
     dtype: np.dtype,
     ngff: str,
     attrs: dict[str, Any],
@@ -42,8 +42,8 @@ def create_label_zarr(
         The group to create (must not exist; its parent group, if any, must).
     shapes : list of tuple of int
         (Y, X) of each level, full resolution first; level ``n`` is stored at path ``str(n)``.
-    chunks : tuple of int
-        (Y, X) zarr chunks of every level (clipped to the level's shape).
+    chunks : list of tuple of int
+        (Y, X) zarr chunks of each level (clipped to the level's shape).
     dtype : numpy.dtype
         uint8 or uint16.
     ngff : str
@@ -64,7 +64,7 @@ def create_label_zarr(
             group.create_array(
                 str(level),
                 shape=shape,
-                chunks=(min(chunks[0], shape[0]), min(chunks[1], shape[1])),
+                chunks=(min(level_chunks[0], shape[0]), min(level_chunks[1], shape[1])),
                 dtype=dtype,
                 fill_value=0,
                 compressors=ZstdCodec(level=1) if v3 else _v2_zstd(),
@@ -73,7 +73,7 @@ def create_label_zarr(
                 # all-zero (fully masked) chunks are written too, so chunk counts measure progress
                 config={"write_empty_chunks": True},
             )
-            for level, shape in enumerate(shapes)
+            for level, (shape, level_chunks) in enumerate(zip(shapes, chunks, strict=True))
         ]
     except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
         raise OutputError(f"cannot create output {path!r}: {err}") from err
@@ -112,9 +112,9 @@ def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
 def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, ...]], n_values: int) -> da.Array:
     """Lazily write chunks ``blocks`` ((row, column) indices) of ``labels`` and count their values.
 
-    Each task predicts, writes and counts one chunk, so nothing is computed twice. With every
-    block listed it is one ``map_blocks`` over the whole array; a subset (a resumed run) becomes
-    one small graph per block, so blocks not listed are never computed.
+    Each task predicts, writes and counts one chunk, so nothing is computed twice. A subset of
+    the blocks (a resumed run) becomes one small graph per block, so blocks not listed are never
+    computed. See :func:`store_count_and_preview` for a whole first pass.
 
     Parameters
     ----------
@@ -132,19 +132,7 @@ def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int,
     dask.array.Array
         Shape (n_values,), int64: the counts over the written chunks; computing it writes them.
     """
-    if tuple(labels.chunksize) != tuple(array.chunks):
-        raise ValueError(f"dask chunks {labels.chunksize!r} differ from the zarr chunks {array.chunks!r}")
-    check_chunks_align(labels.chunks, array.chunks)
-    per_block = {"new_axis": 2, "dtype": np.int64, "meta": np.empty((0, 0, 0), dtype=np.int64)}
-    if len(blocks) == labels.npartitions:
-        counts = labels.map_blocks(
-            _write_counting,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
-            array,
-            n_values,
-            chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,)),
-            **per_block,
-        )
-        return counts.sum(axis=(0, 1))
+    _check_destination(labels, array)
     if not blocks:
         return da.zeros(n_values, dtype=np.int64)
     height, width = array.chunks
@@ -155,25 +143,141 @@ def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int,
             n_values,
             origin=(i * height, j * width),
             chunks=((1,), (1,), (n_values,)),
-            **per_block,
+            new_axis=2,
+            dtype=np.int64,
+            meta=np.empty((0, 0, 0), dtype=np.int64),
         )[0, 0]
         for i, j in blocks
     ]
     return da.stack(parts).sum(axis=0)
 
 
-def _write_counting(
-    block: np.ndarray,
+def store_count_and_preview(
+    labels: da.Array,
     array: zarr.Array,
     n_values: int,
-    origin: tuple[int, int] | None = None,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:
-    if origin is None:
-        assert block_info is not None
-        origin = tuple(start for start, _ in block_info[0]["array-location"])
+    *,
+    pixels: da.Array | None,
+    step: int = 1,
+    next_level: zarr.Array | None = None,
+) -> tuple[da.Array, da.Array | None]:
+    """Lazily write every chunk of ``labels``, count its values and keep a strided preview of ``pixels``.
+
+    One task per chunk writes the labels, counts them and takes ``pixels[::step, ::step]``'s
+    share of the chunk, so the input is read once for labels and preview alike. With
+    ``next_level``, it also writes the chunk's share of the next pyramid level (``labels[::2, ::2]``),
+    so that level needs no second read of this one.
+
+    Parameters
+    ----------
+    labels : dask.array.Array
+        Shape (Y, X), chunked exactly like ``array``.
+    array : zarr.Array
+        Destination of the same shape and dtype.
+    n_values : int
+        Values counted: 0..``n_values - 1``.
+    pixels : dask.array.Array or None
+        Shape (Y, X, C), the same (Y, X) chunks: the input the labels come from (None: no preview).
+    step : int
+        Preview stride.
+    next_level : zarr.Array, optional
+        Shape ``ceil(shape / 2)``, chunks exactly half of ``array``'s (which must be even), so each
+        task writes whole chunks of it.
+
+    Returns
+    -------
+    counts : dask.array.Array
+        Shape (n_values,), int64.
+    preview : dask.array.Array or None
+        ``pixels[::step, ::step]``. Compute both together (one pass writes the chunks).
+    """
+    _check_destination(labels, array)
+    if next_level is not None and tuple(2 * c for c in next_level.chunks) != tuple(array.chunks):
+        raise ValueError(f"next-level chunks {next_level.chunks!r} are not half of {array.chunks!r}")
+    inputs = [labels[:, :, np.newaxis]]
+    if pixels is not None:
+        if pixels.chunks[:2] != labels.chunks:
+            raise ValueError(f"pixel chunks {pixels.chunks[:2]!r} differ from the labels' {labels.chunks!r}")
+        inputs.append(pixels)
+    results = da.map_blocks(
+        _write_counting_preview,
+        *inputs,
+        array=array,
+        n_values=n_values,
+        step=step,
+        next_level=next_level,
+        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (1,)),
+        dtype=object,
+        meta=np.empty((0, 0, 0), dtype=object),
+    )
+    counts = results.map_blocks(
+        _first,
+        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), dtype=np.int64),
+    )
+    if pixels is None:
+        return counts.sum(axis=(0, 1)), None
+    preview_chunks = tuple(
+        tuple(_strided_length(start, size, step) for start, size in _starts(c)) for c in labels.chunks
+    )
+    preview = results.map_blocks(
+        _second,
+        chunks=(*preview_chunks, (pixels.shape[2],)),
+        dtype=pixels.dtype,
+        meta=np.empty((0, 0, 0), dtype=pixels.dtype),
+    )
+    return counts.sum(axis=(0, 1)), preview
+
+
+def _check_destination(labels: da.Array, array: zarr.Array) -> None:
+    if tuple(labels.chunksize) != tuple(array.chunks):
+        raise ValueError(f"dask chunks {labels.chunksize!r} differ from the zarr chunks {array.chunks!r}")
+    check_chunks_align(labels.chunks, array.chunks)
+
+
+def _starts(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
+    starts = np.cumsum((0, *chunks[:-1]))
+    return [(int(start), int(size)) for start, size in zip(starts, chunks, strict=True)]
+
+
+def _strided_length(start: int, size: int, step: int) -> int:
+    """How many of the rows ``start .. start + size - 1`` are multiples of ``step``."""
+    return len(range(-start % step, size, step))
+
+
+def _write_counting(block: np.ndarray, array: zarr.Array, n_values: int, origin: tuple[int, int]) -> np.ndarray:
     array[origin[0] : origin[0] + block.shape[0], origin[1] : origin[1] + block.shape[1]] = block
     return count_labels(block, n_values)[np.newaxis, np.newaxis, :]
+
+
+def _write_counting_preview(
+    labels: np.ndarray,
+    pixels: np.ndarray | None = None,
+    *,
+    array: zarr.Array,
+    n_values: int,
+    step: int,
+    next_level: zarr.Array | None,
+    block_info: dict[Any, Any],
+) -> np.ndarray:
+    top, left = (start for start, _ in block_info[0]["array-location"][:2])
+    counts = _write_counting(labels[:, :, 0], array, n_values, (top, left))
+    if next_level is not None:
+        reduced = labels[::2, ::2, 0]
+        next_level[top // 2 : top // 2 + reduced.shape[0], left // 2 : left // 2 + reduced.shape[1]] = reduced
+    result = np.empty((1, 1, 1), dtype=object)
+    preview = None if pixels is None else pixels[-top % step :: step, -left % step :: step]
+    result[0, 0, 0] = (counts, preview)
+    return result
+
+
+def _first(results: np.ndarray) -> np.ndarray:
+    return results[0, 0, 0][0]
+
+
+def _second(results: np.ndarray) -> np.ndarray:
+    return results[0, 0, 0][1]
 
 
 def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:

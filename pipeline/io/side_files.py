@@ -42,7 +42,7 @@ def write_png(path: str, rgb: np.ndarray) -> None:
     from PIL import Image
 
     try:
-        Image.fromarray(rgb, mode="RGB").save(path, format="PNG")
+        Image.fromarray(rgb, mode="RGB").save(path, format="PNG", compress_level=1)  # fast; previews are small
     except OSError as err:
         raise OutputError(f"cannot write preview {path!r}: {err}") from err
 
