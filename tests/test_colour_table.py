@@ -77,3 +77,19 @@ def test_segment_through_the_table_equals_the_kernel_path_with_a_mask(tmp_path, 
     np.testing.assert_array_equal(table, zarr.open_group(outputs["kernel"], mode="r")["0"][:])
     full_mask = np.kron(mask, np.ones((4, 4), np.uint8)).astype(bool)
     assert (table[~full_mask] == 0).all() and (table[full_mask] > 0).all()
+
+
+def test_table_path_on_a_local_cluster_equals_threads(tmp_path, monkeypatch, ihc_image):
+    from pipeline.cluster import open_scheduler
+
+    path = str(tmp_path / "ihc.tif")
+    tifffile.imwrite(path, ihc_image, tile=(64, 64), photometric="rgb", compression="zlib")
+    monkeypatch.setattr(predict, "TABLE_PIXELS_PER_ENTRY", 0)  # decided on the client, built on the workers
+    fit = FitOptions(clusters=4, features=("channels", "lab"))
+    segment(path, str(tmp_path / "threads.zarr"), read=ReadOptions(chunk=128), fit=fit)
+    with open_scheduler("local", workers=2) as client:
+        assert client is not None
+        segment(path, str(tmp_path / "local.zarr"), read=ReadOptions(chunk=128), fit=fit)
+    threads = zarr.open_group(str(tmp_path / "threads.zarr"), mode="r")
+    local = zarr.open_group(str(tmp_path / "local.zarr"), mode="r")
+    np.testing.assert_array_equal(threads["0"][:], local["0"][:])

@@ -290,3 +290,18 @@ def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pix
     np.testing.assert_array_equal(array[:], labels)
     if with_pixels:
         np.testing.assert_array_equal(computed[1], pixels[::7, ::7])
+
+
+def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
+    from pipeline.io.label_zarr import _write_counting_preview
+
+    labels = np.ones((64, 64, 1), np.uint8)
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    array = zarr.create_array(str(tmp_path / "l.zarr"), shape=(64, 64), chunks=(64, 64), dtype=np.uint8)
+    block_info = {0: {"array-location": [(0, 64), (0, 64), (0, 1)]}}
+    result = _write_counting_preview(
+        labels, pixels, array=array, n_values=2, step=8, next_level=None, block_info=block_info
+    )
+    counts, piece = result[0, 0, 0]
+    assert counts.ravel().tolist() == [0, 64 * 64] and piece.shape == (8, 8, 3)
+    assert not np.shares_memory(piece, pixels)  # a view would pin the whole chunk until the pass ends

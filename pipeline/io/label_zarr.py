@@ -267,7 +267,8 @@ def _write_counting_preview(
         reduced = labels[::2, ::2, 0]
         next_level[top // 2 : top // 2 + reduced.shape[0], left // 2 : left // 2 + reduced.shape[1]] = reduced
     result = np.empty((1, 1, 1), dtype=object)
-    preview = None if pixels is None else pixels[-top % step :: step, -left % step :: step]
+    # a copy: a strided view would keep the whole chunk alive until the pass ends
+    preview = None if pixels is None else pixels[-top % step :: step, -left % step :: step].copy()
     result[0, 0, 0] = (counts, preview)
     return result
 
