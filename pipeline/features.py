@@ -94,17 +94,21 @@ class FeatureSpec:
     @property
     def columns(self) -> tuple[str, ...]:
         """One name per feature column, e.g. ``("ch0", "ch1", "ch2", "grey", "smooth_s1")``."""
-        names: list[str] = []
-        for group in self.groups:
-            if group == "channels":
-                names += [f"ch{i}" for i in range(self.n_channels)]
-            elif group in _COLUMN_NAMES:
-                names += _COLUMN_NAMES[group]
-            elif group == "hessian":
-                names += [f"hessian{k}_s{sigma:g}" for sigma in self.sigmas for k in (1, 2)]
-            else:
-                names += [f"{group}_s{sigma:g}" for sigma in self.sigmas]
-        return tuple(names)
+        return tuple(name for group in self.groups for name in self._group_columns(group))
+
+    @property
+    def column_groups(self) -> tuple[str, ...]:
+        """The group of each feature column, e.g. ``("channels", "channels", "channels", "grey")``."""
+        return tuple(group for group in self.groups for _ in self._group_columns(group))
+
+    def _group_columns(self, group: str) -> list[str]:
+        if group == "channels":
+            return [f"ch{i}" for i in range(self.n_channels)]
+        if group in _COLUMN_NAMES:
+            return list(_COLUMN_NAMES[group])
+        if group == "hessian":
+            return [f"hessian{k}_s{sigma:g}" for sigma in self.sigmas for k in (1, 2)]
+        return [f"{group}_s{sigma:g}" for sigma in self.sigmas]
 
     def halo(self, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
         """Pixels of context each chunk needs on each side, (rows, columns), at a level downsampled ``scale``.

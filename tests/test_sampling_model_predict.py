@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ParameterError
 from pipeline.features import compute_features, make_feature_spec
-from pipeline.model import fit_model, order_centroids, squared_inertia
+from pipeline.model import feature_spread, fit_model, order_centroids, squared_inertia
 from pipeline.predict import predict_chunk
 from pipeline.sampling import (
     SampleSource,
@@ -190,3 +190,22 @@ def test_predict_chunk_wide_labels_and_ties_to_lower_label():
     labels = predict_chunk(features, centroids, np.ones(1, np.float32), np.dtype(np.uint16))
     assert labels.dtype == np.uint16
     np.testing.assert_array_equal(labels, [[1, 1]])
+
+
+def test_channels_share_one_spread_and_derived_columns_have_their_own():
+    variances = np.array([1.0, 4.0, 9.0, 0.0, 0.25, 16.0])
+    spread = feature_spread(variances, ("channels", "channels", "channels", "grey", "hed", "hed"))
+    np.testing.assert_allclose(spread, [np.sqrt(14 / 3)] * 3 + [1.0, 0.5, 4.0])
+
+
+def test_channels_fit_reaches_the_raw_pixel_kmeans_inertia_at_k8():
+    from conftest import make_blob_image
+    from sklearn.cluster import KMeans
+
+    pixels = make_blob_image(300, 300, seed=5).reshape(-1, 3) / 255.0  # four colours, K=8: many local optima
+    model = fit_model(pixels.astype(np.float32), _spec(), n_clusters=8, seed=0)
+    # the in-memory recipe (scikit-learn's defaults: one k-means++ init), median over seeds
+    reference = np.median([KMeans(n_clusters=8, random_state=seed).fit(pixels).inertia_ for seed in range(5)])
+    ours = ((pixels[:, None, :] - model.centroids[None]) ** 2).sum(axis=2).min(axis=1).sum()
+    assert ours <= 1.01 * reference
+    assert np.all(model.feature_std == model.feature_std[0])  # the channels are scaled as one group
