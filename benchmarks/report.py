@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 from threadpoolctl import threadpool_info
 
+from benchmarks import CLUSTERS
 from benchmarks.fitcost import FitTiming
 from benchmarks.kernels import KernelTiming
 
@@ -227,7 +228,7 @@ def format_report(
     kernels: list[KernelTiming],
 ) -> str:
     """The results as markdown: machine, scaling, I/O floor, seed recipes, fit cost, ratios, kernels."""
-    lines = [*_header(info), "", "## Scaling (pixseg segment, K=4)", "", *_case_table(scaling)]
+    lines = [*_header(info), "", f"## Scaling (pixseg segment, K={CLUSTERS})", "", *_case_table(scaling)]
     if floors:
         lines += ["", "## I/O floor", "", *_floor_table(floors)]
     lines += ["", "## Against the seed recipes", "", *_recipe_table(recipes)]
@@ -276,7 +277,7 @@ def _floor_table(floors: list[FloorComparison]) -> list[str]:
         "codec (1024^2, zstd level 1); no compute. Floor with pixseg's reader: the same copy, tiles read by "
         "`pipeline.io.tiff_segments` (`--reader pixseg`), which decodes on every dask thread where zarr 3 decodes "
         "an `aszarr` store on its one event-loop thread. pixseg: the full `segment` (sampling, fit, predict, "
-        "pyramid, statistics, previews), K=8, threaded scheduler.",
+        f"pyramid, statistics, previews), K={CLUSTERS}, threaded scheduler.",
         "",
         "| input tiles | image | floor s | floor peak RSS (MB) | floor, pixseg reader s | pixseg s | pixseg Mpx/s "
         "| pixseg peak RSS (MB) | pixseg / floor time | pixseg / floor with its reader |",

@@ -390,6 +390,7 @@ def _fit_id(config: RunConfig) -> str:
         "fit_level": config.fit_level,
         "normalise": config.normalise,
         "clusters": config.clusters,
+        "restarts": config.restarts,
         "seed": config.seed,
         "sample_size": config.sampling.size,
         "level": config.read.level,
@@ -553,6 +554,7 @@ def _runner_options(config: RunConfig) -> tuple[ReadOptions, FitOptions, OutputO
     features = tuple(part.strip() for name in config.features for part in name.split(","))
     fit_values: dict[str, Any] = {
         "clusters": config.clusters,
+        "restarts": config.restarts,
         "seed": config.seed,
         "features": features,
         "sample_size": config.sampling.size,

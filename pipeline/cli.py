@@ -143,6 +143,12 @@ def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         "--sample-size", type=int, default=defaults.sample_size, help="pixels sampled for the fit (default %(default)s)"
     )
     parser.add_argument(
+        "--restarts",
+        type=int,
+        default=defaults.restarts,
+        help="k-means|| runs per fit, the lowest sample inertia wins; about 1 s each (default %(default)s)",
+    )
+    parser.add_argument(
         "--sigmas",
         type=_parse_sigmas,
         default=defaults.sigmas,
@@ -282,6 +288,7 @@ def _fit_options(args: argparse.Namespace) -> FitOptions:
         seed=args.seed,
         features=tuple(name.strip() for name in args.features.split(",")),
         sample_size=args.sample_size,
+        restarts=args.restarts,
         sigmas=args.sigmas,
         mask=args.mask,
         fit_level=args.fit_level,

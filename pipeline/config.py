@@ -173,6 +173,8 @@ class RunConfig:
     sampling : SamplingConfig
     clusters : int
         K.
+    restarts : int
+        k-means|| runs per fit; the lowest sample inertia wins.
     seed : int
         Seeds the sampling and the fit.
     model : str
@@ -194,6 +196,7 @@ class RunConfig:
     normalise: str = "auto"
     sampling: SamplingConfig = SamplingConfig()
     clusters: int = 4
+    restarts: int = 3
     seed: int = 0
     model: str = "fit-once"
     compute: ComputeConfig = ComputeConfig()
@@ -454,6 +457,8 @@ def _check_ranges(config: RunConfig, context: _Context) -> None:
         fail("sampling.size", f"must be >= 1, got {config.sampling.size!r}")
     if not 2 <= config.clusters <= 65_535:
         fail("clusters", f"must be between 2 and 65535, got {config.clusters!r}")
+    if not 1 <= config.restarts <= 100:
+        fail("restarts", f"must be between 1 and 100, got {config.restarts!r}")
     if not 0 <= config.seed < 2**63:
         fail("seed", f"must be a non-negative integer below 2**63, got {config.seed!r}")
     if config.model not in MODEL_MODES and not config.model.lower().endswith(".json"):

@@ -25,7 +25,7 @@ from pipeline.features import FeatureSpec
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
 _FIT_CHUNK_ROWS = 100_000
-#: k-means|| runs per fit (the lowest sample inertia wins) and the spacing of their seeds.
+#: Default k-means|| runs per fit (the lowest sample inertia wins) and the spacing of their seeds.
 FIT_RESTARTS = 3
 _RESTART_STRIDE = 0x9E3779B9
 #: Convergence threshold on the squared shift of the standardised centres. dask-ml's ``tol`` is
@@ -115,16 +115,18 @@ class SegmentationModel:
         )
 
 
-def fit_model(sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: int) -> SegmentationModel:
+def fit_model(
+    sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: int, restarts: int = FIT_RESTARTS
+) -> SegmentationModel:
     """Fit k-means on an in-memory sample of feature vectors.
 
     Each column is clipped to its ``WINSOR_PERCENTILES``, centred and scaled (see
     :func:`feature_spread`): the channels together, as they share units, so for channels alone
     the fit minimises the same inertia as k-means on the raw pixels; every derived column on
     its own, so each stain, colour coordinate or texture measure weighs alike. dask-ml's
-    k-means|| runs ``FIT_RESTARTS`` times with seeds derived from ``seed``; the fit with the
-    lowest sample inertia is kept (one init lands in a poor local optimum about one time in six
-    on the benchmark images at K=8).
+    k-means|| runs ``restarts`` times with seeds derived from ``seed`` (restart 0 uses ``seed``);
+    the fit with the lowest sample inertia is kept (one init lands in a poor local optimum about
+    one time in six on the benchmark images at K=8; each restart costs about 1 s for 200,000 pixels).
 
     Parameters
     ----------
@@ -136,6 +138,8 @@ def fit_model(sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: i
         K, 2 <= K <= the number of distinct rows of ``sample``.
     seed : int
         Seeds the shuffles and dask-ml's ``random_state``.
+    restarts : int
+        k-means|| runs; the lowest sample inertia wins.
 
     Returns
     -------
@@ -162,7 +166,7 @@ def fit_model(sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: i
     mean = clipped.mean(axis=0)
     std = feature_spread(clipped.var(axis=0), spec.column_groups)
     standardised = (vectors - mean) / std
-    fits = [_fit_kmeans((clipped - mean) / std, n_clusters, seed=seed, restart=i) for i in range(FIT_RESTARTS)]
+    fits = [_fit_kmeans((clipped - mean) / std, n_clusters, seed=seed, restart=i) for i in range(restarts)]
     inertias = [squared_inertia(standardised, centres) for centres, _ in fits]
     centres, n_iter = fits[int(np.argmin(inertias))]
     centroids = order_centroids(centres * std + mean)

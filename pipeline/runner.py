@@ -67,7 +67,7 @@ from pipeline.masks import (
     tissue_mask,
     upsample_mask,
 )
-from pipeline.model import MAX_CLUSTERS, SegmentationModel, fit_model
+from pipeline.model import FIT_RESTARTS, MAX_CLUSTERS, SegmentationModel, fit_model
 from pipeline.plan import (
     CONVERTED_SUFFIX,
     OutputPlan,
@@ -116,7 +116,8 @@ class ReadOptions:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """How to fit: K, seed, feature groups and sample size; texture scales, mask, fit level, normalisation.
+    """How to fit: K, seed, feature groups, k-means|| restarts and sample size; texture scales, mask,
+    fit level, normalisation.
 
     ``sigmas`` are in full-resolution pixels; ``mask`` is ``"none"``, ``"auto"`` or a mask image path;
     ``fit_level`` is the pyramid level sampled for the fit (None: the level read); ``normalise`` is
@@ -126,6 +127,7 @@ class FitOptions:
     clusters: int = 4
     seed: int = 0
     features: tuple[str, ...] = ("channels",)
+    restarts: int = FIT_RESTARTS
     sample_size: int = 200_000
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
     mask: str = "none"
@@ -240,7 +242,7 @@ def segment(
             spec, mask, fit_source = _segment_features(image, fit, read=read, progress=progress)
             sample = _draw_sample(fit_source, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
             logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
-            model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
+            model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
             logger.info(
                 "fitted in %d iterations; centroids (%s):\n%s", model.n_iter, ", ".join(spec.columns), model.centroids
             )
@@ -610,7 +612,7 @@ def fit_cohort(
     logger.info(
         "fitting k-means (K=%d) on %d pixels pooled from %d images", fit.clusters, len(sample), len(contributors)
     )
-    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed)
+    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
     if model_path is not None:
         provenance = {
             **_provenance(members[0][1]),
@@ -632,6 +634,8 @@ def _check_fit_options(fit: FitOptions) -> None:
         raise ParameterError(f"--sample-size must be >= 1, got {fit.sample_size!r}")
     if not 2 <= fit.clusters <= MAX_CLUSTERS:
         raise ParameterError(f"--clusters must be between 2 and {MAX_CLUSTERS}, got {fit.clusters!r}")
+    if not 1 <= fit.restarts <= 100:
+        raise ParameterError(f"--restarts must be between 1 and 100, got {fit.restarts!r}")
     if not 0 <= fit.seed < 2**63:
         raise ParameterError(f"--seed must be a non-negative integer below 2**63, got {fit.seed!r}")
     _check_feature_options(fit)

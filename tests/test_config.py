@@ -94,6 +94,7 @@ def test_overrides_are_dotted_and_parsed_as_yaml(tmp_path):
         ("inputs: [a.tif]\n", [], ["required key 'output.directory' is missing"]),
         ("inputs: []\noutput: {directory: o}\n", [], ["'inputs' must list at least one"]),
         ("inputs: [a.tif]\noutput: {directory: o}\nclusters: 1\n", [], ["'clusters' must be between 2"]),
+        ("inputs: [a.tif]\noutput: {directory: o}\nrestarts: 0\n", [], ["'restarts' must be between 1 and 100"]),
         ("inputs: [a.tif]\noutput: {directory: o}\nmodel: kmeans\n", [], ["'model' must be fit-once"]),
         ("inputs: [a.tif]\noutput: {directory: o, format: png}\n", [], ["'output.format' must be one of"]),
         ("inputs: [a.tif]\noutput: {directory: o, name: '{stem}/{foo}'}\n", [], ["unknown field {foo}"]),

@@ -209,3 +209,14 @@ def test_channels_fit_reaches_the_raw_pixel_kmeans_inertia_at_k8():
     ours = ((pixels[:, None, :] - model.centroids[None]) ** 2).sum(axis=2).min(axis=1).sum()
     assert ours <= 1.01 * reference
     assert np.all(model.feature_std == model.feature_std[0])  # the channels are scaled as one group
+
+
+def test_more_restarts_never_fit_worse_and_restart_zero_is_the_seed_itself():
+    from conftest import make_blob_image
+
+    pixels = (make_blob_image(120, 150, seed=7).reshape(-1, 3) / 255.0).astype(np.float32)
+    one = fit_model(pixels, _spec(), n_clusters=8, seed=3, restarts=1)
+    three = fit_model(pixels, _spec(), n_clusters=8, seed=3, restarts=3)
+    assert three.sample_inertia <= one.sample_inertia
+    again = fit_model(pixels, _spec(), n_clusters=8, seed=3, restarts=1)
+    np.testing.assert_array_equal(again.centroids, one.centroids)
