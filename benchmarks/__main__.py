@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import CLUSTERS
-from benchmarks.fitcost import time_fit
+from benchmarks.fitcost import FitTiming, time_fit
 from benchmarks.kernels import KernelTiming, measure_kernels
 from benchmarks.measure import BenchmarkError, run_measured
 from benchmarks.quality import pixseg_inertia
@@ -132,6 +132,41 @@ class BenchmarkResults:
             "huge": None if self.huge is None else _case_json(self.huge),
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchmarkResults:
+        """Results saved by :meth:`to_json` (ratios are derived again, with this version's targets)."""
+        scaling = [_case(case) for case in data["scaling"]]
+        floors = [
+            FloorComparison(
+                compression=floor["compression"],
+                floor=_case(floor["floor"]),
+                pixseg=_case(floor["pixseg"]),
+                floor_pixseg_reader=None
+                if floor.get("floor_pixseg_reader") is None
+                else _case(floor["floor_pixseg_reader"]),
+            )
+            for floor in data["floors"]
+        ]
+        recipes = [_case(case) for case in data["recipes"]]
+        huge = None if data.get("huge") is None else _case(data["huge"])
+        return cls(
+            machine=data["machine"],
+            scaling=scaling,
+            floors=floors,
+            recipes=recipes,
+            fit_costs=[
+                FitCost(
+                    fit=FitTiming(**cost["fit"]),
+                    pixseg=_case(cost["pixseg"]),
+                    reference_inertia=cost["reference_inertia"],
+                )
+                for cost in data["fit_costs"]
+            ],
+            ratios=compute_ratios(scaling, recipes, floors, huge),
+            kernels=[KernelTiming(**timing) for timing in data["kernels"]],
+            huge=huge,
+        )
+
     def to_markdown(self) -> str:
         """The markdown report (the ``--huge`` run, when there is one, ends the scaling table)."""
         return format_report(
@@ -164,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; returns the exit status (1 if a benchmarked command failed)."""
     args = _build_parser().parse_args(argv)
     _configure_logging()
+    if args.report is not None:  # render a saved run again
+        print(BenchmarkResults.from_json(json.loads(args.report.read_text())).to_markdown())
+        return 0
     options = Options(
         size=args.size,
         baseline_size=args.baseline_size,
@@ -224,7 +262,7 @@ def run_benchmarks(options: Options, *, workdir: Path) -> BenchmarkResults:
         floors=floors,
         recipes=recipes,
         fit_costs=fit_costs,
-        ratios=compute_ratios(scaling, recipes, floors),
+        ratios=compute_ratios(scaling, recipes, floors, huge),
         kernels=timings,
         huge=huge,
     )
@@ -394,6 +432,12 @@ def _plot(scaling: list[CaseResult], path: Path) -> None:
     logger.info("plot saved to %s", path)
 
 
+def _case(data: dict[str, Any]) -> CaseResult:
+    """A :class:`CaseResult` from its :func:`_case_json` form."""
+    fields = {field.name for field in dataclasses.fields(CaseResult)}
+    return CaseResult(**{key: value for key, value in data.items() if key in fields})
+
+
 def _case_json(case: CaseResult) -> dict[str, Any]:
     return {**dataclasses.asdict(case), "mpx_per_s": case.mpx_per_s}
 
@@ -451,6 +495,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-local", action="store_true", help=f"skip pixseg on a local cluster of {LOCAL_WORKERS}")
     parser.add_argument("--skip-kernels", action="store_true", help="skip the nearest-centroid kernel microbenchmark")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="run nothing: print the report of results saved with --json"
+    )
     parser.add_argument(
         "--plot", type=Path, metavar="PNG", default=DEFAULT_PLOT, help="scaling plot (default benchmarks/scaling.png)"
     )

@@ -142,7 +142,12 @@ class FitCost:
         return self.pixseg.details["inertia"] / self.reference_inertia
 
 
-def compute_ratios(scaling: list[CaseResult], recipes: list[CaseResult], floors: list[FloorComparison]) -> list[Ratio]:
+def compute_ratios(
+    scaling: list[CaseResult],
+    recipes: list[CaseResult],
+    floors: list[FloorComparison],
+    huge: CaseResult | None = None,
+) -> list[Ratio]:
     """The headline ratios and the issue's targets.
 
     Parameters
@@ -154,6 +159,8 @@ def compute_ratios(scaling: list[CaseResult], recipes: list[CaseResult], floors:
         their ``details["inertia"]`` included.
     floors : list of FloorComparison
         pixseg against the I/O floor, per input codec.
+    huge : CaseResult, optional
+        The ``--huge`` run: its wall time (target 4 minutes) and peak RSS (target 1 GB).
 
     Returns
     -------
@@ -184,6 +191,11 @@ def compute_ratios(scaling: list[CaseResult], recipes: list[CaseResult], floors:
                         at_least=True,
                     )
                 )
+    if huge is not None:
+        ratios += [
+            Ratio(f"pixseg {_px(huge)} wall time (s)", huge.wall_s, 240.0),
+            Ratio(f"pixseg {_px(huge)} peak RSS (GB)", huge.peak_tree_rss / GB, 1.0),
+        ]
     edge = max(case.size for case in recipes)
     baseline = next(case for case in recipes if case.case == IN_MEMORY and case.size == edge)
     pixseg = next(case for case in recipes if case.case == THREADS and case.size == edge)
