@@ -21,7 +21,7 @@ def _model(pixels: np.ndarray, groups: str, *, has_alpha: bool = False, clusters
     features = build_features(da.from_array(pixels, chunks=(64, 64, pixels.shape[2])), spec).compute()
     vectors = features.reshape(-1, features.shape[-1])
     sample = vectors[np.isfinite(vectors[:, 0])][::7]
-    return fit_model(sample, spec, n_clusters=clusters, seed=0), features
+    return fit_model(sample, spec, n_clusters=clusters, seed=0, restarts=1), features
 
 
 @pytest.mark.parametrize("groups", ["channels", "channels,grey,lab,hsv,hed"])
@@ -67,7 +67,7 @@ def test_segment_through_the_table_equals_the_kernel_path_with_a_mask(tmp_path, 
     mask[20:100, 30:110] = 1
     mask_path = str(tmp_path / "mask.tif")
     tifffile.imwrite(mask_path, mask)
-    fit = FitOptions(clusters=4, features=("channels", "hed"), mask=mask_path)
+    fit = FitOptions(clusters=4, features=("channels", "grey"), mask=mask_path, restarts=1)
     outputs = {}
     for name, per_entry in (("table", 0), ("kernel", 10**9)):
         monkeypatch.setattr(predict, "TABLE_PIXELS_PER_ENTRY", per_entry)
@@ -85,7 +85,7 @@ def test_table_path_on_a_local_cluster_equals_threads(tmp_path, monkeypatch, ihc
     path = str(tmp_path / "ihc.tif")
     tifffile.imwrite(path, ihc_image, tile=(64, 64), photometric="rgb", compression="zlib")
     monkeypatch.setattr(predict, "TABLE_PIXELS_PER_ENTRY", 0)  # decided on the client, built on the workers
-    fit = FitOptions(clusters=4, features=("channels", "lab"))
+    fit = FitOptions(clusters=4, restarts=1)
     segment(path, str(tmp_path / "threads.zarr"), read=ReadOptions(chunk=128), fit=fit)
     with open_scheduler("local", workers=2) as client:
         assert client is not None
