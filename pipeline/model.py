@@ -12,6 +12,10 @@ remaining coordinates in column order).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +117,23 @@ class SegmentationModel:
             sample_inertia=float(data["sample_inertia"]),
             n_iter=int(data["n_iter"]),
         )
+
+
+def preload_fitting() -> None:
+    """Start importing dask-ml in a background thread (about 1 s of Python: it imports
+    scikit-learn, scipy.stats and pandas), for callers whose process idles while workers sample.
+
+    :func:`fit_model`'s own import then finds it done, or waits for it. Under the threaded
+    scheduler the import would contend with the sampling threads for the GIL (measured: no
+    gain), so the runner calls this only when a distributed scheduler does the sampling.
+    """
+    if "dask_ml.cluster" not in sys.modules:
+        threading.Thread(target=_import_dask_ml, name="pixseg-import-dask-ml", daemon=True).start()
+
+
+def _import_dask_ml() -> None:
+    with contextlib.suppress(Exception):  # fit_model's own import reports any failure
+        importlib.import_module("dask_ml.cluster")
 
 
 def fit_model(

@@ -67,7 +67,7 @@ from pipeline.masks import (
     tissue_mask,
     upsample_mask,
 )
-from pipeline.model import FIT_RESTARTS, MAX_CLUSTERS, SegmentationModel, fit_model
+from pipeline.model import FIT_RESTARTS, MAX_CLUSTERS, SegmentationModel, fit_model, preload_fitting
 from pipeline.plan import (
     CONVERTED_SUFFIX,
     OutputPlan,
@@ -239,6 +239,8 @@ def segment(
             image = _converted_if_needed(image, plan, read, progress=progress)
         logger.info("input %s: %s %s, %s", image.path, _shape_text(image), image.dtype.name, describe_chunks(image))
         if previous is None:
+            if _active_client() is not None:  # this process idles while the workers sample
+                preload_fitting()
             spec, mask, fit_source = _segment_features(image, fit, read=read, progress=progress)
             sample = _draw_sample(fit_source, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
             logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
@@ -583,6 +585,8 @@ def fit_cohort(
         if os.path.lexists(model_path) and not overwrite:
             raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
         check_writable_parent(model_path)
+    if _active_client() is not None:  # this process idles while the workers sample
+        preload_fitting()
     failed: dict[str, PipelineError] = {}
     members: list[tuple[int, Image, Any]] = []
     spec: FeatureSpec | None = None

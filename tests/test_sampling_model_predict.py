@@ -220,3 +220,21 @@ def test_more_restarts_never_fit_worse_and_restart_zero_is_the_seed_itself():
     assert three.sample_inertia <= one.sample_inertia
     again = fit_model(pixels, _spec(), n_clusters=8, seed=3, restarts=1)
     np.testing.assert_array_equal(again.centroids, one.centroids)
+
+
+def test_preload_fitting_imports_dask_ml_in_the_background():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from pipeline.model import preload_fitting\n"
+        "assert 'dask_ml.cluster' not in sys.modules\n"
+        "preload_fitting()\n"
+        "deadline = time.monotonic() + 60\n"
+        "while 'dask_ml.cluster' not in sys.modules and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print('dask_ml.cluster' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "True"
