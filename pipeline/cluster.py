@@ -21,6 +21,14 @@ SCHEDULERS = ("threads", "local", "slurm", "pbs")
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
 
+#: glibc settings for local worker processes (merged over distributed's own pre-spawn
+#: environment): buffers up to 16 MiB come from the heap and up to 32 MiB of freed heap is kept,
+#: instead of distributed's 64 KiB trim threshold, which returns (and page-faults back in) every
+#: chunk-sized buffer. Measured at 16384^2 on 2 workers: median 17.3 -> 15.9 s, peak RSS of the
+#: process tree 1054 -> 1117 MB.
+LOCAL_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
+
+
 @contextlib.contextmanager
 def open_scheduler(
     scheduler: str = "threads",
@@ -84,6 +92,7 @@ def open_scheduler(
 
         n_workers = workers or os.cpu_count() or 1
         with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,
@@ -123,6 +132,11 @@ def open_scheduler(
     raise ParameterError(
         f"--scheduler {scheduler!r} is not known; use {', '.join(SCHEDULERS)} or a scheduler address tcp://HOST:PORT"
     )
+
+
+def _worker_environ() -> dict[str, Any]:
+    """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC`` over it."""
+    return {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}), **LOCAL_WORKER_MALLOC}
 
 
 @contextlib.contextmanager

@@ -254,3 +254,16 @@ def test_grey_uint16_zarr_input(tmp_path, chunk):
     assert set(np.unique(labels)) == {1, 2, 3}
     for k in (1, 2):  # one intensity axis: label k's pixels are all darker than label k+1's
         assert pixels[labels == k].max() < pixels[labels == k + 1].min()
+
+
+def test_local_workers_get_the_malloc_settings_over_distributed_defaults():
+    import os
+
+    from pipeline.cluster import LOCAL_WORKER_MALLOC, open_scheduler
+
+    def environ() -> dict:
+        return {key: os.environ.get(key) for key in (*LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS")}
+
+    with open_scheduler("local", workers=1) as client:
+        seen = next(iter(client.run(environ).values()))
+    assert seen == {**LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS": "1"}  # distributed's own settings are kept
