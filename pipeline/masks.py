@@ -148,13 +148,14 @@ def check_mask_shape(mask_shape: tuple[int, int], image_shape: tuple[int, int], 
         )
 
 
-def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
-    """Index of the nearest of ``n_in`` mask pixels for each of ``n_out`` image pixels along one axis.
+def nearest_indices(n_out: int, n_in: int, *, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Index of the nearest of ``n_in`` mask pixels for image pixels ``start:stop`` of ``n_out`` along one axis.
 
     ``floor((i + 0.5) * n_in / n_out)`` in exact integer arithmetic; ``i // f`` when ``n_out = f * n_in``.
-    Returns an int64 array of length ``n_out``.
+    Returns an int64 array of length ``stop - start`` (default: all ``n_out``).
     """
-    return (2 * np.arange(n_out, dtype=np.int64) + 1) * n_in // (2 * n_out)
+    positions = np.arange(start, n_out if stop is None else stop, dtype=np.int64)
+    return (2 * positions + 1) * n_in // (2 * n_out)
 
 
 def upsample_mask(mask: da.Array, shape: tuple[int, int], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> da.Array:
@@ -204,8 +205,8 @@ def mask_region(mask: da.Array, shape: tuple[int, int], *, rows: tuple[int, int]
         Shape (rows[1] - rows[0], cols[1] - cols[0]), bool, one chunk that reads only the mask
         pixels it covers. Computes nothing.
     """
-    block_rows = nearest_indices(shape[0], int(mask.shape[0]))[rows[0] : rows[1]]
-    block_cols = nearest_indices(shape[1], int(mask.shape[1]))[cols[0] : cols[1]]
+    block_rows = nearest_indices(shape[0], int(mask.shape[0]), start=rows[0], stop=rows[1])
+    block_cols = nearest_indices(shape[1], int(mask.shape[1]), start=cols[0], stop=cols[1])
     region = mask[block_rows[0] : block_rows[-1] + 1, block_cols[0] : block_cols[-1] + 1]
     region = region.rechunk(region.shape)
     return region.map_blocks(

@@ -45,6 +45,7 @@ def test_nearest_indices():
     np.testing.assert_array_equal(nearest_indices(7, 7), np.arange(7))
     np.testing.assert_array_equal(nearest_indices(10, 4), np.floor((np.arange(10) + 0.5) * 4 / 10).astype(int))
     assert nearest_indices(1001, 500).max() == 499
+    np.testing.assert_array_equal(nearest_indices(1001, 500, start=300, stop=420), nearest_indices(1001, 500)[300:420])
 
 
 def test_upsample_mask_equals_repeat_on_uneven_chunks():
