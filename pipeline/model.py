@@ -187,9 +187,11 @@ def fit_model(
     mean = clipped.mean(axis=0)
     std = feature_spread(clipped.var(axis=0), spec.column_groups)
     standardised = (vectors - mean) / std
-    fits = [_fit_kmeans((clipped - mean) / std, n_clusters, seed=seed, restart=i) for i in range(restarts)]
+    scaled = (clipped - mean) / std
+    fits = [_fit_kmeans(scaled, n_clusters, seed=seed, restart=i) for i in range(restarts)]
     inertias = [squared_inertia(standardised, centres) for centres, _ in fits]
-    centres, n_iter = fits[int(np.argmin(inertias))]
+    best = int(np.argmin(inertias))
+    centres, n_iter = fits[best]
     centroids = order_centroids(centres * std + mean)
     return SegmentationModel(
         feature_spec=spec,
@@ -198,7 +200,7 @@ def fit_model(
         feature_std=std,
         seed=seed,
         sample_size=len(vectors),
-        sample_inertia=squared_inertia(standardised, (centroids - mean) / std),
+        sample_inertia=inertias[best],  # the order of the centroids does not change it
         n_iter=n_iter,
     )
 

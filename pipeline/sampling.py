@@ -79,18 +79,12 @@ class BlockPlan:
 
     Attributes
     ----------
-    shape : (int, int)
-        (Y, X) of the sampled image.
-    stride : int
-        Stratum edge in blocks (1: every block is read).
     regions : numpy.ndarray
         Shape (n, 4), int64: (top, left, bottom, right) of each block read, in row-major order.
     weights : numpy.ndarray
         Shape (n,), float64: pixels of the block's stratum / pixels of the block (>= 1).
     """
 
-    shape: tuple[int, int]
-    stride: int
     regions: np.ndarray
     weights: np.ndarray
 
@@ -229,7 +223,7 @@ def plan_blocks(shape: tuple[int, int], *, stride: int, seed: int, block: int | 
         [tops, lefts, np.minimum(tops + block, height), np.minimum(lefts + block, width)], axis=1
     ).astype(np.int64)
     weights = stratum_pixels[order] / block_pixels[chosen_rows, chosen_cols]
-    return BlockPlan(shape=(int(height), int(width)), stride=int(stride), regions=regions, weights=weights)
+    return BlockPlan(regions=regions, weights=weights)
 
 
 def _block_sizes(length: int, block: int) -> np.ndarray:

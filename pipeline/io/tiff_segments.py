@@ -20,9 +20,11 @@ import numpy as np
 def segment_readable(page: Any, n_pages: int) -> bool:
     """Whether :class:`TiffSegmentReader` can read this level: one 2-D page (tiled or striped),
     chunky or planar samples, a dtype tifffile decodes."""
+    import tifffile
+
     return (
         n_pages == 1
-        and page.__class__.__name__ == "TiffPage"
+        and isinstance(page, tifffile.TiffPage)
         and page.imagedepth == 1
         and page.dtype is not None
         and len(page.dataoffsets) > 0
