@@ -18,6 +18,7 @@ from pipeline.masks import (
     check_mask_shape,
     choose_mask_level,
     mask_features,
+    mask_region,
     nearest_indices,
     tissue_mask,
     upsample_mask,
@@ -55,6 +56,27 @@ def test_upsample_mask_equals_repeat_on_uneven_chunks():
     up = upsample_mask(lazy_mask, (30, 30), chunks)
     assert up.chunks == chunks and up.dtype == bool
     np.testing.assert_array_equal(up.compute(), np.repeat(np.repeat(mask, 2, axis=0), 3, axis=1))
+
+
+@pytest.mark.parametrize(
+    ("mask_shape", "mask_chunks", "shape", "chunks"),
+    [
+        ((7, 9), (3, 4), (30, 41), ((7, 8, 15), (10, 10, 10, 11))),  # non-integer factors
+        ((5, 5), (2, 2), (101, 99), ((50, 51), (33, 33, 33))),
+        ((30, 41), (7, 5), (30, 41), ((30,), (41,))),  # same size, one output chunk over many mask blocks
+    ],
+)
+def test_upsample_mask_and_its_regions_equal_nearest_indexing(mask_shape, mask_chunks, shape, chunks):
+    mask = np.random.default_rng(1).random(mask_shape) < 0.5
+    lazy_mask = da.from_array(mask, chunks=mask_chunks)
+    expected = mask[np.ix_(nearest_indices(shape[0], mask_shape[0]), nearest_indices(shape[1], mask_shape[1]))]
+    up = upsample_mask(lazy_mask, shape, chunks)
+    assert up.chunks == chunks and up.dtype == bool
+    np.testing.assert_array_equal(up.compute(), expected)
+    rows, cols = (3, shape[0] - 2), (1, shape[1] - 5)
+    region = mask_region(lazy_mask, shape, rows=rows, cols=cols)
+    assert region.chunks == ((rows[1] - rows[0],), (cols[1] - cols[0],))
+    np.testing.assert_array_equal(region.compute(), expected[rows[0] : rows[1], cols[0] : cols[1]])
 
 
 def test_mask_features_sets_every_column_nan():
