@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import subprocess
@@ -146,6 +147,24 @@ def test_console_script_runs_as_a_process(tmp_path, blob_tiff):
     )
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_console_script_exits_with_mains_status_and_freezes_the_heap(monkeypatch):
+    from importlib.metadata import entry_points
+
+    import pipeline.cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pixseg"]
+    assert script.value == "pipeline.cli:console_main"
+    monkeypatch.setattr(pipeline.cli, "main", lambda: 3)
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            pipeline.cli.console_main()
+        assert exited.value.code == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_demo_builds_and_segments_its_own_input(tmp_path, capsys):
