@@ -257,7 +257,8 @@ def upsample_block(
     ``pieces`` are the mask blocks covering it, as for ``numpy.block``, the first starting at
     mask pixel ``origin``. Returns a new (rows, cols) bool array.
     """
-    region = np.asarray(np.block(pieces), dtype=bool)
+    region = pieces[0][0] if len(pieces) == 1 and len(pieces[0]) == 1 else np.block(pieces)
+    region = np.asarray(region, dtype=bool)
     block_rows = nearest_indices(shape[0], mask_shape[0], start=rows[0], stop=rows[1]) - origin[0]
     block_cols = nearest_indices(shape[1], mask_shape[1], start=cols[0], stop=cols[1]) - origin[1]
     return region[np.ix_(block_rows, block_cols)]

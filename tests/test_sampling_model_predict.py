@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from pipeline.errors import ParameterError
 from pipeline.features import compute_features, make_feature_spec
 from pipeline.model import feature_spread, fit_model, order_centroids, squared_inertia
-from pipeline.predict import predict_chunk
+from pipeline.predict import map_pixels, predict_chunk
 from pipeline.sampling import (
     SampleSource,
     build_candidates,
@@ -238,3 +239,25 @@ def test_preload_fitting_imports_dask_ml_in_the_background():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "True"
+
+
+def test_map_pixels_maps_every_chunk_without_copying_it():
+    values = np.random.default_rng(3).random((50, 70, 3)).astype(np.float32)
+
+    class Reader:  # hands out views of ``values``, as the image readers hand out decoded regions
+        shape, dtype, ndim = values.shape, values.dtype, values.ndim
+
+        def __getitem__(self, key):
+            return values[key]
+
+    lazy = da.from_array(Reader(), chunks=(20, 30, 3))
+    shared = []
+
+    def channel_sum(chunk, offset, *, scale):
+        shared.append(np.shares_memory(chunk, values))
+        return (chunk.sum(axis=-1) + offset) * scale
+
+    labels = map_pixels(lazy, channel_sum, 1.0, scale=2.0, dtype=np.float32)
+    assert labels.chunks == lazy.chunks[:2] and labels.dtype == np.float32
+    np.testing.assert_allclose(labels.compute(scheduler="sync"), (values.sum(axis=-1) + 1.0) * 2.0, rtol=1e-6)
+    assert len(shared) == 9 and all(shared)
