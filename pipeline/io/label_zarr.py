@@ -20,6 +20,7 @@ from zarr.codecs import ZstdCodec
 
 from pipeline.colours import label_colours
 from pipeline.errors import OutputError
+from pipeline.io.chunk_files import write_chunk
 from pipeline.statistics import count_labels
 
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -247,7 +248,7 @@ def _strided_length(start: int, size: int, step: int) -> int:
 
 
 def _write_counting(block: np.ndarray, array: zarr.Array, n_values: int, origin: tuple[int, int]) -> np.ndarray:
-    array[origin[0] : origin[0] + block.shape[0], origin[1] : origin[1] + block.shape[1]] = block
+    write_chunk(array, block, origin)
     return count_labels(block, n_values)[np.newaxis, np.newaxis, :]
 
 
@@ -264,8 +265,7 @@ def _write_counting_preview(
     top, left = (start for start, _ in block_info[0]["array-location"][:2])
     counts = _write_counting(labels[:, :, 0], array, n_values, (top, left))
     if next_level is not None:
-        reduced = labels[::2, ::2, 0]
-        next_level[top // 2 : top // 2 + reduced.shape[0], left // 2 : left // 2 + reduced.shape[1]] = reduced
+        write_chunk(next_level, np.ascontiguousarray(labels[::2, ::2, 0]), (top // 2, left // 2))
     result = np.empty((1, 1, 1), dtype=object)
     # a copy: a strided view would keep the whole chunk alive until the pass ends
     preview = None if pixels is None else pixels[-top % step :: step, -left % step :: step].copy()
