@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import dask.array as da
+import math
+
+import dask
+import numpy as np
+import zarr
+from dask.delayed import Delayed
+
+from pipeline.io.chunk_files import read_region, write_chunk
 
 #: Coarsest level: the long side is at most this many pixels.
 PYRAMID_MIN_SIDE = 1024
@@ -21,20 +28,23 @@ def pyramid_shapes(shape: tuple[int, int], *, min_side: int = PYRAMID_MIN_SIDE) 
     return shapes
 
 
-def reduce_labels(level_above: da.Array, *, chunks: tuple[int, int]) -> da.Array:
-    """The next pyramid level: every second pixel of ``level_above`` (nearest, never interpolated).
+def reduce_chunk(above: zarr.Array, below: zarr.Array, block: tuple[int, int]) -> None:
+    """Write chunk ``block`` of the level ``below`` as every second pixel of the level ``above``
+    (nearest, never interpolated: only values present in ``above``).
 
-    Parameters
-    ----------
-    level_above : dask.array.Array
-        Shape (Y, X) labels, typically read back from the level just written.
-    chunks : tuple of int
-        (Y, X) chunking of the result (the zarr chunks of the level to write).
-
-    Returns
-    -------
-    dask.array.Array
-        Shape (ceil(Y / 2), ceil(X / 2)), same dtype, only values present in ``level_above``;
-        computes nothing.
+    ``below`` is ``ceil(above.shape / 2)``; twice its chunks must be whole chunks of ``above``
+    (pixseg's levels have chunks ``c`` or ``c / 2``). Reads only the chunks of ``above`` it covers.
     """
-    return level_above[::2, ::2].rechunk(chunks)
+    height, width = below.chunks
+    top, left = block[0] * height, block[1] * width
+    bottom, right = min(top + height, below.shape[0]), min(left + width, below.shape[1])
+    region = read_region(above, (2 * top, min(2 * bottom, above.shape[0])), (2 * left, min(2 * right, above.shape[1])))
+    write_chunk(below, np.ascontiguousarray(region[::2, ::2]), (top, left))
+
+
+def reduce_level(above: zarr.Array, below: zarr.Array) -> list[Delayed]:
+    """Lazily write every chunk of the level ``below`` from the stored level ``above``, one
+    :func:`reduce_chunk` task per chunk."""
+    task = dask.delayed(reduce_chunk)
+    grid = (math.ceil(below.shape[0] / below.chunks[0]), math.ceil(below.shape[1] / below.chunks[1]))
+    return [task(above, below, block) for block in np.ndindex(*grid)]

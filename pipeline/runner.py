@@ -51,7 +51,6 @@ from pipeline.io.label_zarr import (
     remove_output,
     store_and_count,
     store_count_and_preview,
-    store_labels,
 )
 from pipeline.io.locks import lock_path_for, output_lock
 from pipeline.io.model_file import load_model, model_document, save_model
@@ -84,7 +83,7 @@ from pipeline.plan import (
 )
 from pipeline.predict import build_labels, build_table_labels, table_applies
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
-from pipeline.pyramid import pyramid_shapes, reduce_labels
+from pipeline.pyramid import pyramid_shapes, reduce_level
 from pipeline.sampling import (
     Candidates,
     SampleSource,
@@ -877,13 +876,12 @@ def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
     """
     for level in range(first, len(arrays)):
         logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)
-        above = da.from_zarr(arrays[level - 1])
-        stored = store_labels(reduce_labels(above, chunks=arrays[level].chunks), arrays[level])
+        stored = reduce_level(arrays[level - 1], arrays[level])
         if level == 1:
-            _compute(stored, progress=False)
+            _compute(*stored, progress=False)
         else:
             with dask.config.set(scheduler="threads"):
-                _compute(stored, progress=False)
+                _compute(*stored, progress=False)
 
 
 def _verify_written(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import zarr
 from numcodecs import Zlib
 
-from pipeline.io.chunk_files import write_chunk
+from pipeline.io.chunk_files import read_chunk, read_region, write_chunk
 from pipeline.io.label_zarr import create_label_zarr
+from pipeline.pyramid import reduce_level
 
 SHAPE, CHUNKS = (100, 150), (64, 64)
 
@@ -75,3 +77,38 @@ def test_write_chunk_refuses_a_block_that_is_not_one_chunk(tmp_path):
     with pytest.raises(ValueError, match="is not the"):
         write_chunk(array, np.zeros(CHUNKS, np.uint16), (0, 0))
     assert not [name for name in os.listdir(tmp_path / "l.zarr" / "0") if name != "zarr.json"]
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+def test_read_chunk_and_region_equal_zarrs_reads(tmp_path, ngff):
+    labels = np.random.default_rng(1).integers(1, 9, SHAPE).astype(np.uint8)
+    array = _label_array(tmp_path / "l.zarr", np.uint8, ngff)
+    array[:, :64] = labels[:, :64]  # the chunks from column 64 on are never written: the fill value
+    np.testing.assert_array_equal(read_chunk(array, (1, 2)), np.zeros((36, 22), np.uint8))
+    np.testing.assert_array_equal(read_chunk(array, (1, 0)), labels[64:, :64])
+    np.testing.assert_array_equal(read_region(array, (0, 100), (0, 150)), array[:])
+    np.testing.assert_array_equal(read_region(array, (64, 100), (0, 128)), array[64:, :128])
+    with pytest.raises(ValueError, match="start on a chunk corner"):
+        read_region(array, (1, 100), (0, 150))
+    with pytest.raises(ValueError, match="end on a chunk corner"):
+        read_region(array, (0, 99), (0, 150))
+
+
+@pytest.mark.parametrize(
+    ("shape", "above_chunks", "below_chunks"),
+    [((100, 150), (32, 32), (32, 32)), ((101, 151), (16, 32), (32, 32)), ((300, 77), (40, 40), (20, 20))],
+)
+def test_reduce_level_takes_every_second_pixel(tmp_path, shape, above_chunks, below_chunks):
+    labels = np.random.default_rng(2).integers(1, 9, shape).astype(np.uint8)
+    below_shape = ((shape[0] + 1) // 2, (shape[1] + 1) // 2)
+    above, below = create_label_zarr(
+        str(tmp_path / "p.zarr"),
+        shapes=[shape, below_shape],
+        chunks=[above_chunks, below_chunks],
+        dtype=np.dtype(np.uint8),
+        ngff="0.5",
+        attrs={},
+    )
+    above[:] = labels
+    dask.compute(*reduce_level(above, below), scheduler="threads")
+    np.testing.assert_array_equal(below[:], labels[::2, ::2])

@@ -1,4 +1,4 @@
-"""Whole label chunks written straight to their files, for arrays laid out as pixseg creates them.
+"""Whole label chunks written to and read from their files directly, for arrays laid out as pixseg creates them.
 
 zarr's ``Array.__setitem__`` spends about 2 ms of Python per chunk (selection, buffers and
 hand-offs to its event-loop thread) on top of compressing it, more than zstd takes to compress a
@@ -7,7 +7,8 @@ directory store whose chunks are zstd frames of their C-order little-endian byte
 ``bytes`` + ``zstd`` codecs without checksum; zarr v2: a ``zstd`` compressor without filters),
 the chunk file is exactly ``numcodecs.Zstd(level).encode(chunk)``, padded with the fill value to
 the full chunk shape at the array's edges, as zarr stores edge chunks. Such chunks are encoded
-here and renamed into place, as zarr's local store does; any other array is written through zarr.
+here and renamed into place, as zarr's local store does, and decoded here when the pyramid reads
+a level back; any other array is written and read through zarr.
 """
 
 from __future__ import annotations
@@ -46,17 +47,62 @@ def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -
     expected = (min(height, array.shape[0] - origin[0]), min(width, array.shape[1] - origin[1]))
     if block.shape != expected or block.dtype != array.dtype:
         raise ValueError(f"a {block.shape!r} {block.dtype} block is not the {expected!r} chunk at {origin!r}")
-    store, level = array.store, _zstd_level(array)
-    if not isinstance(store, LocalStore) or level is None:
+    path, level = chunk_path(array, (origin[0] // height, origin[1] // width)), _zstd_level(array)
+    if path is None or level is None:
         array[origin[0] : origin[0] + block.shape[0], origin[1] : origin[1] + block.shape[1]] = block
         return
     if block.shape != (height, width):
         padded = np.full((height, width), array.fill_value, dtype=block.dtype)
         padded[: block.shape[0], : block.shape[1]] = block
         block = padded
-    key = array.metadata.encode_chunk_key((origin[0] // height, origin[1] // width))
-    path = os.path.join(str(store.root), array.path, *key.split("/"))
     _replace_file(path, Zstd(level=level).encode(np.ascontiguousarray(block)))
+
+
+def chunk_path(array: zarr.Array, block: tuple[int, int]) -> str | None:
+    """The file of chunk ``block`` of ``array`` when this module encodes and decodes its chunks, else None."""
+    store = array.store
+    if not isinstance(store, LocalStore) or _zstd_level(array) is None:
+        return None
+    key = array.metadata.encode_chunk_key(block)
+    return os.path.join(str(store.root), array.path, *key.split("/"))
+
+
+def read_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray:
+    """Chunk ``block`` of a 2-D ``array``, clipped to the array (a missing chunk is the fill value, as in zarr)."""
+    height, width = array.chunks
+    top, left = block[0] * height, block[1] * width
+    bottom, right = min(top + height, array.shape[0]), min(left + width, array.shape[1])
+    path = chunk_path(array, block)
+    if path is None:
+        return np.asarray(array[top:bottom, left:right])
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        return np.full((bottom - top, right - left), array.fill_value, dtype=array.dtype)
+    chunk = np.frombuffer(Zstd().decode(data), dtype=array.dtype).reshape(height, width)
+    return chunk[: bottom - top, : right - left]
+
+
+def read_region(array: zarr.Array, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Rows and columns [start, stop) of a 2-D ``array``, read chunk by chunk with :func:`read_chunk`.
+
+    ``rows[0]`` and ``cols[0]`` must be on chunk corners, ``rows[1]`` and ``cols[1]`` on chunk
+    corners or the array's edges.
+    """
+    height, width = array.chunks
+    if rows[0] % height or cols[0] % width:
+        raise ValueError(f"region ({rows!r}, {cols!r}) does not start on a chunk corner of {array.chunks!r}")
+    if not (rows[1] % height == 0 or rows[1] == array.shape[0]) or not (
+        cols[1] % width == 0 or cols[1] == array.shape[1]
+    ):
+        raise ValueError(f"region ({rows!r}, {cols!r}) does not end on a chunk corner or the edge of {array.shape!r}")
+    return np.block(
+        [
+            [read_chunk(array, (top // height, left // width)) for left in range(cols[0], cols[1], width)]
+            for top in range(rows[0], rows[1], height)
+        ]
+    )
 
 
 def _zstd_level(array: zarr.Array) -> int | None:

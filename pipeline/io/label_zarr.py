@@ -15,7 +15,6 @@ from typing import Any, cast
 import dask.array as da
 import numpy as np
 import zarr
-from dask.delayed import Delayed
 from zarr.codecs import ZstdCodec
 
 from pipeline.colours import label_colours
@@ -84,30 +83,6 @@ def _v2_zstd() -> Any:
     from numcodecs import Zstd
 
     return Zstd(level=1)
-
-
-def store_labels(labels: da.Array, array: zarr.Array) -> Delayed:
-    """Lazily store ``labels`` into ``array`` chunk by chunk.
-
-    Parameters
-    ----------
-    labels : dask.array.Array
-        Shape (Y, X); every dask chunk boundary must fall on a zarr chunk boundary.
-    array : zarr.Array
-        Destination of the same shape and dtype.
-
-    Returns
-    -------
-    dask.delayed.Delayed
-        Computing it writes the chunks; nothing is computed here.
-
-    Raises
-    ------
-    ValueError
-        If the chunkings do not line up (storing would corrupt chunks shared by two tasks).
-    """
-    check_chunks_align(labels.chunks, array.chunks)
-    return da.store(labels, array, lock=False, compute=False)  # type: ignore[arg-type]  # zarr arrays are targets
 
 
 def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, ...]], n_values: int) -> da.Array:
