@@ -47,6 +47,7 @@ from pipeline.io.label_zarr import (
     open_label_levels,
     prepare_labels_group,
     read_label_zarr_status,
+    reduce_level,
     register_label,
     remove_output,
     store_and_count,
@@ -83,7 +84,7 @@ from pipeline.plan import (
 )
 from pipeline.predict import build_labels, build_table_labels, table_applies
 from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
-from pipeline.pyramid import pyramid_shapes, reduce_level
+from pipeline.pyramid import pyramid_shapes
 from pipeline.sampling import (
     Candidates,
     SampleSource,

@@ -12,8 +12,7 @@ import zarr
 from numcodecs import Zlib
 
 from pipeline.io.chunk_files import read_chunk, read_region, write_chunk
-from pipeline.io.label_zarr import create_label_zarr
-from pipeline.pyramid import reduce_level
+from pipeline.io.label_zarr import create_label_zarr, reduce_level
 
 SHAPE, CHUNKS = (100, 150), (64, 64)
 

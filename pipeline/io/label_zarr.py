@@ -12,14 +12,16 @@ import os
 import shutil
 from typing import Any, cast
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
+from dask.delayed import Delayed
 from zarr.codecs import ZstdCodec
 
 from pipeline.colours import label_colours
 from pipeline.errors import OutputError
-from pipeline.io.chunk_files import write_chunk
+from pipeline.io.chunk_files import read_region, write_chunk
 from pipeline.statistics import count_labels
 
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -126,6 +128,28 @@ def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int,
         for i, j in blocks
     ]
     return da.stack(parts).sum(axis=0)
+
+
+def reduce_chunk(above: zarr.Array, below: zarr.Array, block: tuple[int, int]) -> None:
+    """Write chunk ``block`` of the level ``below`` as every second pixel of the level ``above``
+    (nearest, never interpolated: only values present in ``above``).
+
+    ``below`` is ``ceil(above.shape / 2)``; twice its chunks must be whole chunks of ``above``
+    (pixseg's levels have chunks ``c`` or ``c / 2``). Reads only the chunks of ``above`` it covers.
+    """
+    height, width = below.chunks
+    top, left = block[0] * height, block[1] * width
+    bottom, right = min(top + height, below.shape[0]), min(left + width, below.shape[1])
+    region = read_region(above, (2 * top, min(2 * bottom, above.shape[0])), (2 * left, min(2 * right, above.shape[1])))
+    write_chunk(below, np.ascontiguousarray(region[::2, ::2]), (top, left))
+
+
+def reduce_level(above: zarr.Array, below: zarr.Array) -> list[Delayed]:
+    """Lazily write every chunk of the level ``below`` from the stored level ``above``, one
+    :func:`reduce_chunk` task per chunk."""
+    task = dask.delayed(reduce_chunk)
+    grid = (math.ceil(below.shape[0] / below.chunks[0]), math.ceil(below.shape[1] / below.chunks[1]))
+    return [task(above, below, block) for block in np.ndindex(*grid)]
 
 
 def store_count_and_preview(
