@@ -256,7 +256,7 @@ def test_grey_uint16_zarr_input(tmp_path, chunk):
         assert pixels[labels == k].max() < pixels[labels == k + 1].min()
 
 
-def test_local_workers_get_the_malloc_settings_over_distributed_defaults():
+def test_local_workers_get_the_malloc_settings_and_the_preload_hook():
     import os
 
     from pipeline.cluster import LOCAL_WORKER_MALLOC, open_scheduler
@@ -264,6 +264,13 @@ def test_local_workers_get_the_malloc_settings_over_distributed_defaults():
     def environ() -> dict:
         return {key: os.environ.get(key) for key in (*LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS")}
 
+    def worker_state() -> tuple[dict, int, bool]:
+        import gc
+        import sys
+
+        return environ(), gc.get_freeze_count(), "pipeline.predict" in sys.modules
+
     with open_scheduler("local", workers=1) as client:
-        seen = next(iter(client.run(environ).values()))
+        seen, frozen, imported = next(iter(client.run(worker_state).values()))
     assert seen == {**LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS": "1"}  # distributed's own settings are kept
+    assert frozen > 10_000 and imported  # the preload hook imported the task modules and froze them
