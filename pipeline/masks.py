@@ -198,10 +198,10 @@ def upsample_mask(
     mask_shape = (int(mask.shape[0]), int(mask.shape[1]))
     name = "upsample-mask-" + tokenize(mask, shape, chunks, origin)
     layer: dict[Any, Any] = {}
+    col_covers = [_covering_blocks(cols, shape[1], mask_shape[1], mask_col_edges) for cols in col_spans]
     for i, rows in enumerate(row_spans):
         row_blocks, top = _covering_blocks(rows, shape[0], mask_shape[0], mask_row_edges)
-        for j, cols in enumerate(col_spans):
-            col_blocks, left = _covering_blocks(cols, shape[1], mask_shape[1], mask_col_edges)
+        for j, (cols, (col_blocks, left)) in enumerate(zip(col_spans, col_covers, strict=True)):
             pieces = List(*(List(*(TaskRef((mask.name, a, b)) for b in col_blocks)) for a in row_blocks))
             layer[(name, i, j)] = Task((name, i, j), upsample_block, pieces, rows, cols, shape, mask_shape, (top, left))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[mask])  # type: ignore[list-item]  # dask stubs

@@ -871,9 +871,11 @@ def _level_chunks(shapes: list[tuple[int, int]], chunks: tuple[int, int]) -> lis
 def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
     """Build every level from ``first`` on from the level above, as stored (never from the lazy graph).
 
-    Levels from 2 on hold at most 1/16 of the pixels and each task is a small strided copy: they
-    run on this process's threads even under a distributed scheduler, whose per-task transfers
-    and rechunking between workers made them several times slower (measured on a local cluster).
+    One task per chunk of a level reads the chunks of the level above it covers and writes every
+    second pixel (see :func:`pipeline.io.label_zarr.reduce_level`). Levels from 2 on hold at most
+    1/16 of the pixels: they run on this process's threads even under a distributed scheduler
+    (with the earlier from_zarr/rechunk graph, a local cluster's per-task transfers made them
+    several times slower; not measured again since).
     """
     for level in range(first, len(arrays)):
         logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)

@@ -47,10 +47,11 @@ def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -
     expected = (min(height, array.shape[0] - origin[0]), min(width, array.shape[1] - origin[1]))
     if block.shape != expected or block.dtype != array.dtype:
         raise ValueError(f"a {block.shape!r} {block.dtype} block is not the {expected!r} chunk at {origin!r}")
-    path, level = chunk_path(array, (origin[0] // height, origin[1] // width)), _zstd_level(array)
-    if path is None or level is None:
+    target = _chunk_file(array, (origin[0] // height, origin[1] // width))
+    if target is None:
         array[origin[0] : origin[0] + block.shape[0], origin[1] : origin[1] + block.shape[1]] = block
         return
+    path, level = target
     if block.shape != (height, width):
         padded = np.full((height, width), array.fill_value, dtype=block.dtype)
         padded[: block.shape[0], : block.shape[1]] = block
@@ -58,13 +59,14 @@ def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -
     _replace_file(path, Zstd(level=level).encode(np.ascontiguousarray(block)))
 
 
-def chunk_path(array: zarr.Array, block: tuple[int, int]) -> str | None:
-    """The file of chunk ``block`` of ``array`` when this module encodes and decodes its chunks, else None."""
-    store = array.store
-    if not isinstance(store, LocalStore) or _zstd_level(array) is None:
+def _chunk_file(array: zarr.Array, block: tuple[int, int]) -> tuple[str, int] | None:
+    """The file of chunk ``block`` of ``array`` and its zstd level, when this module encodes and
+    decodes the array's chunks itself; else None (the array is read and written through zarr)."""
+    store, level = array.store, _zstd_level(array)
+    if not isinstance(store, LocalStore) or level is None:
         return None
     key = array.metadata.encode_chunk_key(block)
-    return os.path.join(str(store.root), array.path, *key.split("/"))
+    return os.path.join(str(store.root), array.path, *key.split("/")), level
 
 
 def read_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray:
@@ -72,11 +74,11 @@ def read_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray:
     height, width = array.chunks
     top, left = block[0] * height, block[1] * width
     bottom, right = min(top + height, array.shape[0]), min(left + width, array.shape[1])
-    path = chunk_path(array, block)
-    if path is None:
+    target = _chunk_file(array, block)
+    if target is None:
         return np.asarray(array[top:bottom, left:right])
     try:
-        with open(path, "rb") as file:
+        with open(target[0], "rb") as file:
             data = file.read()
     except FileNotFoundError:
         return np.full((bottom - top, right - left), array.fill_value, dtype=array.dtype)
