@@ -443,9 +443,9 @@ def _case_json(case: CaseResult) -> dict[str, Any]:
 
 
 def _pixseg_command() -> list[str]:
-    """The ``pixseg`` console script of this interpreter's environment, else ``python -m pipeline.cli``."""
+    """The ``pixseg`` console script of this interpreter's environment, else ``python -m pixseg.cli``."""
     script = Path(sys.executable).with_name("pixseg")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pixseg.cli"]
 
 
 def _build_parser() -> argparse.ArgumentParser:

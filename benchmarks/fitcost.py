@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from pixseg.features import make_feature_spec
+from pixseg.model import fit_model
 
 from benchmarks import CLUSTERS
-from pipeline.features import make_feature_spec
-from pipeline.model import fit_model
 
 #: pixseg's ``channels`` features of an 8-bit image: values / 255.
 _UINT8_SCALE = 255.0
@@ -26,7 +26,7 @@ class FitTiming:
     sample_size : int
         Pixels fitted on.
     fit_s : float
-        Seconds in ``pipeline.model.fit_model`` (dask-ml k-means|| and Lloyd, on the threaded scheduler).
+        Seconds in ``pixseg.model.fit_model`` (dask-ml k-means|| and Lloyd, on the threaded scheduler).
     n_iter : int
         Lloyd iterations.
     """

@@ -7,7 +7,7 @@ codec as pixseg's labels (1024^2, zstd level 1, empty chunks written), with the 
 scheduler. It prints ``{"seconds": ...}`` on stdout.
 
 ``--reader pixseg`` reads the tiles through pixseg's own reader instead
-(:class:`pipeline.io.tiff_segments.TiffSegmentReader` via ``open_image``, 1024^2 chunks), which
+(:class:`pixseg.io.tiff_segments.TiffSegmentReader` via ``open_image``, 1024^2 chunks), which
 decodes on every dask thread; the rest is the same.
 """
 
@@ -43,14 +43,14 @@ def copy_channel(image_path: Path, output: Path, *, chunk: int = CHUNK, reader: 
     chunk : int
         Chunk edge of the read and of the output (they align, so no chunk is written twice).
     reader : str
-        ``"tifffile"`` (``aszarr`` store through zarr) or ``"pixseg"`` (``pipeline.io.readers.open_image``).
+        ``"tifffile"`` (``aszarr`` store through zarr) or ``"pixseg"`` (``pixseg.io.readers.open_image``).
 
     Notes
     -----
     Computes (threaded scheduler).
     """
     if reader == "pixseg":
-        from pipeline.io.readers import open_image
+        from pixseg.io.readers import open_image
 
         _store_plane(open_image(str(image_path), chunk=chunk).data[..., 0], output, chunk)
         return

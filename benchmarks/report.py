@@ -287,7 +287,7 @@ def _floor_table(floors: list[FloorComparison]) -> list[str]:
         "Floor: `python -m benchmarks.floor` decodes every TIFF tile (`tifffile.imread(aszarr=True)` + "
         "`da.from_zarr`, 1024^2 dask chunks) and stores channel 0 as a uint8 zarr with pixseg's label chunks and "
         "codec (1024^2, zstd level 1); no compute. Floor with pixseg's reader: the same copy, tiles read by "
-        "`pipeline.io.tiff_segments` (`--reader pixseg`), which decodes on every dask thread where zarr 3 decodes "
+        "`pixseg.io.tiff_segments` (`--reader pixseg`), which decodes on every dask thread where zarr 3 decodes "
         "an `aszarr` store on its one event-loop thread. pixseg: the full `segment` (sampling, fit, predict, "
         f"pyramid, statistics, previews), K={CLUSTERS}, threaded scheduler.",
         "",
@@ -331,7 +331,7 @@ def _recipe_table(recipes: list[CaseResult]) -> list[str]:
 
 def _fit_cost_table(fit_costs: list[FitCost]) -> list[str]:
     rows = [
-        "fit_model s: `pipeline.model.fit_model` alone, in process, on a uniform sample; pixseg s: "
+        "fit_model s: `pixseg.model.fit_model` alone, in process, on a uniform sample; pixseg s: "
         "`segment --sample-size N` end to end.",
         "",
         "| sample size | image | fit_model s | iterations | pixseg s | pixseg peak RSS (MB) "

@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("pixseg")
+    __version__ = version("pixseg-ooc")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 

@@ -1,10 +1,10 @@
 """Batch runs from a config (``pixseg run``): many images, one cohort model or one per image, incremental.
 
-The batch orchestrates :mod:`pipeline.runner` (which does all the computing) over the images a
-:class:`~pipeline.config.RunConfig` names, on the scheduler it names:
+The batch orchestrates :mod:`pixseg.runner` (which does all the computing) over the images a
+:class:`~pixseg.config.RunConfig` names, on the scheduler it names:
 
 - ``model: fit-once`` fits one model on a sample pooled over every input
-  (:func:`pipeline.runner.fit_cohort`), saves it as ``output.cohort_model`` and applies it to every
+  (:func:`pixseg.runner.fit_cohort`), saves it as ``output.cohort_model`` and applies it to every
   image, so a label means the same on every image. Later runs reuse the saved model (refitted only
   when the fit settings change), so a nightly run over a growing folder labels new images with
   the same model.
@@ -36,15 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipeline.cluster import open_scheduler
-from pipeline.config import RunConfig, name_outputs
-from pipeline.errors import ConfigError, ModelError, OutputError, ParameterError, PipelineError
-from pipeline.features import make_feature_spec
-from pipeline.io.json_files import read_json_object
-from pipeline.io.model_file import load_model, model_document
-from pipeline.io.readers import open_image
-from pipeline.runner import FitOptions, OutputOptions, ReadOptions, apply, describe, fit_cohort, segment
+from pixseg.cluster import open_scheduler
+from pixseg.config import RunConfig, name_outputs
+from pixseg.errors import ConfigError, ModelError, OutputError, ParameterError, PipelineError
+from pixseg.features import make_feature_spec
+from pixseg.io.json_files import read_json_object
+from pixseg.io.model_file import load_model, model_document
+from pixseg.io.readers import open_image
+from pixseg.runner import FitOptions, OutputOptions, ReadOptions, apply, describe, fit_cohort, segment
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def run_batch(config: RunConfig, *, progress: bool = False) -> BatchResult:
     Parameters
     ----------
     config : RunConfig
-        A validated config (:func:`pipeline.config.load_config`).
+        A validated config (:func:`pixseg.config.load_config`).
     progress : bool
         Show progress bars on stderr.
 
@@ -285,7 +284,7 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
 
 
 def scheduler_options(config: RunConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`pipeline.cluster.open_scheduler` for a config.
+    """Keyword arguments of :func:`pixseg.cluster.open_scheduler` for a config.
 
     dask-jobqueue worker logs go to ``compute.log_directory``, by default ``logs/`` in the output
     directory.

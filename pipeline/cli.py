@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from pipeline import __version__
-from pipeline.cluster import open_scheduler
-from pipeline.errors import PipelineError
-from pipeline.features import FEATURE_GROUPS
-from pipeline.runner import (
+from pixseg import __version__
+from pixseg.cluster import open_scheduler
+from pixseg.errors import PipelineError
+from pixseg.features import FEATURE_GROUPS
+from pixseg.runner import (
     NORMALISE_MODES,
     FitOptions,
     OutputOptions,
@@ -31,7 +31,7 @@ from pipeline.runner import (
     segment,
 )
 
-logger = logging.getLogger("pipeline")
+logger = logging.getLogger("pixseg")
 
 EXIT_USER_ERROR = 2
 #: ``pixseg run`` finished, but some images failed (listed in the run summary).
@@ -346,8 +346,8 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from pipeline.batch import format_plan, plan_batch, run_batch
-    from pipeline.config import load_config
+    from pixseg.batch import format_plan, plan_batch, run_batch
+    from pixseg.config import load_config
 
     overrides = list(args.overrides)
     for key, value in (("scheduler", args.scheduler), ("workers", args.workers), ("lifetime", args.lifetime)):
@@ -405,7 +405,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import write_demo_tiff
+    from pixseg.demo import write_demo_tiff
 
     os.makedirs(args.directory, exist_ok=True)
     source = os.path.join(args.directory, f"demo-ihc-{args.size}.tif")

@@ -4,7 +4,7 @@ A config describes a batch run (``pixseg run CONFIG.yaml``): which images, where
 and how they are named, how to fit (features, mask, sampling, clusters, seed, one cohort model or
 one per image, or a saved model) and where to compute (threads, a local cluster, a running
 scheduler, or SLURM/PBS through dask-jobqueue). Unknown keys and values of the wrong type are
-:class:`~pipeline.errors.ConfigError` naming the key and the file. Relative paths are taken
+:class:`~pixseg.errors.ConfigError` naming the key and the file. Relative paths are taken
 relative to the directory of the config file, so a config means the same from any working
 directory (a cron job, an ``sbatch`` script). This module imports neither dask nor zarr.
 
@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-
-from pipeline.errors import ConfigError
+from pixseg.errors import ConfigError
 
 #: ``model:`` values other than a model file path.
 MODEL_MODES = ("fit-once", "per-image")

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tifffile
-
-from pipeline.errors import OutputError, ParameterError
+from pixseg.errors import OutputError, ParameterError
 
 DEMO_TILE = 512
 

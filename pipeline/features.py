@@ -24,9 +24,8 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from pixseg.errors import ParameterError
 from scipy import ndimage
-
-from pipeline.errors import ParameterError
 
 #: Per-pixel colour feature groups.
 COLOUR_GROUPS = ("channels", "grey", "lab", "hsv", "hed")

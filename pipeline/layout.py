@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.io.readers import DEFAULT_CHUNK, Image
+from pixseg.io.readers import DEFAULT_CHUNK, Image
 
 #: Striped or untiled inputs above this many pixels are converted before segmenting.
 CONVERT_ABOVE_PIXELS = 100 * 2**20

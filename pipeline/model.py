@@ -22,9 +22,8 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-
-from pipeline.errors import ParameterError
-from pipeline.features import FeatureSpec
+from pixseg.errors import ParameterError
+from pixseg.features import FeatureSpec
 
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).

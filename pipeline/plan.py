@@ -9,14 +9,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import InputError, ModelError, OutputError, ParameterError
-from pipeline.features import FeatureSpec
-from pipeline.io.label_tiff import read_label_tiff_status
-from pipeline.io.label_zarr import read_label_zarr_status
-from pipeline.io.model_file import model_from_document
-from pipeline.io.readers import Image
-from pipeline.io.side_files import SIDE_SUFFIXES, side_file_base
-from pipeline.model import SegmentationModel
+from pixseg.errors import InputError, ModelError, OutputError, OutputExistsError, ParameterError, ResumeMismatchError
+from pixseg.features import FeatureSpec
+from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.io.label_zarr import read_label_zarr_status
+from pixseg.io.model_file import model_from_document
+from pixseg.io.readers import Image
+from pixseg.io.side_files import SIDE_SUFFIXES, side_file_base
+from pixseg.model import SegmentationModel
 
 OUTPUT_KINDS = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff"}
 WORK_SUFFIX = ".pixseg-work.zarr"
@@ -80,7 +80,7 @@ def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool
         raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
     existing = [p for p in (stripped, *(side_base + s for s in SIDE_SUFFIXES)) if os.path.lexists(p)]
     if existing and not (overwrite or resume):
-        raise OutputError(
+        raise OutputExistsError(
             f"output {existing[0]!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
         )
     check_writable_parent(stripped)
@@ -98,11 +98,11 @@ def previous_run(plan: OutputPlan, fingerprint: dict[str, Any]) -> PreviousRun |
     if plan.kind == "tiff" and os.path.exists(plan.path):
         status = read_label_tiff_status(plan.path)
         if status is None:
-            raise OutputError(f"cannot resume: {plan.path!r} exists and is not a pixseg output")
+            raise ResumeMismatchError(f"cannot resume: {plan.path!r} exists and is not a pixseg output")
     elif os.path.lexists(plan.work_path):
         status = read_label_zarr_status(plan.work_path)
         if status is None:
-            raise OutputError(f"cannot resume: {plan.work_path!r} exists and is not a pixseg output")
+            raise ResumeMismatchError(f"cannot resume: {plan.work_path!r} exists and is not a pixseg output")
         if plan.kind == "tiff":  # a finished work pyramid still has its TIFF to write
             status = {**status, "complete": False}
     else:
@@ -110,7 +110,7 @@ def previous_run(plan: OutputPlan, fingerprint: dict[str, Any]) -> PreviousRun |
     stored = status.get("fingerprint") or {}
     for part in sorted(set(stored) | set(fingerprint)):
         if stored.get(part) != fingerprint.get(part):
-            raise OutputError(
+            raise ResumeMismatchError(
                 f"cannot resume {plan.path!r}: it was started with a different {part} "
                 f"({stored.get(part)!r}, now {fingerprint.get(part)!r}); use --overwrite to start again"
             )
@@ -161,7 +161,7 @@ def check_model_path(model_path: str, input_path: str, output_path: str, *, over
     if os.path.realpath(model_path) == os.path.realpath(output_path):
         raise OutputError(f"--save-model {model_path!r} is the same path as the output")
     if os.path.lexists(model_path) and not overwrite:
-        raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
     check_writable_parent(model_path)
 
 

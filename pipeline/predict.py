@@ -25,9 +25,8 @@ import dask
 import dask.array as da
 import numba
 import numpy as np
-
-from pipeline.features import compute_features
-from pipeline.model import SegmentationModel
+from pixseg.features import compute_features
+from pixseg.model import SegmentationModel
 
 #: Use a colour table when the image has at least this many pixels per table entry.
 TABLE_PIXELS_PER_ENTRY = 4
@@ -109,7 +108,7 @@ def colour_table_part(model: SegmentationModel, start: int, stop: int) -> np.nda
     """Entries ``start:stop`` of the colour table: the label of every colour of an 8-bit input.
 
     Entry ``sum_c v_c * 256**(n - 1 - c)`` holds the label of the colour (v_0, ..., v_{n-1}),
-    computed by :func:`pipeline.features.compute_features` and the nearest-centroid kernel, as
+    computed by :func:`pixseg.features.compute_features` and the nearest-centroid kernel, as
     for a pixel of that colour in an image (alpha, when the model has it, taken as opaque).
 
     Returns

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.colours import label_colours
+from pixseg.colours import label_colours
 
 
 def thumbnail_step(shape: tuple[int, int], *, max_side: int = 1024) -> int:

@@ -16,28 +16,27 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import pixseg
 from dask.delayed import Delayed
-
-import pipeline
-from pipeline.colours import label_colours
-from pipeline.downsample import downsample_level
-from pipeline.errors import InputError, OutputError, ParameterError, PipelineError
-from pipeline.features import (
+from pixseg.colours import label_colours
+from pixseg.downsample import downsample_level
+from pixseg.errors import InputError, OutputError, OutputExistsError, ParameterError, PipelineError, ResumeMismatchError
+from pixseg.features import (
     DEFAULT_SIGMAS,
     FeatureSpec,
     build_features,
     make_feature_spec,
     robust_channel_ranges,
 )
-from pipeline.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
-from pipeline.io.label_tiff import (
+from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
+from pixseg.io.label_tiff import (
     TIFF_COMPRESSIONS,
     TIFF_FLAVOURS,
     TIFF_TILES,
     read_label_tiff_status,
     write_label_tiff,
 )
-from pipeline.io.label_zarr import (
+from pixseg.io.label_zarr import (
     NGFF_VERSIONS,
     chunk_written,
     count_stored_chunk,
@@ -53,12 +52,12 @@ from pipeline.io.label_zarr import (
     store_and_count,
     store_count_and_preview,
 )
-from pipeline.io.locks import lock_path_for, output_lock
-from pipeline.io.model_file import load_model, model_document, save_model
-from pipeline.io.readers import Image, describe_chunks, open_image
-from pipeline.io.side_files import write_legend, write_png, write_statistics
-from pipeline.layout import conversion_reason
-from pipeline.masks import (
+from pixseg.io.locks import lock_path_for, output_lock
+from pixseg.io.model_file import load_model, model_document, save_model
+from pixseg.io.readers import Image, describe_chunks, open_image
+from pixseg.io.side_files import write_legend, write_png, write_statistics
+from pixseg.layout import conversion_reason
+from pixseg.masks import (
     block_mean,
     check_mask_shape,
     choose_mask_level,
@@ -67,8 +66,8 @@ from pipeline.masks import (
     tissue_mask,
     upsample_mask,
 )
-from pipeline.model import FIT_RESTARTS, MAX_CLUSTERS, SegmentationModel, fit_model, preload_fitting
-from pipeline.plan import (
+from pixseg.model import FIT_RESTARTS, MAX_CLUSTERS, SegmentationModel, fit_model, preload_fitting
+from pixseg.plan import (
     CONVERTED_SUFFIX,
     OutputPlan,
     PreviousRun,
@@ -82,10 +81,10 @@ from pipeline.plan import (
     previous_run,
     refuse_incomplete_input,
 )
-from pipeline.predict import build_labels, build_table_labels, table_applies
-from pipeline.preview import colour_labels, display_rgb, overlay, thumbnail_step
-from pipeline.pyramid import pyramid_shapes
-from pipeline.sampling import (
+from pixseg.predict import build_labels, build_table_labels, table_applies
+from pixseg.preview import colour_labels, display_rgb, overlay, thumbnail_step
+from pixseg.pyramid import pyramid_shapes
+from pixseg.sampling import (
     Candidates,
     SampleSource,
     build_candidates,
@@ -96,7 +95,7 @@ from pipeline.sampling import (
     take_pooled_sample,
     take_sample,
 )
-from pipeline.statistics import label_table
+from pixseg.statistics import label_table
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReadOptions:
     """How to read the input: pyramid ``level``, processing ``chunk`` edge (None = automatic), and
-    whether to convert a poorly laid-out input first (see :func:`pipeline.layout.conversion_reason`)
+    whether to convert a poorly laid-out input first (see :func:`pixseg.layout.conversion_reason`)
     into ``workdir`` (default: beside the output), kept afterwards with ``keep_workdir``."""
 
     level: int = 0
@@ -165,7 +164,7 @@ class OutputOptions:
 class RunResult:
     """What a ``segment`` or ``apply`` run produced.
 
-    ``statistics`` has one row per label (see :func:`pipeline.statistics.label_table`);
+    ``statistics`` has one row per label (see :func:`pixseg.statistics.label_table`);
     ``side_files`` lists the statistics and preview files written next to the output.
     """
 
@@ -197,7 +196,7 @@ def segment(
     Parameters
     ----------
     input_path : str
-        Any image :func:`pipeline.io.readers.open_image` reads. Never modified.
+        Any image :func:`pixseg.io.readers.open_image` reads. Never modified.
     output_path : str
         ``.zarr`` (OME-Zarr labels) or ``.tif``/``.tiff`` (tiled BigTIFF).
     read, fit, output : ReadOptions, FitOptions, OutputOptions
@@ -347,7 +346,7 @@ def convert(
     Parameters
     ----------
     input_path : str
-        Any image :func:`pipeline.io.readers.open_image` reads (striped TIFFs are read in
+        Any image :func:`pixseg.io.readers.open_image` reads (striped TIFFs are read in
         full-width bands, so memory stays at a band of ``chunk`` rows). Never modified.
     output_path : str
         The ``.zarr`` directory to write.
@@ -378,7 +377,7 @@ def convert(
         raise OutputError(f"convert writes OME-Zarr: output {output_path!r} must end in .zarr")
     check_not_input(target, image.path, "output")
     if os.path.lexists(target) and not overwrite:
-        raise OutputError(f"output {output_path!r} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"output {output_path!r} already exists; pass --overwrite to replace it")
     check_writable_parent(target)
     shapes = pyramid_shapes(image.shape[:2])
     if levels is not None:
@@ -395,7 +394,7 @@ def convert(
             dtype=image.dtype,
             codec=codec,
             shard=shard,
-            attrs={"source": input_identity(image), "version": pipeline.__version__},
+            attrs={"source": input_identity(image), "version": pixseg.__version__},
         )
         logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
         _store_in_bands(image.data, arrays[0], progress=progress)
@@ -544,7 +543,7 @@ def fit_cohort(
 ) -> CohortFit:
     """Fit one model on a sample pooled over several images, so a label means the same on all.
 
-    Every image ``i`` samples its pixels with its own seed (:func:`pipeline.sampling.cohort_seed`
+    Every image ``i`` samples its pixels with its own seed (:func:`pixseg.sampling.cohort_seed`
     of ``fit.seed`` and ``i``) below one key threshold common to all images; the ``fit.sample_size``
     smallest keys overall form the sample, so each image contributes in proportion to its valid
     pixels. Like a single image's sample, it depends only on the seed, the images and their order.
@@ -583,7 +582,7 @@ def fit_cohort(
         for path in input_paths:
             check_not_input(model_path, path, "cohort model file")
         if os.path.lexists(model_path) and not overwrite:
-            raise OutputError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
         check_writable_parent(model_path)
     if _active_client() is not None:  # this process idles while the workers sample
         preload_fitting()
@@ -670,7 +669,7 @@ def _draw_pooled_sample(
 
 
 def _draw_sample(source: SampleSource, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
-    """The sample of one image (see :mod:`pipeline.sampling`)."""
+    """The sample of one image (see :mod:`pixseg.sampling`)."""
     candidates = _sample_candidates([(seed, source)], sample_size, progress=progress, on_error=None)[0]
     if candidates.n_valid == 0:
         raise InputError("the input has no valid pixels (all masked, transparent or NaN)")
@@ -771,7 +770,9 @@ def _write_labels(
     else:
         arrays = open_label_levels(zarr_path, writable=True)
         if tuple(arrays[0].chunks) != tuple(labels.chunksize):
-            raise OutputError(f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's")
+            raise ResumeMismatchError(
+                f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's"
+            )
         done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
@@ -872,7 +873,7 @@ def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
     """Build every level from ``first`` on from the level above, as stored (never from the lazy graph).
 
     One task per chunk of a level reads the chunks of the level above it covers and writes every
-    second pixel (see :func:`pipeline.io.label_zarr.reduce_level`). Levels from 2 on hold at most
+    second pixel (see :func:`pixseg.io.label_zarr.reduce_level`). Levels from 2 on hold at most
     1/16 of the pixels: they run on this process's threads even under a distributed scheduler
     (with the earlier from_zarr/rechunk graph, a local cluster's per-task transfers made them
     several times slower; not measured again since).
@@ -1000,7 +1001,7 @@ def _provenance(image: Image) -> dict[str, Any]:
         "level": image.level,
         "input_shape": list(image.shape),
         "versions": {
-            "pixseg": pipeline.__version__,
+            "pixseg": pixseg.__version__,
             "dask": dask.__version__,
             "dask_ml": dask_ml.__version__,
             "numpy": np.__version__,
@@ -1094,7 +1095,7 @@ def _model_mask(image: Image, spec: FeatureSpec, *, mask: str | None, read: Read
 
 def _image_labels(image: Image, model: SegmentationModel, mask: Any) -> da.Array:
     """Lazy (Y, X) labels of ``image``, 0 outside ``mask``: through a colour table when one applies
-    (see :func:`pipeline.predict.table_applies`), else from the features by the kernel."""
+    (see :func:`pixseg.predict.table_applies`), else from the features by the kernel."""
     if not table_applies(model, math.prod(image.shape[:2])):
         return build_labels(_image_features(image, model.feature_spec, mask), model)
     logger.info("labelling through a table of every colour's label")

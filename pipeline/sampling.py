@@ -15,7 +15,7 @@ valid pixels, in which each stratum (and, pooled, each image) contributes in pro
 valid pixels. Which pixels are drawn depends only on the seed, the image's shape and the
 pixels' positions: never on the chunking, the file's tiling, task order, the scheduler or the
 number of workers. Features of a block are computed with the halo texture needs, so they equal
-the whole image's (see :func:`pipeline.features.compute_features`).
+the whole image's (see :func:`pixseg.features.compute_features`).
 
 Each block returns only pixels whose weighted key is below a threshold chosen to yield a little
 more than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the blocks.
@@ -33,9 +33,8 @@ import dask.array as da
 import numba
 import numpy as np
 from dask.delayed import Delayed
-
-from pipeline.features import FeatureSpec, compute_features
-from pipeline.masks import mask_chunk, mask_region
+from pixseg.features import FeatureSpec, compute_features
+from pixseg.masks import mask_chunk, mask_region
 
 #: Keys are 53-bit integers scaled to [0, 1).
 _KEY_SCALE = 2.0**-53
@@ -97,7 +96,7 @@ class SampleSource:
     ----------
     pixels : array-like
         Shape (Y, X, C), read region by region with ``pixels[ys, xs, :]`` inside tasks
-        (picklable, thread-safe; e.g. :attr:`pipeline.io.readers.Image.source`).
+        (picklable, thread-safe; e.g. :attr:`pixseg.io.readers.Image.source`).
     spec : FeatureSpec
         The features to sample.
     scale : (float, float)
@@ -299,7 +298,7 @@ def window_candidates(
     regions, weights : numpy.ndarray
         (n, 4) blocks inside the window and their weights (see :class:`BlockPlan`).
     spec, scale, image_shape
-        As for :func:`pipeline.features.compute_features`.
+        As for :func:`pixseg.features.compute_features`.
     seed, threshold
         As for :func:`chunk_candidates`.
     """

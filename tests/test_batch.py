@@ -11,11 +11,10 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image, raise_if_dask_computes
-
-from pipeline.cli import main
-from pipeline.features import make_feature_spec
-from pipeline.runner import FitOptions, ReadOptions, fit_cohort, segment
-from pipeline.sampling import SampleSource, build_candidates, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
+from pixseg.cli import main
+from pixseg.features import make_feature_spec
+from pixseg.runner import FitOptions, ReadOptions, fit_cohort, segment
+from pixseg.sampling import SampleSource, build_candidates, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIZES = [(150, 230), (90, 100), (120, 170)]
@@ -204,7 +203,7 @@ def test_example_configs_run(tmp_path, capsys, slides):
 
 
 def test_an_interrupted_batch_continues_its_outputs(tmp_path, capsys, slides, monkeypatch):
-    from pipeline import runner
+    from pixseg import runner
 
     config = _config(tmp_path, slides, extra="model: per-image\n")
     assert _run(capsys, "run", config, "-q", "--set", "output.directory=reference")[0] == 0

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import zarr
 from numcodecs import Zlib
-
-from pipeline.io.chunk_files import read_chunk, read_region, write_chunk
-from pipeline.io.label_zarr import create_label_zarr, reduce_level
+from pixseg.io.chunk_files import read_chunk, read_region, write_chunk
+from pixseg.io.label_zarr import create_label_zarr, reduce_level
 
 SHAPE, CHUNKS = (100, 150), (64, 64)
 

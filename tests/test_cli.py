@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
-from pipeline import runner
-from pipeline.cli import main
+from pixseg import runner
+from pixseg.cli import main
 
 
 def _digest(path) -> str:
@@ -140,7 +139,7 @@ def test_model_mismatch_and_newer_schema(tmp_path, capsys, blob_tiff):
 
 def test_console_script_runs_as_a_process(tmp_path, blob_tiff):
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "segment", blob_tiff, str(tmp_path / "bad.txt")],
+        [sys.executable, "-m", "pixseg.cli", "segment", blob_tiff, str(tmp_path / "bad.txt")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -152,15 +151,15 @@ def test_console_script_runs_as_a_process(tmp_path, blob_tiff):
 def test_console_script_exits_with_mains_status_and_freezes_the_heap(monkeypatch):
     from importlib.metadata import entry_points
 
-    import pipeline.cli
+    import pixseg.cli
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pixseg"]
-    assert script.value == "pipeline.cli:console_main"
-    monkeypatch.setattr(pipeline.cli, "main", lambda: 3)
+    assert script.value == "pixseg.cli:console_main"
+    monkeypatch.setattr(pixseg.cli, "main", lambda: 3)
     gc.unfreeze()
     try:
         with pytest.raises(SystemExit) as exited:
-            pipeline.cli.console_main()
+            pixseg.cli.console_main()
         assert exited.value.code == 3
         assert gc.get_freeze_count() > 0
     finally:

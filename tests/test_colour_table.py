@@ -8,12 +8,11 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
-
-from pipeline import predict
-from pipeline.features import build_features, make_feature_spec
-from pipeline.model import fit_model
-from pipeline.predict import build_labels, build_table_labels, table_applies
-from pipeline.runner import FitOptions, ReadOptions, segment
+from pixseg import predict
+from pixseg.features import build_features, make_feature_spec
+from pixseg.model import fit_model
+from pixseg.predict import build_labels, build_table_labels, table_applies
+from pixseg.runner import FitOptions, ReadOptions, segment
 
 
 def _model(pixels: np.ndarray, groups: str, *, has_alpha: bool = False, clusters: int = 5):
@@ -80,7 +79,7 @@ def test_segment_through_the_table_equals_the_kernel_path_with_a_mask(tmp_path, 
 
 
 def test_table_path_on_a_local_cluster_equals_threads(tmp_path, monkeypatch, ihc_image):
-    from pipeline.cluster import open_scheduler
+    from pixseg.cluster import open_scheduler
 
     path = str(tmp_path / "ihc.tif")
     tifffile.imwrite(path, ihc_image, tile=(64, 64), photometric="rgb", compression="zlib")

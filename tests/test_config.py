@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.cli import main
-from pipeline.config import load_config, name_outputs, parse_override
-from pipeline.errors import ConfigError
+from pixseg.cli import main
+from pixseg.config import load_config, name_outputs, parse_override
+from pixseg.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -140,5 +139,5 @@ def test_output_names_from_the_template(tmp_path):
 
 
 def test_config_module_imports_neither_dask_nor_zarr():
-    code = "import sys, pipeline.config; sys.exit(any(m in sys.modules for m in ('dask', 'zarr')))"
+    code = "import sys, pixseg.config; sys.exit(any(m in sys.modules for m in ('dask', 'zarr')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

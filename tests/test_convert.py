@@ -14,9 +14,8 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
-
-from pipeline.cli import main
-from pipeline.io.readers import open_image
+from pixseg.cli import main
+from pixseg.io.readers import open_image
 
 
 def _numpy_mean_pyramid(pixels: np.ndarray, n_levels: int) -> list[np.ndarray]:
@@ -131,7 +130,7 @@ def test_wide_striped_tiff_converts_in_bounded_memory(tmp_path):
     small, large = tmp_path / "small.tif", tmp_path / "large.tif"
     _striped(small, 1024, width)
     _striped(large, 24000, width)
-    convert = [sys.executable, "-m", "pipeline.cli", "convert"]
+    convert = [sys.executable, "-m", "pixseg.cli", "convert"]
     baseline = _peak_rss([*convert, str(small), str(tmp_path / "s.zarr"), "-q"])
     peak = _peak_rss([*convert, str(large), str(tmp_path / "l.zarr"), "-q"])
     image_bytes = 24000 * width * 3
@@ -153,7 +152,7 @@ def test_convert_errors(tmp_path, capsys, blob_tiff):
 
 
 def test_segment_converts_a_striped_tiff_automatically_with_identical_labels(tmp_path, capsys, monkeypatch):
-    from pipeline import layout
+    from pixseg import layout
 
     monkeypatch.setattr(layout, "CONVERT_ABOVE_PIXELS", 100_000)  # this small image stands for a big one
     pixels = make_blob_image(400, 1500, seed=8)

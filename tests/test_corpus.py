@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import zarr
 from corpus import CASES
-
-from pipeline.cli import main
+from pixseg.cli import main
 
 
 def _snapshot(directory: Path) -> dict[str, str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+from pixseg.errors import ParameterError
+from pixseg.features import build_features, compute_features, dtype_range, make_feature_spec
 from skimage.color import rgb2gray, rgb2lab
-
-from pipeline.errors import ParameterError
-from pipeline.features import build_features, compute_features, dtype_range, make_feature_spec
 
 
 def _spec(groups, image, *, has_alpha=False):

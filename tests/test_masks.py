@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+import pixseg.masks
 import pytest
 import tifffile
 import zarr
-from slides import downsample, make_slide, write_pyramid_tiff
-
-import pipeline.masks
-from pipeline.errors import ParameterError
-from pipeline.features import compute_features, make_feature_spec
-from pipeline.io.model_file import load_model
-from pipeline.masks import (
+from pixseg.errors import ParameterError
+from pixseg.features import compute_features, make_feature_spec
+from pixseg.io.model_file import load_model
+from pixseg.masks import (
     block_mean,
     check_mask_shape,
     choose_mask_level,
@@ -23,8 +21,9 @@ from pipeline.masks import (
     tissue_mask,
     upsample_mask,
 )
-from pipeline.runner import FitOptions, ReadOptions, apply, segment
-from pipeline.sampling import SampleSource, build_candidates, plan_blocks
+from pixseg.runner import FitOptions, ReadOptions, apply, segment
+from pixseg.sampling import SampleSource, build_candidates, plan_blocks
+from slides import downsample, make_slide, write_pyramid_tiff
 
 
 def _labels(path: str) -> np.ndarray:
@@ -128,7 +127,7 @@ def test_auto_mask_end_to_end_from_a_low_level(tmp_path, monkeypatch, slide, sli
     """The mask comes from level 2 (4x smaller), upsampled: tissue area within 2%, masked pixels never
     sampled (the model is fitted on exactly the mask's pixels) and always label 0."""
     pixels, tissue = slide
-    monkeypatch.setattr(pipeline.masks, "AUTO_MASK_EDGE", 128)
+    monkeypatch.setattr(pixseg.masks, "AUTO_MASK_EDGE", 128)
     out = str(tmp_path / "labels.zarr")
     model_path = str(tmp_path / "model.json")
     fit = FitOptions(clusters=3, mask="auto", sample_size=pixels.shape[0] * pixels.shape[1])

@@ -12,10 +12,9 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
-
-from pipeline.cli import main
-from pipeline.io.readers import open_image
-from pipeline.runner import FitOptions, OutputOptions, ReadOptions, segment
+from pixseg.cli import main
+from pixseg.io.readers import open_image
+from pixseg.runner import FitOptions, OutputOptions, ReadOptions, segment
 
 FIT = FitOptions(clusters=4, sample_size=5000)
 
@@ -243,7 +242,7 @@ def test_pixel_size_option_overrides_and_previews(tmp_path, blob_image, blob_tif
     np.testing.assert_array_equal(read(".thumbnail.png"), blob_image)  # small input: stride 1
     coloured = read(".labels.png")
     labels = zarr.open_group(out, mode="r")["0"][:]
-    from pipeline.colours import label_colours
+    from pixseg.colours import label_colours
 
     np.testing.assert_array_equal(coloured[labels == 2][0], label_colours(4)[1][:3])
     assert read(".overlay.png").shape == (150, 230, 3)
@@ -270,8 +269,7 @@ def test_existing_side_file_needs_overwrite(tmp_path, capsys, blob_tiff):
 @pytest.mark.parametrize("with_pixels", [True, False])
 def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pixels):
     import dask.array as da
-
-    from pipeline.io.label_zarr import store_count_and_preview
+    from pixseg.io.label_zarr import store_count_and_preview
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 5, size=(150, 230), dtype=np.uint8)
@@ -293,7 +291,7 @@ def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pix
 
 
 def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
-    from pipeline.io.label_zarr import _write_counting_preview
+    from pixseg.io.label_zarr import _write_counting_preview
 
     labels = np.ones((64, 64, 1), np.uint8)
     pixels = np.zeros((64, 64, 3), np.uint8)

@@ -10,9 +10,8 @@ import pytest
 import tifffile
 import zarr
 from conftest import raise_if_dask_computes
-
-from pipeline.errors import InputError
-from pipeline.io.readers import open_image
+from pixseg.errors import InputError
+from pixseg.io.readers import open_image
 
 
 def _check(path, expected, **kwargs):
@@ -222,7 +221,7 @@ def test_aperio_svs_pyramid(tmp_path, blob_image):
 
 
 def test_png_too_large_to_decode_names_alternatives(tmp_path, monkeypatch):
-    from pipeline.io import readers
+    from pixseg.io import readers
 
     monkeypatch.setattr(readers, "MAX_PLAIN_PIXELS", 100)
     path = tmp_path / "big.png"

@@ -17,11 +17,10 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
-
-from pipeline.cli import main
-from pipeline.errors import OutputError
-from pipeline.io.locks import output_lock
-from pipeline.runner import FitOptions, ReadOptions, segment
+from pixseg.cli import main
+from pixseg.errors import OutputError
+from pixseg.io.locks import output_lock
+from pixseg.runner import FitOptions, ReadOptions, segment
 
 FIT = FitOptions(clusters=4, sample_size=20_000)
 
@@ -56,11 +55,11 @@ def _argv(big_tiff: str, out: str, *extra: str) -> list[str]:
 #: so that a kill can land inside the TIFF write of a small test image.
 _HARNESS = """
 import os, sys, time
-import pipeline.io.label_tiff as label_tiff
+import pixseg.io.label_tiff as label_tiff
 if os.environ.get("SLOW_TILES"):
     tiles = label_tiff._tiles
     label_tiff._tiles = lambda labels, tile: (time.sleep(0.02) or t for t in tiles(labels, tile))
-from pipeline.cli import main
+from pixseg.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -154,7 +153,7 @@ def test_half_written_chunk_is_never_taken_as_done(tmp_path, capsys, big_tiff, r
 
 
 def test_injected_write_failure_exits_2_and_resumes(tmp_path, capsys, monkeypatch, big_tiff, reference):
-    from pipeline.io import chunk_files
+    from pixseg.io import chunk_files
 
     out = str(tmp_path / "labels.zarr")
     original = chunk_files._replace_file
@@ -193,7 +192,7 @@ def test_resume_refuses_other_options_and_finished_output_is_kept(tmp_path, caps
 
 
 def test_incomplete_output_is_refused_as_input(tmp_path, capsys, blob_tiff, monkeypatch):
-    from pipeline import runner
+    from pixseg import runner
 
     out = str(tmp_path / "labels.zarr")
 

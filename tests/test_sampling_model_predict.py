@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline.errors import ParameterError
-from pipeline.features import compute_features, make_feature_spec
-from pipeline.model import feature_spread, fit_model, order_centroids, squared_inertia
-from pipeline.predict import map_pixels, predict_chunk
-from pipeline.sampling import (
+from pixseg.errors import ParameterError
+from pixseg.features import compute_features, make_feature_spec
+from pixseg.model import feature_spread, fit_model, order_centroids, squared_inertia
+from pixseg.predict import map_pixels, predict_chunk
+from pixseg.sampling import (
     SampleSource,
     build_candidates,
     candidate_threshold,
@@ -229,7 +228,7 @@ def test_preload_fitting_imports_dask_ml_in_the_background():
 
     code = (
         "import sys, time\n"
-        "from pipeline.model import preload_fitting\n"
+        "from pixseg.model import preload_fitting\n"
         "assert 'dask_ml.cluster' not in sys.modules\n"
         "preload_fitting()\n"
         "deadline = time.monotonic() + 60\n"

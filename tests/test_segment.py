@@ -10,17 +10,16 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image, raise_if_dask_computes
+from pixseg import sampling
+from pixseg.features import build_features, make_feature_spec
+from pixseg.io.model_file import load_model
+from pixseg.io.readers import open_image
+from pixseg.model import SegmentationModel
+from pixseg.predict import build_labels, predict_chunk
+from pixseg.runner import FitOptions, ReadOptions, apply, segment
+from pixseg.sampling import SampleSource, build_candidates, plan_blocks
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
-
-from pipeline import sampling
-from pipeline.features import build_features, make_feature_spec
-from pipeline.io.model_file import load_model
-from pipeline.io.readers import open_image
-from pipeline.model import SegmentationModel
-from pipeline.predict import build_labels, predict_chunk
-from pipeline.runner import FitOptions, ReadOptions, apply, segment
-from pipeline.sampling import SampleSource, build_candidates, plan_blocks
 
 
 def _labels(path: str) -> np.ndarray:
@@ -80,7 +79,7 @@ def test_stratified_sample_matches_sklearn_and_reads_a_fraction(tmp_path, small_
     path = _write_tiff(tmp_path / "big.tif", pixels)
     out = str(tmp_path / "big.zarr")
     assert sampling.sampling_stride(pixels.shape[:2], 2000) == 5  # 25 x 32 blocks, 1 in 25 read
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO, logger="pixseg"):
         result = segment(path, out, fit=FitOptions(clusters=4, sample_size=2000))
     assert result.model.sample_size == 2000
     assert "sampling 2000 pixels from 35 blocks" in caplog.text
@@ -96,7 +95,7 @@ def test_sparse_valid_pixels_make_the_strata_finer_until_the_sample_is_full(tmp_
     path = str(tmp_path / "sparse.tif")
     tifffile.imwrite(path, rgba, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
     out = str(tmp_path / "sparse.zarr")
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO, logger="pixseg"):
         result = segment(path, out, fit=FitOptions(clusters=3, sample_size=600))
     assert result.model.sample_size == 600
     assert caplog.text.count("sampling 600 pixels from") >= 2  # refined at least once
@@ -146,7 +145,7 @@ def test_same_seed_same_labels_and_apply_equals_segment(tmp_path, ihc_image):
 
 
 def test_local_cluster_gives_the_same_labels_as_threads(tmp_path, blob_tiff):
-    from pipeline.cluster import open_scheduler
+    from pixseg.cluster import open_scheduler
 
     fit = FitOptions(clusters=4, sample_size=3000)
     segment(blob_tiff, str(tmp_path / "threads.zarr"), read=ReadOptions(chunk=64), fit=fit)
@@ -259,7 +258,7 @@ def test_grey_uint16_zarr_input(tmp_path, chunk):
 def test_local_workers_get_the_malloc_settings_and_the_preload_hook():
     import os
 
-    from pipeline.cluster import LOCAL_WORKER_MALLOC, open_scheduler
+    from pixseg.cluster import LOCAL_WORKER_MALLOC, open_scheduler
 
     def environ() -> dict:
         return {key: os.environ.get(key) for key in (*LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS")}
@@ -268,7 +267,7 @@ def test_local_workers_get_the_malloc_settings_and_the_preload_hook():
         import gc
         import sys
 
-        return environ(), gc.get_freeze_count(), "pipeline.predict" in sys.modules
+        return environ(), gc.get_freeze_count(), "pixseg.predict" in sys.modules
 
     with open_scheduler("local", workers=1) as client:
         seen, frozen, imported = next(iter(client.run(worker_state).values()))

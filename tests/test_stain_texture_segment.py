@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from pixseg.errors import ParameterError
+from pixseg.features import robust_channel_ranges
+from pixseg.io.model_file import load_model
+from pixseg.runner import FitOptions, ReadOptions, apply, segment
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.metrics import adjusted_rand_score
 from slides import write_pyramid_tiff
-
-from pipeline.errors import ParameterError
-from pipeline.features import robust_channel_ranges
-from pipeline.io.model_file import load_model
-from pipeline.runner import FitOptions, ReadOptions, apply, segment
 
 #: Stain densities plus smoothed intensity and local standard deviation at sigma 1.
 STAIN_TEXTURE = FitOptions(clusters=3, features=("hed", "smooth", "std"), sigmas=(1.0,), sample_size=60_000)
@@ -118,9 +117,8 @@ def test_robust_ranges_keep_rgb_colour_balance():
 
 
 def test_cli_feature_mask_fit_level_and_normalise_options(tmp_path, capsys):
+    from pixseg.cli import main
     from slides import make_slide
-
-    from pipeline.cli import main
 
     pixels, _ = make_slide(256, 320)
     path = write_pyramid_tiff(str(tmp_path / "slide.tif"), pixels, n_levels=2)

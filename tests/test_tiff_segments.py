@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tifffile
-
-from pipeline.io.readers import open_image
-from pipeline.io.tiff_segments import TiffSegmentReader, segment_readable
+from pixseg.io.readers import open_image
+from pixseg.io.tiff_segments import TiffSegmentReader, segment_readable
 
 LAYOUTS = {
     "tiled zlib rgb": dict(tile=(32, 48), compression="zlib", photometric="rgb"),

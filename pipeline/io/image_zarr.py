@@ -11,9 +11,8 @@ from typing import Any, cast
 
 import numpy as np
 import zarr
+from pixseg.errors import OutputError, ParameterError
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
-
-from pipeline.errors import OutputError, ParameterError
 
 CODECS = ("zstd", "lz4", "zlib", "none")
 

@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
-
-from pipeline.errors import OutputError
+from pixseg.errors import OutputError
 
 TIFF_TILES = (256, 512)
 TIFF_COMPRESSIONS = ("zstd", "zlib")

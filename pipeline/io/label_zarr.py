@@ -17,12 +17,11 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.delayed import Delayed
+from pixseg.colours import label_colours
+from pixseg.errors import OutputError
+from pixseg.io.chunk_files import read_region, write_chunk
+from pixseg.statistics import count_labels
 from zarr.codecs import ZstdCodec
-
-from pipeline.colours import label_colours
-from pipeline.errors import OutputError
-from pipeline.io.chunk_files import read_region, write_chunk
-from pipeline.statistics import count_labels
 
 NGFF_VERSIONS = ("0.5", "0.4")
 

@@ -9,8 +9,8 @@ import socket
 import time
 from collections.abc import Iterator
 
-from pipeline.errors import OutputError
-from pipeline.io.json_files import read_json_object
+from pixseg.errors import LockedError, OutputError
+from pixseg.io.json_files import read_json_object
 
 #: An unreadable lock younger than this is taken as being written by a starting run.
 _FRESH_SECONDS = 10.0
@@ -51,7 +51,7 @@ def _acquire(path: str) -> None:
             if holder is None and _age(path) < _FRESH_SECONDS:
                 holder = {"pid": "?", "host": "?"}  # just created, not yet written: held
             if holder is not None and not _is_stale(holder):
-                raise OutputError(
+                raise LockedError(
                     f"output is being written by pid {holder.get('pid')} on {holder.get('host')!r} "
                     f"(lock {path!r}); wait for that run, or delete the lock if it is gone"
                 ) from None
@@ -63,7 +63,7 @@ def _acquire(path: str) -> None:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(record)
         return
-    raise OutputError(f"cannot take lock {path!r}: it keeps being re-created by another run")
+    raise LockedError(f"cannot take lock {path!r}: it keeps being re-created by another run")
 
 
 def _age(path: str) -> float:

@@ -6,8 +6,8 @@ import json
 import os
 from typing import Any
 
-from pipeline.errors import ModelError
-from pipeline.model import SegmentationModel
+from pixseg.errors import ModelError
+from pixseg.model import SegmentationModel
 
 MODEL_FORMAT = "pixseg-model"
 #: 2 added per-channel ranges, texture sigmas and the mask mode to the feature spec (1 still reads).

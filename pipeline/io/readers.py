@@ -3,7 +3,7 @@
 Every reader returns an :class:`Image`: nothing is decoded until a chunk is computed.
 TIFF tiles and zarr chunks are read through a small picklable region reader, so the
 same graph runs on threads and on distributed worker processes, and a decode failure
-surfaces as :class:`~pipeline.errors.InputError` naming the file.
+surfaces as :class:`~pixseg.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
-
-from pipeline.errors import InputError
-from pipeline.io.tiff_segments import TiffSegmentReader, segment_readable
+from pixseg.errors import InputError
+from pixseg.io.tiff_segments import TiffSegmentReader, segment_readable
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import OutputError
+from pixseg.errors import OutputError
 
 SIDE_SUFFIXES = (".stats.csv", ".stats.json", ".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
 
