@@ -1,35 +1,35 @@
 """The ``pixseg`` command: argument parsing, logging and progress, errors -> exit codes.
 
-Every subcommand is a thin wrapper over a library function. A user mistake prints one line
-``error: ...`` on stderr and exits with 2, never a traceback.
+Every subcommand is a thin wrapper over a library function; its options are built from
+:mod:`pixseg.options`, so the flags, their help and their checks are those of the Python API
+and the YAML config. A user mistake prints one line ``error: ...`` on stderr and exits with 2,
+never a traceback; anything else is a bug in pixseg and shows its traceback. Heavy libraries
+(dask, zarr) are imported only by the subcommand that runs, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pixseg import __version__
-from pixseg.cluster import open_scheduler
 from pixseg.errors import PipelineError
-from pixseg.features import FEATURE_GROUPS
-from pixseg.runner import (
-    NORMALISE_MODES,
+from pixseg.options import (
+    ComputeOptions,
+    ConvertOptions,
     FitOptions,
+    OptionError,
     OutputOptions,
     ReadOptions,
-    RunResult,
-    apply,
-    convert,
-    describe,
-    segment,
+    option_fields,
 )
+
+if TYPE_CHECKING:
+    from pixseg.labelling import RunResult
 
 logger = logging.getLogger("pixseg")
 
@@ -37,9 +37,36 @@ EXIT_USER_ERROR = 2
 #: ``pixseg run`` finished, but some images failed (listed in the run summary).
 EXIT_BATCH_FAILED = 3
 
+#: Titles of the option groups in ``--help``.
+_GROUP_TITLES = {
+    ReadOptions: "input",
+    FitOptions: "fit",
+    OutputOptions: "output",
+    ComputeOptions: "compute",
+    ConvertOptions: "conversion",
+}
+
+_EXAMPLES = """examples:
+  pixseg demo                                   build a demo slide, segment it, print what to open
+  pixseg segment slide.svs labels.zarr -k 5 --mask auto --features hed,texture --save-model m.json
+  pixseg apply m.json other.svs other.tif       same model on another slide, pyramidal TIFF out
+  pixseg run configs/quick-local.yaml --dry-run  a batch from a config: plan first
+  pixseg info labels.zarr                       what an image or output holds
+
+`pixseg COMMAND --help` lists a command's options."""
+
 
 class UsageError(PipelineError, ValueError):
     """A command-line argument is missing or malformed."""
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (the lookup costs ~0.1 s)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        import pixseg
+
+        parser.exit(message=f"pixseg {pixseg.__version__}\n")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,36 +96,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console_main() -> NoReturn:
     """The ``pixseg`` console script: :func:`main` in a process that ends with it.
 
-    The imported libraries' objects (about 250,000: dask, zarr, scikit-learn, pandas) live until
-    the process exits. Freezing them out of the cyclic garbage collector (``gc.freeze``) before
-    the run, and everything left after it, spares each full collection during the run and the
-    interpreter's last one at exit from traversing them: about 1 s of a 10 s run at 4096^2.
+    Only here, in a process pixseg owns, is the process tuned (see :func:`pixseg.cluster.tune_process`):
+    a library call leaves its host process (a notebook) alone.
     """
-    gc.freeze()
-    status = main()
-    gc.freeze()
+    from pixseg.cluster import tune_process
+
+    with tune_process():
+        status = main()
     sys.exit(status)
 
 
+# --- the parser ----------------------------------------------------------------------------
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pixseg", description="Out-of-core pixel-clustering segmentation of very large images.")
-    parser.add_argument("--version", action="version", version=f"pixseg {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(
+        prog="pixseg",
+        description="Out-of-core pixel-clustering segmentation of very large images.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     seg = commands.add_parser("segment", help="fit k-means on a sample of an image and label every pixel")
     seg.add_argument("input", help="TIFF/OME-TIFF/SVS, zarr/OME-Zarr, PNG or JPEG")
     seg.add_argument("output", nargs="?", help="OUTPUT.zarr (OME-Zarr labels) or OUTPUT.tif[f] (pyramidal BigTIFF)")
-    _add_fit_arguments(seg)
     seg.add_argument("--save-model", metavar="M.json", help="also save the fitted model as JSON")
-    _add_run_arguments(seg)
+    _add_run_arguments(seg, (ReadOptions, FitOptions, OutputOptions, ComputeOptions))
     seg.set_defaults(handler=_run_segment)
 
     app = commands.add_parser("apply", help="label an image with a saved model")
-    app.add_argument("model", help="a model saved by `segment --save-model`")
+    app.add_argument("model", help="a model saved by `segment --save-model` or PixelKMeans.save")
     app.add_argument("input")
     app.add_argument("output", nargs="?")
     app.add_argument("--mask", default=None, metavar="auto|none|PATH", help="mask (default: the model's, auto or none)")
-    _add_run_arguments(app)
+    _add_run_arguments(app, (ReadOptions, OutputOptions, ComputeOptions))
     app.set_defaults(handler=_run_apply)
 
     run = commands.add_parser("run", help="segment a batch of images from a YAML config (see configs/)")
@@ -112,135 +145,103 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config key (dotted, e.g. compute.workers=4; the value is YAML); repeatable",
     )
     run.add_argument("--dry-run", action="store_true", help="print the plan (images, chunks, memory) and stop")
-    run.add_argument("--scheduler", help="override compute.scheduler: threads, local, slurm, pbs or tcp://HOST:PORT")
-    run.add_argument("--workers", type=int, help="override compute.workers (threads, processes or batch jobs)")
-    run.add_argument("--lifetime", help="override compute.lifetime: workers retire and are replaced after it (55m)")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+    add_option_arguments(run, ComputeOptions, help_suffix=" (overrides the config)")
+    _add_quiet(run)
     run.set_defaults(handler=_run_batch)
 
     conv = commands.add_parser("convert", help="write an image as a chunked OME-Zarr (NGFF 0.5) pyramid")
     conv.add_argument("input")
     conv.add_argument("output", help="OUTPUT.zarr")
-    conv.add_argument("--level", type=int, default=0, help="input pyramid level to convert (default 0)")
-    conv.add_argument("--chunk", type=int, default=1024, help="zarr chunk edge in pixels (default %(default)s)")
-    conv.add_argument("--levels", default="auto", help="pyramid levels: auto (down to <= 1024 px) or a number")
-    conv.add_argument("--codec", default="zstd", help="zstd (default), lz4, zlib or none (all lossless)")
-    conv.add_argument("--shard", type=int, default=None, metavar="N", help="zarr v3 shards of N x N chunks")
+    add_option_arguments(conv, ConvertOptions)
     conv.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    conv.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+    _add_quiet(conv)
     conv.set_defaults(handler=_run_convert)
 
     info = commands.add_parser("info", help="what an image or a pixseg output holds")
     info.add_argument("path")
-    info.add_argument("--level", type=int, default=0, help="pyramid level to describe")
+    info.add_argument("--level", type=int, default=0, help="pyramid level to describe (default 0)")
     info.set_defaults(handler=_run_info)
 
     demo = commands.add_parser("demo", help="build a large demo slide and segment it")
     demo.add_argument("directory", nargs="?", default="pixseg-demo", help="where to put it (default ./pixseg-demo)")
     demo.add_argument("--size", type=int, default=16384, help="edge of the demo image in pixels (default 16384)")
-    _add_fit_arguments(demo)
-    _add_run_arguments(demo, with_output_flags=False)
+    for cls in (ReadOptions, FitOptions, ComputeOptions):
+        add_option_arguments(demo, cls)
+    _add_quiet(demo)
     demo.set_defaults(handler=_run_demo)
     return parser
 
 
-def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = FitOptions()
-    parser.add_argument("--clusters", "-k", type=int, default=defaults.clusters, help="K (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument(
-        "--features",
-        default=",".join(defaults.features),
-        help=f"comma-separated features from {', '.join(FEATURE_GROUPS)}; texture = smooth,std,gradient,log "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--sample-size", type=int, default=defaults.sample_size, help="pixels sampled for the fit (default %(default)s)"
-    )
-    parser.add_argument(
-        "--restarts",
-        type=int,
-        default=defaults.restarts,
-        help="k-means|| runs per fit, the lowest sample inertia wins; about 1 s each (default %(default)s)",
-    )
-    parser.add_argument(
-        "--sigmas",
-        type=_parse_sigmas,
-        default=defaults.sigmas,
-        metavar="S1,S2",
-        help=f"texture scales in full-resolution pixels (default {','.join(f'{s:g}' for s in defaults.sigmas)})",
-    )
-    parser.add_argument(
-        "--mask",
-        default=defaults.mask,
-        metavar="auto|none|PATH",
-        help="auto: tissue versus glass (RGB); PATH: a mask image, 0 = masked (default %(default)s)",
-    )
-    parser.add_argument(
-        "--fit-level",
-        type=int,
-        default=defaults.fit_level,
-        metavar="L",
-        help="pyramid level to sample for the fit; labels are still predicted at --level (default: --level)",
-    )
-    parser.add_argument(
-        "--normalise",
-        choices=NORMALISE_MODES,
-        default=defaults.normalise,
-        help="channel scaling: dtype range, or robust 0.5-99.5 percentiles; auto = robust unless 8-bit "
-        "(default %(default)s)",
-    )
+def add_option_arguments(parser: argparse.ArgumentParser, cls: type, *, help_suffix: str = "") -> None:
+    """Add every option of ``cls`` that has a CLI flag, as one help group, from its declaration.
 
-
-def _parse_sigmas(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-
-
-def _add_run_arguments(parser: argparse.ArgumentParser, *, with_output_flags: bool = True) -> None:
-    parser.add_argument("--level", type=int, default=0, help="input pyramid level (default 0, full resolution)")
-    parser.add_argument("--chunk", type=int, default=None, help="processing chunk edge in pixels (default: ~1024)")
-    parser.add_argument(
-        "--no-convert", action="store_true", help="read the input directly even if its layout calls for converting it"
-    )
-    parser.add_argument("--workdir", help="where an input is converted when that pays (default: beside the output)")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep the converted input after the run")
-    if with_output_flags:
-        parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-        parser.add_argument(
-            "--resume", action="store_true", help="continue an interrupted run of the same job (same input, options)"
+    Values are kept as given (strings, or booleans for switches) and checked when the options
+    object is made (:func:`options_from_args`); options not given are absent from the namespace.
+    """
+    group = parser.add_argument_group(_GROUP_TITLES[cls])
+    for item, spec, hint in option_fields(cls):
+        if spec.flag is None:
+            continue
+        names = [spec.flag, *([spec.short] if spec.short else [])]
+        if hint is bool:
+            action = "store_false" if spec.flag.startswith("--no-") else "store_true"
+            group.add_argument(*names, dest=item.name, action=action, default=argparse.SUPPRESS, help=spec.help)
+            continue
+        allowed = spec.choices if isinstance(spec.choices, tuple) else None  # a callable's may import numpy
+        described = (
+            f"{spec.help}; one of {', '.join(str(a) for a in allowed)}" if allowed and len(allowed) < 8 else spec.help
         )
-        _add_output_arguments(parser)
-    parser.add_argument("--scheduler", default="threads", help="threads (default), local, or tcp://HOST:PORT")
-    parser.add_argument("--workers", type=int, default=None, help="threads or worker processes (default: cores)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
+        if item.default is not None and not isinstance(item.default, bool):
+            default = item.default
+            shown = (
+                ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+                if isinstance(default, tuple)
+                else default
+            )
+            described += f" (default {shown})"
+        group.add_argument(
+            *names,
+            dest=item.name,
+            default=argparse.SUPPRESS,
+            metavar=spec.metavar or item.name.upper(),
+            help=described + help_suffix,
+        )
 
 
-def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = OutputOptions()
+def options_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The ``cls`` options object of the parsed flags; a bad value names its flag.
+
+    Raises
+    ------
+    UsageError
+        For a value of the wrong type, out of range or not among the choices.
+    """
+    given = vars(args)
+    values = {item.name: given[item.name] for item, spec, _ in option_fields(cls) if spec.flag and item.name in given}
+    try:
+        return cls(**values)
+    except OptionError as err:
+        flags = {item.name: spec.flag for item, spec, _ in option_fields(cls)}
+        raise UsageError(f"{flags.get(err.name.split('[')[0]) or err.name} {err.problem}") from err
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, classes: Sequence[type]) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run of the same job (same input, options)"
+    )
     parser.add_argument(
         "--into-input",
         metavar="NAME",
         help="write the labels into the OME-Zarr input's labels/NAME group (same as OUTPUT = INPUT/labels/NAME)",
     )
-    parser.add_argument(
-        "--ngff", default=defaults.ngff, help="OME-Zarr version: 0.5 (zarr v3, default) or 0.4 (zarr v2)"
-    )
-    parser.add_argument(
-        "--pixel-size", metavar="UM[,UM]", help="pixel size in micrometres (Y,X or one value); default: the input's"
-    )
-    parser.add_argument(
-        "--tiff-flavour",
-        default=defaults.tiff_flavour,
-        help="TIFF layout: generic (OpenSlide, default) or ome (SubIFDs)",
-    )
-    parser.add_argument(
-        "--tiff-tile", type=int, default=defaults.tiff_tile, help="TIFF tile edge: 256 or 512 (default)"
-    )
-    parser.add_argument("--tiff-compression", default=defaults.tiff_compression, help="zstd (default) or zlib")
-    parser.add_argument("--no-previews", action="store_true", help="skip the PNG thumbnail, label map, overlay, legend")
+    _add_quiet(parser)
+    for cls in classes:
+        add_option_arguments(parser, cls)
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log messages")
 
 
 def _configure_logging(*, quiet: bool) -> None:
@@ -251,37 +252,7 @@ def _configure_logging(*, quiet: bool) -> None:
     logger.propagate = False
 
 
-def _read_options(args: argparse.Namespace) -> ReadOptions:
-    return ReadOptions(
-        level=args.level,
-        chunk=args.chunk,
-        convert=not args.no_convert,
-        workdir=args.workdir,
-        keep_workdir=args.keep_workdir,
-    )
-
-
-def _output_options(args: argparse.Namespace) -> OutputOptions:
-    return OutputOptions(
-        ngff=args.ngff,
-        pixel_size=_parse_pixel_size(args.pixel_size),
-        tiff_flavour=args.tiff_flavour,
-        tiff_tile=args.tiff_tile,
-        tiff_compression=args.tiff_compression,
-        previews=not args.no_previews,
-    )
-
-
-def _parse_pixel_size(text: str | None) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError as err:
-        raise UsageError(f"--pixel-size expects micrometres as Y,X or one number, got {text!r}") from err
-    if len(values) not in (1, 2):
-        raise UsageError(f"--pixel-size expects one or two numbers, got {text!r}")
-    return (values[0], values[-1])
+# --- the commands --------------------------------------------------------------------------
 
 
 def _output_path(args: argparse.Namespace) -> str:
@@ -297,28 +268,20 @@ def _output_path(args: argparse.Namespace) -> str:
     return target
 
 
-def _fit_options(args: argparse.Namespace) -> FitOptions:
-    return FitOptions(
-        clusters=args.clusters,
-        seed=args.seed,
-        features=tuple(name.strip() for name in args.features.split(",")),
-        sample_size=args.sample_size,
-        restarts=args.restarts,
-        sigmas=args.sigmas,
-        mask=args.mask,
-        fit_level=args.fit_level,
-        normalise=args.normalise,
-    )
-
-
 def _run_segment(args: argparse.Namespace) -> int:
-    with open_scheduler(args.scheduler, workers=args.workers):
+    from pixseg.cluster import open_compute
+    from pixseg.runner import WORKER_MODULES, segment
+
+    read, fit, output, compute = (
+        options_from_args(cls, args) for cls in (ReadOptions, FitOptions, OutputOptions, ComputeOptions)
+    )
+    with open_compute(compute, worker_imports=WORKER_MODULES):
         result = segment(
             args.input,
             _output_path(args),
-            read=_read_options(args),
-            fit=_fit_options(args),
-            output=_output_options(args),
+            read=read,
+            fit=fit,
+            output=output,
             model_path=args.save_model,
             overwrite=args.overwrite,
             resume=args.resume,
@@ -329,13 +292,17 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    with open_scheduler(args.scheduler, workers=args.workers):
+    from pixseg.cluster import open_compute
+    from pixseg.runner import WORKER_MODULES, apply
+
+    read, output, compute = (options_from_args(cls, args) for cls in (ReadOptions, OutputOptions, ComputeOptions))
+    with open_compute(compute, worker_imports=WORKER_MODULES):
         result = apply(
             args.model,
             args.input,
             _output_path(args),
-            read=_read_options(args),
-            output=_output_options(args),
+            read=read,
+            output=output,
             overwrite=args.overwrite,
             resume=args.resume,
             progress=not args.quiet,
@@ -346,13 +313,16 @@ def _run_apply(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from pixseg.batch import format_plan, plan_batch, run_batch
+    from pixseg.batch import run_batch
+    from pixseg.batch_plan import format_plan, plan_batch
     from pixseg.config import load_config
 
+    compute = options_from_args(ComputeOptions, args)  # checks the flags given, by their flag
+    given = vars(args)
     overrides = list(args.overrides)
-    for key, value in (("scheduler", args.scheduler), ("workers", args.workers), ("lifetime", args.lifetime)):
-        if value is not None:
-            overrides.append(f"compute.{key}={json.dumps(value)}")
+    for item, spec, _ in option_fields(ComputeOptions):
+        if spec.flag and spec.config and item.name in given:
+            overrides.append(f"{spec.config}={json.dumps(getattr(compute, item.name))}")
     config = load_config(args.config, overrides)
     if args.dry_run:
         print(format_plan(plan_batch(config)))
@@ -368,21 +338,12 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    if args.levels == "auto":
-        levels = None
-    else:
-        try:
-            levels = int(args.levels)
-        except ValueError as err:
-            raise UsageError(f"--levels expects auto or a number, got {args.levels!r}") from err
+    from pixseg.convert import convert
+
     result = convert(
         args.input,
         args.output,
-        level=args.level,
-        chunk=args.chunk,
-        levels=levels,
-        codec=args.codec,
-        shard=args.shard,
+        options=options_from_args(ConvertOptions, args),
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -394,6 +355,8 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from pixseg.describe import describe
+
     description = describe(args.path, level=args.level)
     for key, value in description.items():
         if key in ("model", "statistics"):
@@ -405,8 +368,11 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from pixseg.cluster import open_compute
     from pixseg.demo import write_demo_tiff
+    from pixseg.runner import WORKER_MODULES, segment
 
+    read, fit, compute = (options_from_args(cls, args) for cls in (ReadOptions, FitOptions, ComputeOptions))
     os.makedirs(args.directory, exist_ok=True)
     source = os.path.join(args.directory, f"demo-ihc-{args.size}.tif")
     if not os.path.exists(source):
@@ -416,16 +382,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         write_demo_tiff(source, size=args.size)
     output = os.path.join(args.directory, "demo-labels.zarr")
     model = os.path.join(args.directory, "demo-model.json")
-    with open_scheduler(args.scheduler, workers=args.workers):
-        result = segment(
-            source,
-            output,
-            read=_read_options(args),
-            fit=_fit_options(args),
-            model_path=model,
-            overwrite=True,
-            progress=not args.quiet,
-        )
+    with open_compute(compute, worker_imports=WORKER_MODULES):
+        result = segment(source, output, read=read, fit=fit, model_path=model, overwrite=True, progress=not args.quiet)
     _print_result(result)
     print(f"input: {source}\nmodel: {model}\ninspect with: pixseg info {output}")
     return 0

@@ -9,15 +9,15 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
 from pixseg.errors import ParameterError
+from pixseg.options import SCHEDULERS, ComputeOptions
 
 logger = logging.getLogger(__name__)
 
-SCHEDULERS = ("threads", "local", "slurm", "pbs")
 #: dask-jobqueue cluster classes of the batch-system schedulers.
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
@@ -25,21 +25,62 @@ JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 #: glibc settings for local worker processes (merged over distributed's own pre-spawn
 #: environment): buffers up to 16 MiB come from the heap and up to 32 MiB of freed heap is kept,
 #: instead of distributed's 64 KiB trim threshold, which returns (and page-faults back in) every
-#: chunk-sized buffer. Measured at 16384^2 on 2 workers: median 17.3 -> 15.9 s, peak RSS of the
-#: process tree 1054 -> 1117 MB.
+#: chunk-sized buffer (measured in docs/performance.md).
 LOCAL_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
+#: Environment variable naming the modules the workers' preload hook imports (comma-separated).
+WORKER_IMPORTS_VARIABLE = "PIXSEG_WORKER_IMPORTS"
 
 
 def dask_setup(worker: Any) -> None:
     """distributed's preload hook, run in each local worker process as it starts (see ``open_scheduler``).
 
-    Imports the modules pixseg's tasks run, so that happens while the cluster starts rather than in
-    the first tasks, then freezes the imported objects out of the cyclic garbage collector
-    (``gc.freeze``), as the console script does for its own process. Measured at 16384^2 on 2
-    workers: median 11.7 -> 11.2 s over 3 paired runs.
+    Imports the modules it is given (``PIXSEG_WORKER_IMPORTS``: the modules pixseg's tasks run,
+    named by the caller of :func:`open_scheduler`), so that happens while the cluster starts
+    rather than in the first tasks, then freezes the imported objects out of the cyclic garbage
+    collector (``gc.freeze``), as the console script does for its own process.
     """
-    importlib.import_module("pixseg.runner")
+    for name in filter(None, os.environ.get(WORKER_IMPORTS_VARIABLE, "").split(",")):
+        importlib.import_module(name)
     gc.freeze()
+
+
+@contextlib.contextmanager
+def tune_process() -> Iterator[None]:
+    """Tune a process that pixseg owns (the console script), for the duration of the block.
+
+    - glibc hands freed chunk buffers back promptly (:func:`release_freed_memory_promptly`);
+    - the imported libraries' objects (dask, zarr, scikit-learn: about 250,000) are frozen out of
+      the cyclic garbage collector (``gc.freeze``) before the run, and everything left after it, so
+      full collections during the run and the interpreter's last one at exit skip them.
+
+    Never called on import or by a library function: a notebook's process is left alone.
+    """
+    release_freed_memory_promptly()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.freeze()
+
+
+def open_compute(
+    compute: ComputeOptions, *, worker_imports: Sequence[str] = ()
+) -> contextlib.AbstractContextManager[object | None]:
+    """:func:`open_scheduler` for a :class:`~pixseg.options.ComputeOptions`.
+
+    ``worker_imports`` are the modules local workers import as they start (see :func:`dask_setup`).
+    """
+    return open_scheduler(
+        compute.scheduler,
+        workers=compute.workers,
+        memory_limit=compute.memory_limit,
+        jobqueue=compute.jobqueue_options(),
+        lifetime=compute.lifetime,
+        lifetime_stagger=compute.lifetime_stagger,
+        dashboard_address=compute.dashboard_address,
+        startup_timeout=compute.startup_timeout,
+        worker_imports=worker_imports,
+    )
 
 
 @contextlib.contextmanager
@@ -53,6 +94,7 @@ def open_scheduler(
     lifetime_stagger: str | None = None,
     dashboard_address: str = "127.0.0.1:0",
     startup_timeout: float | None = None,
+    worker_imports: Sequence[str] = (),
 ) -> Iterator[object | None]:
     """Make ``scheduler`` the active dask scheduler for the duration of the block.
 
@@ -96,7 +138,6 @@ def open_scheduler(
     if workers is not None and workers < 1:
         raise ParameterError(f"--workers must be >= 1, got {workers!r}")
     if scheduler == "threads":
-        release_freed_memory_promptly()
         with dask.config.set(scheduler="threads", num_workers=workers):
             yield None
         return
@@ -105,7 +146,7 @@ def open_scheduler(
 
         n_workers = workers or os.cpu_count() or 1
         with (
-            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}),
+            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(worker_imports)}),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,
@@ -148,9 +189,14 @@ def open_scheduler(
     )
 
 
-def _worker_environ() -> dict[str, Any]:
-    """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC`` over it."""
-    return {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}), **LOCAL_WORKER_MALLOC}
+def _worker_environ(worker_imports: Sequence[str]) -> dict[str, Any]:
+    """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC`` and
+    the modules the preload hook imports over it."""
+    return {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
+        **LOCAL_WORKER_MALLOC,
+        WORKER_IMPORTS_VARIABLE: ",".join(worker_imports),
+    }
 
 
 @contextlib.contextmanager
@@ -168,7 +214,7 @@ def _open_jobqueue(
     try:
         import dask_jobqueue
     except ImportError as err:
-        raise ParameterError(f"--scheduler {scheduler} needs dask-jobqueue: pip install 'pixseg[cluster]'") from err
+        raise ParameterError(f"--scheduler {scheduler} needs dask-jobqueue: pip install 'pixseg-ooc[cluster]'") from err
     from distributed import Client
 
     cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[scheduler])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
 import tifffile
 from pixseg.errors import OutputError, ParameterError
+from pixseg.io.atomic import atomic_file
 
 DEMO_TILE = 512
 
@@ -22,7 +22,8 @@ def write_demo_tiff(path: str, *, size: int) -> None:
     Parameters
     ----------
     path : str
-        Destination ``.tif``; written under a temporary name, then renamed.
+        Destination ``.tif``; written under a unique temporary name, then renamed
+        (see :func:`pixseg.io.atomic.atomic_file`).
     size : int
         Edge in pixels, at least 512.
     """
@@ -31,9 +32,8 @@ def write_demo_tiff(path: str, *, size: int) -> None:
     from skimage.data import immunohistochemistry
 
     photo = np.ascontiguousarray(immunohistochemistry()[:DEMO_TILE, :DEMO_TILE])
-    partial = path + ".partial"
     try:
-        with tifffile.TiffWriter(partial, bigtiff=True) as writer:
+        with atomic_file(path, "wb", fsync=False) as handle, tifffile.TiffWriter(handle, bigtiff=True) as writer:
             writer.write(
                 _mirrored_tiles(photo, size),
                 shape=(size, size, 3),
@@ -44,7 +44,6 @@ def write_demo_tiff(path: str, *, size: int) -> None:
                 compressionargs={"level": 90},
                 metadata=None,
             )
-        os.replace(partial, path)
     except OSError as err:
         raise OutputError(f"cannot write demo input {path!r}: {err}") from err
 

@@ -1,4 +1,11 @@
-"""Per-pixel features: pure per-chunk numpy functions and the one place that builds them lazily.
+"""Per-pixel features: one registry entry per feature group, and the one place that builds them lazily.
+
+Every feature group is one :class:`FeatureGroup` in :data:`FEATURE_REGISTRY`: its column names,
+its per-chunk numpy kernel (in :mod:`pixseg.feature_kernels`), what that kernel reads (the
+pixel's colour, its position, or Gaussian filterings of the intensity image), whether it needs
+an RGB input and which shorthand names include it. Group lists, column names, validation, the
+halo and :attr:`FeatureSpec.pointwise` are all derived from the registry, so adding a group
+means adding one entry and its kernel.
 
 A feature image has shape (Y, X, F), dtype float32. Pixels that carry no data (alpha == 0,
 NaN or infinite input, outside a mask) hold NaN in every feature: that NaN is the validity
@@ -13,46 +20,168 @@ handling applies there and a pixel's features do not depend on the chunking. Sig
 full-resolution pixels: on a pyramid level downsampled ``f`` times the filters use
 ``sigma / f`` and derivatives are expressed per full-resolution pixel, so features of a
 level approximate those of the full-resolution image.
+
+Importing this module does not import dask (the CLI lists feature groups from it cheaply):
+:func:`build_features` imports ``dask.array`` when it builds a graph.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
+from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
-from scipy import ndimage
+from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filter
+from pixseg.options import DEFAULT_SIGMAS, MAX_SIGMA
 
-#: Per-pixel colour feature groups.
-COLOUR_GROUPS = ("channels", "grey", "lab", "hsv", "hed")
-#: Texture feature groups, computed on the intensity (``grey``) image at every sigma.
-TEXTURE_GROUPS = ("smooth", "std", "gradient", "log", "hessian")
-#: Every feature group name; the spec stacks them in the order the user gives.
-FEATURE_GROUPS = (*COLOUR_GROUPS, *TEXTURE_GROUPS, "coordinates")
-#: Shorthand names that expand to several groups.
-FEATURE_ALIASES = {"texture": ("smooth", "std", "gradient", "log")}
-#: Default texture scales, in full-resolution pixels.
-DEFAULT_SIGMAS = (1.0, 4.0)
-#: Largest accepted sigma (its halo is ``4 * sigma`` pixels on every chunk side).
-MAX_SIGMA = 64.0
-#: Gaussian kernels stop at ``truncate * sigma`` (scipy.ndimage's default).
-TRUNCATE = 4.0
+if TYPE_CHECKING:
+    import dask.array as da
+
 #: Mask modes a spec records: no mask, the automatic tissue mask, or a user's mask file.
 MASK_MODES = ("none", "auto", "file")
-#: Luminance weights of skimage.color.rgb2gray (ITU-R BT.709).
-_GREY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)
-#: sRGB (linear) to CIE XYZ, and the D65 white point, as in skimage.color.
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
-#: Haematoxylin, eosin and DAB optical densities of RGB (Ruifrok & Johnston), as skimage.color.rgb_from_hed.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-#: skimage.color.hed_from_rgb, transposed for :func:`_mix` (``stains = od @ hed_from_rgb``).
-_HED_MIX = np.linalg.inv(_RGB_FROM_HED).T
-_HED_LOG_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """One feature group: its columns, its per-chunk kernel and what the kernel reads.
+
+    Attributes
+    ----------
+    name : str
+        The name users give (``--features``) and model files record.
+    kind : {"colour", "position", "texture"}
+        What ``kernel`` reads, which fixes how it is called:
+
+        - ``"colour"``: ``kernel(colour)`` with the scaled colour channels of the returned
+          region, (h, w, C) float32, returns (h, w, k) float32;
+        - ``"position"``: ``kernel(shape, origin, image_shape)`` with the region's (h, w), its
+          first pixel's (row, column) in the image and the image's (Y, X), returns (h, w, k)
+          float32;
+        - ``"texture"``: once per sigma, ``kernel(*filtered)`` with one (H, W) float64 array per
+          entry of ``filters`` (the chunk with its halo), returns k (H, W) arrays.
+    kernel : callable
+        The pure numpy function that computes the group's columns of one chunk.
+    columns : tuple of str, or callable
+        The column names, or a function of the number of colour channels that returns them. A
+        texture group has one column per name and sigma, ``f"{name}_s{sigma:g}"``, sigma first.
+    filters : tuple of GaussianFilter
+        The filterings of the intensity image a texture kernel reads, in argument order; empty
+        for other kinds.
+    needs_rgb : bool
+        Whether the group needs exactly three colour channels.
+    aliases : tuple of str
+        Shorthand names (e.g. ``texture``) that expand to, among others, this group.
+    """
+
+    name: str
+    kind: Literal["colour", "position", "texture"]
+    kernel: Callable[..., Any]
+    columns: tuple[str, ...] | Callable[[int], tuple[str, ...]]
+    filters: tuple[GaussianFilter, ...] = ()
+    needs_rgb: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.kind == "texture") != bool(self.filters):
+            raise ValueError(f"feature group {self.name!r}: filters {self.filters!r} are for texture groups only")
+
+    @property
+    def texture(self) -> bool:
+        """Whether the group filters the intensity image at every sigma (and so needs sigmas and a halo)."""
+        return self.kind == "texture"
+
+    @property
+    def pointwise(self) -> bool:
+        """Whether the group's features of a pixel depend on that pixel's own colour only."""
+        return self.kind == "colour"
+
+    def column_names(self, n_channels: int, sigmas: Sequence[float]) -> tuple[str, ...]:
+        """The group's column names for an input of ``n_channels`` colour channels and texture scales ``sigmas``."""
+        names = self.columns(n_channels) if callable(self.columns) else self.columns
+        if not self.texture:
+            return names
+        return tuple(f"{name}_s{sigma:g}" for sigma in sigmas for name in names)
+
+    def halo(self, sigmas: Sequence[float], scale: tuple[float, float]) -> tuple[int, int]:
+        """Context pixels each chunk needs on each side, (rows, columns), at a level downsampled ``scale``.
+
+        ``ceil(TRUNCATE * sigma / scale)`` for the largest sigma for a texture group, else (0, 0).
+        """
+        if not self.texture:
+            return 0, 0
+        return (
+            max(math.ceil(TRUNCATE * sigma / scale[0]) for sigma in sigmas),
+            max(math.ceil(TRUNCATE * sigma / scale[1]) for sigma in sigmas),
+        )
+
+
+#: Every feature group by name; specs stack them in the order the user gives.
+FEATURE_REGISTRY: dict[str, FeatureGroup] = {
+    group.name: group
+    for group in (
+        FeatureGroup("channels", "colour", kernels.channels, lambda n: tuple(f"ch{i}" for i in range(n))),
+        FeatureGroup("grey", "colour", kernels.grey, ("grey",)),
+        FeatureGroup("lab", "colour", kernels.rgb_to_lab, ("L", "a", "b"), needs_rgb=True),
+        FeatureGroup("hsv", "colour", kernels.rgb_to_hsv, ("hue", "saturation", "value"), needs_rgb=True),
+        FeatureGroup("hed", "colour", kernels.rgb_to_hed, ("haematoxylin", "eosin", "dab"), needs_rgb=True),
+        FeatureGroup("smooth", "texture", kernels.smooth, ("smooth",), (kernels.MEAN,), aliases=("texture",)),
+        FeatureGroup(
+            "std",
+            "texture",
+            kernels.local_std,
+            ("std",),
+            (kernels.MEAN, kernels.MEAN_OF_SQUARES),
+            aliases=("texture",),
+        ),
+        FeatureGroup(
+            "gradient",
+            "texture",
+            kernels.gradient_magnitude,
+            ("gradient",),
+            (kernels.D_ROW, kernels.D_COL),
+            aliases=("texture",),
+        ),
+        FeatureGroup(
+            "log",
+            "texture",
+            kernels.laplacian,
+            ("log",),
+            (kernels.D_ROW_ROW, kernels.D_COL_COL),
+            aliases=("texture",),
+        ),
+        FeatureGroup(
+            "hessian",
+            "texture",
+            kernels.hessian_eigenvalues,
+            ("hessian1", "hessian2"),
+            (kernels.D_ROW_ROW, kernels.D_COL_COL, kernels.D_ROW_COL),
+        ),
+        FeatureGroup("coordinates", "position", kernels.coordinates, ("row", "column")),
+    )
+}
+
+
+def _aliases(registry: Mapping[str, FeatureGroup]) -> dict[str, tuple[str, ...]]:
+    """Each shorthand name of ``registry``'s groups, with the groups it expands to in registry order."""
+    aliases: dict[str, tuple[str, ...]] = {}
+    for group in registry.values():
+        for alias in group.aliases:
+            aliases[alias] = (*aliases.get(alias, ()), group.name)
+    return aliases
+
+
+#: Every feature group name, in registry order.
+FEATURE_GROUPS = tuple(FEATURE_REGISTRY)
+#: Per-pixel colour feature groups.
+COLOUR_GROUPS = tuple(name for name, group in FEATURE_REGISTRY.items() if group.kind == "colour")
+#: Texture feature groups, computed on the intensity (``grey``) image at every sigma.
+TEXTURE_GROUPS = tuple(name for name, group in FEATURE_REGISTRY.items() if group.texture)
+#: Shorthand names that expand to several groups.
+FEATURE_ALIASES = _aliases(FEATURE_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -62,7 +191,7 @@ class FeatureSpec:
     Attributes
     ----------
     groups : tuple of str
-        Feature groups from ``FEATURE_GROUPS``, in stacking order.
+        Names of ``FEATURE_REGISTRY`` groups, in stacking order.
     n_channels : int
         Colour channels of the input, alpha excluded.
     has_alpha : bool
@@ -88,7 +217,12 @@ class FeatureSpec:
     @property
     def texture_groups(self) -> tuple[str, ...]:
         """The texture groups of ``groups``, in stacking order."""
-        return tuple(g for g in self.groups if g in TEXTURE_GROUPS)
+        return tuple(g for g in self.groups if FEATURE_REGISTRY[g].texture)
+
+    @property
+    def pointwise(self) -> bool:
+        """Whether every feature of a pixel depends on that pixel's own colour only (no texture, no coordinates)."""
+        return all(FEATURE_REGISTRY[g].pointwise for g in self.groups)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -100,26 +234,16 @@ class FeatureSpec:
         """The group of each feature column, e.g. ``("channels", "channels", "channels", "grey")``."""
         return tuple(group for group in self.groups for _ in self._group_columns(group))
 
-    def _group_columns(self, group: str) -> list[str]:
-        if group == "channels":
-            return [f"ch{i}" for i in range(self.n_channels)]
-        if group in _COLUMN_NAMES:
-            return list(_COLUMN_NAMES[group])
-        if group == "hessian":
-            return [f"hessian{k}_s{sigma:g}" for sigma in self.sigmas for k in (1, 2)]
-        return [f"{group}_s{sigma:g}" for sigma in self.sigmas]
+    def _group_columns(self, group: str) -> tuple[str, ...]:
+        return FEATURE_REGISTRY[group].column_names(self.n_channels, self.sigmas)
 
     def halo(self, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
         """Pixels of context each chunk needs on each side, (rows, columns), at a level downsampled ``scale``.
 
         ``ceil(truncate * sigma / scale)`` for the largest sigma when a texture group is chosen, else (0, 0).
         """
-        if not self.texture_groups:
-            return 0, 0
-        return (
-            max(math.ceil(TRUNCATE * sigma / scale[0]) for sigma in self.sigmas),
-            max(math.ceil(TRUNCATE * sigma / scale[1]) for sigma in self.sigmas),
-        )
+        halos = [FEATURE_REGISTRY[g].halo(self.sigmas, scale) for g in self.groups]
+        return max(rows for rows, _ in halos), max(cols for _, cols in halos)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
@@ -159,15 +283,6 @@ class FeatureSpec:
         )
 
 
-_COLUMN_NAMES = {
-    "grey": ["grey"],
-    "lab": ["L", "a", "b"],
-    "hsv": ["hue", "saturation", "value"],
-    "hed": ["haematoxylin", "eosin", "dab"],
-    "coordinates": ["row", "column"],
-}
-
-
 def make_feature_spec(
     groups: str | Sequence[str],
     *,
@@ -184,8 +299,8 @@ def make_feature_spec(
     Parameters
     ----------
     groups : str or sequence of str
-        Group names, or one comma-separated string (``"hed,texture"``); ``texture`` expands to
-        ``smooth,std,gradient,log``.
+        Names of ``FEATURE_REGISTRY`` groups or of their aliases, or one comma-separated string
+        (``"hed,texture"``); an alias expands to its groups (``texture`` to ``smooth,std,gradient,log``).
     n_channels : int
         Channels of the input including any alpha channel.
     has_alpha : bool
@@ -209,17 +324,18 @@ def make_feature_spec(
         sigma, a channel range that is empty or of the wrong length, or an unknown mask mode.
     """
     given = tuple(g.strip() for g in groups.split(",")) if isinstance(groups, str) else tuple(groups)
-    names = tuple(name for g in given for name in FEATURE_ALIASES.get(g, (g,)))
+    aliases = _aliases(FEATURE_REGISTRY)
+    names = tuple(name for g in given for name in aliases.get(g, (g,)))
     colour = n_channels - int(has_alpha)
-    unknown = [g for g in names if g not in FEATURE_GROUPS]
+    unknown = [g for g in names if g not in FEATURE_REGISTRY]
     if unknown or not names:
-        choices = ", ".join((*FEATURE_GROUPS, *FEATURE_ALIASES))
+        choices = ", ".join((*FEATURE_REGISTRY, *aliases))
         raise ParameterError(f"--features: unknown feature {unknown!r}; choose from {choices}")
     if len(set(names)) != len(names):
         raise ParameterError(f"--features: repeated feature in {','.join(given)!r}")
-    for group in ("lab", "hsv", "hed"):
-        if group in names and colour != 3:
-            raise ParameterError(f"--features {group} needs an RGB image; this one has {colour} colour channel(s)")
+    for group in FEATURE_REGISTRY.values():
+        if group.needs_rgb and group.name in names and colour != 3:
+            raise ParameterError(f"--features {group.name} needs an RGB image; this one has {colour} colour channel(s)")
     if mask not in MASK_MODES:
         raise ParameterError(f"mask mode must be one of {', '.join(MASK_MODES)}, got {mask!r}")
     if channel_ranges is None:
@@ -228,7 +344,7 @@ def make_feature_spec(
     if len(ranges) != colour or not all(math.isfinite(lo) and math.isfinite(hi) and hi > lo for lo, hi in ranges):
         raise ParameterError(f"channel ranges {ranges!r}: expected {colour} finite (low, high) pairs with low < high")
     kept_sigmas: tuple[float, ...] = ()
-    if any(g in TEXTURE_GROUPS for g in names):
+    if any(FEATURE_REGISTRY[g].texture for g in names):
         kept_sigmas = tuple(float(s) for s in sigmas)
         if not kept_sigmas or not all(math.isfinite(s) and 0 < s <= MAX_SIGMA for s in kept_sigmas):
             raise ParameterError(f"--sigmas must be one or more numbers in (0, {MAX_SIGMA:g}], got {tuple(sigmas)!r}")
@@ -298,25 +414,17 @@ def compute_features(
     (top, bottom), (left, right) = halo
     inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
     core = scaled[inner]
-    intensity = _grey(scaled).astype(np.float64) if spec.texture_groups else None
-    filtered: dict[tuple[Any, ...], np.ndarray] = {}
+    intensity = kernels.grey(scaled)[..., 0].astype(np.float64) if spec.texture_groups else None
+    filtered: dict[tuple[float, GaussianFilter], np.ndarray] = {}
     parts: list[np.ndarray] = []
-    for group in spec.groups:
-        if group == "channels":
-            parts.append(core)
-        elif group == "grey":
-            parts.append(_grey(core)[..., np.newaxis])
-        elif group == "lab":
-            parts.append(_lab(core))
-        elif group == "hsv":
-            parts.append(_hsv(core))
-        elif group == "hed":
-            parts.append(_hed(core))
-        elif group == "coordinates":
-            parts.append(_coordinates(core.shape[:2], origin, image_shape or core.shape[:2]))
+    for group in (FEATURE_REGISTRY[name] for name in spec.groups):
+        if group.kind == "colour":
+            parts.append(group.kernel(core))
+        elif group.kind == "position":
+            parts.append(group.kernel(core.shape[:2], origin, image_shape or core.shape[:2]))
         else:
             assert intensity is not None
-            columns = [c for s in spec.sigmas for c in _texture(group, intensity, s, scale, filtered)]
+            columns = _texture_columns(group, intensity, spec.sigmas, scale, filtered)
             parts.append(np.stack([c[inner] for c in columns], axis=-1).astype(np.float32))
     features = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=-1)
     if invalid is not None:
@@ -334,103 +442,24 @@ def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray, spec: FeatureSpec) ->
     return invalid
 
 
-def _grey(scaled: np.ndarray) -> np.ndarray:
-    if scaled.shape[-1] == 3:
-        return _mix(scaled, _GREY_WEIGHTS[np.newaxis])[..., 0]
-    return scaled.mean(axis=-1, dtype=np.float32)
-
-
-def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``pixels @ matrix.T`` as explicit sums: BLAS results vary with array size and alignment,
-    which would make a pixel's features depend on the chunk it falls in."""
-    return np.stack([sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1)
-
-
-def _lab(scaled: np.ndarray) -> np.ndarray:
-    """CIE L*a*b* (D65, 2 degree observer) of sRGB values in [0, 1], as ``skimage.color.rgb2lab``."""
-    rgb = np.clip(scaled, 0.0, 1.0).astype(np.float64)
-    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = _mix(linear, _RGB_TO_XYZ) / _D65_WHITE
-    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
-    lightness = np.where(xyz[..., 1] > 0.008856, 116.0 * f[..., 1] - 16.0, 903.3 * xyz[..., 1])
-    lab = np.stack([lightness, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1)
-    return lab.astype(np.float32)
-
-
-def _hsv(scaled: np.ndarray) -> np.ndarray:
-    """Hue, saturation, value in [0, 1] of RGB values in [0, 1], as ``skimage.color.rgb2hsv``."""
-    rgb = np.clip(scaled, 0.0, 1.0).astype(np.float64)
-    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    value = rgb.max(axis=-1)
-    delta = value - rgb.min(axis=-1)
-    grey = delta == 0.0
-    safe = np.where(grey, 1.0, delta)
-    # skimage assigns the red, green, blue cases in turn, so the last channel equal to the maximum wins
-    hue = np.where(
-        blue == value,
-        4.0 + (red - green) / safe,
-        np.where(green == value, 2.0 + (blue - red) / safe, (green - blue) / safe),
-    )
-    hue = np.where(grey, 0.0, (hue / 6.0) % 1.0)
-    saturation = np.where(grey, 0.0, delta / np.where(value == 0.0, 1.0, value))
-    return np.stack([hue, saturation, value], axis=-1).astype(np.float32)
-
-
-def _hed(scaled: np.ndarray) -> np.ndarray:
-    """Haematoxylin, eosin and DAB densities of RGB values in [0, 1], as ``skimage.color.rgb2hed``."""
-    rgb = np.clip(scaled, _HED_LOG_FLOOR, 1.0).astype(np.float64)
-    density = np.log(rgb) / np.log(_HED_LOG_FLOOR)
-    return np.maximum(_mix(density, _HED_MIX), 0.0).astype(np.float32)
-
-
-def _coordinates(shape: tuple[int, int], origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
-    """Pixel centres scaled to [0, 1] by the image size: the same values at every pyramid level."""
-    rows = (origin[0] + np.arange(shape[0], dtype=np.float64) + 0.5) / image_shape[0]
-    cols = (origin[1] + np.arange(shape[1], dtype=np.float64) + 0.5) / image_shape[1]
-    grid = np.empty((*shape, 2), dtype=np.float32)
-    grid[..., 0] = rows[:, np.newaxis]
-    grid[..., 1] = cols[np.newaxis, :]
-    return grid
-
-
-def _texture(
-    group: str,
+def _texture_columns(
+    group: FeatureGroup,
     intensity: np.ndarray,
-    sigma: float,
+    sigmas: Sequence[float],
     scale: tuple[float, float],
-    filtered: dict[tuple[Any, ...], np.ndarray],
+    filtered: dict[tuple[float, GaussianFilter], np.ndarray],
 ) -> list[np.ndarray]:
-    """The ``group`` texture columns of a 2-D float64 ``intensity`` image at one full-resolution ``sigma``.
+    """The columns of texture ``group`` on the whole 2-D float64 ``intensity`` image, sigma by sigma.
 
-    ``filtered`` memoises Gaussian filterings between groups of the same chunk.
+    ``filtered`` memoises Gaussian filterings between the groups of one chunk.
     """
-    level_sigma = (sigma / scale[0], sigma / scale[1])
-
-    def gaussian(order: tuple[int, int], *, squared: bool = False) -> np.ndarray:
-        key = (sigma, order, squared)
-        if key not in filtered:
-            source = intensity * intensity if squared else intensity
-            filtered[key] = ndimage.gaussian_filter(source, level_sigma, order=order, mode="reflect", truncate=TRUNCATE)
-        return filtered[key]
-
-    rows, cols = scale
-    if group == "smooth":
-        return [gaussian((0, 0))]
-    if group == "std":
-        mean = gaussian((0, 0))
-        return [np.sqrt(np.maximum(gaussian((0, 0), squared=True) - mean * mean, 0.0))]
-    if group == "gradient":
-        d_row = gaussian((1, 0)) / rows
-        d_col = gaussian((0, 1)) / cols
-        return [np.sqrt(d_row * d_row + d_col * d_col)]
-    d_row_row = gaussian((2, 0)) / (rows * rows)
-    d_col_col = gaussian((0, 2)) / (cols * cols)
-    if group == "log":
-        return [d_row_row + d_col_col]
-    d_row_col = gaussian((1, 1)) / (rows * cols)
-    half_trace = (d_row_row + d_col_col) / 2.0
-    root = np.sqrt(((d_row_row - d_col_col) / 2.0) ** 2 + d_row_col * d_row_col)
-    return [half_trace + root, half_trace - root]
+    columns: list[np.ndarray] = []
+    for sigma in sigmas:
+        for gaussian in group.filters:
+            if (sigma, gaussian) not in filtered:
+                filtered[sigma, gaussian] = gaussian_filter(intensity, sigma, gaussian, scale=scale)
+        columns.extend(group.kernel(*(filtered[sigma, gaussian] for gaussian in group.filters)))
+    return columns
 
 
 def robust_channel_ranges(
@@ -482,6 +511,8 @@ def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, fl
         chunks smaller than the halo merged with a neighbour), so every pixel's features equal those
         of :func:`compute_features` on the whole image.
     """
+    import dask.array as da
+
     n_columns = len(spec.columns)
     halo = spec.halo(scale)
     work = image

@@ -24,19 +24,18 @@ import dask.array as da
 import numpy as np
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
+from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS
 
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
 _FIT_CHUNK_ROWS = 100_000
-#: Default k-means|| runs per fit (the lowest sample inertia wins) and the spacing of their seeds.
-FIT_RESTARTS = 3
+#: Spacing of the seeds of a fit's k-means|| restarts.
 _RESTART_STRIDE = 0x9E3779B9
 #: Convergence threshold on the squared shift of the standardised centres. dask-ml's ``tol`` is
 #: absolute; on standardised features (unit variance) 1e-4 is scikit-learn's default relative tol.
 _FIT_TOL = 1e-4
 #: Percentiles each column of the sample is clipped to before standardising and clustering.
 WINSOR_PERCENTILES = (0.1, 99.9)
-MAX_CLUSTERS = 65_535
 
 
 @dataclass(frozen=True)

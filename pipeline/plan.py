@@ -202,3 +202,29 @@ def check_model_fits(spec: FeatureSpec, image: Image, model_path: str) -> None:
         raise ModelError(
             f"model {model_path!r} was fitted on {spec.dtype} pixels; input {image.path!r} is {image.dtype.name}"
         )
+
+
+def provenance(image: Image) -> dict[str, Any]:
+    """Where a model or output came from: the input, its level and shape, and the versions used.
+
+    Versions are read from the installed distributions, so nothing is imported for them.
+    """
+    return {
+        "input": os.path.abspath(image.path),
+        "level": image.level,
+        "input_shape": list(image.shape),
+        "versions": {key: _version(distribution) for key, distribution in _VERSIONED.items()},
+    }
+
+
+#: The versions a provenance records: key -> distribution.
+_VERSIONED = {"pixseg": "pixseg-ooc", "dask": "dask", "dask_ml": "dask-ml", "numpy": "numpy", "zarr": "zarr"}
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown"

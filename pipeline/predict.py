@@ -98,7 +98,7 @@ def table_applies(model: SegmentationModel, n_pixels: int) -> bool:
     there are at least ``TABLE_PIXELS_PER_ENTRY`` pixels per table entry.
     """
     spec = model.feature_spec
-    pointwise = not spec.texture_groups and "coordinates" not in spec.groups
+    pointwise = spec.pointwise
     if not pointwise or np.dtype(spec.dtype) != np.uint8 or spec.n_channels > 3:
         return False
     return n_pixels >= TABLE_PIXELS_PER_ENTRY * 256**spec.n_channels

@@ -13,7 +13,9 @@ import zarr
 from conftest import make_blob_image, raise_if_dask_computes
 from pixseg.cli import main
 from pixseg.features import make_feature_spec
-from pixseg.runner import FitOptions, ReadOptions, fit_cohort, segment
+from pixseg.fitting import fit_cohort
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import segment
 from pixseg.sampling import SampleSource, build_candidates, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -203,19 +205,19 @@ def test_example_configs_run(tmp_path, capsys, slides):
 
 
 def test_an_interrupted_batch_continues_its_outputs(tmp_path, capsys, slides, monkeypatch):
-    from pixseg import runner
+    from pixseg import labelling
 
     config = _config(tmp_path, slides, extra="model: per-image\n")
     assert _run(capsys, "run", config, "-q", "--set", "output.directory=reference")[0] == 0
-    finalise = runner.finalise_label_zarr
+    finalise = labelling.finalise_label_zarr
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "finalise_label_zarr", interrupt)
+    monkeypatch.setattr(labelling, "finalise_label_zarr", interrupt)
     code, _, err = _run(capsys, "run", config, "-q")
     assert code == 130 and "interrupted" in err
-    monkeypatch.setattr(runner, "finalise_label_zarr", finalise)
+    monkeypatch.setattr(labelling, "finalise_label_zarr", finalise)
     code, out, err = _run(capsys, "run", config)
     assert code == 0 and "3 done" in out and "continuing" in err
     for i in range(3):

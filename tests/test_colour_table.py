@@ -12,7 +12,8 @@ from pixseg import predict
 from pixseg.features import build_features, make_feature_spec
 from pixseg.model import fit_model
 from pixseg.predict import build_labels, build_table_labels, table_applies
-from pixseg.runner import FitOptions, ReadOptions, segment
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import segment
 
 
 def _model(pixels: np.ndarray, groups: str, *, has_alpha: bool = False, clusters: int = 5):

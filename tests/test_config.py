@@ -35,8 +35,8 @@ def _assert_exit_2(capsys, argv, *fragments):
 def test_example_configs_are_valid(name):
     config = load_config(CONFIGS / name)
     assert config.path == str(CONFIGS / name)
-    assert all(os.path.isabs(p) for p in config.inputs)
-    assert os.path.isabs(config.output.directory)
+    assert all(os.path.isabs(p) for p in config.batch.inputs)
+    assert os.path.isabs(config.directory)
 
 
 def test_values_defaults_and_relative_paths(tmp_path):
@@ -47,18 +47,18 @@ def test_values_defaults_and_relative_paths(tmp_path):
         "job_directives: --qos=low, jobqueue: {death_timeout: 30}}\n",
     )
     config = load_config(path)
-    assert config.inputs == (str(tmp_path / "a/*.tif"), "/abs/b.tif")
-    assert config.output.directory == str(tmp_path / "out")
+    assert config.batch.inputs == (str(tmp_path / "a/*.tif"), "/abs/b.tif")
+    assert config.directory == str(tmp_path / "out") and config.batch.format == "tiff"
     assert config.model_file == str(tmp_path / "models/m.json")
-    assert config.features == ("channels", "lab") and config.clusters == 6 and config.seed == 0
-    assert config.sampling.size == 200_000 and config.read.chunk is None
+    assert config.fit.features == ("channels", "lab") and config.fit.clusters == 6 and config.fit.seed == 0
+    assert config.fit.sample_size == 200_000 and config.read.chunk is None
     assert config.compute.jobqueue_options() == {
         "walltime": "01:00:00",
         "job_extra_directives": ["--qos=low"],
         "death_timeout": 30,
     }
     with pytest.raises(AttributeError):
-        config.clusters = 3  # type: ignore[misc]
+        config.fit.clusters = 3  # type: ignore[misc]
 
 
 def test_overrides_are_dotted_and_parsed_as_yaml(tmp_path):
@@ -68,8 +68,8 @@ def test_overrides_are_dotted_and_parsed_as_yaml(tmp_path):
         ["compute.workers=3", "compute.scheduler=local", "sampling.size=500", "inputs=[x.tif, y.tif]", "read.chunk=64"],
     )
     assert config.compute.workers == 3 and config.compute.scheduler == "local"
-    assert config.sampling.size == 500 and config.read.chunk == 64
-    assert config.inputs == (str(tmp_path / "x.tif"), str(tmp_path / "y.tif"))
+    assert config.fit.sample_size == 500 and config.read.chunk == 64
+    assert config.batch.inputs == (str(tmp_path / "x.tif"), str(tmp_path / "y.tif"))
     assert config.overrides[0] == "compute.workers=3"
     assert parse_override("compute.queue=") == ("compute.queue", None)
     for bad in ("noequals", "=3", "a..b=1"):
@@ -98,7 +98,7 @@ def test_overrides_are_dotted_and_parsed_as_yaml(tmp_path):
         ("inputs: [a.tif]\noutput: {directory: o, format: png}\n", [], ["'output.format' must be one of"]),
         ("inputs: [a.tif]\noutput: {directory: o, name: '{stem}/{foo}'}\n", [], ["unknown field {foo}"]),
         ("inputs: [a.tif]\noutput: {directory: o}\ncompute: {scheduler: sge}\n", [], ["'compute.scheduler'"]),
-        ("inputs: [a.tif]\noutput: {directory: o}\n", ["compute.workers=0"], ["(--set compute.workers)", ">= 1"]),
+        ("inputs: [a.tif]\noutput: {directory: o}\n", ["compute.workers=0"], ["(--set compute.workers)", "must be between 1"]),
         ("inputs: [a.tif]\noutput: {directory: o}\n", ["compute.nope=1"], ["unknown key 'compute.nope'"]),
         (
             "inputs: [a.tif]\noutput: {directory: o}\nclusters: 4\n",

@@ -21,7 +21,8 @@ from pixseg.masks import (
     tissue_mask,
     upsample_mask,
 )
-from pixseg.runner import FitOptions, ReadOptions, apply, segment
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import apply, segment
 from pixseg.sampling import SampleSource, build_candidates, plan_blocks
 from slides import downsample, make_slide, write_pyramid_tiff
 

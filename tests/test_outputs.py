@@ -14,7 +14,8 @@ import zarr
 from conftest import make_blob_image
 from pixseg.cli import main
 from pixseg.io.readers import open_image
-from pixseg.runner import FitOptions, OutputOptions, ReadOptions, segment
+from pixseg.options import FitOptions, OutputOptions, ReadOptions
+from pixseg.runner import segment
 
 FIT = FitOptions(clusters=4, sample_size=5000)
 

@@ -20,7 +20,8 @@ from conftest import make_blob_image
 from pixseg.cli import main
 from pixseg.errors import OutputError
 from pixseg.io.locks import output_lock
-from pixseg.runner import FitOptions, ReadOptions, segment
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import segment
 
 FIT = FitOptions(clusters=4, sample_size=20_000)
 
@@ -192,14 +193,14 @@ def test_resume_refuses_other_options_and_finished_output_is_kept(tmp_path, caps
 
 
 def test_incomplete_output_is_refused_as_input(tmp_path, capsys, blob_tiff, monkeypatch):
-    from pixseg import runner
+    from pixseg import labelling
 
     out = str(tmp_path / "labels.zarr")
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "finalise_label_zarr", crash)
+    monkeypatch.setattr(labelling, "finalise_label_zarr", crash)
     assert main(["segment", blob_tiff, out, "-q"]) == 130
     code = main(["segment", out, str(tmp_path / "again.zarr"), "-q"])
     assert code == 2 and "is an incomplete pixseg output" in capsys.readouterr().err

@@ -16,7 +16,8 @@ from pixseg.io.model_file import load_model
 from pixseg.io.readers import open_image
 from pixseg.model import SegmentationModel
 from pixseg.predict import build_labels, predict_chunk
-from pixseg.runner import FitOptions, ReadOptions, apply, segment
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import apply, segment
 from pixseg.sampling import SampleSource, build_candidates, plan_blocks
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score

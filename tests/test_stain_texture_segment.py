@@ -9,7 +9,8 @@ import zarr
 from pixseg.errors import ParameterError
 from pixseg.features import robust_channel_ranges
 from pixseg.io.model_file import load_model
-from pixseg.runner import FitOptions, ReadOptions, apply, segment
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import apply, segment
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 from sklearn.metrics import adjusted_rand_score

@@ -1,27 +1,78 @@
-"""Whole label chunks written to and read from their files directly, for arrays laid out as pixseg creates them.
+"""Label chunk files: their paths, encoding, existence and verification, for arrays laid out as pixseg creates them.
 
-zarr's ``Array.__setitem__`` spends about 2 ms of Python per chunk (selection, buffers and
+This is the one module that touches a zarr array's chunk files directly; everything else goes
+through zarr.
+
+Why: zarr's ``Array.__setitem__`` spends about 2 ms of Python per chunk (selection, buffers and
 hand-offs to its event-loop thread) on top of compressing it, more than zstd takes to compress a
-1024^2 uint8 chunk; a 100,000^2 label pass writes about 19,000 chunks. For an array in a local
-directory store whose chunks are zstd frames of their C-order little-endian bytes (zarr v3:
-``bytes`` + ``zstd`` codecs without checksum; zarr v2: a ``zstd`` compressor without filters),
-the chunk file is exactly ``numcodecs.Zstd(level).encode(chunk)``, padded with the fill value to
-the full chunk shape at the array's edges, as zarr stores edge chunks. Such chunks are encoded
-here and renamed into place, as zarr's local store does, and decoded here when the pyramid reads
-a level back; any other array is written and read through zarr.
+1024^2 uint8 chunk; a 100,000^2 label pass writes about 19,000 chunks (upstream:
+https://github.com/zarr-developers/zarr-python/issues/2710). For an array in a local directory
+store whose chunks are zstd frames of their C-order little-endian bytes (zarr v3: ``bytes`` +
+``zstd`` codecs without checksum; zarr v2: a ``zstd`` compressor without filters), the chunk file
+is exactly ``numcodecs.Zstd(level).encode(chunk)``, padded with the fill value to the full chunk
+shape at the array's edges, as zarr stores edge chunks. Such chunks are encoded here and renamed
+into place (as zarr's local store does), and decoded here when the pyramid reads a level back.
+
+Fence: the fast path is taken only with a zarr version in :data:`ZARR_VERIFIED`, the range the
+byte-identity was checked against (``tests/test_chunk_files.py::test_canary_*`` checks it again
+with the zarr installed). Any other zarr version, and any other array, is written and read
+through zarr.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
-import uuid
 
 import numpy as np
 import zarr
 from numcodecs import Zstd
+from pixseg.io.atomic import write_atomic
 from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+#: zarr versions [first, end) whose chunk files this module writes byte for byte as zarr would.
+#: Raise the end only after the canary tests pass with the new version.
+ZARR_VERIFIED: tuple[tuple[int, ...], tuple[int, ...]] = ((3, 0, 8), (3, 2))
+
+#: What reading a damaged chunk raises (both through zarr and here): numcodecs' zstd decoder raises
+#: ``RuntimeError`` for a truncated, empty or garbled frame; numpy raises ``ValueError`` when the
+#: decoded bytes do not fill the chunk (reshape, or a buffer that is not a whole number of items).
+#: A missing chunk raises nothing (zarr reads the fill value); any other exception is a bug.
+DAMAGED_CHUNK_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError)
+
+
+def chunk_path(array: zarr.Array, block: tuple[int, int]) -> str | None:
+    """The file of chunk ``block`` of ``array``, or None when the array is not in a local directory store.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        2-D, zarr v3 (``c/i/j``) or v2 (``i/j`` or ``i.j``, as its chunk key encoding says).
+    block : (int, int)
+        Chunk indices.
+    """
+    store = array.store
+    if not isinstance(store, LocalStore):
+        return None
+    key = array.metadata.encode_chunk_key(block)
+    return os.path.join(str(store.root), array.path, *key.split("/"))
+
+
+def chunk_exists(array: zarr.Array, block: tuple[int, int]) -> bool:
+    """Whether chunk ``block`` of ``array`` is stored (zarr and this module rename each chunk into place).
+
+    Raises
+    ------
+    ValueError
+        If ``array`` is not in a local directory store.
+    """
+    path = chunk_path(array, block)
+    if path is None:
+        raise ValueError(f"array {array.path!r} in {array.store!r} is not in a local directory store")
+    return os.path.exists(path)
 
 
 def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -> None:
@@ -40,6 +91,8 @@ def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -
     ------
     ValueError
         If ``block`` is not one whole chunk of ``array``.
+    OSError
+        If the chunk cannot be written.
     """
     height, width = array.chunks
     if origin[0] % height or origin[1] % width:
@@ -59,31 +112,50 @@ def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -
     _replace_file(path, Zstd(level=level).encode(np.ascontiguousarray(block)))
 
 
-def _chunk_file(array: zarr.Array, block: tuple[int, int]) -> tuple[str, int] | None:
-    """The file of chunk ``block`` of ``array`` and its zstd level, when this module encodes and
-    decodes the array's chunks itself; else None (the array is read and written through zarr)."""
-    store, level = array.store, _zstd_level(array)
-    if not isinstance(store, LocalStore) or level is None:
-        return None
-    key = array.metadata.encode_chunk_key(block)
-    return os.path.join(str(store.root), array.path, *key.split("/")), level
-
-
 def read_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray:
-    """Chunk ``block`` of a 2-D ``array``, clipped to the array (a missing chunk is the fill value, as in zarr)."""
-    height, width = array.chunks
-    top, left = block[0] * height, block[1] * width
-    bottom, right = min(top + height, array.shape[0]), min(left + width, array.shape[1])
+    """Chunk ``block`` of a 2-D ``array``, clipped to the array (a missing chunk is the fill value, as in zarr).
+
+    Raises
+    ------
+    RuntimeError, ValueError
+        If the chunk is damaged (see :data:`DAMAGED_CHUNK_ERRORS`).
+    """
+    rows, cols = _extent(array, block)
     target = _chunk_file(array, block)
     if target is None:
-        return np.asarray(array[top:bottom, left:right])
+        return np.asarray(array[rows, cols])
+    data = _read_file(target[0])
+    if data is None:
+        return np.full((rows.stop - rows.start, cols.stop - cols.start), array.fill_value, dtype=array.dtype)
+    return _decode(array, data)[: rows.stop - rows.start, : cols.stop - cols.start]
+
+
+def read_stored_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray | None:
+    """Chunk ``block`` of a 2-D ``array`` in a local directory store, clipped to the array, or None
+    if it is missing or cannot be decoded (a chunk to write again).
+
+    Raises
+    ------
+    ValueError
+        If ``array`` is not in a local directory store.
+    """
+    rows, cols = _extent(array, block)
+    target = _chunk_file(array, block)
+    if target is None:
+        if not chunk_exists(array, block):
+            return None
+        try:
+            return np.asarray(array[rows, cols])
+        except DAMAGED_CHUNK_ERRORS:
+            return None
+    data = _read_file(target[0])
+    if data is None:
+        return None
     try:
-        with open(target[0], "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        return np.full((bottom - top, right - left), array.fill_value, dtype=array.dtype)
-    chunk = np.frombuffer(Zstd().decode(data), dtype=array.dtype).reshape(height, width)
-    return chunk[: bottom - top, : right - left]
+        chunk = _decode(array, data)
+    except DAMAGED_CHUNK_ERRORS:
+        return None
+    return chunk[: rows.stop - rows.start, : cols.stop - cols.start]
 
 
 def read_region(array: zarr.Array, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -105,6 +177,36 @@ def read_region(array: zarr.Array, rows: tuple[int, int], cols: tuple[int, int])
             for top in range(rows[0], rows[1], height)
         ]
     )
+
+
+def zarr_verified(version: str) -> bool:
+    """Whether zarr ``version`` is in :data:`ZARR_VERIFIED` (pre-releases count as their release)."""
+    return ZARR_VERIFIED[0] <= _release(version) < ZARR_VERIFIED[1]
+
+
+@functools.cache
+def _release(version: str) -> tuple[int, ...]:
+    match = re.match(r"\d+(\.\d+)*", version)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def _extent(array: zarr.Array, block: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of chunk ``block``, clipped to the array."""
+    height, width = array.chunks
+    top, left = block[0] * height, block[1] * width
+    return slice(top, min(top + height, array.shape[0])), slice(left, min(left + width, array.shape[1]))
+
+
+def _chunk_file(array: zarr.Array, block: tuple[int, int]) -> tuple[str, int] | None:
+    """The file of chunk ``block`` of ``array`` and its zstd level, when this module encodes and
+    decodes the array's chunks itself; else None (the array is read and written through zarr)."""
+    if not zarr_verified(zarr.__version__):
+        return None
+    level = _zstd_level(array)
+    if level is None:
+        return None
+    path = chunk_path(array, block)
+    return None if path is None else (path, level)
 
 
 def _zstd_level(array: zarr.Array) -> int | None:
@@ -130,15 +232,22 @@ def _zstd_level(array: zarr.Array) -> int | None:
     return None
 
 
-def _replace_file(path: str, data: bytes) -> None:
-    """Write ``data`` beside ``path`` and rename it into place, so readers never see a partial chunk."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = f"{path}.{uuid.uuid4().hex}.partial"
+def _decode(array: zarr.Array, data: bytes) -> np.ndarray:
+    """A whole (padded) chunk of ``array`` from its file's bytes; raises :data:`DAMAGED_CHUNK_ERRORS`."""
+    return np.frombuffer(Zstd().decode(data), dtype=array.dtype).reshape(array.chunks)
+
+
+def _read_file(path: str) -> bytes | None:
+    """The bytes of chunk file ``path``, or None if it does not exist."""
     try:
-        with open(partial, "wb") as file:
-            file.write(data)
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """Write chunk file ``path`` (creating its directory) under a temporary name and rename it into
+    place, so readers never see a partial chunk. Not fsynced, as zarr does not fsync chunks."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, data, fsync=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 
 def read_json_object(path: str) -> dict[str, Any] | None:
     """The JSON object stored at ``path``, or None if it is missing, unreadable or not an object."""
@@ -14,3 +16,16 @@ def read_json_object(path: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return document if isinstance(document, dict) else None
+
+
+def json_default(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON knows: the ``default`` of :func:`json.dumps`.
+
+    Raises
+    ------
+    TypeError
+        For any other value JSON cannot represent.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -6,8 +6,9 @@ Two layouts:
   ``subfiletype=1`` (no SubIFDs), the layout OpenSlide reads as a pyramid;
 - ``ome``: OME-TIFF with the reduced levels in SubIFDs, for QuPath / Bio-Formats.
 
-The file is written under a temporary name and renamed when finished, so an interrupted write
-never leaves a file that looks complete. pixseg's metadata is JSON in a private ASCII tag.
+The file is written under a unique temporary name and renamed when finished, so an interrupted
+write never leaves a file that looks complete; :func:`interrupted_tiff_write` finds such a write.
+pixseg's metadata is JSON in a private ASCII tag.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import tifffile
 from pixseg.errors import OutputError
+from pixseg.io.atomic import atomic_file, partial_files
 
 TIFF_TILES = (256, 512)
 TIFF_COMPRESSIONS = ("zstd", "zlib")
@@ -43,7 +45,9 @@ def write_label_tiff(
     Parameters
     ----------
     path : str
-        Destination ``.tif``/``.tiff``; written as ``path + ".partial"`` and renamed at the end.
+        Destination ``.tif``/``.tiff``; written under a unique temporary name beside it and renamed
+        at the end (see :func:`pixseg.io.atomic.atomic_file`). Temporary files of interrupted
+        writes to ``path`` are removed first: the caller holds the output's lock.
     levels : sequence of array-like
         (Y, X) label arrays, full resolution first, each sliceable (zarr arrays): read one band
         of ``tile`` rows at a time, so memory stays at a band.
@@ -58,10 +62,14 @@ def write_label_tiff(
     compression : str
         ``"zstd"`` or ``"zlib"`` (never lossy for labels).
     """
-    partial = path + ".partial"
     payload = json.dumps({**metadata, "complete": True})
     try:
-        with tifffile.TiffWriter(partial, bigtiff=True, ome=flavour == "ome") as writer:
+        for stale in _partial_tiffs(path):  # of an interrupted write: superseded by this one
+            os.remove(stale)
+        with (
+            atomic_file(path, "wb", fsync=False) as handle,
+            tifffile.TiffWriter(handle, bigtiff=True, ome=flavour == "ome") as writer,
+        ):
             for level, array in enumerate(levels):
                 factor = 2**level
                 options: dict[str, Any] = {
@@ -87,9 +95,26 @@ def write_label_tiff(
                     options["subfiletype"] = 1
                     options["metadata"] = None
                 writer.write(_tiles(array, tile), **options)
-        os.replace(partial, path)
     except OSError as err:
         raise OutputError(f"cannot write TIFF output {path!r}: {err}") from err
+
+
+def interrupted_tiff_write(path: str) -> bool:
+    """Whether a TIFF write to ``path`` was interrupted (or is running): its temporary file exists.
+
+    Parameters
+    ----------
+    path : str
+        The TIFF output.
+    """
+    return bool(_partial_tiffs(path))
+
+
+def _partial_tiffs(path: str) -> list[str]:
+    """Temporary files of writes to ``path``: unique names (:func:`pixseg.io.atomic.partial_files`)
+    and the fixed ``path + ".partial"`` pixseg used before them."""
+    legacy = path + ".partial"
+    return partial_files(path) + ([legacy] if os.path.lexists(legacy) else [])
 
 
 def _ome_metadata(pixel_size: tuple[float, float] | None) -> dict[str, Any]:

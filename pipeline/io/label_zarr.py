@@ -3,6 +3,8 @@
 A label group is created with ``pixseg.complete = False`` and no OME metadata; the OME metadata
 (``multiscales``, ``image-label``) and ``complete = True`` are written only after every chunk of
 every level is stored, so a viewer or ``pixseg info`` never takes an interrupted output for a result.
+The chunk files themselves (paths, encoding, existence, verification) belong to
+:mod:`pixseg.io.chunk_files`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import zarr
 from dask.delayed import Delayed
 from pixseg.colours import label_colours
 from pixseg.errors import OutputError
-from pixseg.io.chunk_files import read_region, write_chunk
+from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
 from pixseg.statistics import count_labels
 from zarr.codecs import ZstdCodec
 
@@ -280,19 +282,22 @@ def _second(results: np.ndarray) -> np.ndarray:
 
 
 def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:
-    """Whether chunk ``block`` of level ``level`` exists on disk (zarr renames each chunk into place)."""
-    key = array.metadata.encode_chunk_key(block)
-    return os.path.exists(os.path.join(group_path, str(level), *key.split("/")))
+    """Whether chunk ``block`` of ``array`` (level ``level`` of the label group ``group_path``) is stored.
+
+    Kept for callers written before :func:`pixseg.io.chunk_files.chunk_exists`, which it calls:
+    the chunk's file comes from ``array``; ``group_path`` and ``level`` are not used.
+    """
+    return chunk_exists(array, block)
 
 
 def count_stored_chunk(array: zarr.Array, block: tuple[int, int], n_values: int) -> np.ndarray | None:
-    """Label counts of a stored chunk, or ``None`` if it cannot be decoded (treat it as not written)."""
-    height, width = array.chunks
-    try:
-        values = array[block[0] * height : (block[0] + 1) * height, block[1] * width : (block[1] + 1) * width]
-    except Exception:  # any decode failure means the chunk must be written again
-        return None
-    return count_labels(np.asarray(values), n_values)
+    """Label counts of a stored chunk, or ``None`` if it is missing or cannot be decoded (write it again).
+
+    A damaged chunk is one that raises :data:`pixseg.io.chunk_files.DAMAGED_CHUNK_ERRORS`; any other
+    error propagates.
+    """
+    values = read_stored_chunk(array, block)
+    return None if values is None else count_labels(values, n_values)
 
 
 def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[int, ...]) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from pixseg.errors import ModelError
+from pixseg.io.atomic import write_json_atomic
 from pixseg.model import SegmentationModel
 
 MODEL_FORMAT = "pixseg-model"
@@ -15,7 +15,7 @@ SCHEMA_VERSION = 2
 
 
 def save_model(model: SegmentationModel, path: str, *, provenance: dict[str, Any]) -> None:
-    """Write ``model`` as JSON (written to a temporary name, then renamed).
+    """Write ``model`` as JSON, atomically (see :func:`pixseg.io.atomic.atomic_file`).
 
     Parameters
     ----------
@@ -25,13 +25,15 @@ def save_model(model: SegmentationModel, path: str, *, provenance: dict[str, Any
         Destination ``.json`` file.
     provenance : dict
         Where the model came from (input path, versions...), stored as-is.
+
+    Raises
+    ------
+    ModelError
+        If the file cannot be written (``path`` is then left as it was).
     """
     document = {**model_document(model), "provenance": provenance}
-    partial = path + ".partial"
     try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=1)
-        os.replace(partial, path)
+        write_json_atomic(path, document)
     except OSError as err:
         raise ModelError(f"cannot write model file {path!r}: {err}") from err
 

@@ -1,13 +1,13 @@
-"""Side files of an output: statistics (CSV, JSON) and previews (PNG)."""
+"""Side files of an output: statistics (CSV, JSON) and previews (PNG), each written atomically."""
 
 from __future__ import annotations
 
 import csv
-import json
 from typing import Any
 
 import numpy as np
 from pixseg.errors import OutputError
+from pixseg.io.atomic import atomic_file, write_json_atomic
 
 SIDE_SUFFIXES = (".stats.csv", ".stats.json", ".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
 
@@ -19,10 +19,16 @@ def side_file_base(output_path: str) -> str:
 
 
 def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str, Any]) -> None:
-    """Write ``base.stats.csv`` (one row per label) and ``base.stats.json`` (``summary`` + rows)."""
+    """Write ``base.stats.csv`` (one row per label) and ``base.stats.json`` (``summary`` + rows).
+
+    Raises
+    ------
+    OutputError
+        If a file cannot be written (each file is replaced atomically: old or new, never partial).
+    """
     columns = list(rows[0]["centroid"]) if rows else []
     try:
-        with open(base + ".stats.csv", "w", newline="", encoding="utf-8") as handle:
+        with atomic_file(base + ".stats.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["label", "pixels", "fraction", "area_um2", *(f"centroid_{c}" for c in columns)])
             for row in rows:
@@ -30,24 +36,33 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
                 writer.writerow(
                     [row["label"], row["pixels"], repr(row["fraction"]), area, *map(repr, row["centroid"].values())]
                 )
-        with open(base + ".stats.json", "w", encoding="utf-8") as handle:
-            json.dump({**summary, "labels": rows}, handle, indent=1)
+        write_json_atomic(base + ".stats.json", {**summary, "labels": rows})
     except OSError as err:
         raise OutputError(f"cannot write statistics next to {base!r}: {err}") from err
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an (h, w, 3) uint8 image as PNG."""
+    """Write an (h, w, 3) uint8 image as PNG, atomically.
+
+    Raises
+    ------
+    OutputError
+        If the file cannot be written.
+    """
     from PIL import Image
 
-    try:
-        Image.fromarray(rgb, mode="RGB").save(path, format="PNG", compress_level=1)  # fast; previews are small
-    except OSError as err:
-        raise OutputError(f"cannot write preview {path!r}: {err}") from err
+    # fast; previews are small
+    _save_png(Image.fromarray(rgb, mode="RGB"), path, what="preview", compress_level=1)
 
 
 def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int, int, int, int]]) -> None:
-    """A PNG legend: one line per label with its colour swatch, pixel share and area."""
+    """A PNG legend: one line per label with its colour swatch, pixel share and area (written atomically).
+
+    Raises
+    ------
+    OutputError
+        If the file cannot be written.
+    """
     from PIL import Image, ImageDraw
 
     line = 22
@@ -62,7 +77,13 @@ def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int,
             f"label {row['label']}: {100 * row['fraction']:.1f}% ({row['pixels']} px{area})",
             fill="black",
         )
+    _save_png(image, path, what="legend")
+
+
+def _save_png(image: Any, path: str, *, what: str, **options: Any) -> None:
+    """Save a PIL ``image`` as PNG at ``path`` atomically; ``what`` names it in the error."""
     try:
-        image.save(path, format="PNG")
+        with atomic_file(path, "wb") as handle:
+            image.save(handle, format="PNG", **options)
     except OSError as err:
-        raise OutputError(f"cannot write legend {path!r}: {err}") from err
+        raise OutputError(f"cannot write {what} {path!r}: {err}") from err

@@ -1,0 +1,52 @@
+"""What a path holds (``pixseg info``): a pixseg output's status, or an input image's layout."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.io.label_zarr import read_label_zarr_status
+from pixseg.io.readers import describe_chunks, open_image
+from pixseg.layout import conversion_reason
+
+
+def describe(path: str, *, level: int = 0) -> dict[str, Any]:
+    """What ``path`` holds: a pixseg output's status, or an input image's layout.
+
+    Returns
+    -------
+    dict
+        ``{"kind": "output", ...status}`` for a pixseg output (with ``complete``), else
+        ``{"kind": "input", ...}`` with shape, dtype, chunks and pyramid levels.
+
+    Raises
+    ------
+    InputError
+        If ``path`` is neither.
+    """
+    if os.path.isdir(path):
+        status = read_label_zarr_status(path)
+    elif os.path.isfile(path) and path.lower().endswith((".tif", ".tiff")):
+        status = read_label_tiff_status(path)
+    else:
+        status = None
+    if status is None and os.path.exists(path + ".partial"):
+        return {"kind": "output", "path": path, "complete": False, "note": "TIFF write was interrupted"}
+    if status is not None and "model" in status:
+        return {"kind": "output", "path": path, **status}
+    if status is not None and not status.get("complete"):
+        return {"kind": "converted image", "path": path, **status}
+    image = open_image(path, level=level)
+    return {
+        "kind": "input",
+        "path": path,
+        "format": image.kind,
+        "shape": image.shape,
+        "dtype": image.dtype.name,
+        "alpha": image.has_alpha,
+        "chunks": describe_chunks(image),
+        "levels": image.level_shapes,
+        "pixel_size_um": image.pixel_size,
+        "convert": f"yes: {reason}" if (reason := conversion_reason(image)) else "no: its layout reads well directly",
+    }

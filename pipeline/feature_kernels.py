@@ -1,0 +1,197 @@
+"""The per-chunk kernels of the feature groups: pure numpy functions, arrays in and arrays out.
+
+Each kernel belongs to one entry of :data:`pixseg.features.FEATURE_REGISTRY`, which says what
+the kernel reads:
+
+- colour kernels take the scaled colour channels of the pixels, shape (h, w, C) float32, and
+  return (h, w, k) float32;
+- position kernels take the region's shape, origin and the image shape, and return
+  (h, w, k) float32;
+- texture kernels take, at one scale, the Gaussian filterings of the intensity image their
+  entry lists (:class:`GaussianFilter`, computed by :func:`gaussian_filter`), each (H, W)
+  float64, and return k (H, W) float64 arrays.
+
+No kernel modifies its inputs. Sums over channels are written out (:func:`_mix`) rather than
+left to BLAS, whose results vary with array size and alignment and would make a pixel's
+features depend on the chunk it falls in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+#: Gaussian kernels stop at ``truncate * sigma`` (scipy.ndimage's default).
+TRUNCATE = 4.0
+#: Luminance weights of skimage.color.rgb2gray (ITU-R BT.709).
+_GREY_WEIGHTS = np.array([[0.2125, 0.7154, 0.0721]], dtype=np.float32)
+#: sRGB (linear) to CIE XYZ, and the D65 white point, as in skimage.color.
+_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+#: Haematoxylin, eosin and DAB optical densities of RGB (Ruifrok & Johnston), as skimage.color.rgb_from_hed.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+#: skimage.color.hed_from_rgb, transposed for :func:`_mix` (``stains = od @ hed_from_rgb``).
+_HED_MIX = np.linalg.inv(_RGB_FROM_HED).T
+_HED_LOG_FLOOR = 1e-6
+
+
+class GaussianFilter(NamedTuple):
+    """One Gaussian filtering of the intensity image that a texture kernel reads.
+
+    Attributes
+    ----------
+    order : (int, int)
+        Derivative order along rows and columns.
+    squared : bool
+        Filter the squared intensity instead (for local variances).
+    """
+
+    order: tuple[int, int] = (0, 0)
+    squared: bool = False
+
+
+#: The filterings texture kernels read: the local mean, the local mean of squares and derivatives.
+MEAN = GaussianFilter()
+MEAN_OF_SQUARES = GaussianFilter(squared=True)
+D_ROW = GaussianFilter((1, 0))
+D_COL = GaussianFilter((0, 1))
+D_ROW_ROW = GaussianFilter((2, 0))
+D_COL_COL = GaussianFilter((0, 2))
+D_ROW_COL = GaussianFilter((1, 1))
+
+
+def gaussian_filter(
+    intensity: np.ndarray, sigma: float, gaussian: GaussianFilter, *, scale: tuple[float, float]
+) -> np.ndarray:
+    """One Gaussian filtering of an intensity image at a full-resolution scale.
+
+    Parameters
+    ----------
+    intensity : numpy.ndarray
+        Shape (H, W), float64.
+    sigma : float
+        Scale in full-resolution pixels; the filter uses ``sigma / scale`` on each axis.
+    gaussian : GaussianFilter
+        Which filtering.
+    scale : (float, float)
+        How many full-resolution pixels one pixel of ``intensity`` spans, (rows, columns).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (H, W), float64: ``scipy.ndimage.gaussian_filter`` with ``mode="reflect"`` and
+        ``truncate=TRUNCATE``; derivatives per full-resolution pixel.
+    """
+    source = intensity * intensity if gaussian.squared else intensity
+    level_sigma = (sigma / scale[0], sigma / scale[1])
+    from scipy import ndimage  # imported on first use: it costs ~0.4 s, which --help must not pay
+
+    filtered = ndimage.gaussian_filter(source, level_sigma, order=gaussian.order, mode="reflect", truncate=TRUNCATE)
+    if gaussian.order == (0, 0):
+        return filtered
+    return filtered / math.prod((scale[0],) * gaussian.order[0] + (scale[1],) * gaussian.order[1])
+
+
+def channels(colour: np.ndarray) -> np.ndarray:
+    """The scaled colour channels themselves, (h, w, C) float32."""
+    return colour
+
+
+def grey(colour: np.ndarray) -> np.ndarray:
+    """Intensity, (h, w, 1) float32: ``skimage.color.rgb2gray`` for RGB, else the channel mean."""
+    if colour.shape[-1] == 3:
+        return _mix(colour, _GREY_WEIGHTS)
+    return colour.mean(axis=-1, dtype=np.float32, keepdims=True)
+
+
+def rgb_to_lab(colour: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65, 2 degree observer) of sRGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2lab``."""
+    rgb = np.clip(colour, 0.0, 1.0).astype(np.float64)
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = _mix(linear, _RGB_TO_XYZ) / _D65_WHITE
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    lightness = np.where(xyz[..., 1] > 0.008856, 116.0 * f[..., 1] - 16.0, 903.3 * xyz[..., 1])
+    lab = np.stack([lightness, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+    return lab.astype(np.float32)
+
+
+def rgb_to_hsv(colour: np.ndarray) -> np.ndarray:
+    """Hue, saturation, value in [0, 1] of RGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2hsv``."""
+    rgb = np.clip(colour, 0.0, 1.0).astype(np.float64)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = rgb.max(axis=-1)
+    delta = value - rgb.min(axis=-1)
+    flat = delta == 0.0
+    safe = np.where(flat, 1.0, delta)
+    # skimage assigns the red, green, blue cases in turn, so the last channel equal to the maximum wins
+    hue = np.where(
+        blue == value,
+        4.0 + (red - green) / safe,
+        np.where(green == value, 2.0 + (blue - red) / safe, (green - blue) / safe),
+    )
+    hue = np.where(flat, 0.0, (hue / 6.0) % 1.0)
+    saturation = np.where(flat, 0.0, delta / np.where(value == 0.0, 1.0, value))
+    return np.stack([hue, saturation, value], axis=-1).astype(np.float32)
+
+
+def rgb_to_hed(colour: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin, DAB densities of RGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2hed``."""
+    rgb = np.clip(colour, _HED_LOG_FLOOR, 1.0).astype(np.float64)
+    density = np.log(rgb) / np.log(_HED_LOG_FLOOR)
+    return np.maximum(_mix(density, _HED_MIX), 0.0).astype(np.float32)
+
+
+def coordinates(shape: tuple[int, int], origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
+    """Pixel centres scaled to [0, 1] by the image size, (h, w, 2) float32: the same values at every pyramid level.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (h, w) of the region.
+    origin : (int, int)
+        (row, column) in the image of the region's first pixel.
+    image_shape : (int, int)
+        (Y, X) of the image.
+    """
+    rows = (origin[0] + np.arange(shape[0], dtype=np.float64) + 0.5) / image_shape[0]
+    cols = (origin[1] + np.arange(shape[1], dtype=np.float64) + 0.5) / image_shape[1]
+    grid = np.empty((*shape, 2), dtype=np.float32)
+    grid[..., 0] = rows[:, np.newaxis]
+    grid[..., 1] = cols[np.newaxis, :]
+    return grid
+
+
+def smooth(mean: np.ndarray) -> tuple[np.ndarray]:
+    """Gaussian-smoothed intensity (reads ``MEAN``)."""
+    return (mean,)
+
+
+def local_std(mean: np.ndarray, mean_of_squares: np.ndarray) -> tuple[np.ndarray]:
+    """Gaussian-weighted local standard deviation (reads ``MEAN``, ``MEAN_OF_SQUARES``)."""
+    return (np.sqrt(np.maximum(mean_of_squares - mean * mean, 0.0)),)
+
+
+def gradient_magnitude(d_row: np.ndarray, d_col: np.ndarray) -> tuple[np.ndarray]:
+    """Gaussian gradient magnitude (reads ``D_ROW``, ``D_COL``)."""
+    return (np.sqrt(d_row * d_row + d_col * d_col),)
+
+
+def laplacian(d_row_row: np.ndarray, d_col_col: np.ndarray) -> tuple[np.ndarray]:
+    """Laplacian of Gaussian (reads ``D_ROW_ROW``, ``D_COL_COL``)."""
+    return (d_row_row + d_col_col,)
+
+
+def hessian_eigenvalues(
+    d_row_row: np.ndarray, d_col_col: np.ndarray, d_row_col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The larger and the smaller Hessian eigenvalue (reads ``D_ROW_ROW``, ``D_COL_COL``, ``D_ROW_COL``)."""
+    half_trace = (d_row_row + d_col_col) / 2.0
+    root = np.sqrt(((d_row_row - d_col_col) / 2.0) ** 2 + d_row_col * d_row_col)
+    return half_trace + root, half_trace - root
+
+
+def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``pixels @ matrix.T`` as explicit sums (see the module docstring)."""
+    return np.stack([sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1)

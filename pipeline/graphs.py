@@ -1,0 +1,128 @@
+"""Lazy dask graphs of an opened image: its features and labels at its level, and its mask.
+
+Shared by the fit (:mod:`pixseg.fitting`) and the label pass (:mod:`pixseg.labelling`). Only the
+automatic tissue mask computes here (on a small pyramid level, through :mod:`pixseg.compute`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from pixseg.compute import compute
+from pixseg.errors import InputError, ParameterError
+from pixseg.features import FeatureSpec, build_features, make_feature_spec
+from pixseg.io.readers import Image, open_image
+from pixseg.masks import (
+    block_mean,
+    check_mask_shape,
+    choose_mask_level,
+    mask_features,
+    mask_labels,
+    tissue_mask,
+    upsample_mask,
+)
+from pixseg.model import SegmentationModel
+from pixseg.options import ReadOptions
+from pixseg.predict import build_labels, build_table_labels, table_applies
+from pixseg.sampling import SampleSource
+
+logger = logging.getLogger(__name__)
+
+#: ``mask`` values that are not mask image paths.
+MASK_KEYWORDS = ("none", "auto")
+
+
+def shape_text(image: Image) -> str:
+    """``YxXxC`` of ``image``'s level."""
+    height, width, channels = image.shape
+    return f"{height}x{width}x{channels}"
+
+
+def level_scale(image: Image) -> tuple[float, float]:
+    """Full-resolution pixels per pixel of ``image``'s level, (rows, columns)."""
+    full, level = image.level_shapes[0], image.shape[:2]
+    return full[0] / level[0], full[1] / level[1]
+
+
+def image_features(image: Image, spec: FeatureSpec, mask: Any) -> Any:
+    """Lazy features of ``image`` at its level, NaN outside ``mask`` (a 2-D bool dask array at any resolution)."""
+    features = build_features(image.data, spec, scale=level_scale(image))
+    if mask is None:
+        return features
+    return mask_features(features, upsample_mask(mask, image.shape[:2], features.chunks[:2]))
+
+
+def image_labels(image: Image, model: SegmentationModel, mask: Any) -> da.Array:
+    """Lazy (Y, X) labels of ``image``, 0 outside ``mask``: through a colour table when one applies
+    (see :func:`pixseg.predict.table_applies`), else from the features by the kernel."""
+    if not table_applies(model, math.prod(image.shape[:2])):
+        return build_labels(image_features(image, model.feature_spec, mask), model)
+    logger.info("labelling through a table of every colour's label")
+    labels = build_table_labels(image.data, model)
+    if mask is None:
+        return labels
+    return mask_labels(labels, upsample_mask(mask, image.shape[:2], labels.chunks))
+
+
+def sample_source(image: Image, spec: FeatureSpec, mask: Any) -> SampleSource:
+    """What to sample ``image`` for: its region reader, ``spec``'s features, and ``mask``."""
+    return SampleSource(
+        pixels=image.source,
+        spec=spec,
+        scale=level_scale(image),
+        mask=mask,
+        full_width_reads=image.native_chunks[1] >= image.shape[1],
+    )
+
+
+def check_mask_option(mask: str) -> None:
+    """Refuse a ``mask`` that is neither a keyword nor an existing mask image, before any work."""
+    if mask not in MASK_KEYWORDS and not os.path.exists(mask):
+        raise ParameterError(f"--mask {mask!r} is neither auto, none nor an existing mask image")
+
+
+def model_mask(image: Image, spec: FeatureSpec, *, mask: str | None, read: ReadOptions, progress: bool) -> Any:
+    """The mask (see :func:`open_mask`) to apply with a saved model's spec: as asked, by default as the model."""
+    if mask is None:
+        if spec.mask == "file":
+            raise ParameterError("the model was fitted with a mask file: pass --mask PATH again (or --mask none)")
+        mask = spec.mask
+    check_mask_option(mask)
+    return open_mask(mask, image, read=read, progress=progress)
+
+
+def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> Any:
+    """``None``, the automatic tissue mask (computed here, on a small level) or a user mask file, lazily.
+
+    Returns a 2-D bool dask array (True = keep) at its own resolution.
+    """
+    if mask == "none":
+        return None
+    if mask != "auto":
+        mask_image = open_image(mask, chunk=read.chunk)
+        if mask_image.shape[2] != 1:
+            raise ParameterError(f"--mask {mask!r} has {mask_image.shape[2]} channels; a mask has one (0 = masked)")
+        check_mask_shape(mask_image.shape[:2], image.level_shapes[0], source=mask)
+        return mask_image.data[..., 0] != 0
+    colour = image.shape[2] - int(image.has_alpha)
+    if colour != 3:
+        raise ParameterError(f"--mask auto needs an RGB image; {image.path!r} has {colour} colour channel(s)")
+    level, factor = choose_mask_level(image.level_shapes)
+    low = image if level == image.level else open_image(image.path, level=level, chunk=read.chunk)
+    raw_spec = make_feature_spec(
+        "channels", n_channels=low.shape[2], has_alpha=low.has_alpha, dtype=low.dtype, value_range=(0.0, 1.0)
+    )
+    pixels = compute(block_mean(build_features(low.data, raw_spec), factor), progress=progress)
+    white = (float(np.iinfo(np.uint8).max),) * 3 if image.dtype == np.uint8 else None
+    tissue = tissue_mask(pixels, white=white)
+    logger.info(
+        "auto mask from level %d averaged %dx: %dx%d, %.1f%% tissue", level, factor, *tissue.shape, 100 * tissue.mean()
+    )
+    if not tissue.any():
+        raise InputError(f"--mask auto found no tissue in {image.path!r}; use --mask none or a mask file")
+    return da.from_array(tissue, chunks=tissue.shape)

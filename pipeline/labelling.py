@@ -1,0 +1,290 @@
+"""The label pass: predict every chunk into the level-0 labels, build the pyramid from what was
+stored, finalise the metadata last, write the side files and the TIFF.
+
+The input is decoded once: the same pass counts the labels, takes the preview thumbnail and
+writes level 1 (see :func:`pixseg.io.label_zarr.store_count_and_preview`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from pixseg.colours import label_colours
+from pixseg.compute import compute
+from pixseg.errors import InputError, OutputError, PipelineError, ResumeMismatchError
+from pixseg.graphs import image_labels
+from pixseg.io.label_tiff import write_label_tiff
+from pixseg.io.label_zarr import (
+    chunk_written,
+    count_stored_chunk,
+    create_label_zarr,
+    finalise_label_zarr,
+    ome_label_metadata,
+    open_label_levels,
+    prepare_labels_group,
+    reduce_level,
+    register_label,
+    remove_output,
+    store_and_count,
+    store_count_and_preview,
+)
+from pixseg.io.model_file import model_document
+from pixseg.io.readers import Image, open_image
+from pixseg.io.side_files import write_legend, write_png, write_statistics
+from pixseg.model import SegmentationModel
+from pixseg.options import OutputOptions
+from pixseg.plan import OutputPlan, PreviousRun, provenance
+from pixseg.preview import colour_labels, display_rgb, overlay, thumbnail_step
+from pixseg.pyramid import pyramid_shapes
+from pixseg.statistics import label_table
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a ``segment`` or ``apply`` run produced.
+
+    ``statistics`` has one row per label (see :func:`pixseg.statistics.label_table`);
+    ``side_files`` lists the statistics and preview files written next to the output.
+    """
+
+    output: str
+    model: SegmentationModel
+    shape: tuple[int, int]
+    n_chunks: int
+    seconds: float
+    levels: list[tuple[int, int]]
+    pixel_size: tuple[float, float] | None
+    statistics: list[dict[str, Any]]
+    side_files: list[str]
+
+
+def write_labels(
+    image: Image,
+    mask: Any,
+    model: SegmentationModel,
+    plan: OutputPlan,
+    options: OutputOptions,
+    *,
+    fingerprint: dict[str, Any],
+    previous: PreviousRun | None,
+    started: float,
+    progress: bool,
+) -> RunResult:
+    """Predict and store level 0 (with label counts and the input thumbnail from the same pass,
+    so the input is decoded once), build coarser levels from the level above, finalise the
+    metadata, write the side files, and stream a TIFF from the finished pyramid if asked.
+
+    With ``previous`` (an interrupted run of the same fingerprint), level-0 chunks already
+    written and decodable are kept and only the others are predicted.
+    """
+    labels = image_labels(image, model, mask)
+    shapes = pyramid_shapes(labels.shape)
+    pixel_size = options.pixel_size or image.pixel_size
+    zarr_path = plan.work_path
+    ngff = "0.5" if plan.kind == "tiff" else options.ngff
+    if plan.into_image is not None:
+        ngff = prepare_labels_group(plan.into_image)
+    metadata = {**_output_metadata(image, model), "fingerprint": fingerprint, "ngff": ngff}
+    if previous is None:
+        remove_output(zarr_path)  # an output replaced with --overwrite, or a TIFF run's leftover
+        arrays = create_label_zarr(
+            zarr_path,
+            shapes=shapes,
+            chunks=_level_chunks(shapes, (int(labels.chunksize[0]), int(labels.chunksize[1]))),
+            dtype=labels.dtype,
+            ngff=ngff,
+            attrs=metadata,
+        )
+        done_counts, missing = np.zeros(model.n_clusters + 1, np.int64), list(np.ndindex(*labels.numblocks))
+    else:
+        arrays = open_label_levels(zarr_path, writable=True)
+        if tuple(arrays[0].chunks) != tuple(labels.chunksize):
+            raise ResumeMismatchError(
+                f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's"
+            )
+        done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
+    logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
+    try:
+        first_reduced = 1
+        if previous is None:  # one pass writes, counts, takes the preview thumbnail and writes level 1
+            pixels = image.data if options.previews else None
+            next_level = None
+            if len(arrays) > 1 and tuple(2 * c for c in arrays[1].chunks) == tuple(arrays[0].chunks):
+                next_level, first_reduced = arrays[1], 2
+            written = store_count_and_preview(
+                labels,
+                arrays[0],
+                model.n_clusters + 1,
+                pixels=pixels,
+                step=thumbnail_step(image.shape[:2]),
+                next_level=next_level,
+            )
+        else:
+            written = (
+                store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
+                _thumbnail_pixels(image) if options.previews else None,
+            )
+        new_counts, thumbnail = compute(*written, progress=progress)
+        _write_pyramid(arrays, first=first_reduced)
+    except PipelineError:
+        raise
+    except OSError as err:
+        raise OutputError(
+            f"writing {zarr_path!r} failed: {err.strerror or err}; the chunks written so far are kept: "
+            "fix the cause and rerun with --resume"
+        ) from err
+    counts = done_counts + new_counts
+    statistics = label_table(counts, model.centroids, model.feature_spec.columns, pixel_size=pixel_size)
+    summary = {"masked_pixels": int(counts[0]), "pixel_size_um": list(pixel_size) if pixel_size else None}
+    source_image = "../../" if plan.into_image is not None else None
+    ome = ome_label_metadata(
+        n_levels=len(shapes),
+        n_labels=model.n_clusters,
+        name=os.path.basename(plan.path),
+        pixel_size=pixel_size,
+        properties=statistics,
+        source_image=source_image,
+    )
+    finalise_label_zarr(zarr_path, ngff=ngff, ome=ome, extra={**summary, "statistics": statistics})
+    if plan.into_image is not None:
+        register_label(plan.into_image, os.path.basename(plan.path), ngff=ngff)
+    side_files = _write_side_files(plan.side_base, statistics, summary, thumbnail, arrays[-1], model.n_clusters, image)
+    if plan.kind == "tiff":
+        logger.info("writing pyramidal TIFF %s (%d levels)", plan.path, len(shapes))
+        write_label_tiff(
+            plan.path,
+            open_label_levels(zarr_path),
+            metadata={**metadata, **summary, "statistics": statistics},
+            pixel_size=pixel_size,
+            flavour=options.tiff_flavour,
+            tile=options.tiff_tile,
+            compression=options.tiff_compression,
+        )
+        remove_output(zarr_path)
+    return RunResult(
+        output=plan.path,
+        model=model,
+        shape=image.shape[:2],
+        n_chunks=int(np.prod(image.data.numblocks[:2])),
+        seconds=time.perf_counter() - started,
+        levels=shapes,
+        pixel_size=pixel_size,
+        statistics=statistics,
+        side_files=side_files,
+    )
+
+
+def finished_result(plan: OutputPlan, previous: PreviousRun, image: Image, started: float) -> RunResult:
+    """The result of a run that ``--resume`` found already complete: nothing is redone."""
+    status = previous.status
+    logger.info("%s is already complete; nothing to do", plan.path)
+    size = status.get("pixel_size_um")
+    return RunResult(
+        output=plan.path,
+        model=previous.model,
+        shape=image.shape[:2],
+        n_chunks=int(np.prod(image.data.numblocks[:2])),
+        seconds=time.perf_counter() - started,
+        levels=[tuple(level) for level in status.get("levels", [])],
+        pixel_size=(size[0], size[1]) if size else None,
+        statistics=list(status.get("statistics", [])),
+        side_files=[],
+    )
+
+
+def _output_metadata(image: Image, model: SegmentationModel) -> dict[str, Any]:
+    """The provenance and the model, stored in the output's metadata."""
+    return {**provenance(image), "n_clusters": model.n_clusters, "model": model_document(model)}
+
+
+def _thumbnail_pixels(image: Image) -> da.Array:
+    """Lazy (h, w, C) pixels for a resumed run's preview thumbnail, long side <= 1024: strided from
+    the smallest pyramid level of the input that is still at least that large (a small read), or
+    from the processed level itself (one more decode: a resumed run skips the written chunks, so
+    the label pass cannot provide it, as a first run's does)."""
+    source = image
+    usable = [lvl for lvl in range(image.level + 1, len(image.level_shapes)) if max(image.level_shapes[lvl]) >= 1024]
+    if usable:
+        try:
+            source = open_image(image.path, level=usable[-1])
+        except InputError:  # e.g. a converted one-level copy standing in for the input
+            source = image
+    step = thumbnail_step(source.shape[:2])
+    return source.data[::step, ::step]
+
+
+def _level_chunks(shapes: list[tuple[int, int]], chunks: tuple[int, int]) -> list[tuple[int, int]]:
+    """Zarr chunks of each level: ``chunks``, but half of them on level 1 when they are even, so
+    the level-0 pass can write level 1 chunk by chunk (see ``store_count_and_preview``)."""
+    halve = len(shapes) > 1 and chunks[0] % 2 == 0 and chunks[1] % 2 == 0 and min(shapes[0]) > 1
+    return [((chunks[0] // 2, chunks[1] // 2) if level == 1 and halve else chunks) for level in range(len(shapes))]
+
+
+def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
+    """Build every level from ``first`` on from the level above, as stored (never from the lazy graph).
+
+    One task per chunk of a level reads the chunks of the level above it covers and writes every
+    second pixel (see :func:`pixseg.io.label_zarr.reduce_level`). Levels from 2 on hold at most
+    1/16 of the pixels: they run on this process's threads even under a distributed scheduler
+    (with the earlier from_zarr/rechunk graph, a local cluster's per-task transfers made them
+    several times slower; not measured again since).
+    """
+    for level in range(first, len(arrays)):
+        logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)
+        stored = reduce_level(arrays[level - 1], arrays[level])
+        if level == 1:
+            compute(*stored, progress=False)
+        else:
+            with dask.config.set(scheduler="threads"):
+                compute(*stored, progress=False)
+
+
+def _verify_written(
+    zarr_path: str, array: Any, numblocks: tuple[int, ...], n_labels: int
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Counts of the level-0 chunks an interrupted run wrote (each decoded to check it), and the
+    chunks still to predict (missing or undecodable)."""
+    blocks = list(np.ndindex(*numblocks))
+    written = [b for b in blocks if chunk_written(zarr_path, 0, array, b)]
+    count = dask.delayed(count_stored_chunk, pure=True)
+    results = compute([count(array, b, n_labels + 1) for b in written], progress=False) if written else []
+    good = {b for b, counts in zip(written, results, strict=True) if counts is not None}
+    total = np.sum([c for c in results if c is not None], axis=0) if good else np.zeros(n_labels + 1)
+    logger.info("resuming: %d of %d chunks already written and verified", len(good), len(blocks))
+    return np.asarray(total, dtype=np.int64), [b for b in blocks if b not in good]
+
+
+def _write_side_files(
+    base: str,
+    statistics: list[dict[str, Any]],
+    summary: dict[str, Any],
+    thumbnail: np.ndarray | None,
+    coarsest: Any,
+    n_labels: int,
+    image: Image,
+) -> list[str]:
+    write_statistics(base, statistics, summary=summary)
+    written = [base + ".stats.csv", base + ".stats.json"]
+    if thumbnail is None:
+        return written
+    from PIL import Image as PILImage
+
+    small_labels = np.asarray(coarsest[:])
+    coloured = colour_labels(small_labels, n_labels)
+    rgb = display_rgb(np.asarray(thumbnail), n_colour=image.shape[2] - int(image.has_alpha))
+    height, width = small_labels.shape
+    matched = np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.Resampling.BILINEAR))
+    write_png(base + ".thumbnail.png", rgb)
+    write_png(base + ".labels.png", coloured)
+    write_png(base + ".overlay.png", overlay(matched, coloured, small_labels))
+    write_legend(base + ".legend.png", statistics, label_colours(n_labels))
+    return written + [base + suffix for suffix in (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")]
