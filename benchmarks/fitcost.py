@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from pixseg.features import make_feature_spec
-from pixseg.model import fit_model
 
 from benchmarks import CLUSTERS
+from pixseg.features import make_feature_spec
+from pixseg.model import fit_model
 
 #: pixseg's ``channels`` features of an 8-bit image: values / 255.
 _UINT8_SCALE = 255.0

@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pixseg.predict import predict_chunk
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from benchmarks.synthetic import TILE, render_tile
+from pixseg.predict import predict_chunk
 
 #: A labeller maps pixels (n, F) float32 to labels (n,) in 0..K-1.
 Labeller = Callable[[np.ndarray], np.ndarray]

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
+
 from pixseg.errors import ParameterError
 from pixseg.options import SCHEDULERS, ComputeOptions
 

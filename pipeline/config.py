@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from pixseg.errors import ConfigError
 from pixseg.options import (
     CONFIG_OPTION_CLASSES,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
+
 import pixseg
 from pixseg.compute import compute
 from pixseg.downsample import downsample_level

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tifffile
+
 from pixseg.errors import OutputError, ParameterError
 from pixseg.io.atomic import atomic_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.label_zarr import read_label_zarr_status
 from pixseg.io.readers import describe_chunks, open_image
 from pixseg.layout import conversion_reason
@@ -31,7 +31,7 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
         status = read_label_tiff_status(path)
     else:
         status = None
-    if status is None and os.path.exists(path + ".partial"):
+    if status is None and interrupted_tiff_write(path):
         return {"kind": "output", "path": path, "complete": False, "note": "TIFF write was interrupted"}
     if status is not None and "model" in status:
         return {"kind": "output", "path": path, **status}

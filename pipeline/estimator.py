@@ -13,6 +13,9 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted
+
 from pixseg.errors import InputError
 from pixseg.fitting import sample_and_fit
 from pixseg.graphs import image_labels, model_mask
@@ -20,8 +23,6 @@ from pixseg.io.model_file import load_model, save_model
 from pixseg.io.readers import DEFAULT_CHUNK, Image
 from pixseg.model import SegmentationModel
 from pixseg.options import DEFAULT_SIGMAS, FIT_RESTARTS, FitOptions, ReadOptions
-from sklearn.base import BaseEstimator, ClusterMixin
-from sklearn.utils.validation import check_is_fitted
 
 
 class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]

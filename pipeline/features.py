@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
 from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
 from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filter

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from pixseg.compute import active_client, compute
 from pixseg.errors import InputError, OutputExistsError, ParameterError, PipelineError
 from pixseg.features import FeatureSpec, make_feature_spec, robust_channel_ranges

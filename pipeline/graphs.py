@@ -13,6 +13,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+
 from pixseg.compute import compute
 from pixseg.errors import InputError, ParameterError
 from pixseg.features import FeatureSpec, build_features, make_feature_spec

@@ -16,6 +16,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+
 from pixseg.colours import label_colours
 from pixseg.compute import compute
 from pixseg.errors import InputError, OutputError, PipelineError, ResumeMismatchError

@@ -23,6 +23,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.task_spec import List, Task, TaskRef
+
 from pixseg.errors import ParameterError
 
 #: The automatic mask is computed on an image of at most this many pixels on its long side.

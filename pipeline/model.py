@@ -22,6 +22,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
 from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS

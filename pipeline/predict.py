@@ -25,6 +25,7 @@ import dask
 import dask.array as da
 import numba
 import numpy as np
+
 from pixseg.features import compute_features
 from pixseg.model import SegmentationModel
 

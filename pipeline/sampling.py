@@ -33,6 +33,7 @@ import dask.array as da
 import numba
 import numpy as np
 from dask.delayed import Delayed
+
 from pixseg.features import FeatureSpec, compute_features
 from pixseg.masks import mask_chunk, mask_region
 

@@ -173,7 +173,11 @@ CASES = [
     Case("directory that is not zarr", lambda t: _segment(str(t), t / "x"), "not a zarr store"),
     Case("K = 0", lambda t: _segment(_rgb(t), t, "-k", "0"), "--clusters must be between 2 and"),
     Case("K = 70000", lambda t: _segment(_rgb(t), t, "-k", "70000"), "--clusters must be between 2 and"),
-    Case("chunk of 3 pixels", lambda t: _segment(_rgb(t), t, "--chunk", "3"), "--chunk must be at least 16"),
+    Case(
+        "chunk of 3 pixels",
+        lambda t: _segment(_rgb(t), t, "--chunk", "3"),
+        "--chunk must be between 16 and 16384, got 3",
+    ),
     Case(
         "output under a file",
         lambda t: ["segment", _rgb(t), str(Path(_bytes(t, "file", b"x")) / "out.zarr"), "-q"],

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+
 from pixseg.demo import write_demo_tiff
 from pixseg.errors import OutputError
 from pixseg.features import make_feature_spec

@@ -11,6 +11,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image, raise_if_dask_computes
+
 from pixseg.cli import main
 from pixseg.features import make_feature_spec
 from pixseg.fitting import fit_cohort

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from numcodecs import Zlib, Zstd
+
 from pixseg.io import chunk_files
 from pixseg.io.chunk_files import chunk_exists, chunk_path, read_chunk, read_region, read_stored_chunk, write_chunk
 from pixseg.io.label_zarr import chunk_written, count_stored_chunk, create_label_zarr, reduce_level

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+
 from pixseg import labelling
 from pixseg.cli import main
 
@@ -80,7 +81,10 @@ def test_interrupted_output_is_reported_incomplete(tmp_path, capsys, blob_tiff, 
         (["segment", "{tiff}", "{tmp}/o.zarr", "--restarts", "0"], "--restarts must be between 1 and 100, got 0"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--seed", "-1"], "--seed must be between 0 and"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--level", "3"], "--level 3 does not exist"),
-        (["segment", "{tiff}", "{tmp}/o.zarr", "--scheduler", "nowhere"], "--scheduler must be one of threads, local, slurm, pbs or an address"),
+        (
+            ["segment", "{tiff}", "{tmp}/o.zarr", "--scheduler", "nowhere"],
+            "--scheduler must be one of threads, local, slurm, pbs or an address",
+        ),
         (["segment", "{tiff}", "{tiff}/o.zarr"], "is, or is inside, the input"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--save-model", "{tmp}/m.txt"], "model files end in .json"),
         (["apply", "{tmp}/none.json", "{tiff}", "{tmp}/o.zarr"], "does not exist"),

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pixseg.cli import main
 from pixseg.config import load_config, name_outputs, parse_override
 from pixseg.errors import ConfigError
@@ -98,7 +99,11 @@ def test_overrides_are_dotted_and_parsed_as_yaml(tmp_path):
         ("inputs: [a.tif]\noutput: {directory: o, format: png}\n", [], ["'output.format' must be one of"]),
         ("inputs: [a.tif]\noutput: {directory: o, name: '{stem}/{foo}'}\n", [], ["unknown field {foo}"]),
         ("inputs: [a.tif]\noutput: {directory: o}\ncompute: {scheduler: sge}\n", [], ["'compute.scheduler'"]),
-        ("inputs: [a.tif]\noutput: {directory: o}\n", ["compute.workers=0"], ["(--set compute.workers)", "must be between 1"]),
+        (
+            "inputs: [a.tif]\noutput: {directory: o}\n",
+            ["compute.workers=0"],
+            ["(--set compute.workers)", "must be between 1"],
+        ),
         ("inputs: [a.tif]\noutput: {directory: o}\n", ["compute.nope=1"], ["unknown key 'compute.nope'"]),
         (
             "inputs: [a.tif]\noutput: {directory: o}\nclusters: 4\n",

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
+
 from pixseg.cli import main
 from pixseg.io.readers import open_image
 
@@ -148,7 +149,7 @@ def test_convert_errors(tmp_path, capsys, blob_tiff):
     assert main(["convert", blob_tiff, str(tmp_path / "x.zarr"), "--codec", "jpeg", "-q"]) == 2
     assert "--codec must be one of" in capsys.readouterr().err
     assert main(["convert", blob_tiff, str(tmp_path / "y.zarr"), "--levels", "many"]) == 2
-    assert "--levels expects auto or a number" in capsys.readouterr().err
+    assert "--levels must be auto or a number, got 'many'" in capsys.readouterr().err
 
 
 def test_segment_converts_a_striped_tiff_automatically_with_identical_labels(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import zarr
 from corpus import CASES
+
 from pixseg.cli import main
 
 

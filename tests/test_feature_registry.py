@@ -8,10 +8,11 @@ import sys
 import dask.array as da
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from pixseg import feature_kernels, features
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureGroup, build_features, compute_features, make_feature_spec
-from scipy import ndimage
 
 
 def _inverted(colour: np.ndarray) -> np.ndarray:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
+from skimage.color import rgb2gray, rgb2lab
+
 from pixseg.errors import ParameterError
 from pixseg.features import build_features, compute_features, dtype_range, make_feature_spec
-from skimage.color import rgb2gray, rgb2lab
 
 
 def _spec(groups, image, *, has_alpha=False):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
-import pixseg.masks
 import pytest
 import tifffile
 import zarr
+from slides import downsample, make_slide, write_pyramid_tiff
+
+import pixseg.masks
 from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
 from pixseg.io.model_file import load_model
@@ -24,7 +26,6 @@ from pixseg.masks import (
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import apply, segment
 from pixseg.sampling import SampleSource, build_candidates, plan_blocks
-from slides import downsample, make_slide, write_pyramid_tiff
 
 
 def _labels(path: str) -> np.ndarray:

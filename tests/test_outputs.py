@@ -12,6 +12,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
+
 from pixseg.cli import main
 from pixseg.io.readers import open_image
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
@@ -270,6 +271,7 @@ def test_existing_side_file_needs_overwrite(tmp_path, capsys, blob_tiff):
 @pytest.mark.parametrize("with_pixels", [True, False])
 def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pixels):
     import dask.array as da
+
     from pixseg.io.label_zarr import store_count_and_preview
 
     rng = np.random.default_rng(4)

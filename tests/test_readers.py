@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import raise_if_dask_computes
+
 from pixseg.errors import InputError
 from pixseg.io.readers import open_image
 

@@ -17,8 +17,11 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
+
 from pixseg.cli import main
 from pixseg.errors import OutputError
+from pixseg.io.atomic import partial_files
+from pixseg.io.label_tiff import interrupted_tiff_write
 from pixseg.io.locks import output_lock
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import segment
@@ -128,11 +131,7 @@ def test_killed_during_tiff_write_resumes(tmp_path, capsys, big_tiff, reference)
     argv = _argv(big_tiff, out)
     _kill_when(
         argv,
-        lambda log: (
-            "writing pyramidal TIFF" in log
-            and os.path.exists(out + ".partial")
-            and os.path.getsize(out + ".partial") > 0
-        ),
+        lambda log: "writing pyramidal TIFF" in log and any(os.path.getsize(p) > 0 for p in partial_files(out)),
         log=tmp_path / "log",
         slow_tiles=True,
     )
@@ -140,7 +139,7 @@ def test_killed_during_tiff_write_resumes(tmp_path, capsys, big_tiff, reference)
     assert main(["info", out]) == 0 and "INCOMPLETE" in capsys.readouterr().out
     _resume(capsys, argv)
     np.testing.assert_array_equal(_labels(out), reference)
-    assert not os.path.exists(out + ".partial")
+    assert not interrupted_tiff_write(out)
 
 
 def test_half_written_chunk_is_never_taken_as_done(tmp_path, capsys, big_tiff, reference):

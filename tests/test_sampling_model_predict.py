@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
 from pixseg.model import feature_spread, fit_model, order_centroids, squared_inertia

@@ -10,17 +10,18 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image, raise_if_dask_computes
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
 from pixseg import sampling
 from pixseg.features import build_features, make_feature_spec
 from pixseg.io.model_file import load_model
 from pixseg.io.readers import open_image
 from pixseg.model import SegmentationModel
-from pixseg.predict import build_labels, predict_chunk
 from pixseg.options import FitOptions, ReadOptions
+from pixseg.predict import build_labels, predict_chunk
 from pixseg.runner import apply, segment
 from pixseg.sampling import SampleSource, build_candidates, plan_blocks
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score
 
 
 def _labels(path: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import pytest
 import tifffile
 import zarr
 from conftest import make_blob_image
+
 from pixseg.cli import main
 
 pytestmark = pytest.mark.slurm

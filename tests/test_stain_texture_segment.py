@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from skimage.color import rgb2hed
+from skimage.filters import threshold_otsu
+from sklearn.metrics import adjusted_rand_score
+from slides import write_pyramid_tiff
+
 from pixseg.errors import ParameterError
 from pixseg.features import robust_channel_ranges
 from pixseg.io.model_file import load_model
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import apply, segment
-from skimage.color import rgb2hed
-from skimage.filters import threshold_otsu
-from sklearn.metrics import adjusted_rand_score
-from slides import write_pyramid_tiff
 
 #: Stain densities plus smoothed intensity and local standard deviation at sigma 1.
 STAIN_TEXTURE = FitOptions(clusters=3, features=("hed", "smooth", "std"), sigmas=(1.0,), sample_size=60_000)
@@ -118,8 +119,9 @@ def test_robust_ranges_keep_rgb_colour_balance():
 
 
 def test_cli_feature_mask_fit_level_and_normalise_options(tmp_path, capsys):
-    from pixseg.cli import main
     from slides import make_slide
+
+    from pixseg.cli import main
 
     pixels, _ = make_slide(256, 320)
     path = write_pyramid_tiff(str(tmp_path / "slide.tif"), pixels, n_levels=2)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-from pixseg.errors import ParameterError
-from pixseg.features import FeatureSpec, build_features, compute_features, make_feature_spec
 from scipy import ndimage
 from skimage.color import rgb2hed, rgb2hsv
 from skimage.feature import hessian_matrix, hessian_matrix_eigvals
+
+from pixseg.errors import ParameterError
+from pixseg.features import FeatureSpec, build_features, compute_features, make_feature_spec
 
 SIGMAS = (1.0, 2.5)
 

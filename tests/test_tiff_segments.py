@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tifffile
+
 from pixseg.io.readers import open_image
 from pixseg.io.tiff_segments import TiffSegmentReader, segment_readable
 

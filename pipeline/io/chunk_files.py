@@ -29,9 +29,10 @@ import sys
 import numpy as np
 import zarr
 from numcodecs import Zstd
-from pixseg.io.atomic import write_atomic
 from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+from pixseg.io.atomic import write_atomic
 
 #: zarr versions [first, end) whose chunk files this module writes byte for byte as zarr would.
 #: Raise the end only after the canary tests pass with the new version.

@@ -11,10 +11,10 @@ from typing import Any, cast
 
 import numpy as np
 import zarr
-from pixseg.errors import OutputError, ParameterError
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-CODECS = ("zstd", "lz4", "zlib", "none")
+from pixseg.errors import OutputError
+from pixseg.options import CODECS
 
 
 def _compressors(codec: str) -> Any:
@@ -26,7 +26,7 @@ def _compressors(codec: str) -> Any:
         return GzipCodec(level=6)
     if codec == "none":
         return None
-    raise ParameterError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    raise ValueError(f"codec {codec!r} is none of {CODECS}: options.ConvertOptions checks it first")
 
 
 def create_image_zarr(
@@ -55,15 +55,13 @@ def create_image_zarr(
     dtype : numpy.dtype
         Pixel dtype.
     codec : str
-        One of ``CODECS``.
+        One of :data:`pixseg.options.CODECS`.
     shard : int or None
         With zarr v3 sharding, chunks per shard edge (a shard holds ``shard x shard`` chunks).
     attrs : dict
         pixseg's metadata, under ``attrs["pixseg"]``.
     """
     compressors = _compressors(codec)
-    if shard is not None and shard < 1:
-        raise ParameterError(f"--shard must be >= 1 chunks per shard edge, got {shard!r}")
     try:
         group = zarr.open_group(path, mode="w-", zarr_format=3)
         group.attrs["pixseg"] = {**attrs, "complete": False}

@@ -20,12 +20,10 @@ from typing import Any
 
 import numpy as np
 import tifffile
+
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, partial_files
 
-TIFF_TILES = (256, 512)
-TIFF_COMPRESSIONS = ("zstd", "zlib")
-TIFF_FLAVOURS = ("generic", "ome")
 #: Private tag (in the reusable range 65000-65535) holding pixseg's JSON metadata.
 PIXSEG_TAG = 65000
 

@@ -19,13 +19,12 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.delayed import Delayed
+from zarr.codecs import ZstdCodec
+
 from pixseg.colours import label_colours
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
 from pixseg.statistics import count_labels
-from zarr.codecs import ZstdCodec
-
-NGFF_VERSIONS = ("0.5", "0.4")
 
 
 def create_label_zarr(

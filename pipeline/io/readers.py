@@ -21,6 +21,7 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+
 from pixseg.errors import InputError
 from pixseg.io.tiff_segments import TiffSegmentReader, segment_readable
 

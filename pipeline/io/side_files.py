@@ -6,6 +6,7 @@ import csv
 from typing import Any
 
 import numpy as np
+
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, write_json_atomic
 
