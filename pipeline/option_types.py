@@ -154,16 +154,17 @@ def _check_range(name: str, spec: OptionSpec, item: float, value: Any) -> None:
     shown = list(value) if isinstance(value, tuple) else value
     low, high = spec.minimum, spec.maximum
     if low is not None and high is not None and not low <= item <= high:
-        raise OptionError(name, f"must be between {_number(low)} and {_number(high)}, got {shown!r}")
+        raise OptionError(name, f"must be between {format_number(low)} and {format_number(high)}, got {shown!r}")
     if spec.minimum is not None and item < spec.minimum:
-        raise OptionError(name, f"must be >= {_number(spec.minimum)}, got {shown!r}")
+        raise OptionError(name, f"must be >= {format_number(spec.minimum)}, got {shown!r}")
     if spec.above is not None and item <= spec.above:
-        raise OptionError(name, f"must be > {_number(spec.above)}, got {shown!r}")
+        raise OptionError(name, f"must be > {format_number(spec.above)}, got {shown!r}")
     if spec.maximum is not None and item > spec.maximum:
-        raise OptionError(name, f"must be <= {_number(spec.maximum)}, got {shown!r}")
+        raise OptionError(name, f"must be <= {format_number(spec.maximum)}, got {shown!r}")
 
 
-def _number(value: float) -> str:
+def format_number(value: float) -> str:
+    """``value`` as an integer when it is one, else in ``%g`` form."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
