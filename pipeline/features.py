@@ -1,9 +1,8 @@
 """Per-pixel features: one registry entry per feature group, and the one place that builds them lazily.
 
-Every feature group is one :class:`FeatureGroup` in :data:`FEATURE_REGISTRY`: its column names,
-its per-chunk numpy kernel (in :mod:`pixseg.feature_kernels`), what that kernel reads (the
-pixel's colour, its position, or Gaussian filterings of the intensity image), whether it needs
-an RGB input and which shorthand names include it. Group lists, column names, validation, the
+Every feature group is one :class:`~pixseg.feature_registry.FeatureGroup` in
+:data:`~pixseg.feature_registry.FEATURE_REGISTRY` (its columns, kernel, what the kernel reads,
+whether it needs RGB, its shorthand names). Group lists, column names, validation, the
 halo and :attr:`FeatureSpec.pointwise` are all derived from the registry, so adding a group
 means adding one entry and its kernel.
 
@@ -28,161 +27,49 @@ Importing this module does not import dask (the CLI lists feature groups from it
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
 from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filter
+from pixseg.feature_registry import (
+    COLOUR_GROUPS,
+    FEATURE_ALIASES,
+    FEATURE_GROUPS,
+    FEATURE_REGISTRY,
+    TEXTURE_GROUPS,
+    FeatureGroup,
+    aliases_of,
+)
 from pixseg.options import DEFAULT_SIGMAS, MAX_SIGMA
+
+__all__ = [
+    "COLOUR_GROUPS",
+    "DEFAULT_SIGMAS",
+    "FEATURE_ALIASES",
+    "FEATURE_GROUPS",
+    "FEATURE_REGISTRY",
+    "MASK_MODES",
+    "MAX_SIGMA",
+    "TEXTURE_GROUPS",
+    "FeatureGroup",
+    "FeatureSpec",
+    "build_features",
+    "compute_features",
+    "dtype_range",
+    "make_feature_spec",
+    "robust_channel_ranges",
+]
 
 if TYPE_CHECKING:
     import dask.array as da
 
 #: Mask modes a spec records: no mask, the automatic tissue mask, or a user's mask file.
 MASK_MODES = ("none", "auto", "file")
-
-
-@dataclass(frozen=True)
-class FeatureGroup:
-    """One feature group: its columns, its per-chunk kernel and what the kernel reads.
-
-    Attributes
-    ----------
-    name : str
-        The name users give (``--features``) and model files record.
-    kind : {"colour", "position", "texture"}
-        What ``kernel`` reads, which fixes how it is called:
-
-        - ``"colour"``: ``kernel(colour)`` with the scaled colour channels of the returned
-          region, (h, w, C) float32, returns (h, w, k) float32;
-        - ``"position"``: ``kernel(shape, origin, image_shape)`` with the region's (h, w), its
-          first pixel's (row, column) in the image and the image's (Y, X), returns (h, w, k)
-          float32;
-        - ``"texture"``: once per sigma, ``kernel(*filtered)`` with one (H, W) float64 array per
-          entry of ``filters`` (the chunk with its halo), returns k (H, W) arrays.
-    kernel : callable
-        The pure numpy function that computes the group's columns of one chunk.
-    columns : tuple of str, or callable
-        The column names, or a function of the number of colour channels that returns them. A
-        texture group has one column per name and sigma, ``f"{name}_s{sigma:g}"``, sigma first.
-    filters : tuple of GaussianFilter
-        The filterings of the intensity image a texture kernel reads, in argument order; empty
-        for other kinds.
-    needs_rgb : bool
-        Whether the group needs exactly three colour channels.
-    aliases : tuple of str
-        Shorthand names (e.g. ``texture``) that expand to, among others, this group.
-    """
-
-    name: str
-    kind: Literal["colour", "position", "texture"]
-    kernel: Callable[..., Any]
-    columns: tuple[str, ...] | Callable[[int], tuple[str, ...]]
-    filters: tuple[GaussianFilter, ...] = ()
-    needs_rgb: bool = False
-    aliases: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if (self.kind == "texture") != bool(self.filters):
-            raise ValueError(f"feature group {self.name!r}: filters {self.filters!r} are for texture groups only")
-
-    @property
-    def texture(self) -> bool:
-        """Whether the group filters the intensity image at every sigma (and so needs sigmas and a halo)."""
-        return self.kind == "texture"
-
-    @property
-    def pointwise(self) -> bool:
-        """Whether the group's features of a pixel depend on that pixel's own colour only."""
-        return self.kind == "colour"
-
-    def column_names(self, n_channels: int, sigmas: Sequence[float]) -> tuple[str, ...]:
-        """The group's column names for an input of ``n_channels`` colour channels and texture scales ``sigmas``."""
-        names = self.columns(n_channels) if callable(self.columns) else self.columns
-        if not self.texture:
-            return names
-        return tuple(f"{name}_s{sigma:g}" for sigma in sigmas for name in names)
-
-    def halo(self, sigmas: Sequence[float], scale: tuple[float, float]) -> tuple[int, int]:
-        """Context pixels each chunk needs on each side, (rows, columns), at a level downsampled ``scale``.
-
-        ``ceil(TRUNCATE * sigma / scale)`` for the largest sigma for a texture group, else (0, 0).
-        """
-        if not self.texture:
-            return 0, 0
-        return (
-            max(math.ceil(TRUNCATE * sigma / scale[0]) for sigma in sigmas),
-            max(math.ceil(TRUNCATE * sigma / scale[1]) for sigma in sigmas),
-        )
-
-
-#: Every feature group by name; specs stack them in the order the user gives.
-FEATURE_REGISTRY: dict[str, FeatureGroup] = {
-    group.name: group
-    for group in (
-        FeatureGroup("channels", "colour", kernels.channels, lambda n: tuple(f"ch{i}" for i in range(n))),
-        FeatureGroup("grey", "colour", kernels.grey, ("grey",)),
-        FeatureGroup("lab", "colour", kernels.rgb_to_lab, ("L", "a", "b"), needs_rgb=True),
-        FeatureGroup("hsv", "colour", kernels.rgb_to_hsv, ("hue", "saturation", "value"), needs_rgb=True),
-        FeatureGroup("hed", "colour", kernels.rgb_to_hed, ("haematoxylin", "eosin", "dab"), needs_rgb=True),
-        FeatureGroup("smooth", "texture", kernels.smooth, ("smooth",), (kernels.MEAN,), aliases=("texture",)),
-        FeatureGroup(
-            "std",
-            "texture",
-            kernels.local_std,
-            ("std",),
-            (kernels.MEAN, kernels.MEAN_OF_SQUARES),
-            aliases=("texture",),
-        ),
-        FeatureGroup(
-            "gradient",
-            "texture",
-            kernels.gradient_magnitude,
-            ("gradient",),
-            (kernels.D_ROW, kernels.D_COL),
-            aliases=("texture",),
-        ),
-        FeatureGroup(
-            "log",
-            "texture",
-            kernels.laplacian,
-            ("log",),
-            (kernels.D_ROW_ROW, kernels.D_COL_COL),
-            aliases=("texture",),
-        ),
-        FeatureGroup(
-            "hessian",
-            "texture",
-            kernels.hessian_eigenvalues,
-            ("hessian1", "hessian2"),
-            (kernels.D_ROW_ROW, kernels.D_COL_COL, kernels.D_ROW_COL),
-        ),
-        FeatureGroup("coordinates", "position", kernels.coordinates, ("row", "column")),
-    )
-}
-
-
-def _aliases(registry: Mapping[str, FeatureGroup]) -> dict[str, tuple[str, ...]]:
-    """Each shorthand name of ``registry``'s groups, with the groups it expands to in registry order."""
-    aliases: dict[str, tuple[str, ...]] = {}
-    for group in registry.values():
-        for alias in group.aliases:
-            aliases[alias] = (*aliases.get(alias, ()), group.name)
-    return aliases
-
-
-#: Every feature group name, in registry order.
-FEATURE_GROUPS = tuple(FEATURE_REGISTRY)
-#: Per-pixel colour feature groups.
-COLOUR_GROUPS = tuple(name for name, group in FEATURE_REGISTRY.items() if group.kind == "colour")
-#: Texture feature groups, computed on the intensity (``grey``) image at every sigma.
-TEXTURE_GROUPS = tuple(name for name, group in FEATURE_REGISTRY.items() if group.texture)
-#: Shorthand names that expand to several groups.
-FEATURE_ALIASES = _aliases(FEATURE_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -325,7 +212,7 @@ def make_feature_spec(
         sigma, a channel range that is empty or of the wrong length, or an unknown mask mode.
     """
     given = tuple(g.strip() for g in groups.split(",")) if isinstance(groups, str) else tuple(groups)
-    aliases = _aliases(FEATURE_REGISTRY)
+    aliases = aliases_of(FEATURE_REGISTRY)
     names = tuple(name for g in given for name in aliases.get(g, (g,)))
     colour = n_channels - int(has_alpha)
     unknown = [g for g in names if g not in FEATURE_REGISTRY]

@@ -1,0 +1,153 @@
+"""What every format module builds on: the picklable region reader, axis names and length units."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pixseg.errors import InputError
+
+#: Target edge of a processing chunk, in pixels (about 1 Mpx per chunk).
+DEFAULT_CHUNK = 1024
+_CHANNEL_AXES = ("C", "S")
+
+#: Micrometres per unit, for OME-XML and OME-Zarr length units.
+MICROMETRES = {
+    "m": 1e6, "meter": 1e6, "cm": 1e4, "centimeter": 1e4, "mm": 1e3, "millimeter": 1e3,
+    "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "inch": 25400.0, "in": 25400.0,
+}  # fmt: skip
+
+
+class RegionReader:
+    """Picklable array-like yielding (Y, X, C) regions of a native array opened on first use.
+
+    Parameters
+    ----------
+    path : str
+        The input, named in error messages.
+    kind : str
+        The :attr:`Image.kind` it reads (``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"``, ``"jpeg"``).
+    open_native : callable
+        Module-level function (picklable) returning an object with ``__getitem__`` over the
+        native axes, e.g. a zarr array.
+    native_axes : str
+        One letter a native axis: Y, X, a channel axis (C or S), or any other letter for an
+        axis of length 1 that is dropped.
+    decode_errors : tuple of exception types
+        What the format's decoder raises for a corrupt file; reading a region turns these,
+        and only these, into :class:`~pixseg.errors.InputError` naming the file.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        kind: str,
+        open_native: Callable[[], Any],
+        native_axes: str,
+        native_shape: tuple[int, ...],
+        dtype: np.dtype,
+        native_chunks: tuple[int, int],
+        level_shapes: tuple[tuple[int, int], ...],
+        has_alpha: bool,
+        decode_errors: tuple[type[BaseException], ...],
+        pixel_size: tuple[float, float] | None = None,
+    ) -> None:
+        self.path = path
+        self.kind = kind
+        self._open_native = open_native
+        self._axes = native_axes
+        self._decode_errors = decode_errors
+        self.dtype = np.dtype(dtype)
+        self.native_chunks = native_chunks
+        self.level_shapes = level_shapes
+        self.has_alpha = has_alpha
+        self.pixel_size = pixel_size
+        sizes = dict(zip(native_axes, native_shape, strict=True))
+        self.shape = (sizes["Y"], sizes["X"], sizes.get("C", 1))
+        self.ndim = 3
+        self._native: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_native"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        # TIFF stores hold an open file handle: release it with the reader
+        close = getattr(getattr(self._native, "store", None), "close", None)
+        if close is not None:
+            close()
+
+    def _array(self) -> Any:
+        with self._lock:
+            if self._native is None:
+                self._native = self._open_native()
+            return self._native
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        ys, xs, cs = key
+        native_key: list[slice | int] = []
+        kept = ""
+        for axis in self._axes:
+            if axis == "Y":
+                native_key.append(ys)
+            elif axis == "X":
+                native_key.append(xs)
+            elif axis == "C":
+                native_key.append(cs)
+            else:
+                native_key.append(0)
+                continue
+            kept += axis
+        try:
+            region = np.asarray(self._array()[tuple(native_key)])
+        except self._decode_errors as err:
+            raise InputError(f"cannot decode input {self.path!r} at rows {ys}, columns {xs}: {err}") from err
+        if "C" not in kept:
+            region = region[..., np.newaxis]
+            kept += "C"
+        return region.transpose([kept.index(a) for a in "YXC"])
+
+
+def canonical_axes(axes: str, shape: tuple[int, ...], path: str) -> str:
+    """Rename a file's axes to Y, X, C (+ ``_`` for others of length 1).
+
+    Raises
+    ------
+    InputError
+        If an axis other than Y, X and one channel axis is longer than 1 (a real stack),
+        or Y or X is missing.
+    """
+    out = ""
+    for axis, size in zip(axes.upper(), shape, strict=True):
+        if axis in ("Y", "X"):
+            out += axis
+        elif axis in _CHANNEL_AXES and "C" not in out:
+            out += "C"
+        elif size == 1:
+            out += "_"
+        else:
+            raise InputError(
+                f"input {path!r} has axes {axes!r} with shape {tuple(shape)!r}: {axis!r} of length {size} "
+                "is not supported; pixseg segments one 2-D plane with channels (Y, X, C)"
+            )
+    if "Y" not in out or "X" not in out:
+        raise InputError(f"input {path!r} has axes {axes!r}; expected Y and X axes")
+    return out
+
+
+def yx(axes: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(Y, X) sizes of an array with the given axis letters."""
+    sizes = dict(zip(axes.upper(), shape, strict=True))
+    return int(sizes["Y"]), int(sizes["X"])
