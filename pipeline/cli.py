@@ -61,7 +61,7 @@ class UsageError(PipelineError, ValueError):
 
 
 class _Version(argparse.Action):
-    """``--version``: the installed version, looked up only when asked (the lookup costs ~0.1 s)."""
+    """``--version``: the installed version, looked up only when asked (the lookup is slow for ``--help``)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         import pixseg

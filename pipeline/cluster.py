@@ -261,10 +261,11 @@ def release_freed_memory_promptly() -> None:
     """Make glibc hand freed chunk buffers back to the system (no-op elsewhere).
 
     With many threads, glibc keeps freed buffers in per-thread arenas, so the resident size of
-    a long threaded run creeps up with the number of chunks processed (measured: 555-887 MB on
-    a 16384^2 image against ~480 MB on 4096^2). Serving buffers of 1 MiB and more by ``mmap``
-    and trimming above 64 KiB keeps it flat; dask's worker processes get the same through
-    ``MALLOC_TRIM_THRESHOLD_``. The setting is process-wide and only affects allocation policy.
+    a long threaded run creeps up with the number of chunks processed (docs/performance.md).
+    Serving buffers of 1 MiB and more by ``mmap`` and trimming above 64 KiB keeps it flat. Local
+    worker processes are single-threaded and get the opposite trade instead
+    (``LOCAL_WORKER_MALLOC``: keep chunk-sized buffers). The setting is process-wide and only
+    affects allocation policy: :func:`tune_process` applies it to the console script alone.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -86,7 +86,7 @@ def gaussian_filter(
     """
     source = intensity * intensity if gaussian.squared else intensity
     level_sigma = (sigma / scale[0], sigma / scale[1])
-    from scipy import ndimage  # imported on first use: it costs ~0.4 s, which --help must not pay
+    from scipy import ndimage  # imported on first use: --help must not pay for it
 
     filtered = ndimage.gaussian_filter(source, level_sigma, order=gaussian.order, mode="reflect", truncate=TRUNCATE)
     if gaussian.order == (0, 0):

@@ -235,9 +235,8 @@ def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
 
     One task per chunk of a level reads the chunks of the level above it covers and writes every
     second pixel (see :func:`pixseg.io.label_zarr.reduce_level`). Levels from 2 on hold at most
-    1/16 of the pixels: they run on this process's threads even under a distributed scheduler
-    (with the earlier from_zarr/rechunk graph, a local cluster's per-task transfers made them
-    several times slower; not measured again since).
+    1/16 of the pixels: they run on this process's threads even under a distributed scheduler,
+    where per-task transfers would cost more than the work (docs/performance.md).
     """
     for level in range(first, len(arrays)):
         logger.info("pyramid level %d: %dx%d", level, *arrays[level].shape)

@@ -119,12 +119,12 @@ class SegmentationModel:
 
 
 def preload_fitting() -> None:
-    """Start importing dask-ml in a background thread (about 1 s of Python: it imports
-    scikit-learn, scipy.stats and pandas), for callers whose process idles while workers sample.
+    """Start importing dask-ml in a background thread (it imports scikit-learn, scipy.stats and
+    pandas), for callers whose process idles while workers sample.
 
     :func:`fit_model`'s own import then finds it done, or waits for it. Under the threaded
-    scheduler the import would contend with the sampling threads for the GIL (measured: no
-    gain), so the runner calls this only when a distributed scheduler does the sampling.
+    scheduler the import would contend with the sampling threads for the GIL (no gain, see
+    docs/performance.md), so the runner calls this only when a distributed scheduler does the sampling.
     """
     if "dask_ml.cluster" not in sys.modules:
         threading.Thread(target=_import_dask_ml, name="pixseg-import-dask-ml", daemon=True).start()
@@ -145,8 +145,8 @@ def fit_model(
     the fit minimises the same inertia as k-means on the raw pixels; every derived column on
     its own, so each stain, colour coordinate or texture measure weighs alike. dask-ml's
     k-means|| runs ``restarts`` times with seeds derived from ``seed`` (restart 0 uses ``seed``);
-    the fit with the lowest sample inertia is kept (one init lands in a poor local optimum about
-    one time in six on the benchmark images at K=8; each restart costs about 1 s for 200,000 pixels).
+    the fit with the lowest sample inertia is kept (a single init sometimes lands in a poor local
+    optimum: docs/performance.md shows how often, and what each restart costs).
 
     Parameters
     ----------

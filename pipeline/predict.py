@@ -1,10 +1,9 @@
 """Per-chunk nearest-centroid labels, and the lazy graph that applies them to a feature image.
 
 The kernel is a numba loop over pixels: no pixels x K x F temporary, NaN-aware, no thread
-pool of its own (dask's threads run chunks in parallel). Measured per core here (``python -m
-benchmarks``, K=4 / K=8): ~93 / ~56 Mpx/s, against scikit-learn's float32 ``KMeans.predict``
-~123 / ~84 (which runs its own OpenMP pool, fixed at fit time, so it oversubscribes under dask
-threads) and a numpy expanded formula ~36 / ~21. Distances are standardised ones, computed in float32 as
+pool of its own (dask's threads run chunks in parallel), unlike scikit-learn's ``KMeans.predict``
+whose OpenMP pool, fixed at fit time, oversubscribes under dask threads (throughput of each:
+docs/performance.md). Distances are standardised ones, computed in float32 as
 ``sum_f w_f (x_f - c_f)^2`` with ``w_f = 1 / std_f^2``; ties go to the lower label.
 
 Colour tables: when every feature is a function of one pixel's colour (no texture, no
@@ -216,8 +215,8 @@ def map_pixels(values: da.Array, func: Callable[..., np.ndarray], *args: Any, dt
     """Lazily apply ``func(chunk, *args, **kwargs)``, (h, w, C) -> (h, w), to every chunk of ``values``.
 
     ``map_blocks(drop_axis=2)`` would hand each task a copy of its chunk: dask concatenates the
-    dropped axis' blocks, even a single one, into a new array (measured: 13% of decoding and
-    labelling a 16384^2 RGB image through the colour table). Here the channel axis is kept, with
+    dropped axis' blocks, even a single one, into a new array (a measurable share of the label
+    pass: docs/performance.md). Here the channel axis is kept, with
     one output column, and sliced away.
 
     Parameters

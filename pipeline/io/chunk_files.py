@@ -3,9 +3,9 @@
 This is the one module that touches a zarr array's chunk files directly; everything else goes
 through zarr.
 
-Why: zarr's ``Array.__setitem__`` spends about 2 ms of Python per chunk (selection, buffers and
-hand-offs to its event-loop thread) on top of compressing it, more than zstd takes to compress a
-1024^2 uint8 chunk; a 100,000^2 label pass writes about 19,000 chunks (upstream:
+Why: zarr's ``Array.__setitem__`` spends more Python time per chunk (selection, buffers and
+hand-offs to its event-loop thread) than zstd takes to compress a 1024^2 uint8 chunk, and a
+100,000^2 label pass writes about 19,000 chunks (docs/performance.md) (upstream:
 https://github.com/zarr-developers/zarr-python/issues/2710). For an array in a local directory
 store whose chunks are zstd frames of their C-order little-endian bytes (zarr v3: ``bytes`` +
 ``zstd`` codecs without checksum; zarr v2: a ``zstd`` compressor without filters), the chunk file
