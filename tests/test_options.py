@@ -59,6 +59,22 @@ CLI_VALUES = {
 }
 
 
+def _write_config(tmp_path, values: dict) -> Path:
+    """A run config with one input and an output directory, plus ``values`` by dotted key."""
+    import yaml
+
+    document: dict = {"inputs": ["a.tif"], "output": {"directory": "out"}}
+    for key, value in values.items():
+        node = document
+        *sections, last = key.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 def _flagged(cls):
     return [(item, spec) for item, spec, _ in option_fields(cls) if spec.flag]
 
@@ -114,18 +130,7 @@ def test_every_run_option_with_a_config_key_reads_from_yaml_as_the_api_gives_it(
         "lifetime": "55m",
     }
     keys = {name: key for key, (_, name) in config_keys().items()}
-    document: dict = {"inputs": ["a.tif"], "output": {"directory": "out"}}
-    for name, value in values.items():
-        node = document
-        *sections, last = keys[name].split(".")
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[last] = value
-    import yaml
-
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(document))
-    config = load_config(path)
+    config = load_config(_write_config(tmp_path, {keys[name]: value for name, value in values.items()}))
     expected = split_options({name: value for name, value in values.items()})
     assert config.read == expected[ReadOptions]
     assert config.fit == expected[FitOptions]
@@ -189,16 +194,7 @@ def test_a_bad_value_names_the_parameter_the_flag_or_the_key(tmp_path, capsys, n
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"error: {spec.flag} must"), err
     # a config says the file and the key
-    import yaml
-
-    *sections, last = spec.config.split(".")
-    document: dict = {"inputs": ["a.tif"], "output": {"directory": "out"}}
-    node = document
-    for section in sections:
-        node = node.setdefault(section, {})
-    node[last] = value
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(document))
+    path = _write_config(tmp_path, {spec.config: value})
     with pytest.raises(ConfigError) as from_config:
         load_config(path)
     assert str(from_config.value).startswith(f"{path}: key {spec.config!r}"), str(from_config.value)

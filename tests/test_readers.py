@@ -222,9 +222,9 @@ def test_aperio_svs_pyramid(tmp_path, blob_image):
 
 
 def test_png_too_large_to_decode_names_alternatives(tmp_path, monkeypatch):
-    from pixseg.io import readers
+    from pixseg.io.readers import plain
 
-    monkeypatch.setattr(readers, "MAX_PLAIN_PIXELS", 100)
+    monkeypatch.setattr(plain, "MAX_PLAIN_PIXELS", 100)
     path = tmp_path / "big.png"
     path.write_bytes(imagecodecs.png_encode(np.zeros((20, 30), np.uint8)))
     with pytest.raises(InputError, match="20 pixels, too large to decode whole .*vips tiffsave .*gdal_translate"):

@@ -3,18 +3,57 @@
 ``tifffile.imread(aszarr=True)`` read through zarr 3 decodes every tile on zarr's single
 event-loop thread, so dask's threads wait on one core (measured here: 2 threads read a
 16384^2 zlib TIFF no faster than 1). This reader reads each segment's bytes with
-``os.pread`` (no shared file position, no lock) and decodes it with tifffile's own per-page
-decoder (which handles every compression, predictor, JPEG tables and byte order tifffile
-reads), so concurrent reads of different regions decode on different cores.
+``os.pread`` (no shared file position, no lock; see :func:`read_at` for systems without it)
+and decodes it with tifffile's own per-page decoder (which handles every compression,
+predictor, JPEG tables and byte order tifffile reads), so concurrent reads of different
+regions decode on different cores.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+#: The one private tifffile argument pixseg passes: ``TiffPage.decode(..., _fullsize=True)``
+#: pads a tile that decodes smaller than the tile size (JPEG/PNG edge tiles of some writers) to
+#: the full tile, the shape tifffile's own ``TiffPage.segments`` yields for tiled pages (it is
+#: how tifffile calls its decoder, so it is the path tifffile exercises). :meth:`TiffSegmentReader._place`
+#: copies only the part inside the image, so the public call, without it, gives the same pixels
+#: and is the fallback when a tifffile release drops the argument. Upstream documents it only as
+#: "Internal use" and no issue tracks it; revisit on every tifffile upgrade, at TiffPage.segments:
+#: https://github.com/cgohlke/tifffile/blob/v2026.3.3/tifffile/tifffile.py#L9072-L9117
+#: (the canary is ``test_tifffile_decode_still_accepts_private_fullsize``).
+PRIVATE_FULLSIZE = "_fullsize"
+_JPEG_COMPRESSIONS = (6, 7, 34892, 33007)
+
+
+def accepts_private_fullsize(decode: Callable[..., Any]) -> bool:
+    """Whether a ``TiffPage.decode`` function takes tifffile's private :data:`PRIVATE_FULLSIZE` keyword."""
+    try:
+        return PRIVATE_FULLSIZE in inspect.signature(decode).parameters
+    except (TypeError, ValueError):  # no signature to inspect
+        return False
+
+
+def read_at(fd: int, offset: int, count: int, lock: threading.Lock) -> bytes:
+    """Read ``count`` bytes of the open file ``fd`` starting at ``offset``.
+
+    With ``os.pread`` (POSIX) the read neither uses nor moves the shared file position, so
+    threads read concurrently; where it does not exist (Windows) it seeks and reads under
+    ``lock``, which must then guard every read of ``fd``.
+    """
+    pread = getattr(os, "pread", None)
+    if pread is not None:
+        return pread(fd, count, offset)
+    with lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, count)
 
 
 def segment_readable(page: Any, n_pages: int) -> bool:
@@ -43,10 +82,19 @@ class TiffSegmentReader:
     level : int
         Pyramid level of the series; it must satisfy :func:`segment_readable`.
 
+    Attributes
+    ----------
+    uses_private_fullsize : bool
+        Whether tiles are decoded with tifffile's private :data:`PRIVATE_FULLSIZE` argument
+        (else through the public ``TiffPage.decode`` call).
+
     Notes
     -----
-    Thread-safe: each ``__getitem__`` reads with ``os.pread`` and decodes independently.
+    Thread-safe: each ``__getitem__`` reads with :func:`read_at` and decodes independently.
     """
+
+    _fd = -1
+    _tif: Any = None
 
     def __init__(self, path: str, *, series: int = 0, level: int = 0) -> None:
         import tifffile
@@ -54,9 +102,12 @@ class TiffSegmentReader:
         self._tif = tifffile.TiffFile(path)
         page: Any = self._tif.series[series].levels[level].pages[0]  # a TiffPage (see segment_readable)
         self._decode = page.decode
-        self._decode_args: dict[str, Any] = {"_fullsize": page.is_tiled}
-        if page.compression in (6, 7, 34892, 33007):  # JPEG flavours
+        self._decode_args: dict[str, Any] = {}
+        if page.compression in _JPEG_COMPRESSIONS:
             self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
+        self.uses_private_fullsize = bool(page.is_tiled) and accepts_private_fullsize(page.decode)
+        if self.uses_private_fullsize:
+            self._decode_args[PRIVATE_FULLSIZE] = True
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._counts = np.asarray(page.databytecounts, dtype=np.int64)
         planes, _, height, width, contig = page.shaped
@@ -71,13 +122,15 @@ class TiffSegmentReader:
         self._grid = (math.ceil(height / self._segment[0]), math.ceil(width / self._segment[1]))
         self._fill = page.nodata or 0
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._read_lock = threading.Lock()  # used only where os.pread does not exist
 
     def close(self) -> None:
         """Release the file handles."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._tif.close()
+        if self._tif is not None:
+            self._tif.close()
 
     def __del__(self) -> None:
         self.close()
@@ -99,7 +152,7 @@ class TiffSegmentReader:
     def _place(self, region: np.ndarray, index: int, top: int, left: int) -> None:
         """Decode segment ``index`` and copy its overlap with ``region`` (whose corner is (top, left))."""
         count = int(self._counts[index])
-        data = os.pread(self._fd, count, int(self._offsets[index])) if count else None
+        data = read_at(self._fd, int(self._offsets[index]), count, self._read_lock) if count else None
         segment, position, _ = self._decode(data, index, **self._decode_args)
         plane, _, seg_top, seg_left, _ = position
         seg_h, seg_w = self._segment

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,56 @@ class RegionReader:
             region = region[..., np.newaxis]
             kept += "C"
         return region.transpose([kept.index(a) for a in "YXC"])
+
+
+@contextlib.contextmanager
+def input_errors(what: str, errors: tuple[type[BaseException], ...], *, library: str) -> Iterator[None]:
+    """Turn what ``library`` raises for a damaged input into :class:`~pixseg.errors.InputError`.
+
+    Parameters
+    ----------
+    what : str
+        Start of the message, naming the action and the path, e.g. ``"cannot read TIFF 'a.tif'"``.
+    errors : tuple of exception types
+        What the library raises for a damaged input (each format module names its tuple).
+    library : str
+        The library's top-level module. A TypeError raised inside a call into it means metadata
+        of the wrong kind (a tag or key holding a list where one value belongs, an unknown field);
+        raised in pixseg's own code it is a bug and propagates, as does every type not in ``errors``.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except errors as err:
+        raise InputError(f"{what}: {err}") from err
+    except TypeError as err:
+        if not _raised_in(err, library):
+            raise
+        raise InputError(f"{what}: malformed metadata ({err})") from err
+
+
+def _raised_in(err: BaseException, library: str) -> bool:
+    """Whether ``err`` was raised inside a call into ``library`` (in its code or code it calls),
+    with no pixseg code running between that call and the raise (stdlib wrappers such as
+    ``functools.cached_property`` may sit between pixseg and the library)."""
+    modules = []
+    frame = err.__traceback__
+    while frame is not None:
+        modules.append(str(frame.tb_frame.f_globals.get("__name__", "")))
+        frame = frame.tb_next
+    ours = [i for i, name in enumerate(modules) if name.partition(".")[0] == "pixseg"]
+    after_ours = modules[ours[-1] + 1 :] if ours else modules
+    return any(name.partition(".")[0] == library for name in after_ours)
+
+
+def read_head(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of the file at ``path``, or ``b""`` if it cannot be read (for content sniffing)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:  # unreadable here: the format's own reader reports why, by suffix
+        return b""
 
 
 def canonical_axes(axes: str, shape: tuple[int, ...], path: str) -> str:

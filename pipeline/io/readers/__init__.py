@@ -1,0 +1,241 @@
+"""Open images lazily as chunked dask arrays with canonical axes (Y, X, C).
+
+Every reader returns an :class:`Image`: nothing is decoded until a chunk is computed.
+TIFF tiles and zarr chunks are read through a small picklable region reader, so the
+same graph runs on threads and on distributed worker processes, and a decode failure
+surfaces as :class:`~pixseg.errors.InputError` naming the file.
+
+Adding an input format: write a module with a ``sniff(path) -> bool`` and an
+``open(path, level) -> RegionReader``, and add one :class:`Format` to :data:`FORMATS`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from pixseg.errors import InputError, InputNotFoundError, UnsupportedFormatError
+from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader
+from pixseg.io.readers.plain import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES, open_plain, sniff_plain
+from pixseg.io.readers.tiff import TIFF_SUFFIXES, open_tiff, sniff_tiff
+from pixseg.io.readers.zarr_store import ZARR_MARKERS, ZARR_SUFFIXES, open_zarr, sniff_zarr
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "FORMATS",
+    "MAX_PLAIN_PIXELS",
+    "PLAIN_SUFFIXES",
+    "TIFF_SUFFIXES",
+    "Format",
+    "Image",
+    "describe_chunks",
+    "open_image",
+    "supported_formats",
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One family of input formats pixseg reads.
+
+    Attributes
+    ----------
+    name : str
+        How error messages name it.
+    suffixes : tuple of str
+        Lower-case name endings that select it when the content is not recognised.
+    sniff : callable
+        ``sniff(path) -> bool``: whether the content at ``path`` is of this format.
+    open : callable
+        ``open(path, level) -> RegionReader``; raises :class:`~pixseg.errors.InputError`.
+    directory : bool
+        Whether inputs of this format are directories (stores) rather than files.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[str], bool]
+    open: Callable[[str, int], RegionReader]
+    directory: bool = False
+
+
+#: Every format pixseg reads, tried in this order: by content first, then by suffix.
+FORMATS: tuple[Format, ...] = (
+    Format("TIFF/BigTIFF/OME-TIFF/SVS", TIFF_SUFFIXES, sniff_tiff, open_tiff),
+    Format("zarr/OME-Zarr directory", ZARR_SUFFIXES, sniff_zarr, open_zarr, directory=True),
+    Format("PNG/JPEG", PLAIN_SUFFIXES, sniff_plain, open_plain),
+)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A lazily opened image.
+
+    Attributes
+    ----------
+    path : str
+        Where the image was read from.
+    kind : str
+        ``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"`` or ``"jpeg"``.
+    data : dask.array.Array
+        Shape (Y, X, C), the file's dtype, chunked for processing; C in one chunk.
+    source : array-like
+        The same pixels as an array-like that reads any region ``source[ys, xs, :]`` on demand
+        (picklable and thread-safe), for work that reads a few regions rather than whole chunks.
+    native_chunks : tuple of int
+        The (Y, X) size of the file's own tiles, strips or chunks.
+    level : int
+        The pyramid level ``data`` holds (0 = full resolution).
+    level_shapes : tuple of tuple of int
+        (Y, X) of every pyramid level in the file, level 0 first.
+    has_alpha : bool
+        Whether the last channel is an alpha channel (alpha == 0 means masked).
+    pixel_size : tuple of float or None
+        (Y, X) size of a pixel of the selected level in micrometres, when the file says.
+    """
+
+    path: str
+    kind: str
+    data: da.Array
+    source: Any
+    native_chunks: tuple[int, int]
+    level: int
+    level_shapes: tuple[tuple[int, int], ...]
+    has_alpha: bool
+    pixel_size: tuple[float, float] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(Y, X, C) of the selected level."""
+        return tuple(int(n) for n in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The pixel dtype as stored."""
+        return np.dtype(self.data.dtype)
+
+
+def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | None = None) -> Image:
+    """Open an image lazily.
+
+    Parameters
+    ----------
+    path : path-like
+        A TIFF / BigTIFF / OME-TIFF / SVS file, a zarr array or OME-Zarr group, or a PNG/JPEG file.
+    level : int, optional
+        Pyramid level to read (0 = full resolution).
+    chunk : int, optional
+        Edge of the square processing chunks. By default chunks of about
+        ``DEFAULT_CHUNK`` pixels a side, made of whole file tiles.
+
+    Returns
+    -------
+    Image
+        Axes (Y, X, C); computes nothing.
+
+    Raises
+    ------
+    InputNotFoundError
+        If the path does not exist.
+    UnsupportedFormatError
+        If it is not in any format of :data:`FORMATS`, by content or by suffix.
+    InputError
+        If it is corrupt, or of unsupported dtype or dimensionality, or if ``level``
+        or ``chunk`` is out of range.
+    """
+    path_str = os.fspath(path)
+    if level < 0:
+        raise InputError(f"--level must be >= 0, got {level!r}")
+    if chunk is not None and chunk < 16:
+        raise InputError(f"--chunk must be at least 16 pixels, got {chunk!r}")
+    if not os.path.exists(path_str):
+        raise InputNotFoundError(f"input {path_str!r} does not exist")
+    source = select_format(path_str).open(path_str, level)
+    dtype = np.dtype(source.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
+        raise InputError(f"input {path_str!r} has dtype {dtype.name!r}; expected an integer or float image")
+    height, width, channels = source.shape
+    if height < 1 or width < 1 or channels < 1:
+        raise InputError(f"input {path_str!r} has an empty shape {source.shape!r}")
+    chunks = _processing_chunks(source.native_chunks, (height, width), chunk)
+    data = da.from_array(
+        source,
+        chunks=(chunks[0], chunks[1], channels),
+        asarray=False,
+        lock=False,
+        fancy=False,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks)}",
+    )
+    return Image(
+        path=path_str,
+        kind=source.kind,
+        data=data,
+        source=source,
+        native_chunks=source.native_chunks,
+        level=level,
+        level_shapes=source.level_shapes,
+        has_alpha=source.has_alpha,
+        pixel_size=source.pixel_size,
+    )
+
+
+def select_format(path: str) -> Format:
+    """The :class:`Format` of an existing ``path``: the first whose content sniff matches, else by suffix.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        If neither the content nor the suffix is of a format pixseg reads; the message lists them.
+    """
+    is_directory = os.path.isdir(path)
+    candidates = [fmt for fmt in FORMATS if fmt.directory == is_directory]
+    for fmt in candidates:
+        if fmt.sniff(path):
+            return fmt
+    lower = path.lower().rstrip("/" + os.sep)
+    for fmt in candidates:
+        if lower.endswith(fmt.suffixes):
+            return fmt
+    if is_directory:
+        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)})"
+    else:
+        problem = f"has an unknown suffix {os.path.splitext(lower)[1]!r} and content"
+    raise UnsupportedFormatError(f"input {path!r} {problem}; pixseg reads {supported_formats()}")
+
+
+def supported_formats() -> str:
+    """One line naming every format of :data:`FORMATS` with its suffixes."""
+    return "; ".join(f"{fmt.name} ({', '.join(fmt.suffixes)})" for fmt in FORMATS)
+
+
+def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: int | None) -> tuple[int, int]:
+    """Processing chunk (Y, X): ``chunk`` if given, else whole file tiles grouped to about 1 Mpx.
+
+    A striped layout (a native chunk spanning the full width) is read in full-width bands,
+    so each strip is decoded once.
+    """
+    if chunk is not None:
+        return min(chunk, shape[0]), min(chunk, shape[1])
+    native_y, native_x = native
+    if native_x >= shape[1] and shape[1] > DEFAULT_CHUNK:
+        rows = max(native_y, (DEFAULT_CHUNK * DEFAULT_CHUNK // shape[1]) // native_y * native_y)
+        return min(rows, shape[0]), shape[1]
+    return (
+        min(max(1, round(DEFAULT_CHUNK / native_y)) * native_y, shape[0]),
+        min(max(1, round(DEFAULT_CHUNK / native_x)) * native_x, shape[1]),
+    )
+
+
+def describe_chunks(image: Image) -> str:
+    """One line describing the native and processing chunking of ``image``."""
+    py, px = image.data.chunksize[:2]
+    n_chunks = math.prod(image.data.numblocks[:2])
+    return f"native tiles {image.native_chunks[0]}x{image.native_chunks[1]}, processing chunks {py}x{px} ({n_chunks})"

@@ -1,0 +1,153 @@
+"""zarr arrays (v2 and v3) and OME-Zarr multiscale groups, read chunk by chunk through zarr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from pixseg.errors import InputError
+from pixseg.io.readers._base import MICROMETRES, RegionReader, canonical_axes, input_errors, yx
+
+ZARR_SUFFIXES = (".zarr",)
+#: Metadata files whose presence makes a directory a zarr store (v3, then v2).
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+
+#: What zarr raises for a damaged or incomplete store, as seen by fuzzing v2, v3 and OME-Zarr
+#: stores (metadata bytes flipped or cut, files deleted): its own errors (``zarr.errors.BaseZarrError``
+#: is a ValueError; ``NodeNotFoundError`` also a FileNotFoundError); ValueError, including
+#: json.JSONDecodeError and UnicodeDecodeError, from unparseable metadata; KeyError for a missing
+#: metadata field; OSError from the store. A TypeError counts only when zarr itself raises it
+#: (a metadata document with unexpected fields; see ``input_errors``).
+ZARR_OPEN_ERRORS: tuple[type[BaseException], ...] = (
+    zarr.errors.BaseZarrError,
+    json.JSONDecodeError,
+    ValueError,
+    KeyError,
+    OSError,
+)
+#: What reading a chunk of a damaged store raises: the above, IndexError from a chunk of the wrong
+#: size, and RuntimeError from the codecs (numcodecs' Zstd and Blosc report corrupt data so).
+ZARR_DECODE_ERRORS: tuple[type[BaseException], ...] = (*ZARR_OPEN_ERRORS, IndexError, RuntimeError)
+
+
+def sniff_zarr(path: str) -> bool:
+    """Whether the directory ``path`` holds zarr metadata (``zarr.json``, ``.zgroup`` or ``.zarray``)."""
+    return any(os.path.exists(os.path.join(path, marker)) for marker in ZARR_MARKERS)
+
+
+def open_zarr(path: str, level: int) -> RegionReader:
+    """Region reader over a zarr array, the one array of a group, or level ``level`` of an OME-Zarr.
+
+    Raises
+    ------
+    InputError
+        If the store or its metadata is unreadable, names no usable array, or ``level`` does not exist.
+    """
+    with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
+        node = zarr.open(path, mode="r")
+    kind = "zarr"
+    pixel_sizes: list[tuple[float, float] | None] = []
+    if isinstance(node, zarr.Array):
+        dataset_paths = [""]
+        axes = _array_axes(node, path)
+    else:
+        attrs = node.attrs.asdict()
+        ome = attrs.get("ome")
+        multiscales = (ome if isinstance(ome, dict) else attrs).get("multiscales")
+        if multiscales:
+            kind = "ome-zarr"
+            dataset_paths, axes, pixel_sizes = _ome_datasets(multiscales, path)
+        else:
+            names = sorted(name for name, _ in node.arrays())
+            if len(names) != 1:
+                found = f"arrays {names!r}" if names else "no arrays"
+                raise InputError(
+                    f"zarr group {path!r} has no OME-Zarr 'multiscales' metadata and {found}; "
+                    "point at one array (e.g. PATH/NAME) instead"
+                )
+            dataset_paths = names
+            axes = ""
+    if level >= len(dataset_paths):
+        raise InputError(f"--level {level} does not exist in {path!r}: it has {len(dataset_paths)} level(s)")
+    with input_errors(f"cannot open the arrays of zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
+        arrays = [_open_array(path, p) for p in dataset_paths]
+    chosen = arrays[level]
+    if not axes:
+        axes = _array_axes(chosen, path)
+    if len(axes) != chosen.ndim:
+        raise InputError(f"zarr {path!r}: metadata names {len(axes)} axes but the array has {chosen.ndim} dimensions")
+    canonical = canonical_axes(axes, chosen.shape, path)
+    chunk_of = dict(zip(canonical, chosen.chunks, strict=True))
+    return RegionReader(
+        path=path,
+        kind=kind,
+        open_native=functools.partial(_open_array, path, dataset_paths[level]),
+        native_axes=canonical,
+        native_shape=tuple(int(n) for n in chosen.shape),
+        dtype=np.dtype(chosen.dtype),
+        native_chunks=(int(chunk_of["Y"]), int(chunk_of["X"])),
+        level_shapes=tuple(yx(canonical, a.shape) for a in arrays),
+        has_alpha=False,
+        decode_errors=ZARR_DECODE_ERRORS,
+        pixel_size=pixel_sizes[level] if pixel_sizes else None,
+    )
+
+
+def _open_array(path: str, array_path: str) -> Any:
+    return zarr.open_array(os.path.join(path, array_path) if array_path else path, mode="r")
+
+
+def _ome_datasets(multiscales: Any, path: str) -> tuple[list[str], str, list[tuple[float, float] | None]]:
+    """Dataset paths, axis letters and per-level (Y, X) pixel size in micrometres of a multiscale."""
+    try:
+        first = multiscales[0]
+        dataset_paths = [str(d["path"]) for d in first["datasets"]]
+        axes_meta = first.get("axes") or []
+        axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].upper() for a in axes_meta)
+        pixel_sizes = [_ome_pixel_size(axes_meta, first, d) for d in first["datasets"]]
+    except (KeyError, IndexError, TypeError, ValueError) as err:  # JSON of the wrong shape
+        raise InputError(f"OME-Zarr {path!r} has malformed 'multiscales' metadata: {err!r}") from err
+    if not dataset_paths:
+        raise InputError(f"OME-Zarr {path!r} lists no datasets in its 'multiscales' metadata")
+    return dataset_paths, axes, pixel_sizes
+
+
+def _ome_pixel_size(
+    axes_meta: list[Any], multiscale: dict[str, Any], dataset: dict[str, Any]
+) -> tuple[float, float] | None:
+    """(Y, X) micrometres per pixel of one dataset: its scale times the multiscale's, in the axes' units."""
+    names = [str(a.get("name", "")).lower() if isinstance(a, dict) else str(a).lower() for a in axes_meta]
+    if "y" not in names or "x" not in names:
+        return None
+    scale = [1.0] * len(names)
+    for transforms in (dataset.get("coordinateTransformations"), multiscale.get("coordinateTransformations")):
+        for transform in transforms or []:
+            if transform.get("type") == "scale":
+                scale = [a * float(b) for a, b in zip(scale, transform["scale"], strict=True)]
+    sizes = []
+    for axis in ("y", "x"):
+        meta = axes_meta[names.index(axis)]
+        unit = meta.get("unit") if isinstance(meta, dict) else None
+        if unit not in MICROMETRES:
+            return None
+        sizes.append(scale[names.index(axis)] * MICROMETRES[unit])
+    return sizes[0], sizes[1]
+
+
+def _array_axes(array: Any, path: str) -> str:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(names):
+        return "".join(str(n)[0].upper() for n in names)
+    if array.ndim == 2:
+        return "YX"
+    if array.ndim == 3:
+        return "YXC" if array.shape[2] <= 4 or array.shape[0] > 4 else "CYX"
+    raise InputError(
+        f"zarr array {path!r} has {array.ndim} dimensions and no dimension_names; expected (Y, X) or (Y, X, C)"
+    )
