@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -91,3 +92,47 @@ def test_empty_tiles_read_as_fill_value(tmp_path):
         assert np.array_equal(reader[:, :, :][..., 0], expected)
     finally:
         reader.close()
+
+
+def _expected(path: str, planar: bool) -> np.ndarray:
+    expected = tifffile.imread(path)
+    if planar:
+        return expected.transpose(1, 2, 0)
+    return expected[..., np.newaxis] if expected.ndim == 2 else expected
+
+
+def _write_layout(tmp_path, name: str) -> tuple[str, np.ndarray]:
+    pixels = _pixels(name, np.random.default_rng(3))
+    path = str(tmp_path / "image.tif")
+    planar = LAYOUTS[name].get("planarconfig") == "separate"
+    tifffile.imwrite(path, pixels.transpose(2, 0, 1) if planar else pixels, **LAYOUTS[name])
+    return path, _expected(path, planar)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_edge_tiles_read_the_same_pixels_as_tifffile(tmp_path, name):
+    path, expected = _write_layout(tmp_path, name)
+    reader = TiffSegmentReader(path)
+    try:
+        assert np.array_equal(reader[:, :, :], expected)
+        assert np.array_equal(reader[60:75, 90:101, :], expected[60:75, 90:101])
+    finally:
+        reader.close()
+
+
+def test_reads_without_os_pread_seek_under_a_lock(tmp_path, monkeypatch):
+    path, expected = _write_layout(tmp_path, "tiled zstd predictor")
+    with_pread = TiffSegmentReader(path)
+    monkeypatch.delattr(os, "pread")
+    reader = TiffSegmentReader(path)
+    try:
+        assert np.array_equal(reader[:, :, :], with_pread[:, :, :])
+        assert np.array_equal(reader[:, :, :], expected)
+        regions = [(slice(a, a + 30), slice(b, b + 40), slice(None)) for a in range(0, 45, 7) for b in range(0, 61, 9)]
+        with ThreadPoolExecutor(4) as pool:  # concurrent seeks must not interleave
+            decoded = list(pool.map(reader.__getitem__, regions))
+        for region, got in zip(regions, decoded, strict=True):
+            assert np.array_equal(got, expected[region])
+    finally:
+        reader.close()
+        with_pread.close()

@@ -11,34 +11,16 @@ regions decode on different cores.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-#: The one private tifffile argument pixseg passes: ``TiffPage.decode(..., _fullsize=True)``
-#: pads a tile that decodes smaller than the tile size (JPEG/PNG edge tiles of some writers) to
-#: the full tile, the shape tifffile's own ``TiffPage.segments`` yields for tiled pages (it is
-#: how tifffile calls its decoder, so it is the path tifffile exercises). :meth:`TiffSegmentReader._place`
-#: copies only the part inside the image, so the public call, without it, gives the same pixels
-#: and is the fallback when a tifffile release drops the argument. Upstream documents it only as
-#: "Internal use" and no issue tracks it; revisit on every tifffile upgrade, at TiffPage.segments:
-#: https://github.com/cgohlke/tifffile/blob/v2026.3.3/tifffile/tifffile.py#L9072-L9117
-#: (the canary is ``test_tifffile_decode_still_accepts_private_fullsize``).
-PRIVATE_FULLSIZE = "_fullsize"
+#: Only tifffile's public ``TiffPage.decode`` is called: edge tiles may decode smaller than the
+#: tile, and :meth:`TiffSegmentReader._place` copies only the part inside the image either way.
 _JPEG_COMPRESSIONS = (6, 7, 34892, 33007)
-
-
-def accepts_private_fullsize(decode: Callable[..., Any]) -> bool:
-    """Whether a ``TiffPage.decode`` function takes tifffile's private :data:`PRIVATE_FULLSIZE` keyword."""
-    try:
-        return PRIVATE_FULLSIZE in inspect.signature(decode).parameters
-    except (TypeError, ValueError):  # no signature to inspect
-        return False
 
 
 def read_at(fd: int, offset: int, count: int, lock: threading.Lock) -> bytes:
@@ -82,12 +64,6 @@ class TiffSegmentReader:
     level : int
         Pyramid level of the series; it must satisfy :func:`segment_readable`.
 
-    Attributes
-    ----------
-    uses_private_fullsize : bool
-        Whether tiles are decoded with tifffile's private :data:`PRIVATE_FULLSIZE` argument
-        (else through the public ``TiffPage.decode`` call).
-
     Notes
     -----
     Thread-safe: each ``__getitem__`` reads with :func:`read_at` and decodes independently.
@@ -105,9 +81,6 @@ class TiffSegmentReader:
         self._decode_args: dict[str, Any] = {}
         if page.compression in _JPEG_COMPRESSIONS:
             self._decode_args.update(jpegtables=page.jpegtables, jpegheader=page.jpegheader)
-        self.uses_private_fullsize = bool(page.is_tiled) and accepts_private_fullsize(page.decode)
-        if self.uses_private_fullsize:
-            self._decode_args[PRIVATE_FULLSIZE] = True
         self._offsets = np.asarray(page.dataoffsets, dtype=np.int64)
         self._counts = np.asarray(page.databytecounts, dtype=np.int64)
         planes, _, height, width, contig = page.shaped

@@ -37,6 +37,7 @@ __all__ = [
     "Image",
     "describe_chunks",
     "open_image",
+    "select_format",
     "supported_formats",
 ]
 
