@@ -24,6 +24,7 @@ def _labels(path) -> np.ndarray:
     return zarr.open_group(str(path), mode="r")["0"][:]
 
 
+@pytest.mark.slow
 def test_import_pixseg_gives_the_api_and_imports_nothing_heavy():
     code = (
         "import sys, pixseg; heavy = [m for m in ('dask', 'zarr', 'sklearn', 'numpy') if m in sys.modules];"
@@ -51,6 +52,7 @@ def test_estimator_follows_scikit_learn_conventions():
         pixseg.PixelKMeans().predict(np.zeros((8, 8, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_labels_equal_the_cli_on_the_same_image_and_options(tmp_path, capsys, ihc_image):
     path = tmp_path / "ihc.tif"
     tifffile.imwrite(path, ihc_image, tile=(128, 128), photometric="rgb")
@@ -94,6 +96,7 @@ def test_predict_is_lazy_and_fit_computes_only_the_sample(blob_image):
     assert estimator.cluster_centers_.shape == (4, 3) and estimator.feature_names_out_ == ("ch0", "ch1", "ch2")
 
 
+@pytest.mark.slow
 def test_grey_images_and_bad_arrays(blob_image):
     grey = blob_image[..., 0]
     labels = pixseg.PixelKMeans(n_clusters=3).fit(grey).predict(grey).compute()
@@ -107,6 +110,7 @@ def test_grey_images_and_bad_arrays(blob_image):
         fitted.predict(grey)
 
 
+@pytest.mark.slow
 def test_save_load_and_apply_round_trip(tmp_path, blob_image, blob_tiff):
     estimator = pixseg.PixelKMeans(n_clusters=4, seed=1).fit(blob_image)
     model_path = tmp_path / "model.json"
@@ -120,6 +124,7 @@ def test_save_load_and_apply_round_trip(tmp_path, blob_image, blob_tiff):
     np.testing.assert_array_equal(_labels(tmp_path / "applied.zarr"), estimator.predict(blob_image).compute())
 
 
+@pytest.mark.slow
 def test_segment_takes_the_options_as_keywords(tmp_path, blob_tiff):
     out = tmp_path / "labels.zarr"
     result = pixseg.segment(

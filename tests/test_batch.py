@@ -93,6 +93,7 @@ def test_cohort_contributions_follow_valid_pixels_and_a_bad_image_is_left_out(tm
     assert sum(cohort.contributions) == 6000 and cohort.model.n_clusters == 3
 
 
+@pytest.mark.slow
 def test_fit_once_same_labels_on_threads_local_and_per_image_apply(tmp_path, capsys, slides):
     config = _config(tmp_path, slides)
     code, out, _ = _run(capsys, "run", config, "-q")
@@ -114,6 +115,7 @@ def test_fit_once_same_labels_on_threads_local_and_per_image_apply(tmp_path, cap
     assert summary["format"] == "pixseg-run-summary" and summary["counts"] == {"done": 3, "skipped": 0, "failed": 0}
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_images_and_processes_only_new_or_changed_ones(tmp_path, capsys, slides):
     config = _config(tmp_path, slides)
     assert _run(capsys, "run", config, "-q")[0] == 0
@@ -150,6 +152,7 @@ def test_a_bad_image_fails_alone_and_the_run_exits_non_zero(tmp_path, capsys, sl
     assert code == 3 and "0 done, 3 skipped, 1 failed" in out
 
 
+@pytest.mark.slow
 def test_per_image_models_equal_segment_and_saved_model_is_applied(tmp_path, capsys, slides):
     config = _config(tmp_path, slides, extra="model: per-image\n")
     assert _run(capsys, "run", config, "-q")[0] == 0
@@ -164,6 +167,7 @@ def test_per_image_models_equal_segment_and_saved_model_is_applied(tmp_path, cap
     np.testing.assert_array_equal(_labels(tmp_path / "applied" / "slide0.zarr"), _labels(tmp_path / "seg0.zarr"))
 
 
+@pytest.mark.slow
 def test_outputs_not_written_by_the_batch_are_replaced_only_with_overwrite(tmp_path, capsys, slides):
     segment(slides[0], str(tmp_path / "out" / "slide0.zarr"), fit=FitOptions(clusters=2, sample_size=500))
     config = _config(tmp_path, slides)
@@ -186,6 +190,7 @@ def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys, slides):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_example_configs_run(tmp_path, capsys, slides):
     quick = ["--set", f"inputs=['{os.path.dirname(slides[0])}/*.tif']", "--set", f"output.directory={tmp_path}/q"]
     code, out, _ = _run(capsys, "run", CONFIGS / "quick-local.yaml", "-q", *quick, "--set", "sampling.size=3000")
@@ -205,6 +210,7 @@ def test_example_configs_run(tmp_path, capsys, slides):
     assert (labels[~tissue] == 0).mean() > 0.95 and (labels[tissue] > 0).mean() > 0.5  # glass masked out
 
 
+@pytest.mark.slow
 def test_an_interrupted_batch_continues_its_outputs(tmp_path, capsys, slides, monkeypatch):
     from pixseg import labelling
 

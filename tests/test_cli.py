@@ -38,6 +38,7 @@ def _assert_user_error(code, err, message):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_segment_apply_info_round_trip(tmp_path, capsys, blob_tiff):
     before = _digest(blob_tiff)
     out, model = tmp_path / "l.zarr", tmp_path / "m.json"
@@ -54,6 +55,7 @@ def test_segment_apply_info_round_trip(tmp_path, capsys, blob_tiff):
     assert _digest(blob_tiff) == before
 
 
+@pytest.mark.slow
 def test_interrupted_output_is_reported_incomplete(tmp_path, capsys, blob_tiff, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -102,6 +104,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, blob_tiff, args, m
     assert not (tmp_path / "o.zarr").exists()
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite(tmp_path, capsys, blob_tiff):
     out = tmp_path / "l.zarr"
     assert _run(capsys, "segment", blob_tiff, out, "-q")[0] == 0
@@ -124,6 +127,7 @@ def test_output_under_a_file_and_unwritable_directory(tmp_path, capsys, blob_tif
     _assert_user_error(code, err, "is a file, not a directory")
 
 
+@pytest.mark.slow
 def test_model_mismatch_and_newer_schema(tmp_path, capsys, blob_tiff):
     model = tmp_path / "m.json"
     assert _run(capsys, "segment", blob_tiff, tmp_path / "l.zarr", "--save-model", model, "-q")[0] == 0
@@ -141,6 +145,7 @@ def test_model_mismatch_and_newer_schema(tmp_path, capsys, blob_tiff):
     _assert_user_error(code, err, "not readable JSON")
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_a_process(tmp_path, blob_tiff):
     done = subprocess.run(
         [sys.executable, "-m", "pixseg.cli", "segment", blob_tiff, str(tmp_path / "bad.txt")],
@@ -168,6 +173,7 @@ def test_console_script_is_the_entry_point_and_exits_with_mains_status(monkeypat
         gc.unfreeze()
 
 
+@pytest.mark.slow
 def test_importing_and_calling_the_library_leaves_the_host_process_alone(tmp_path, blob_tiff):
     """No gc.freeze, no malloc tuning, no handlers: only the console script tunes its own process."""
     code = f"""
@@ -204,6 +210,7 @@ print("DASK" if any(m.split(".")[0] in ("dask", "zarr", "sklearn") for m in sys.
     assert "one of zstd, zlib (default zstd)" in text and "--clusters CLUSTERS, -k CLUSTERS" in text
 
 
+@pytest.mark.slow
 def test_demo_builds_and_segments_its_own_input(tmp_path, capsys):
     code, stdout, _ = _run(capsys, "demo", tmp_path / "demo", "--size", "1100", "-q")
     assert code == 0 and "1100x1100 labels 1..4" in stdout

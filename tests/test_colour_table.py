@@ -25,6 +25,7 @@ def _model(pixels: np.ndarray, groups: str, *, has_alpha: bool = False, clusters
     return fit_model(sample, spec, n_clusters=clusters, seed=0, restarts=1), features
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", ["channels", "channels,grey,lab,hsv,hed"])
 def test_table_labels_equal_kernel_labels_on_a_real_photo(ihc_image, groups):
     model, _ = _model(ihc_image, groups)
@@ -35,6 +36,7 @@ def test_table_labels_equal_kernel_labels_on_a_real_photo(ihc_image, groups):
     assert len(np.unique(by_table)) == 5
 
 
+@pytest.mark.slow
 def test_table_labels_alpha_and_grey_inputs():
     rgba = np.dstack([make_blob_image(90, 70, seed=2), np.full((90, 70), 255, np.uint8)])
     rgba[10:30, 5:25, 3] = 0
@@ -52,6 +54,7 @@ def test_table_labels_alpha_and_grey_inputs():
     )
 
 
+@pytest.mark.slow
 def test_table_applies_only_where_labels_depend_on_the_colour_alone(ihc_image):
     rgb, _ = _model(ihc_image, "channels,lab")
     assert table_applies(rgb, 4 * 256**3) and not table_applies(rgb, 4 * 256**3 - 1)
@@ -61,6 +64,7 @@ def test_table_applies_only_where_labels_depend_on_the_colour_alone(ihc_image):
     assert not any(table_applies(m, 10**12) for m in (textured, placed, wide))
 
 
+@pytest.mark.slow
 def test_segment_through_the_table_equals_the_kernel_path_with_a_mask(tmp_path, monkeypatch, ihc_image):
     path = str(tmp_path / "ihc.tif")
     tifffile.imwrite(path, ihc_image, tile=(64, 64), photometric="rgb", compression="zlib")
@@ -80,6 +84,7 @@ def test_segment_through_the_table_equals_the_kernel_path_with_a_mask(tmp_path, 
     assert (table[~full_mask] == 0).all() and (table[full_mask] > 0).all()
 
 
+@pytest.mark.slow
 def test_table_path_on_a_local_cluster_equals_threads(tmp_path, monkeypatch, ihc_image):
     from pixseg.cluster import open_scheduler
 

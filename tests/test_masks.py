@@ -125,6 +125,7 @@ def test_check_mask_shape():
         check_mask_shape((99, 50), (400, 400), source="m.tif")
 
 
+@pytest.mark.slow
 def test_auto_mask_end_to_end_from_a_low_level(tmp_path, monkeypatch, slide, slide_tiff):
     """The mask comes from level 2 (4x smaller), upsampled: tissue area within 2%, masked pixels never
     sampled (the model is fitted on exactly the mask's pixels) and always label 0."""
@@ -164,6 +165,7 @@ def test_masked_pixels_are_never_candidates(slide):
     np.testing.assert_array_equal(candidates.vectors, whole[rows, cols])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["zarr", "tiff"])
 def test_user_mask_file_at_half_resolution(tmp_path, slide, kind):
     pixels, _ = slide

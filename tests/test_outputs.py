@@ -44,6 +44,7 @@ def _levels_from_metadata(path: str) -> list[np.ndarray]:
     return [group[d["path"]][:] for d in multiscales[0]["datasets"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ngff", ["0.5", "0.4"])
 def test_label_pyramid_read_by_ome_zarr_py(tmp_path, wide_tiff, ngff):
     from ome_zarr.io import parse_url
@@ -64,6 +65,7 @@ def test_label_pyramid_read_by_ome_zarr_py(tmp_path, wide_tiff, ngff):
     assert sorted(colours) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_pyramid_levels_are_label_safe_strides(tmp_path, wide_tiff):
     out = str(tmp_path / "labels.zarr")
     segment(wide_tiff, out, read=ReadOptions(chunk=300), fit=FIT)
@@ -80,6 +82,7 @@ def test_pyramid_levels_are_label_safe_strides(tmp_path, wide_tiff):
     assert ome["multiscales"][0]["axes"][0] == {"name": "y", "type": "space", "unit": "micrometer"}
 
 
+@pytest.mark.slow
 def test_statistics_equal_numpy_counts(tmp_path, wide_tiff):
     out = str(tmp_path / "labels.zarr")
     result = segment(wide_tiff, out, read=ReadOptions(chunk=512), fit=FIT)
@@ -101,6 +104,7 @@ def test_statistics_equal_numpy_counts(tmp_path, wide_tiff):
     assert [p["pixels"] for p in properties] == counts[1:].tolist()
 
 
+@pytest.mark.slow
 def test_tiff_pyramid_read_by_openslide_and_tifffile(tmp_path, wide_tiff):
     openslide = pytest.importorskip("openslide")
     out = str(tmp_path / "labels.tif")
@@ -129,6 +133,7 @@ def test_tiff_pyramid_read_by_openslide_and_tifffile(tmp_path, wide_tiff):
         np.testing.assert_array_equal(below, above[::2, ::2])
 
 
+@pytest.mark.slow
 def test_ome_tiff_flavour_uses_subifds(tmp_path, wide_tiff):
     out = str(tmp_path / "labels.ome.tif")
     segment(wide_tiff, out, fit=FIT, output=OutputOptions(tiff_flavour="ome", tiff_compression="zlib"))
@@ -146,6 +151,7 @@ def _tree_digest(path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zarr_format", [3, 2])
 def test_labels_written_beside_an_ome_zarr_image(tmp_path, capsys, zarr_format):
     from ome_zarr.io import parse_url
@@ -229,6 +235,7 @@ def test_pixel_size_from_tiff_metadata(tmp_path, write, expected):
     assert size == (pytest.approx(expected) if expected else None)
 
 
+@pytest.mark.slow
 def test_pixel_size_option_overrides_and_previews(tmp_path, blob_image, blob_tiff):
     from PIL import Image
 
@@ -251,6 +258,7 @@ def test_pixel_size_option_overrides_and_previews(tmp_path, blob_image, blob_tif
     assert read(".legend.png").shape[0] > 4 * 20
 
 
+@pytest.mark.slow
 def test_info_shows_levels_pixel_size_and_label_table(tmp_path, capsys, wide_tiff):
     out = str(tmp_path / "labels.zarr")
     segment(wide_tiff, out, fit=FIT, output=OutputOptions(previews=False))

@@ -89,7 +89,8 @@ def _kill_when(argv: list[str], ready, *, log: Path, slow_tiles: bool = False, t
 
 def _chunks_on_disk(out: str) -> int:
     level0 = Path(out) / "0" / "c"
-    return sum(1 for p in level0.rglob("*") if p.is_file()) if level0.exists() else 0
+    # chunk files, not the hidden temporary files they are written under before their rename
+    return sum(1 for p in level0.rglob("*") if p.is_file() and not p.name.startswith(".")) if level0.exists() else 0
 
 
 def _resume(capsys, argv: list[str]) -> str:
@@ -99,6 +100,7 @@ def _resume(capsys, argv: list[str]) -> str:
     return captured.err
 
 
+@pytest.mark.slow
 def test_killed_during_sampling_resumes_to_identical_labels(tmp_path, capsys, big_tiff, reference):
     out = str(tmp_path / "labels.zarr")
     argv = _argv(big_tiff, out)
@@ -108,6 +110,7 @@ def test_killed_during_sampling_resumes_to_identical_labels(tmp_path, capsys, bi
     np.testing.assert_array_equal(_labels(out), reference)
 
 
+@pytest.mark.slow
 def test_killed_during_predict_resumes_and_redoes_less(tmp_path, capsys, big_tiff, reference):
     out = str(tmp_path / "labels.zarr")
     argv = _argv(big_tiff, out)
@@ -126,6 +129,7 @@ def test_killed_during_predict_resumes_and_redoes_less(tmp_path, capsys, big_tif
     assert zarr.open_group(out, mode="r").attrs["pixseg"]["complete"] is True
 
 
+@pytest.mark.slow
 def test_killed_during_tiff_write_resumes(tmp_path, capsys, big_tiff, reference):
     out = str(tmp_path / "labels.tif")
     argv = _argv(big_tiff, out)
@@ -142,6 +146,7 @@ def test_killed_during_tiff_write_resumes(tmp_path, capsys, big_tiff, reference)
     assert not interrupted_tiff_write(out)
 
 
+@pytest.mark.slow
 def test_half_written_chunk_is_never_taken_as_done(tmp_path, capsys, big_tiff, reference):
     out = str(tmp_path / "labels.zarr")
     argv = _argv(big_tiff, out)
@@ -152,6 +157,7 @@ def test_half_written_chunk_is_never_taken_as_done(tmp_path, capsys, big_tiff, r
     np.testing.assert_array_equal(_labels(out), reference)
 
 
+@pytest.mark.slow
 def test_injected_write_failure_exits_2_and_resumes(tmp_path, capsys, monkeypatch, big_tiff, reference):
     from pixseg.io import chunk_files
 
@@ -179,6 +185,7 @@ def test_injected_write_failure_exits_2_and_resumes(tmp_path, capsys, monkeypatc
     np.testing.assert_array_equal(_labels(out), reference)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_and_finished_output_is_kept(tmp_path, capsys, blob_tiff):
     out = str(tmp_path / "labels.zarr")
     assert main(["segment", blob_tiff, out, "-q"]) == 0
@@ -191,6 +198,7 @@ def test_resume_refuses_other_options_and_finished_output_is_kept(tmp_path, caps
     assert code == 2 and "exclude each other" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_incomplete_output_is_refused_as_input(tmp_path, capsys, blob_tiff, monkeypatch):
     from pixseg import labelling
 
@@ -205,6 +213,7 @@ def test_incomplete_output_is_refused_as_input(tmp_path, capsys, blob_tiff, monk
     assert code == 2 and "is an incomplete pixseg output" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_second_writer_fails_at_once_and_stale_lock_is_taken_over(tmp_path, capsys, blob_tiff):
     out = str(tmp_path / "labels.zarr")
     lock = out + ".lock"

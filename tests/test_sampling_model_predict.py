@@ -54,6 +54,7 @@ def test_keys_are_uniform_and_match_the_numpy_reference():
     assert hist.min() > 0.8 * 630 and hist.max() < 1.2 * 630
 
 
+@pytest.mark.slow
 @given(block=st.integers(5, 100), full_width=st.booleans(), seed=st.integers(0, 2**40))
 @settings(max_examples=25, deadline=None)
 def test_sample_of_every_block_does_not_depend_on_the_block_edge_or_reads(block, full_width, seed):
@@ -152,6 +153,7 @@ def test_fit_recovers_separated_clusters_and_orders_labels():
     )
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_and_casts_integers():
     sample = np.random.default_rng(2).integers(0, 255, (3000, 3)).astype(np.uint8)
     first = fit_model(sample, _spec(), n_clusters=5, seed=11)
@@ -199,6 +201,7 @@ def test_channels_share_one_spread_and_derived_columns_have_their_own():
     np.testing.assert_allclose(spread, [np.sqrt(14 / 3)] * 3 + [1.0, 0.5, 4.0])
 
 
+@pytest.mark.slow
 def test_channels_fit_reaches_the_raw_pixel_kmeans_inertia_at_k8():
     from conftest import make_blob_image
     from sklearn.cluster import KMeans
@@ -212,6 +215,7 @@ def test_channels_fit_reaches_the_raw_pixel_kmeans_inertia_at_k8():
     assert np.all(model.feature_std == model.feature_std[0])  # the channels are scaled as one group
 
 
+@pytest.mark.slow
 def test_more_restarts_never_fit_worse_and_restart_zero_is_the_seed_itself():
     from conftest import make_blob_image
 
@@ -223,6 +227,7 @@ def test_more_restarts_never_fit_worse_and_restart_zero_is_the_seed_itself():
     np.testing.assert_array_equal(again.centroids, one.centroids)
 
 
+@pytest.mark.slow
 def test_preload_fitting_imports_dask_ml_in_the_background():
     import subprocess
     import sys

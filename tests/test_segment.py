@@ -42,6 +42,7 @@ def _sklearn_labels(pixels: np.ndarray, k: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=0).fit_predict(vectors)
 
 
+@pytest.mark.slow
 def test_matches_in_memory_sklearn_on_separated_image(tmp_path, blob_image, blob_tiff):
     out = str(tmp_path / "labels.zarr")
     segment(blob_tiff, out, fit=FitOptions(clusters=4, sample_size=blob_image.size))
@@ -51,6 +52,7 @@ def test_matches_in_memory_sklearn_on_separated_image(tmp_path, blob_image, blob
     assert adjusted_rand_score(_sklearn_labels(blob_image, 4), labels.ravel()) >= 0.99
 
 
+@pytest.mark.slow
 def test_matches_in_memory_sklearn_on_ihc_photo(tmp_path, ihc_image):
     path = _write_tiff(tmp_path / "ihc.tif", ihc_image, tile=(128, 128))
     out = str(tmp_path / "ihc.zarr")
@@ -59,6 +61,7 @@ def test_matches_in_memory_sklearn_on_ihc_photo(tmp_path, ihc_image):
     assert score >= 0.90
 
 
+@pytest.mark.slow
 def test_one_percent_sample_matches_sklearn_on_separated_data(tmp_path):
     pixels = make_blob_image(400, 500, seed=3)
     path = _write_tiff(tmp_path / "big.tif", pixels)
@@ -76,6 +79,7 @@ def small_sampling_blocks(monkeypatch):
     monkeypatch.setattr(sampling, "READ_PER_SAMPLED", 4)
 
 
+@pytest.mark.slow
 def test_stratified_sample_matches_sklearn_and_reads_a_fraction(tmp_path, small_sampling_blocks, caplog):
     pixels = make_blob_image(400, 500, seed=3)
     path = _write_tiff(tmp_path / "big.tif", pixels)
@@ -91,6 +95,7 @@ def test_stratified_sample_matches_sklearn_and_reads_a_fraction(tmp_path, small_
     np.testing.assert_array_equal(_labels(again), _labels(out))  # chunking changes nothing
 
 
+@pytest.mark.slow
 def test_sparse_valid_pixels_make_the_strata_finer_until_the_sample_is_full(tmp_path, small_sampling_blocks, caplog):
     rgba = np.dstack([make_blob_image(400, 500, seed=3), np.zeros((400, 500), np.uint8)])
     rgba[300:330, 420:445, 3] = 255  # 750 valid pixels in one corner: most strata's blocks hold none
@@ -105,6 +110,7 @@ def test_sparse_valid_pixels_make_the_strata_finer_until_the_sample_is_full(tmp_
     assert (labels[rgba[..., 3] == 0] == 0).all() and (labels[rgba[..., 3] > 0] > 0).all()
 
 
+@pytest.mark.slow
 def test_labels_ordered_by_brightness(tmp_path, blob_image, blob_tiff):
     out = str(tmp_path / "labels.zarr")
     result = segment(blob_tiff, out, fit=FitOptions(clusters=4))
@@ -114,6 +120,7 @@ def test_labels_ordered_by_brightness(tmp_path, blob_image, blob_tiff):
     assert np.all(np.diff(result.model.centroids.mean(axis=1)) > 0)
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_labels(tmp_path, blob_tiff):
     model_path = str(tmp_path / "model.json")
     segment(blob_tiff, str(tmp_path / "ref.zarr"), fit=FitOptions(clusters=4), model_path=model_path)
@@ -128,6 +135,7 @@ def test_chunk_size_does_not_change_labels(tmp_path, blob_tiff):
     np.testing.assert_array_equal(outputs[0], _labels(str(tmp_path / "ref.zarr")))
 
 
+@pytest.mark.slow
 def test_same_seed_same_labels_and_apply_equals_segment(tmp_path, ihc_image):
     path = _write_tiff(tmp_path / "ihc.tif", ihc_image)
     fit = FitOptions(clusters=5, seed=42, sample_size=5000, features=("channels", "lab"))
@@ -146,6 +154,7 @@ def test_same_seed_same_labels_and_apply_equals_segment(tmp_path, ihc_image):
     assert not np.array_equal(other.model.centroids, first.model.centroids)
 
 
+@pytest.mark.slow
 def test_local_cluster_gives_the_same_labels_as_threads(tmp_path, blob_tiff):
     from pixseg.cluster import open_scheduler
 
@@ -178,6 +187,7 @@ def test_building_the_pipeline_computes_nothing(blob_tiff):
     assert labels.shape == (150, 230) and labels.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_masked_pixels_get_label_zero_and_are_never_sampled(tmp_path, blob_image):
     rgba = np.dstack([blob_image, np.full(blob_image.shape[:2], 255, np.uint8)])
     rgba[:40, :60, 3] = 0
@@ -192,6 +202,7 @@ def test_masked_pixels_get_label_zero_and_are_never_sampled(tmp_path, blob_image
     assert result.model.centroids.max() < 0.97
 
 
+@pytest.mark.slow
 def test_float_nan_pixels_are_masked(tmp_path, blob_image):
     floats = blob_image.astype(np.float32) / 255
     floats[10:20, 30:35, 1] = np.nan
@@ -203,6 +214,7 @@ def test_float_nan_pixels_are_masked(tmp_path, blob_image):
     assert (labels[10:20, 30:35] == 0).all() and np.count_nonzero(labels == 0) == 50
 
 
+@pytest.mark.slow
 def test_tiff_output_is_tiled_bigtiff_equal_to_zarr(tmp_path, blob_tiff):
     model_path = str(tmp_path / "m.json")
     segment(blob_tiff, str(tmp_path / "l.zarr"), fit=FitOptions(clusters=3), model_path=model_path)
@@ -215,6 +227,7 @@ def test_tiff_output_is_tiled_bigtiff_equal_to_zarr(tmp_path, blob_tiff):
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*work*"))
 
 
+@pytest.mark.slow
 def test_zarr_output_is_ome_zarr_label_image(tmp_path, blob_tiff):
     out = str(tmp_path / "labels.zarr")
     segment(blob_tiff, out, read=ReadOptions(chunk=64), fit=FitOptions(clusters=4))
@@ -244,6 +257,7 @@ def test_more_than_255_clusters_use_uint16(blob_image):
     assert labels.dtype == np.uint16 and labels.max() > 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [64, 100])
 def test_grey_uint16_zarr_input(tmp_path, chunk):
     pixels = make_blob_image(120, 90)[..., 0].astype(np.uint16) * 257
@@ -257,6 +271,7 @@ def test_grey_uint16_zarr_input(tmp_path, chunk):
         assert pixels[labels == k].max() < pixels[labels == k + 1].min()
 
 
+@pytest.mark.slow
 def test_local_workers_get_the_malloc_settings_and_import_the_modules_they_are_given():
     import os
 

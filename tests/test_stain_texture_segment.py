@@ -41,6 +41,7 @@ def ihc_tiff(tmp_path, ihc_image):
     return path
 
 
+@pytest.mark.slow
 def test_stain_and_texture_separate_ihc_classes_better_than_rgb(tmp_path, ihc_image, ihc_tiff):
     reference = _stain_reference(ihc_image).ravel()
     scores = {}
@@ -52,6 +53,7 @@ def test_stain_and_texture_separate_ihc_classes_better_than_rgb(tmp_path, ihc_im
     assert scores["hed+texture"] > scores["rgb"] + 0.05
 
 
+@pytest.mark.slow
 def test_fit_on_a_low_level_predicts_full_resolution(tmp_path, ihc_image):
     path = write_pyramid_tiff(str(tmp_path / "pyramid.tif"), ihc_image, n_levels=3)
     fit = FitOptions(clusters=3, features=("hed", "smooth", "std"), sigmas=(2.0,), sample_size=512 * 512)
@@ -80,6 +82,7 @@ def test_fit_on_a_low_level_predicts_full_resolution(tmp_path, ihc_image):
         segment(path, str(tmp_path / "bad.zarr"), fit=FitOptions(fit_level=3))
 
 
+@pytest.mark.slow
 def test_twelve_bit_input_segments_as_well_as_eight_bit(tmp_path, ihc_image):
     rng = np.random.default_rng(0)
     twelve = ihc_image.astype(np.uint16) * 16 + rng.integers(0, 16, ihc_image.shape, dtype=np.uint16)
@@ -118,6 +121,7 @@ def test_robust_ranges_keep_rgb_colour_balance():
     assert robust_channel_ranges(sample, percentiles=(0, 100), rgb=True) == ((0, 3000),) * 3
 
 
+@pytest.mark.slow
 def test_cli_feature_mask_fit_level_and_normalise_options(tmp_path, capsys):
     from slides import make_slide
 
