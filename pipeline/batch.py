@@ -117,7 +117,8 @@ def find_images(config: RunConfig) -> list[BatchImage]:
     Raises
     ------
     ConfigError
-        If a path does not exist, a pattern matches nothing, or two inputs get one output name.
+        If a path does not exist, a pattern matches nothing, two inputs get one output name, or
+        the output directory is not a directory or is, or is inside, an input (a zarr store).
     """
     found: list[str] = []
     seen: set[str] = set()
@@ -137,6 +138,16 @@ def find_images(config: RunConfig) -> list[BatchImage]:
             if key not in seen:
                 seen.add(key)
                 found.append(match.rstrip("/"))
+    if os.path.lexists(config.directory) and not os.path.isdir(config.directory):
+        raise ConfigError(f"{config.path}: output.directory {config.directory!r} exists and is not a directory")
+    real_directory = os.path.realpath(config.directory)
+    for path in found:  # a store's directory: writing inside it would modify the input
+        real = os.path.realpath(path)
+        if os.path.isdir(real) and (real_directory == real or real_directory.startswith(real + os.sep)):
+            raise ConfigError(
+                f"{config.path}: output.directory {config.directory!r} is, or is inside, the input {path!r}; "
+                "inputs are never modified"
+            )
     outputs = name_outputs(config, found)
     return [
         BatchImage(index=i, input=path, output=out) for i, (path, out) in enumerate(zip(found, outputs, strict=True))

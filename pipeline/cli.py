@@ -13,8 +13,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pixseg.errors import PipelineError
@@ -36,6 +38,16 @@ logger = logging.getLogger("pixseg")
 EXIT_USER_ERROR = 2
 #: ``pixseg run`` finished, but some images failed (listed in the run summary).
 EXIT_BATCH_FAILED = 3
+#: Interrupted (SIGINT, or SIGTERM from a batch system at the time limit): 128 + SIGINT.
+EXIT_INTERRUPTED = 130
+#: How to continue an interrupted command, by subcommand.
+_RESUME_HINTS = {
+    "segment": "the chunks written so far are kept: rerun with --resume to continue",
+    "apply": "the chunks written so far are kept: rerun with --resume to continue",
+    "run": "the images and chunks written so far are kept: rerun the same command to continue",
+    "convert": "the output is incomplete: rerun with --overwrite",
+    "demo": "rerun to start again",
+}
 
 #: Titles of the option groups in ``--help``.
 _GROUP_TITLES = {
@@ -77,17 +89,21 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pixseg`` command line; returns the exit status."""
     parser = _build_parser()
+    command = None
     try:
         args = parser.parse_args(argv)
+        command = args.command
         _configure_logging(quiet=getattr(args, "quiet", False))
         return int(args.handler(args))
     except PipelineError as err:
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        cause = f" ({err})" if str(err) else ""  # the SIGTERM handler of console_main names itself
+        hint = f"; {_RESUME_HINTS[command]}" if command in _RESUME_HINTS else ""
+        print(f"error: interrupted{cause}{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay open until exit
         return 0
@@ -96,14 +112,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console_main() -> NoReturn:
     """The ``pixseg`` console script: :func:`main` in a process that ends with it.
 
-    Only here, in a process pixseg owns, is the process tuned (see :func:`pixseg.cluster.tune_process`):
-    a library call leaves its host process (a notebook) alone.
+    Only here, in a process pixseg owns, is the process tuned (see :func:`pixseg.cluster.tune_process`)
+    and SIGTERM (what SLURM and PBS send at a job's time limit) made to interrupt the run like
+    SIGINT: the output's lock is released and the output stays resumable. A library call leaves
+    its host process (a notebook) alone.
     """
     from pixseg.cluster import tune_process
 
-    with tune_process():
-        status = main()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with tune_process():
+            status = main()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     sys.exit(status)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that interrupts the main thread as SIGINT does, naming the signal."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 # --- the parser ----------------------------------------------------------------------------
@@ -169,6 +196,14 @@ def _build_parser() -> argparse.ArgumentParser:
         add_option_arguments(demo, cls)
     _add_quiet(demo)
     demo.set_defaults(handler=_run_demo)
+
+    view = commands.add_parser("view", help="look at a label output over its slide in a web browser")
+    view.add_argument("output", help="a pixseg output: OUTPUT.zarr or OUTPUT.tif")
+    view.add_argument("--image", metavar="INPUT", help="the slide under the labels (default: the input recorded)")
+    view.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free one)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    view.add_argument("--no-browser", action="store_true", help="print the address without opening a browser")
+    view.set_defaults(handler=_run_view)
     return parser
 
 
@@ -245,11 +280,15 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
 
 
 def _configure_logging(*, quiet: bool) -> None:
+    """pixseg's log lines on stderr; library ``warnings.warn`` (dask-ml, scikit-learn) go the same way."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("pixseg: %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
+    logging.captureWarnings(True)
+    for name in (logger.name, "py.warnings"):
+        target = logging.getLogger(name)
+        target.handlers[:] = [handler]
+        target.setLevel(logging.WARNING if quiet else logging.INFO)
+        target.propagate = False
 
 
 # --- the commands --------------------------------------------------------------------------
@@ -260,12 +299,9 @@ def _output_path(args: argparse.Namespace) -> str:
         if args.output is None:
             raise UsageError("pixseg: the following arguments are required: output (or --into-input NAME)")
         return str(args.output)
-    target = os.path.join(args.input, "labels", args.into_input)
-    if args.output is not None and os.path.normpath(args.output) != os.path.normpath(target):
-        raise UsageError(
-            f"--into-input {args.into_input!r} writes {target!r}; drop OUTPUT {args.output!r} or make it match"
-        )
-    return target
+    from pixseg.plan import into_input_path
+
+    return into_input_path(args.input, args.into_input, output=args.output)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -386,6 +422,15 @@ def _run_demo(args: argparse.Namespace) -> int:
         result = segment(source, output, read=read, fit=fit, model_path=model, overwrite=True, progress=not args.quiet)
     _print_result(result)
     print(f"input: {source}\nmodel: {model}\ninspect with: pixseg info {output}")
+    return 0
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from pixseg.view import make_server, serve
+
+    server = make_server(args.output, image=args.image, host=args.host, port=args.port)
+    print(f"viewing {args.output} at {server.url} (Ctrl-C stops)", flush=True)
+    serve(server, open_browser=not args.no_browser)
     return 0
 
 

@@ -21,6 +21,15 @@ logger = logging.getLogger(__name__)
 
 #: dask-jobqueue cluster classes of the batch-system schedulers.
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+#: The size of one batch job where neither pixseg's options nor dask-jobqueue's configuration
+#: (``jobqueue.slurm.cores``...) give one: a small job that any queue accepts.
+JOB_DEFAULTS: dict[str, Any] = {"cores": 1, "memory": "4GB", "walltime": "01:00:00"}
+#: The option of each job keyword: CLI flag and config key.
+_JOB_OPTIONS = {
+    "cores": ("--worker-cores", "compute.cores"),
+    "memory": ("--worker-memory", "compute.memory"),
+    "walltime": ("--walltime", "compute.walltime"),
+}
 
 
 #: glibc settings for local worker processes (merged over distributed's own pre-spawn
@@ -107,15 +116,16 @@ def open_scheduler(
         ``"pbs"`` (a dask-jobqueue cluster whose workers run as batch jobs), or the address
         of a running scheduler (``tcp://host:port``).
     workers : int, optional
-        Threads (``threads``), worker processes (``local``; default: the number of cores) or
-        batch jobs (``slurm``/``pbs``; default 1).
+        Threads (``threads``), worker processes (``local``; default for both: the CPUs this
+        process may use, :func:`available_cpus`) or batch jobs (``slurm``/``pbs``; default 1).
     memory_limit : str, optional
         Memory limit of each ``local`` worker (``"4GB"``); default: the machine's memory shared out.
     jobqueue : mapping, optional
         Keyword arguments of the dask-jobqueue cluster (``cores``, ``memory``, ``walltime``,
         ``queue``, ``account``, ``job_extra_directives``, ``interface``, ``log_directory``...);
         those left out come from dask-jobqueue's configuration (``jobqueue.yaml``,
-        ``DASK_JOBQUEUE__SLURM__*`` variables).
+        ``DASK_JOBQUEUE__SLURM__*`` variables), and the job size from ``JOB_DEFAULTS`` where
+        neither gives one (see :func:`jobqueue_arguments`).
     lifetime, lifetime_stagger : str, optional
         ``slurm``/``pbs``: workers retire after ``lifetime`` (e.g. ``"55m"``, before the job's
         wall time) and the cluster adapts to keep ``workers`` jobs, so a run outlives one job.
@@ -139,13 +149,13 @@ def open_scheduler(
     if workers is not None and workers < 1:
         raise ParameterError(f"--workers must be >= 1, got {workers!r}")
     if scheduler == "threads":
-        with dask.config.set(scheduler="threads", num_workers=workers):
+        with dask.config.set(scheduler="threads", num_workers=workers or available_cpus()):
             yield None
         return
     if scheduler == "local":
         from distributed import Client, LocalCluster
 
-        n_workers = workers or os.cpu_count() or 1
+        n_workers = workers or available_cpus()
         with (
             dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(worker_imports)}),
             LocalCluster(
@@ -190,6 +200,70 @@ def open_scheduler(
     )
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: its CPU affinity (where the system tells it) and, in a SLURM
+    job, ``SLURM_CPUS_PER_TASK``, whichever is smaller; else the machine's CPU count.
+
+    A job step of a batch system may run on a few of a node's cores: sizing threads or workers by
+    ``os.cpu_count()`` would oversubscribe them.
+    """
+    counts = []
+    if hasattr(os, "sched_getaffinity"):
+        counts.append(len(os.sched_getaffinity(0)))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        counts.append(int(slurm))
+    return max(1, min(counts)) if counts else os.cpu_count() or 1
+
+
+def jobqueue_arguments(scheduler: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the dask-jobqueue cluster of ``scheduler``: ``options``, with the job
+    size (cores, memory, walltime) from ``JOB_DEFAULTS`` where neither ``options`` nor the
+    user's dask-jobqueue configuration gives it (logged in one line).
+
+    dask-jobqueue's built-in ``walltime`` (30 minutes) is not the user's configuration: it is
+    replaced like a missing value; one the user configured is kept (in ``jobqueue.yaml``,
+    ``DASK_JOBQUEUE__SLURM__WALLTIME``, or another value through ``dask.config.set``).
+
+    Parameters
+    ----------
+    scheduler : str
+        ``"slurm"`` or ``"pbs"``.
+    options : mapping
+        Keyword arguments given (:meth:`pixseg.options.ComputeOptions.jobqueue_options`).
+
+    Returns
+    -------
+    dict
+        A new dict; ``options`` is not modified.
+    """
+    arguments = dict(options)
+    filled = {
+        key: value
+        for key, value in JOB_DEFAULTS.items()
+        if arguments.get(key) is None and _configured(f"jobqueue.{scheduler}.{key}") is None
+    }
+    if filled:
+        given = ", ".join(f"{key}={value}" for key, value in filled.items())
+        flags = ", ".join(f"{_JOB_OPTIONS[key][0]} ({_JOB_OPTIONS[key][1]})" for key in filled)
+        logger.info("%s jobs: pixseg's defaults %s; set them with %s", scheduler, given, flags)
+    return {**arguments, **filled}
+
+
+def _configured(key: str) -> Any:
+    """The value of dask config ``key`` the user set (files, ``DASK_*`` variables, ``dask.config.set``),
+    or None where only a package's built-in default (or nothing) sets it."""
+    value = dask.config.get(key, None)
+    if value is None:
+        return None
+    built_in = None
+    for defaults in dask.config.defaults:
+        built_in = dask.config.get(key, built_in, config=dict(defaults))
+    if value != built_in:
+        return value
+    return dask.config.get(key, None, config=dask.config.collect())
+
+
 def _worker_environ(worker_imports: Sequence[str]) -> dict[str, Any]:
     """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC`` and
     the modules the preload hook imports over it."""
@@ -219,6 +293,7 @@ def _open_jobqueue(
     from distributed import Client
 
     cluster_class = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[scheduler])
+    options = jobqueue_arguments(scheduler, options)
     if lifetime is not None:
         extra = ["--lifetime", lifetime]
         if lifetime_stagger is not None:
@@ -230,7 +305,7 @@ def _open_jobqueue(
     try:
         cluster = cluster_class(**options)
     except (TypeError, ValueError) as err:
-        raise ParameterError(f"--scheduler {scheduler}: dask-jobqueue cannot set up the cluster: {err}") from err
+        raise ParameterError(_jobqueue_failure(scheduler, err)) from err
     with cluster, Client(cluster) as client:
         logger.debug("%s job script:\n%s", scheduler, cluster.job_script())
         if lifetime is not None:  # retiring workers are replaced by new jobs
@@ -249,6 +324,18 @@ def _open_jobqueue(
                 f"check the queue (squeue/qstat) and the job logs in {logs!r}"
             ) from err
         yield client
+
+
+def _jobqueue_failure(scheduler: str, err: Exception) -> str:
+    """The one-line message of a cluster dask-jobqueue cannot set up: its reason, and where the job
+    size is set (pixseg's flags and config keys, or dask-jobqueue's configuration)."""
+    reason = " ".join(str(err).split())
+    options = ", ".join(f"{flag} ({key})" for flag, key in _JOB_OPTIONS.values())
+    return (
+        f"--scheduler {scheduler}: dask-jobqueue cannot set up the cluster: {reason}; set the job size with "
+        f"{options}, other job keywords under compute.jobqueue, or dask-jobqueue's configuration "
+        f"(jobqueue.{scheduler}.*)"
+    )
 
 
 def _job_summary(options: Mapping[str, Any]) -> str:

@@ -6,6 +6,11 @@ one per image, or a saved model) and where to compute (threads, a local cluster,
 scheduler, or SLURM/PBS through dask-jobqueue). Its schema is the ``config`` keys of the option
 declarations: a key is known because an option declares it, and is checked as that option is.
 Unknown keys and bad values are :class:`~pixseg.errors.ConfigError` naming the key and the file.
+YAML is read as ``yaml.safe_load`` reads it (data, never Python objects), with three limits: a
+key repeated in one mapping is an error naming it and its line (``yaml.safe_load`` would keep the
+last one silently), a file over ``MAX_CONFIG_BYTES`` is refused before parsing, and a document
+whose aliases expand it to more than ``MAX_CONFIG_NODES`` nodes (an alias bomb, "billion laughs")
+is refused before it is built, as is one nested too deeply to parse.
 Relative paths are taken relative to the directory of the config file, so a config means the
 same from any working directory (a cron job, an ``sbatch`` script). This module imports neither
 dask nor zarr.
@@ -42,6 +47,11 @@ from pixseg.options import (
     option_fields,
 )
 
+#: Largest config file read (1 MiB), checked before parsing.
+MAX_CONFIG_BYTES = 2**20
+#: Most nodes a config document may hold once every alias is expanded (without aliases a
+#: 1 MiB file holds fewer).
+MAX_CONFIG_NODES = 1_000_000
 #: Keys that must be present.
 _REQUIRED = ("inputs", "output.directory")
 _IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
@@ -162,7 +172,11 @@ def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY such as compute.workers=4")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = _load_yaml(text) if text.strip() else None
+    except _DuplicateKeyError as err:
+        raise ConfigError(f"--set {item!r}: duplicate key {err.key!r}") from err
+    except _TooLargeError as err:
+        raise ConfigError(f"--set {item!r}: the value {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {item!r} for {source!r}: the value is not valid YAML: {err}") from err
     return key, value
@@ -218,12 +232,19 @@ class _Context:
 
 def _read_yaml(source: str) -> dict[str, Any]:
     try:
-        with open(source, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        with open(source, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {source!r} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+        data = _load_yaml(raw.decode("utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"config file {source!r} does not exist") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {source!r} cannot be read: {err}") from err
+    except _DuplicateKeyError as err:
+        raise ConfigError(f"{source}: line {err.line}: duplicate key {err.key!r}") from err
+    except _TooLargeError as err:
+        raise ConfigError(f"config file {source!r} {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {source!r} is not valid YAML: {' '.join(str(err).split())}") from err
     if data is None:
@@ -231,6 +252,99 @@ def _read_yaml(source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {source!r}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping, at ``line`` (1-based)."""
+
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r}")
+        self.key = key
+        self.line = line
+
+
+class _TooLargeError(yaml.YAMLError):
+    """A document nested too deeply, or expanding through aliases beyond ``MAX_CONFIG_NODES``."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (merge keys ``<<`` may be overridden)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` with duplicate keys refused and the expanded size bounded.
+
+    Raises
+    ------
+    yaml.YAMLError
+        Not YAML; :class:`_DuplicateKeyError`; :class:`_TooLargeError` (checked on the composed
+        node graph, before any object is built).
+    """
+    loader = _Loader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError as err:
+            raise _TooLargeError("is nested too deeply") from err
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_CONFIG_NODES:
+            raise _TooLargeError(
+                f"expands to more than {MAX_CONFIG_NODES} nodes through its aliases (&anchor / *alias); "
+                "write the values out or use fewer aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of the document under ``root`` with every alias expanded, counted without expanding
+    them (each node once); a node that contains itself counts as unbounded."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            on_path.discard(id(node))
+            sizes[id(node)] = min(MAX_CONFIG_NODES + 1, 1 + sum(sizes[id(child)] for child in children))
+            continue
+        if id(node) in on_path:
+            return MAX_CONFIG_NODES + 1  # a recursive alias: infinite once expanded
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                return MAX_CONFIG_NODES + 1
+            stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
 
 
 def _check_keys(data: Mapping[str, Any], prefix: str, context: _Context) -> None:

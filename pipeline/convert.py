@@ -1,13 +1,27 @@
 """Conversion of an input to a chunked OME-Zarr image pyramid (``pixseg convert``), and the
-automatic conversion of poorly laid-out inputs into the work directory before a run."""
+automatic conversion of poorly laid-out inputs into the work directory before a run.
+
+A work-directory copy is named after the input's identity (its path, size, modification time
+and level: :func:`pixseg.plan.input_identity`), never after the run's output, so jobs sharing a
+work directory share the copy of one input and never touch another's. The copy is converted
+under its lock (:func:`pixseg.io.locks.output_lock`; a job converting the same input waits), and
+every job reading it holds a lease: a marker file in ``COPY.users/``. A job removes the copy
+only when it leaves the last live lease; a lease of a process that died on this host is ignored.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
+import secrets
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,17 +30,32 @@ import dask.array as da
 import pixseg
 from pixseg.compute import compute
 from pixseg.downsample import downsample_level
-from pixseg.errors import OutputError, OutputExistsError
+from pixseg.errors import LockedError, OutputError, OutputExistsError
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
+from pixseg.io.json_files import read_json_object
 from pixseg.io.label_zarr import read_label_zarr_status, remove_output
 from pixseg.io.locks import lock_path_for, output_lock
 from pixseg.io.readers import Image, describe_chunks, open_image
 from pixseg.layout import conversion_reason
 from pixseg.options import ConvertOptions, ReadOptions
-from pixseg.plan import CONVERTED_SUFFIX, OutputPlan, check_not_input, check_writable_parent, input_identity
+from pixseg.plan import (
+    CONVERTED_IMAGE,
+    CONVERTED_SUFFIX,
+    OutputPlan,
+    check_destinations,
+    check_lock_path,
+    check_own_output,
+    check_writable_parent,
+    input_identity,
+)
 from pixseg.pyramid import pyramid_shapes
 
 logger = logging.getLogger(__name__)
+
+#: Beside a work-directory copy: the folder of its users' lease markers.
+USERS_SUFFIX = ".users"
+#: Seconds between tries of a copy's lock held by a job converting the same input.
+_LOCK_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,45 +105,56 @@ def convert(
     """
     started = time.perf_counter()
     options = options or ConvertOptions(**option_values)
-    level, chunk, levels = options.level, options.chunk, options.levels
-    image = open_image(input_path, level=level)
+    image = open_image(input_path, level=options.level)
     target = output_path.rstrip("/")
     if not target.lower().endswith(".zarr"):
         raise OutputError(f"convert writes OME-Zarr: output {output_path!r} must end in .zarr")
-    check_not_input(target, image.path, "output")
+    lock = lock_path_for(target)
+    check_destinations({"output": target, "lock": lock}, {"input": image.path})
+    check_own_output(target, CONVERTED_IMAGE)
+    check_lock_path(lock)
     if os.path.lexists(target) and not overwrite:
         raise OutputExistsError(f"output {output_path!r} already exists; pass --overwrite to replace it")
     check_writable_parent(target)
+    with output_lock(lock):
+        remove_output(target)
+        shapes = _write_converted(image, target, options, progress=progress)
+    chunk = options.chunk
+    return ConvertResult(output=target, levels=shapes, chunks=(chunk, chunk), seconds=time.perf_counter() - started)
+
+
+def _write_converted(image: Image, target: str, options: ConvertOptions, *, progress: bool) -> list[tuple[int, int]]:
+    """Write ``image`` as a new OME-Zarr pyramid at ``target`` (the caller holds its lock), metadata
+    last; return the level shapes."""
+    chunk, levels = options.chunk, options.levels
     shapes = pyramid_shapes(image.shape[:2])
     if levels is not None:
         shapes = [(-(-image.shape[0] // 2**n), -(-image.shape[1] // 2**n)) for n in range(levels)]
-    with output_lock(lock_path_for(target)):
-        remove_output(target)
-        arrays = create_image_zarr(
-            target,
-            shapes=shapes,
-            channels=image.shape[2],
-            chunks=(chunk, chunk),
-            dtype=image.dtype,
-            codec=options.codec,
-            shard=options.shard,
-            attrs={"source": input_identity(image), "version": pixseg.__version__},
-        )
-        logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
-        _store_in_bands(image.data, arrays[0], progress=progress)
-        for above, array in zip(arrays, arrays[1:], strict=False):
-            reduced = downsample_level(da.from_zarr(above).transpose(1, 2, 0), chunks=write_block_shape(array))
-            stored = da.store(reduced.transpose(2, 0, 1), array, lock=False, compute=False)  # type: ignore[arg-type]
-            compute(stored, progress=False)
-        finalise_image_zarr(
-            target,
-            n_levels=len(shapes),
-            name=os.path.basename(image.path.rstrip("/")),
-            channel_names=channel_names(image),
-            pixel_size=image.pixel_size,
-            extra={"alpha": image.has_alpha},
-        )
-    return ConvertResult(output=target, levels=shapes, chunks=(chunk, chunk), seconds=time.perf_counter() - started)
+    arrays = create_image_zarr(
+        target,
+        shapes=shapes,
+        channels=image.shape[2],
+        chunks=(chunk, chunk),
+        dtype=image.dtype,
+        codec=options.codec,
+        shard=options.shard,
+        attrs={"source": input_identity(image), "version": pixseg.__version__},
+    )
+    logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
+    _store_in_bands(image.data, arrays[0], progress=progress)
+    for above, array in zip(arrays, arrays[1:], strict=False):
+        reduced = downsample_level(da.from_zarr(above).transpose(1, 2, 0), chunks=write_block_shape(array))
+        stored = da.store(reduced.transpose(2, 0, 1), array, lock=False, compute=False)  # type: ignore[arg-type]
+        compute(stored, progress=False)
+    finalise_image_zarr(
+        target,
+        n_levels=len(shapes),
+        name=os.path.basename(image.path.rstrip("/")),
+        channel_names=channel_names(image),
+        pixel_size=image.pixel_size,
+        extra={"alpha": image.has_alpha},
+    )
+    return shapes
 
 
 def _store_in_bands(pixels: da.Array, array: Any, *, progress: bool) -> None:
@@ -135,37 +175,128 @@ def _store_in_bands(pixels: da.Array, array: Any, *, progress: bool) -> None:
         print(file=sys.stderr)
 
 
-def _workdir_copy_path(plan: OutputPlan, read: ReadOptions) -> str:
+def workdir_copy_path(image: Image, plan: OutputPlan, read: ReadOptions) -> str:
+    """Where the converted copy of ``image`` lives: in ``read.workdir`` (default: the output's
+    directory), named after the input and a hash of its identity, so one input has one copy
+    there whichever job or output needs it."""
     workdir = read.workdir or os.path.dirname(os.path.abspath(plan.side_base))
-    return os.path.join(workdir, os.path.basename(plan.side_base) + CONVERTED_SUFFIX)
+    key = hashlib.sha256(json.dumps(input_identity(image), sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(workdir, f"{os.path.basename(image.path.rstrip('/'))}.{key}{CONVERTED_SUFFIX}")
 
 
-def converted_if_needed(image: Image, plan: OutputPlan, read: ReadOptions, *, progress: bool) -> Image:
-    """``image`` itself, or (when its layout makes direct reading slow or memory-hungry and
-    conversion is allowed) its chunked OME-Zarr copy in the work directory. A complete copy of
-    the same input, left by an interrupted run, is reused."""
+@contextlib.contextmanager
+def converted_if_needed(image: Image, plan: OutputPlan, read: ReadOptions, *, progress: bool) -> Iterator[Image]:
+    """Yield ``image`` itself, or (when its layout makes direct reading slow or memory-hungry and
+    conversion is allowed) its chunked OME-Zarr copy in the work directory, leased for the block.
+
+    A complete copy of the same input (left by an interrupted run, kept with ``keep_workdir``, or
+    in use by another job) is reused. When the block ends without error and no other job holds a
+    lease, the copy is removed, unless ``read.keep_workdir``; after an error it is kept for the rerun.
+
+    Raises
+    ------
+    OutputError
+        If something that is not a pixseg-converted copy (a symlink included) is at the copy's
+        path or its users folder, or the copy cannot be written.
+    """
     reason = conversion_reason(image)
     if reason is None or not read.convert:
         if reason is not None:
             logger.info("reading %s directly (--no-convert) although it has %s", image.path, reason)
-        return image
-    copy = _workdir_copy_path(plan, read)
+        yield image
+        return
+    copy = workdir_copy_path(image, plan, read)
+    with _copy_lock(copy):
+        marker = _lease(image, copy, reason, progress=progress)
+    finished = False
+    try:
+        converted = open_image(copy, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=image.nodata)
+        yield dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
+        finished = True
+    finally:
+        with _copy_lock(copy):
+            os.remove(marker)
+            if not _live_users(copy + USERS_SUFFIX) and finished and not read.keep_workdir:
+                remove_output(copy)
+                os.rmdir(copy + USERS_SUFFIX)
+
+
+@contextlib.contextmanager
+def _copy_lock(copy: str) -> Iterator[None]:
+    """Hold the lock of a work-directory copy, waiting while another job holds it (converting)."""
+    lock = lock_path_for(copy)
+    check_lock_path(lock)
+    os.makedirs(os.path.dirname(copy), exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        waited = False
+        while True:
+            try:
+                stack.enter_context(output_lock(lock))
+                break
+            except LockedError as err:
+                if not waited:
+                    logger.info("waiting for the converted copy %s: %s", copy, err)
+                    waited = True
+                time.sleep(_LOCK_POLL_SECONDS)
+        yield
+
+
+def _lease(image: Image, copy: str, reason: str, *, progress: bool) -> str:
+    """Make sure ``copy`` is a complete conversion of ``image`` and add a lease on it; return the
+    lease's marker file. The caller holds the copy's lock."""
+    users = copy + USERS_SUFFIX
+    check_own_output(copy, CONVERTED_IMAGE)
+    if os.path.islink(users) or (os.path.lexists(users) and not os.path.isdir(users)):
+        raise OutputError(f"cannot lease the converted copy {copy!r}: {users!r} is not pixseg's users folder")
     status = read_label_zarr_status(copy) if os.path.isdir(copy) else None
     if status and status.get("complete") and status.get("source") == input_identity(image):
         logger.info("reusing the converted copy %s", copy)
     else:
+        holders = _live_users(users)
+        if holders:  # a copy in use is complete and of this input; anything else is not pixseg's doing
+            raise OutputError(f"converted copy {copy!r} is in use by {holders[0]!r} but is not of {image.path!r}")
         logger.info("converting %s first: it has %s (--no-convert reads it directly)", image.path, reason)
-        os.makedirs(os.path.dirname(copy), exist_ok=True)
-        convert(image.path, copy, level=image.level, levels=1, overwrite=True, progress=progress)
-    converted = open_image(copy, chunk=read.chunk)
-    return dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
-
-
-def remove_workdir_copy(image: Image, plan: OutputPlan, read: ReadOptions) -> None:
-    """Remove the converted copy ``image`` reads from, unless ``read.keep_workdir``."""
-    copy = _workdir_copy_path(plan, read)
-    if image.path == copy and not read.keep_workdir:
         remove_output(copy)
+        _write_converted(image, copy, ConvertOptions(level=image.level, levels=1), progress=progress)
+    os.makedirs(users, exist_ok=True)
+    record = {"host": socket.gethostname(), "pid": os.getpid()}
+    marker = os.path.join(users, f"{record['pid']}.{secrets.token_hex(6)}.json")
+    descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(record, handle)
+    return marker
+
+
+def _live_users(users: str) -> list[str]:
+    """The lease markers in ``users`` of processes that may still run; markers of processes that
+    died on this host are removed. The caller holds the copy's lock."""
+    if not os.path.isdir(users):
+        return []
+    live = []
+    for name in sorted(os.listdir(users)):
+        marker = os.path.join(users, name)
+        record = read_json_object(marker) or {}
+        if _process_gone(record):
+            os.remove(marker)
+        else:
+            live.append(marker)
+    return live
+
+
+def _process_gone(record: dict[str, Any]) -> bool:
+    """Whether the process of a lease record is known to have ended (only on this host can it be told)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname():
+        return False
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def channel_names(image: Image) -> list[str]:

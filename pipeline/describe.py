@@ -7,7 +7,9 @@ from typing import Any
 
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.label_zarr import read_label_zarr_status
+from pixseg.io.locks import lock_path_for, read_lock
 from pixseg.io.readers import describe_chunks, open_image
+from pixseg.io.side_files import side_file_base
 from pixseg.layout import conversion_reason
 
 
@@ -18,13 +20,34 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
     -------
     dict
         ``{"kind": "output", ...status}`` for a pixseg output (with ``complete``), else
-        ``{"kind": "input", ...}`` with shape, dtype, chunks and pyramid levels.
+        ``{"kind": "input", ...}`` with shape, dtype, chunks and pyramid levels. With ``lock``
+        (``held by pid P on 'HOST' since TIME (heartbeat N s ago)``) when a lock file is beside
+        it: a run is writing it, or one left the lock behind (``stale``).
 
     Raises
     ------
     InputError
         If ``path`` is neither.
+    OutputError
+        If its lock file cannot be read.
     """
+    lock = _describe_lock(path)
+    if lock and not os.path.lexists(path):
+        return {"kind": "output", "path": path, "complete": False, **lock, "note": "not written yet"}
+    return {**_describe(path, level=level), **lock}
+
+
+def _describe_lock(path: str) -> dict[str, str]:
+    """``{"lock": ...}`` when a lock file is beside the output ``path``, else empty."""
+    holder = read_lock(lock_path_for(side_file_base(path)))
+    if holder is None:
+        return {}
+    if holder.is_stale():
+        return {"lock": f"stale (the next run takes it over): left by {holder.describe()}"}
+    return {"lock": f"held by {holder.describe()}"}
+
+
+def _describe(path: str, *, level: int) -> dict[str, Any]:
     if os.path.isdir(path):
         status = read_label_zarr_status(path)
     elif os.path.isfile(path) and path.lower().endswith((".tif", ".tiff")):

@@ -45,6 +45,7 @@ from pixseg.feature_registry import (
     FeatureGroup,
     aliases_of,
 )
+from pixseg.normalise import dtype_range, robust_channel_ranges, scaled_channels
 from pixseg.options import DEFAULT_SIGMAS, MAX_SIGMA
 
 __all__ = [
@@ -150,24 +151,90 @@ class FeatureSpec:
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         """Inverse of :meth:`to_dict`; also reads schema-1 specs (one ``value_range``, no texture).
 
-        Raises ``KeyError``/``TypeError``/``ValueError`` on malformed data (a ``ParameterError`` is a ``ValueError``).
+        Every field is checked before it is used: ``groups`` a list of distinct ``FEATURE_REGISTRY``
+        names (RGB groups only with 3 colour channels); ``n_channels`` an integer from 1 to 65,536
+        (colour channels, alpha excluded); ``has_alpha`` a boolean; ``dtype`` the name of an integer
+        or float numpy dtype; ``channel_ranges`` (or schema 1's ``value_range``) one pair of finite
+        numbers ``[low, high]`` with low < high per colour channel; ``sigmas`` distinct numbers in
+        (0, ``MAX_SIGMA``]; ``truncate`` equal to ``TRUNCATE``; ``mask`` one of ``MASK_MODES``.
+
+        Raises
+        ------
+        ValueError
+            Naming the first bad field, with at most a short excerpt of its value.
         """
-        if float(data.get("truncate", TRUNCATE)) != TRUNCATE:
-            raise ValueError(f"feature truncate {data['truncate']!r} is not {TRUNCATE}")
-        has_alpha = bool(data["has_alpha"])
-        n_colour = int(data["n_channels"])
+
+        def bad(name: str, expected: str, value: Any) -> ValueError:
+            shown = f"{value!r:.60}" if isinstance(value, str | int | float) else type(value).__name__
+            return ValueError(f"field {name!r} must be {expected}, got {shown}")
+
+        def field(name: str) -> Any:
+            if name not in data:
+                raise ValueError(f"field {name!r} is missing")
+            return data[name]
+
+        def is_number(value: Any) -> bool:
+            return type(value) in (int, float) and math.isfinite(value)
+
+        def pair(name: str, value: Any) -> tuple[float, float]:
+            if not (isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value)):
+                raise bad(name, "a pair of finite numbers [low, high]", value)
+            if not value[0] < value[1]:
+                raise bad(name, "a pair [low, high] with low < high", f"{value[0]!r:.25}, {value[1]!r:.25}")
+            return float(value[0]), float(value[1])
+
+        if not isinstance(data, dict):
+            raise bad("features", "a JSON object", data)
+        truncate = data.get("truncate", TRUNCATE)
+        if not is_number(truncate) or float(truncate) != TRUNCATE:
+            raise bad("truncate", str(TRUNCATE), truncate)
+        groups = field("groups")
+        if not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups):
+            raise bad("groups", "a non-empty list of feature group names", groups)
+        unknown = next((g for g in groups if g not in FEATURE_REGISTRY), None)
+        if unknown is not None:
+            raise bad("groups", f"names among {', '.join(FEATURE_REGISTRY)}", unknown)
+        if len(set(groups)) != len(groups):
+            raise bad("groups", "distinct names", ",".join(groups))
+        has_alpha = field("has_alpha")
+        if not isinstance(has_alpha, bool):
+            raise bad("has_alpha", "true or false", has_alpha)
+        n_colour = field("n_channels")
+        if type(n_colour) is not int or not 1 <= n_colour <= 65_536:
+            raise bad("n_channels", "an integer from 1 to 65536", n_colour)
+        rgb_group = next((g for g in groups if FEATURE_REGISTRY[g].needs_rgb), None)
+        if rgb_group is not None and n_colour != 3:
+            raise bad("n_channels", f"3 for the RGB feature group {rgb_group!r}", n_colour)
+        dtype_name = field("dtype")
+        try:
+            dtype = np.dtype(dtype_name) if isinstance(dtype_name, str) else None
+        except (TypeError, ValueError):
+            dtype = None
+        if dtype is None or dtype.kind not in "iuf":
+            raise bad("dtype", "the name of an integer or float numpy dtype", dtype_name)
         if "channel_ranges" in data:
-            ranges = [(float(lo), float(hi)) for lo, hi in data["channel_ranges"]]
+            ranges = data["channel_ranges"]
+            if not isinstance(ranges, list) or len(ranges) != n_colour:
+                raise bad("channel_ranges", f"a list of {n_colour} [low, high] pairs", ranges)
+            channel_ranges = [pair("channel_ranges", item) for item in ranges]
         else:
-            ranges = [(float(data["value_range"][0]), float(data["value_range"][1]))] * n_colour
+            channel_ranges = [pair("value_range", field("value_range"))] * n_colour
+        sigmas = data.get("sigmas", [])
+        if not isinstance(sigmas, list) or not all(is_number(s) and 0 < s <= MAX_SIGMA for s in sigmas):
+            raise bad("sigmas", f"a list of numbers in (0, {MAX_SIGMA:g}]", sigmas)
+        if len(set(sigmas)) != len(sigmas):
+            raise bad("sigmas", "distinct numbers", sigmas)
+        mask = data.get("mask", "none")
+        if mask not in MASK_MODES:
+            raise bad("mask", f"one of {', '.join(MASK_MODES)}", mask)
         return make_feature_spec(
-            data["groups"],
+            groups,
             n_channels=n_colour + int(has_alpha),
             has_alpha=has_alpha,
-            dtype=np.dtype(str(data["dtype"])),
-            channel_ranges=ranges,
-            sigmas=[float(s) for s in data.get("sigmas", ())] or DEFAULT_SIGMAS,
-            mask=str(data.get("mask", "none")),
+            dtype=dtype,
+            channel_ranges=channel_ranges,
+            sigmas=[float(s) for s in sigmas] or DEFAULT_SIGMAS,
+            mask=mask,
         )
 
 
@@ -249,15 +316,6 @@ def make_feature_spec(
     )
 
 
-def dtype_range(dtype: np.dtype) -> tuple[float, float]:
-    """(low, high) mapped to (0, 1): the full range of an integer dtype, (0, 1) for floats."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return float(info.min), float(info.max)
-    return 0.0, 1.0
-
-
 def compute_features(
     chunk: np.ndarray,
     spec: FeatureSpec,
@@ -291,11 +349,14 @@ def compute_features(
     numpy.ndarray
         Shape (h - top - bottom, w - left - right, len(spec.columns)), float32; NaN in every
         column of an invalid pixel. The input is not modified.
+
+    Raises
+    ------
+    InputError
+        If a finite value of a float input, once scaled, lies beyond float32's range (a nodata
+        sentinel the reader was not told about, or values far outside the channel ranges).
     """
-    colour = chunk[..., : spec.n_channels]
-    lows = np.array([low for low, _ in spec.channel_ranges], dtype=np.float32)
-    inverse_spans = np.array([1.0 / (high - low) for low, high in spec.channel_ranges], dtype=np.float32)
-    scaled = (colour.astype(np.float32) - lows) * inverse_spans
+    scaled = scaled_channels(chunk[..., : spec.n_channels], spec.channel_ranges)
     invalid = _invalid_pixels(chunk, scaled, spec)
     if invalid is not None:
         scaled[invalid] = 0.0
@@ -350,34 +411,6 @@ def _texture_columns(
     return columns
 
 
-def robust_channel_ranges(
-    sample: np.ndarray, *, percentiles: tuple[float, float] = (0.5, 99.5), rgb: bool = False
-) -> tuple[tuple[float, float], ...]:
-    """Per-channel (low, high) input values at the given percentiles of a sample.
-
-    Parameters
-    ----------
-    sample : numpy.ndarray
-        Shape (n, C): raw channel values of valid pixels, n >= 1.
-    percentiles : (float, float)
-        Lower and upper percentile, 0 <= low < high <= 100.
-    rgb : bool
-        Keep black at 0 and use one white point for the three channels (the largest upper
-        percentile): a global gain that keeps the colour balance, so that colour conversions (lab,
-        hsv, hed) keep their meaning (a per-channel stretch would create colour, e.g. eosin, where
-        there is none).
-
-    Returns
-    -------
-    tuple of (float, float)
-        One range per channel; a channel whose percentiles coincide gets ``(low, low + 1)``.
-    """
-    low, high = np.percentile(np.asarray(sample, dtype=np.float64), percentiles, axis=0)
-    if rgb:
-        low, high = np.zeros_like(low), np.full_like(high, high.max())
-    return tuple((float(lo), float(hi) if hi > lo else float(lo) + 1.0) for lo, hi in zip(low, high, strict=True))
-
-
 def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, float] = (1.0, 1.0)) -> da.Array:
     """Lazily compute features chunk by chunk, with the halo texture features need.
 
@@ -412,7 +445,9 @@ def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, fl
                 image.chunks[2],
             )
         )
-        padded = da.overlap.overlap(work, depth={0: halo[0], 1: halo[1], 2: 0}, boundary="none")
+        # an axis left in one chunk (an image thinner than the halo) has no neighbours to overlap
+        depth = {axis: halo[axis] if len(work.chunks[axis]) > 1 else 0 for axis in (0, 1)}
+        padded = da.overlap.overlap(work, depth={**depth, 2: 0}, boundary="none")
     else:
         padded = work
     features = padded.map_blocks(

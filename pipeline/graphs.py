@@ -105,7 +105,7 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
     if mask == "none":
         return None
     if mask != "auto":
-        mask_image = open_image(mask, chunk=read.chunk)
+        mask_image = open_image(mask, chunk=read.chunk, max_tile_memory=read.max_tile_memory)
         if mask_image.shape[2] != 1:
             raise ParameterError(f"--mask {mask!r} has {mask_image.shape[2]} channels; a mask has one (0 = masked)")
         check_mask_shape(mask_image.shape[:2], image.level_shapes[0], source=mask)
@@ -114,7 +114,13 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
     if colour != 3:
         raise ParameterError(f"--mask auto needs an RGB image; {image.path!r} has {colour} colour channel(s)")
     level, factor = choose_mask_level(image.level_shapes)
-    low = image if level == image.level else open_image(image.path, level=level, chunk=read.chunk)
+    low = (
+        image
+        if level == image.level
+        else open_image(
+            image.path, level=level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=image.nodata
+        )
+    )
     raw_spec = make_feature_spec(
         "channels", n_channels=low.shape[2], has_alpha=low.has_alpha, dtype=low.dtype, value_range=(0.0, 1.0)
     )

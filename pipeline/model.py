@@ -8,14 +8,39 @@ pixels (e.g. stain densities of saturated or zero-valued pixels, a near-constant
 rare spikes) cannot capture a cluster. Centroids are stored in feature units, sorted so that label
 1 is the darkest cluster (ascending mean of the centroid's features, ties broken by the
 remaining coordinates in column order).
+
+Rare but distinct values keep their cluster. The rule, in order:
+
+1. Winsorising is skipped when the clipped sample would hold fewer than K distinct rows: clipping
+   would then merge a class rarer than 0.1% of the pixels into its neighbour (a two-valued image
+   with 0.05% bright pixels would give two identical centroids at K=2), and the sample is
+   standardised and clustered unclipped.
+2. A fit is *degenerate* when one of its clusters is the nearest of no row of the sample (two
+   identical centroids leave one of them empty). Of the ``restarts`` fits, the non-degenerate
+   one of lowest sample inertia is kept.
+3. If every restart is degenerate, ``RESEED_TRIES`` more k-means|| runs with fresh seeds are made
+   on the unclipped sample, and the best of those is kept.
+4. If they are all degenerate too, the fit with the fewest empty clusters (then the lowest
+   inertia) is kept, one warning is logged and the model records why in ``degenerate``.
+
+A sample with fewer than K distinct rows (a constant image and K >= 2) is refused before any fit
+(:class:`~pixseg.errors.ParameterError`).
+
+Model documents (:meth:`SegmentationModel.from_dict`) are checked field by field: shapes,
+finiteness, ranges and JSON types, with messages that name the field and show at most a short
+excerpt of a bad value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
+import reprlib
 import sys
 import threading
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +52,8 @@ from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
 from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS
 
+logger = logging.getLogger(__name__)
+
 #: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
 #: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
 _FIT_CHUNK_ROWS = 100_000
@@ -37,6 +64,12 @@ _RESTART_STRIDE = 0x9E3779B9
 _FIT_TOL = 1e-4
 #: Percentiles each column of the sample is clipped to before standardising and clustering.
 WINSOR_PERCENTILES = (0.1, 99.9)
+#: Further k-means|| runs, with fresh seeds on the unclipped sample, when every restart is degenerate.
+RESEED_TRIES = 3
+#: Longest excerpt of a bad value an error message shows.
+_EXCERPT_CHARS = 60
+#: Longest ``degenerate`` note a model document may hold.
+_MAX_NOTE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,9 @@ class SegmentationModel:
         Sum of squared standardised distances of the sample to its nearest centroid.
     n_iter : int
         Lloyd iterations dask-ml ran.
+    degenerate : str or None
+        Why the fit is degenerate (a cluster no sampled pixel is nearest to), or None for a sound
+        fit; see the module docstring.
     """
 
     feature_spec: FeatureSpec
@@ -69,6 +105,7 @@ class SegmentationModel:
     sample_size: int
     sample_inertia: float
     n_iter: int
+    degenerate: str | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -92,30 +129,114 @@ class SegmentationModel:
             "sample_size": self.sample_size,
             "sample_inertia": self.sample_inertia,
             "n_iter": self.n_iter,
+            **({"degenerate": self.degenerate} if self.degenerate is not None else {}),
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SegmentationModel:
-        """Inverse of :meth:`to_dict`; raises ``KeyError``/``TypeError``/``ValueError`` on malformed data."""
-        spec = FeatureSpec.from_dict(data["features"])
-        centroids = np.asarray(data["centroids"], dtype=np.float64)
-        mean = np.asarray(data["feature_mean"], dtype=np.float64)
-        std = np.asarray(data["feature_std"], dtype=np.float64)
-        n_columns = len(spec.columns)
-        if centroids.ndim != 2 or centroids.shape[1] != n_columns or not 2 <= centroids.shape[0] <= MAX_CLUSTERS:
-            raise ValueError(f"centroids of shape {centroids.shape!r} do not match {n_columns} feature columns")
-        if mean.shape != (n_columns,) or std.shape != (n_columns,) or not np.all(std > 0):
-            raise ValueError("feature_mean/feature_std do not match the feature columns")
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentationModel:
+        """Inverse of :meth:`to_dict`, checking every field before it is used.
+
+        ``features`` must be a valid feature spec (:meth:`FeatureSpec.from_dict`); ``centroids``
+        a (K, F) list of finite numbers with 2 <= K <= ``MAX_CLUSTERS`` and F the spec's columns
+        (``feature_columns``, when present, must name them); ``feature_mean`` and ``feature_std``
+        F finite numbers, every std > 0; ``seed`` an integer in [0, 2**63); ``sample_size`` an
+        integer >= K; ``n_iter`` an integer >= 0; ``sample_inertia`` a finite number >= 0;
+        ``degenerate``, when present, a short string.
+
+        Raises
+        ------
+        ValueError
+            Naming the first bad field and showing at most a short excerpt of its value.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a JSON object, got {_excerpt(data)}")
+        try:
+            spec = FeatureSpec.from_dict(_field(data, "features"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"field 'features': {err}") from err
+        columns = list(spec.columns)
+        if "feature_columns" in data and data["feature_columns"] != columns:
+            raise ValueError(
+                f"field 'feature_columns' is {_excerpt(data['feature_columns'])}; the features give {_excerpt(columns)}"
+            )
+        centroids = _finite_array(data, "centroids", width=len(columns), matrix=True)
+        if not 2 <= len(centroids) <= MAX_CLUSTERS:
+            raise ValueError(f"field 'centroids' has {len(centroids)} rows; expected 2 to {MAX_CLUSTERS} clusters")
+        mean = _finite_array(data, "feature_mean", width=len(columns))
+        std = _finite_array(data, "feature_std", width=len(columns))
+        if not np.all(std > 0):
+            raise ValueError(f"field 'feature_std' holds {_excerpt(float(std[std <= 0][0]))}; every std must be > 0")
+        degenerate = data.get("degenerate")
+        if degenerate is not None and (not isinstance(degenerate, str) or len(degenerate) > _MAX_NOTE_CHARS):
+            raise ValueError(f"field 'degenerate' must be a note of at most {_MAX_NOTE_CHARS} characters")
         return cls(
             feature_spec=spec,
             centroids=centroids,
             feature_mean=mean,
             feature_std=std,
-            seed=int(data["seed"]),
-            sample_size=int(data["sample_size"]),
-            sample_inertia=float(data["sample_inertia"]),
-            n_iter=int(data["n_iter"]),
+            seed=_integer(data, "seed", low=0, high=2**63 - 1),
+            sample_size=_integer(data, "sample_size", low=len(centroids)),
+            sample_inertia=_inertia(data),
+            n_iter=_integer(data, "n_iter", low=0),
+            degenerate=degenerate,
         )
+
+
+def _excerpt(value: Any) -> str:
+    """A repr of ``value`` of at most ``_EXCERPT_CHARS`` characters, cheap however large or deep it is."""
+    text = reprlib.repr(value)
+    return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."
+
+
+def _field(data: Mapping[str, Any], name: str) -> Any:
+    if name not in data:
+        raise ValueError(f"field {name!r} is missing")
+    return data[name]
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, not a bool."""
+    return type(value) in (int, float)
+
+
+def _finite_array(data: Mapping[str, Any], name: str, *, width: int, matrix: bool = False) -> np.ndarray:
+    """Field ``name`` as float64: ``width`` finite numbers, or rows of them when ``matrix``."""
+    value = _field(data, name)
+    expected = f"a list of lists of {width} numbers" if matrix else f"a list of {width} numbers"
+    rows = value if matrix else [value]
+    if not isinstance(value, list) or not all(isinstance(row, list) and len(row) == width for row in rows):
+        raise ValueError(f"field {name!r} must be {expected}, got {_excerpt(value)}")
+    bad = next((item for row in rows for item in row if not _is_number(item)), None)
+    if bad is not None:
+        raise ValueError(f"field {name!r} holds {_excerpt(bad)}; expected {expected}")
+    try:
+        array = np.array(rows, dtype=np.float64)
+    except OverflowError as err:
+        raise ValueError(f"field {name!r} holds a number too large for a float64") from err
+    if matrix and len(array) == 0:
+        raise ValueError(f"field {name!r} is empty; expected {expected}")
+    nonfinite = np.argwhere(~np.isfinite(array))
+    if len(nonfinite):
+        where = tuple(int(i) for i in nonfinite[0])
+        position = where if matrix else where[1:]
+        value = float(array[where])
+        raise ValueError(f"field {name!r} holds {value!r} at {list(position)}; every value must be finite")
+    return array if matrix else array[0]
+
+
+def _integer(data: Mapping[str, Any], name: str, *, low: int, high: int | None = None) -> int:
+    value = _field(data, name)
+    if type(value) is not int or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ValueError(f"field {name!r} must be an integer {bounds}, got {_excerpt(value)}")
+    return value
+
+
+def _inertia(data: Mapping[str, Any]) -> float:
+    value = _field(data, "sample_inertia")
+    if not _is_number(value) or not 0 <= float(value) < float("inf"):
+        raise ValueError(f"field 'sample_inertia' must be a finite number >= 0, got {_excerpt(value)}")
+    return float(value)
 
 
 def preload_fitting() -> None:
@@ -140,13 +261,15 @@ def fit_model(
 ) -> SegmentationModel:
     """Fit k-means on an in-memory sample of feature vectors.
 
-    Each column is clipped to its ``WINSOR_PERCENTILES``, centred and scaled (see
+    Each column is clipped to its ``WINSOR_PERCENTILES`` (unless that leaves fewer than
+    ``n_clusters`` distinct rows: see the module docstring), centred and scaled (see
     :func:`feature_spread`): the channels together, as they share units, so for channels alone
     the fit minimises the same inertia as k-means on the raw pixels; every derived column on
     its own, so each stain, colour coordinate or texture measure weighs alike. dask-ml's
     k-means|| runs ``restarts`` times with seeds derived from ``seed`` (restart 0 uses ``seed``);
-    the fit with the lowest sample inertia is kept (a single init sometimes lands in a poor local
-    optimum: docs/performance.md shows how often, and what each restart costs).
+    the non-degenerate fit with the lowest sample inertia is kept (a single init sometimes lands
+    in a poor local optimum: docs/performance.md shows how often, and what each restart costs).
+    When every restart is degenerate, ``RESEED_TRIES`` more runs are made on the unclipped sample.
 
     Parameters
     ----------
@@ -164,7 +287,8 @@ def fit_model(
     Returns
     -------
     SegmentationModel
-        Centroids ordered by ascending brightness. Computes on the threaded scheduler
+        Centroids ordered by ascending brightness; ``degenerate`` set (and one warning logged)
+        when even the re-seeded fits leave a cluster empty. Computes on the threaded scheduler
         (the sample is in memory), whatever scheduler is active.
 
     Raises
@@ -181,27 +305,74 @@ def fit_model(
             f"--clusters {n_clusters} is more than the {distinct} distinct feature vector(s) in the sample "
             f"of {len(vectors)} pixels; lower --clusters"
         )
+    fit = _best_fit(vectors, _winsorise(vectors, n_clusters), spec, n_clusters, seed=seed, restarts=range(restarts))
+    if fit.empty:
+        reseeds = range(restarts, restarts + RESEED_TRIES)
+        fit = _best_fit(vectors, vectors, spec, n_clusters, seed=seed, restarts=reseeds)
+    note = None
+    if fit.empty:
+        note = (
+            f"k-means left {fit.empty} of {n_clusters} clusters without any sampled pixel after "
+            f"{restarts + RESEED_TRIES} fits; their labels stay unused"
+        )
+        logger.warning("degenerate fit: %s; lower --clusters for a sound model", note)
+    return SegmentationModel(
+        feature_spec=spec,
+        centroids=order_centroids(fit.centres * fit.std + fit.mean),
+        feature_mean=fit.mean,
+        feature_std=fit.std,
+        seed=seed,
+        sample_size=len(vectors),
+        sample_inertia=fit.inertia,  # the order of the centroids does not change it
+        n_iter=fit.n_iter,
+        degenerate=note,
+    )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One k-means run: standardised centres, the standardisation, and how it fits the sample."""
+
+    centres: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n_iter: int
+    inertia: float
+    empty: int
+
+
+def _winsorise(vectors: np.ndarray, n_clusters: int) -> np.ndarray:
+    """``vectors`` clipped per column to ``WINSOR_PERCENTILES``, or ``vectors`` itself when the
+    clipped rows would hold fewer than ``n_clusters`` distinct values."""
     low, high = np.percentile(vectors, WINSOR_PERCENTILES, axis=0)
     clipped = np.clip(vectors, low, high)
+    return clipped if count_distinct_rows(clipped, stop_at=n_clusters) >= n_clusters else vectors
+
+
+def _best_fit(
+    vectors: np.ndarray,
+    clipped: np.ndarray,
+    spec: FeatureSpec,
+    n_clusters: int,
+    *,
+    seed: int,
+    restarts: Sequence[int],
+) -> _Fit:
+    """Standardise with ``clipped``'s statistics, fit on ``clipped`` once per restart index, and keep
+    the fit with the fewest empty clusters, then the lowest inertia, both measured on ``vectors``."""
     mean = clipped.mean(axis=0)
     std = feature_spread(clipped.var(axis=0), spec.column_groups)
     standardised = (vectors - mean) / std
-    scaled = (clipped - mean) / std
-    fits = [_fit_kmeans(scaled, n_clusters, seed=seed, restart=i) for i in range(restarts)]
-    inertias = [squared_inertia(standardised, centres) for centres, _ in fits]
-    best = int(np.argmin(inertias))
-    centres, n_iter = fits[best]
-    centroids = order_centroids(centres * std + mean)
-    return SegmentationModel(
-        feature_spec=spec,
-        centroids=centroids,
-        feature_mean=mean,
-        feature_std=std,
-        seed=seed,
-        sample_size=len(vectors),
-        sample_inertia=inertias[best],  # the order of the centroids does not change it
-        n_iter=n_iter,
-    )
+    scaled = standardised if clipped is vectors else (clipped - mean) / std
+    best: _Fit | None = None
+    for restart in restarts:
+        centres, n_iter = _fit_kmeans(scaled, n_clusters, seed=seed, restart=restart)
+        inertia, counts = nearest_counts(standardised, centres)
+        fit = _Fit(centres, mean, std, n_iter, inertia, empty=int(np.count_nonzero(counts == 0)))
+        if best is None or (fit.empty, fit.inertia) < (best.empty, best.inertia):
+            best = fit
+    assert best is not None, "at least one restart"
+    return best
 
 
 def feature_spread(variances: np.ndarray, groups: tuple[str, ...]) -> np.ndarray:
@@ -236,7 +407,10 @@ def _fit_kmeans(scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int)
         tol=_FIT_TOL,
         max_iter=300,
     )
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(scheduler="threads"), warnings.catch_warnings():
+        # k-means|| divides 0 by 0 once its candidates hold every distinct row (its cost is 0 then);
+        # the NaN probabilities draw no further candidate, which is what is wanted
+        warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
         estimator.fit(da.from_array(shuffled, chunks=(_FIT_CHUNK_ROWS, shuffled.shape[1])))
     return np.asarray(estimator.cluster_centers_, dtype=np.float64), int(estimator.n_iter_)
 
@@ -270,10 +444,19 @@ def order_centroids(centroids: np.ndarray) -> np.ndarray:
 
 def squared_inertia(vectors: np.ndarray, centroids: np.ndarray) -> float:
     """Sum over ``vectors`` (n, F) of the squared distance to the nearest of ``centroids`` (K, F)."""
+    return nearest_counts(vectors, centroids)[0]
+
+
+def nearest_counts(vectors: np.ndarray, centroids: np.ndarray) -> tuple[float, np.ndarray]:
+    """The squared inertia of ``vectors`` (n, F) and how many of them each of ``centroids`` (K, F) is
+    nearest to: shape (K,), int64, a tie going to the lower index (two equal centroids: the second gets 0)."""
     total = 0.0
+    counts = np.zeros(len(centroids), dtype=np.int64)
     rows = max(1, 2**22 // centroids.size)  # bounds the (rows, K, F) temporary to 32 MiB
     for start in range(0, len(vectors), rows):
         block = vectors[start : start + rows]
         distances = ((block[:, np.newaxis, :] - centroids[np.newaxis, :, :]) ** 2).sum(axis=-1)
-        total += float(distances.min(axis=1).sum())
-    return total
+        nearest = distances.argmin(axis=1)
+        total += float(distances[np.arange(len(block)), nearest].sum())
+        counts += np.bincount(nearest, minlength=len(centroids))
+    return total, counts

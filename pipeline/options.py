@@ -44,7 +44,7 @@ DEFAULT_SIGMAS = (1.0, 4.0)
 #: Largest accepted sigma (its halo is ``4 * sigma`` pixels on every chunk side).
 MAX_SIGMA = 64.0
 #: Most clusters a model may have (labels are stored as uint8 up to 255 clusters, else uint16).
-MAX_CLUSTERS = 65_535
+MAX_CLUSTERS = 1024
 #: k-means|| runs per fit by default; the lowest sample inertia wins.
 FIT_RESTARTS = 3
 NORMALISE_MODES = ("auto", "dtype", "robust")
@@ -101,6 +101,22 @@ class ReadOptions(Validated):
     )
     keep_workdir: bool = option(
         False, "keep the converted input after the run", config="read.keep_workdir", flag="--keep-workdir"
+    )
+    max_tile_memory: int = option(
+        512,
+        "most memory in MB one decoded TIFF tile or strip, zarr chunk or PNG/JPEG may take; larger ones are refused",
+        config="read.max_tile_memory",
+        flag="--max-tile-memory",
+        metavar="MB",
+        minimum=1,
+        maximum=2**20,
+    )
+    nodata: float | None = option(
+        None,
+        "pixels whose channels all equal it carry no data (label 0); default: the file's GDAL_NODATA tag",
+        config="read.nodata",
+        flag="--nodata",
+        metavar="VALUE",
     )
 
 
@@ -233,10 +249,26 @@ class ComputeOptions(Validated):
         maximum=4096,
     )
     memory_limit: str | None = option(None, "memory limit of each local worker (4GB)", config="compute.memory_limit")
-    cores: int | None = option(None, "cores of one batch job", config="compute.cores", minimum=1)
-    memory: str | None = option(None, "memory of one batch job (8GB)", config="compute.memory")
+    cores: int | None = option(
+        None,
+        "cores of one batch job (default: dask-jobqueue's config, else 1)",
+        config="compute.cores",
+        flag="--worker-cores",
+        minimum=1,
+    )
+    memory: str | None = option(
+        None,
+        "memory of one batch job (default: dask-jobqueue's config, else 4GB)",
+        config="compute.memory",
+        flag="--worker-memory",
+    )
     processes: int | None = option(None, "worker processes per batch job", config="compute.processes", minimum=1)
-    walltime: str | None = option(None, 'wall time of one batch job ("02:00:00")', config="compute.walltime")
+    walltime: str | None = option(
+        None,
+        "wall time of one batch job (default: a configured one, else 01:00:00)",
+        config="compute.walltime",
+        flag="--walltime",
+    )
     queue: str | None = option(None, "batch queue or partition", config="compute.queue")
     account: str | None = option(None, "batch account", config="compute.account")
     job_directives: tuple[str, ...] = option(

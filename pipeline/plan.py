@@ -4,23 +4,35 @@ interrupted run left, and the fingerprint that ties a resumed run to the one it 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pixseg.errors import InputError, ModelError, OutputError, OutputExistsError, ParameterError, ResumeMismatchError
 from pixseg.features import FeatureSpec
+from pixseg.graphs import MASK_KEYWORDS
+from pixseg.io import batch_state
+from pixseg.io.json_files import read_json_object
 from pixseg.io.label_tiff import read_label_tiff_status
-from pixseg.io.label_zarr import read_label_zarr_status
-from pixseg.io.model_file import model_from_document
+from pixseg.io.label_zarr import label_side_base, read_label_zarr_status
+from pixseg.io.locks import lock_path_for
+from pixseg.io.model_file import MODEL_FORMAT, model_from_document
 from pixseg.io.readers import Image
-from pixseg.io.side_files import SIDE_SUFFIXES, side_file_base
+from pixseg.io.side_files import SIDE_SUFFIXES, is_own_side_file
 from pixseg.model import SegmentationModel
 
 OUTPUT_KINDS = {".zarr": "zarr", ".tif": "tiff", ".tiff": "tiff"}
 WORK_SUFFIX = ".pixseg-work.zarr"
 CONVERTED_SUFFIX = ".pixseg-input.zarr"
+#: A label name (``--into-input NAME``): one path component of letters, digits, ``.``, ``_`` and
+#: ``-``, not hidden (never ``..``, ``/``, empty or a dotfile).
+_LABEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+#: The kinds of pixseg output :func:`check_own_output` recognises.
+LABEL_OUTPUT, LABEL_TIFF, CONVERTED_IMAGE = "label output", "label TIFF", "converted image"
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,19 @@ class OutputPlan:
     def work_path(self) -> str:
         """The zarr pyramid written chunk by chunk: the output itself, or a TIFF's work store."""
         return self.path if self.kind == "zarr" else self.path + WORK_SUFFIX
+
+    @property
+    def lock_path(self) -> str:
+        """The lock held while the output is written."""
+        return lock_path_for(self.side_base)
+
+    def destinations(self) -> dict[str, str]:
+        """Every path this plan writes, by what it is: the output, a TIFF's work store, the side
+        files and the lock."""
+        written = {"output": self.path, "lock": self.lock_path}
+        if self.work_path != self.path:
+            written["TIFF work store"] = self.work_path
+        return {**written, **{f"side file {suffix!r}": self.side_base + suffix for suffix in SIDE_SUFFIXES}}
 
 
 @dataclass(frozen=True)
@@ -57,14 +82,23 @@ def refuse_incomplete_input(image: Image) -> None:
 def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool) -> OutputPlan:
     """Check ``output_path`` for a run on ``image`` and decide how it is written.
 
+    Whatever is already at the output, its TIFF work store, its side files or its lock must be
+    pixseg's own (see :func:`check_own_output`): anything else is refused with or without
+    ``overwrite``. The output (or its work store) needs ``overwrite`` or ``resume``; side files
+    pixseg left beside an output that is gone do not.
+
     Raises
     ------
     OutputError
-        For an unknown suffix, an output that is (inside) the input, an existing output or side
-        file without ``overwrite``/``resume``, or an unwritable place.
+        For an unknown suffix, an output that is (inside) the input, an unsafe label name, a
+        symlink or something not pixseg's at any destination, or an existing output without
+        ``overwrite``/``resume``. Nothing is created: :func:`check_run_paths` makes the
+        directories once every check has passed.
     ParameterError
         If both ``overwrite`` and ``resume`` are asked.
     """
+    if overwrite and resume:
+        raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
     stripped = output_path.rstrip("/")
     suffix = os.path.splitext(stripped)[1].lower()
     into_image = _labels_beside_image(stripped, image)
@@ -73,18 +107,154 @@ def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool
         raise OutputError(f"output {output_path!r} has an unknown suffix {suffix!r}; use .zarr, .tif or .tiff")
     if into_image is None:
         check_not_input(stripped, image.path, "output")
-    side_base = side_file_base(
-        stripped if into_image is None else f"{into_image.rstrip('/')}.{os.path.basename(stripped)}"
-    )
-    if overwrite and resume:
-        raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
-    existing = [p for p in (stripped, *(side_base + s for s in SIDE_SUFFIXES)) if os.path.lexists(p)]
-    if existing and not (overwrite or resume):
+    plan = OutputPlan(path=stripped, kind=kind, side_base=label_side_base(stripped), into_image=into_image)
+    check_own_output(plan.path, LABEL_OUTPUT if kind == "zarr" else LABEL_TIFF)
+    if plan.work_path != plan.path:
+        check_own_output(plan.work_path, LABEL_OUTPUT)
+    for suffix in SIDE_SUFFIXES:
+        path = plan.side_base + suffix
+        if os.path.lexists(path) and not is_own_side_file(path):
+            raise OutputError(_foreign(path, "side file"))
+    check_lock_path(plan.lock_path)
+    if os.path.lexists(plan.path) and not (overwrite or resume):
         raise OutputExistsError(
-            f"output {existing[0]!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
+            f"output {plan.path!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
         )
-    check_writable_parent(stripped)
-    return OutputPlan(path=stripped, kind=kind, side_base=side_base, into_image=into_image)
+    return plan
+
+
+def check_own_output(path: str, kind: str) -> None:
+    """Refuse ``path`` unless nothing is there or it is a pixseg output of ``kind``, which pixseg may
+    replace: a label output (a zarr group with pixseg's metadata, finished or interrupted), a label
+    TIFF (pixseg's private tag) or a converted image (``attrs["pixseg"]["source"]``).
+
+    Raises
+    ------
+    OutputError
+        Naming what is there: a symlink (never followed nor replaced), a directory, a foreign
+        zarr store or image, any other file, or a pixseg output of another kind.
+    """
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path):
+        raise OutputError(_foreign(path, "output"))
+    if kind == LABEL_TIFF:
+        own = os.path.isfile(path) and read_label_tiff_status(path) is not None
+    else:
+        status = read_label_zarr_status(path) if os.path.isdir(path) else None
+        own = status is not None and ("model" in status if kind == LABEL_OUTPUT else "source" in status)
+    if not own:
+        raise OutputError(_foreign(path, "output", expected=kind))
+
+
+def check_lock_path(path: str) -> None:
+    """Refuse a lock path holding a symlink or a directory: a lock is a plain file pixseg creates."""
+    if os.path.islink(path) or os.path.isdir(path):
+        raise OutputError(_foreign(path, "lock"))
+
+
+def _foreign(path: str, what: str, *, expected: str = "") -> str:
+    """The message refusing to replace ``path``: what is there, and that pixseg leaves it alone."""
+    if os.path.islink(path):
+        there = f"a symlink to {os.readlink(path)!r}"
+    elif os.path.isdir(path):
+        status = read_label_zarr_status(path)
+        if status is not None:
+            there = f"a pixseg {CONVERTED_IMAGE if 'source' in status else LABEL_OUTPUT}"
+        elif any(os.path.isfile(os.path.join(path, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
+            there = "a zarr store pixseg did not write"
+        else:
+            there = "a directory pixseg did not write"
+    else:
+        there = "a file pixseg did not write"
+    return (
+        f"{what} {path!r} already exists and is {there}, not a pixseg {expected or what}; pixseg replaces only "
+        "its own files, even with --overwrite: move it away or choose another output"
+    )
+
+
+def check_destinations(
+    destinations: Mapping[str, str | None],
+    inputs: Mapping[str, str | None],
+    *,
+    workdir: str | None = None,
+    allowed: tuple[str, str] | None = None,
+) -> None:
+    """Refuse, before any work, destinations that collide with an input or with one another.
+
+    Paths are compared by :func:`os.path.realpath` (a symlink counts as its target): no
+    destination may be, contain or lie inside an input, nor another destination; the work
+    directory may hold the destinations and the inputs, but may not be, or lie inside, any of them.
+
+    Parameters
+    ----------
+    destinations : mapping of str to str or None
+        What a run writes, by the name the message gives it (``"--save-model"``); None is skipped.
+    inputs : mapping of str to str or None
+        What it reads (the input, ``--mask``, an applied model file), likewise.
+    workdir : str, optional
+        ``--workdir``, where converted inputs are written.
+    allowed : tuple of str, optional
+        One (destination, input) pair allowed to overlap: the output written into an OME-Zarr
+        input's ``labels/NAME``, checked by :func:`plan_output`.
+
+    Raises
+    ------
+    OutputError
+        Naming both paths.
+    """
+    written = {what: (path, os.path.realpath(path)) for what, path in destinations.items() if path}
+    read = {what: (path, os.path.realpath(path)) for what, path in inputs.items() if path}
+    for (what, (path, real)), (source, (given, real_source)) in itertools.product(written.items(), read.items()):
+        if (what, source) != allowed and _overlap(real, real_source):
+            raise OutputError(
+                f"{what} {path!r} is, or is inside, the {source} {given!r} (or contains it); inputs are never modified"
+            )
+    for (first, (path, real)), (second, (other, real_other)) in itertools.combinations(written.items(), 2):
+        if _overlap(real, real_other):
+            raise OutputError(
+                f"{first} {path!r} and {second} {other!r} are the same path, or one lies inside the other: "
+                "give each its own place"
+            )
+    if workdir is not None:
+        real_workdir = os.path.realpath(workdir)
+        for what, (path, real) in {**written, **read}.items():
+            if real_workdir == real or real_workdir.startswith(real + os.sep):
+                raise OutputError(f"--workdir {workdir!r} is, or lies inside, the {what} {path!r}")
+
+
+def check_run_paths(
+    plan: OutputPlan,
+    image: Image,
+    *,
+    model_path: str | None = None,
+    mask: str | None = None,
+    applied_model: str | None = None,
+    workdir: str | None = None,
+) -> None:
+    """:func:`check_destinations` for a ``segment`` or ``apply`` run: the plan's output, work
+    store, side files and lock and ``--save-model`` against the input, a ``--mask`` image, the
+    applied model file and one another, and ``--workdir`` against all of them. Then, with every
+    check passed, the directories of the output and the model are made.
+
+    Raises
+    ------
+    OutputError
+        Naming the two paths that collide, or a directory that cannot be made.
+    """
+    check_destinations(
+        {**plan.destinations(), "--save-model": model_path},
+        {"input": image.path, "--mask": None if mask in MASK_KEYWORDS else mask, "model file": applied_model},
+        workdir=workdir,
+        allowed=("output", "input") if plan.into_image is not None else None,
+    )
+    for path in (plan.path, model_path):
+        if path is not None:
+            check_writable_parent(path)
+
+
+def _overlap(first: str, second: str) -> bool:
+    return first == second or first.startswith(second + os.sep) or second.startswith(first + os.sep)
 
 
 def previous_run(plan: OutputPlan, fingerprint: dict[str, Any]) -> PreviousRun | None:
@@ -128,16 +298,34 @@ def job_fingerprint(image: Image, **parts: Any) -> dict[str, Any]:
 
 
 def input_identity(image: Image) -> dict[str, Any]:
-    """The input's realpath, size, modification time, level and shape (a zarr store: its metadata files)."""
-    path = os.path.realpath(image.path)
-    if os.path.isdir(path):  # a zarr store: its metadata documents stand for it
-        names = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
-        stats = [os.stat(os.path.join(path, n)) for n in names if os.path.exists(os.path.join(path, n))]
-        size, mtime = sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
-    else:
-        stat = os.stat(path)
-        size, mtime = stat.st_size, stat.st_mtime_ns
-    return {"path": path, "size": size, "mtime_ns": mtime, "level": image.level, "shape": list(image.shape)}
+    """The input's identity (:func:`pixseg.io.batch_state.input_identity`: a file's realpath, size
+    and modification time; every file of a zarr store) with the level and shape read."""
+    return {**batch_state.input_identity(image.path), "level": image.level, "shape": list(image.shape)}
+
+
+def into_input_path(input_path: str, name: str, *, output: str | None = None) -> str:
+    """The output of ``--into-input NAME``: ``INPUT/labels/NAME``, the only place pixseg writes inside an input.
+
+    Raises
+    ------
+    OutputError
+        If ``name`` is not one plain name (see :func:`check_label_name`), or ``output`` is given
+        and is another path.
+    """
+    check_label_name(name)
+    target = os.path.join(input_path.rstrip("/") or input_path, "labels", name)
+    if output is not None and os.path.normpath(output) != os.path.normpath(target):
+        raise OutputError(f"--into-input {name!r} writes {target!r}; drop OUTPUT {output!r} or make it match")
+    return target
+
+
+def check_label_name(name: str) -> None:
+    """Refuse a label name that is not one plain path component: letters, digits, ``.``, ``_``
+    and ``-``, not starting with ``.`` (so never empty, ``..``, a path or a hidden name)."""
+    if not _LABEL_NAME.fullmatch(name):
+        raise OutputError(
+            f"label name {name!r} is not a plain name: use letters, digits, '.', '_' and '-', not starting with '.'"
+        )
 
 
 def _labels_beside_image(output_path: str, image: Image) -> str | None:
@@ -148,21 +336,24 @@ def _labels_beside_image(output_path: str, image: Image) -> str | None:
         return None
     if image.kind != "ome-zarr":
         raise OutputError(f"labels can only be written into an OME-Zarr image; {image.path!r} is {image.kind}")
-    if name in ("", ".", "..") or os.sep in name:
-        raise OutputError(f"label name {name!r} is not a plain name")
+    check_label_name(name)
+    if os.path.islink(labels_dir) or (os.path.lexists(labels_dir) and not os.path.isdir(labels_dir)):
+        raise OutputError(f"{labels_dir!r} is not the image's labels group: {_foreign(labels_dir, 'labels group')}")
     return image.path
 
 
-def check_model_path(model_path: str, input_path: str, output_path: str, *, overwrite: bool) -> None:
-    """Refuse a ``--save-model`` path that is not ``.json``, is the input or the output, or exists."""
+def check_model_path(model_path: str, *, overwrite: bool) -> None:
+    """Refuse a ``--save-model`` path that is not ``.json``, or where something is that is not a
+    pixseg model file (a symlink included), or a model file without ``overwrite``. Collisions
+    with the input and the output, and its directory, are :func:`check_run_paths`'s."""
     if not model_path.lower().endswith(".json"):
         raise OutputError(f"--save-model {model_path!r}: model files end in .json")
-    check_not_input(model_path, input_path, "--save-model")
-    if os.path.realpath(model_path) == os.path.realpath(output_path):
-        raise OutputError(f"--save-model {model_path!r} is the same path as the output")
-    if os.path.lexists(model_path) and not overwrite:
-        raise OutputExistsError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
-    check_writable_parent(model_path)
+    if os.path.lexists(model_path):
+        document = None if os.path.islink(model_path) else read_json_object(model_path)
+        if document is None or document.get("format") != MODEL_FORMAT:
+            raise OutputError(_foreign(model_path, "--save-model", expected="model file"))
+        if not overwrite:
+            raise OutputExistsError(f"model file {model_path!r} already exists; pass --overwrite to replace it")
 
 
 def check_not_input(path: str, input_path: str, what: str) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 
-from pixseg.convert import converted_if_needed, remove_workdir_copy
+from pixseg.convert import converted_if_needed
 from pixseg.fitting import sample_and_fit
 from pixseg.graphs import check_mask_option, model_mask, shape_text
 from pixseg.io.locks import lock_path_for, output_lock
@@ -22,6 +23,7 @@ from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
     check_model_fits,
     check_model_path,
+    check_run_paths,
     job_fingerprint,
     plan_output,
     previous_run,
@@ -81,42 +83,45 @@ def segment(
     started = time.perf_counter()
     read, fit, output = read or ReadOptions(), fit or FitOptions(), output or OutputOptions()
     check_mask_option(fit.mask)
-    image = open_image(input_path, level=read.level, chunk=read.chunk)
+    image = open_image(
+        input_path, level=read.level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=read.nodata
+    )
     refuse_incomplete_input(image)
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
     if model_path is not None:
-        check_model_path(model_path, input_path, plan.path, overwrite=overwrite or resume)
+        check_model_path(model_path, overwrite=overwrite or resume)
+    check_run_paths(plan, image, model_path=model_path, mask=fit.mask, workdir=read.workdir)
     fingerprint = job_fingerprint(image, read=read, fit=fit, output=output)
     with output_lock(lock_path_for(plan.side_base)):
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
+            if model_path is not None:  # asked for: the finished run's model
+                save_model(previous.model, model_path, provenance=provenance(image))
             return finished_result(plan, previous, image, started)
         # --fit-level reads another pyramid level of the input itself: a one-level copy has none
-        if fit.fit_level is None:
-            image = converted_if_needed(image, plan, read, progress=progress)
-        logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
-        if previous is None:
-            model, mask = sample_and_fit(image, fit, read=read, progress=progress)
-        else:
-            logger.info("resuming %s with the interrupted run's model", plan.path)
-            model = previous.model
-            mask = model_mask(image, model.feature_spec, mask=fit.mask, read=read, progress=progress)
-        if model_path is not None:
-            save_model(model, model_path, provenance=provenance(image))
-            logger.info("model saved to %s", model_path)
-        result = write_labels(
-            image,
-            mask,
-            model,
-            plan,
-            output,
-            fingerprint=fingerprint,
-            previous=previous,
-            started=started,
-            progress=progress,
-        )
-        remove_workdir_copy(image, plan, read)
-        return result
+        converted = fit.fit_level is None
+        with converted_if_needed(image, plan, read, progress=progress) if converted else nullcontext(image) as image:
+            logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
+            if previous is None:
+                model, mask = sample_and_fit(image, fit, read=read, progress=progress)
+            else:
+                logger.info("resuming %s with the interrupted run's model", plan.path)
+                model = previous.model
+                mask = model_mask(image, model.feature_spec, mask=fit.mask, read=read, progress=progress)
+            if model_path is not None:
+                save_model(model, model_path, provenance=provenance(image))
+                logger.info("model saved to %s", model_path)
+            return write_labels(
+                image,
+                mask,
+                model,
+                plan,
+                output,
+                fingerprint=fingerprint,
+                previous=previous,
+                started=started,
+                progress=progress,
+            )
 
 
 def apply(
@@ -145,28 +150,29 @@ def apply(
     started = time.perf_counter()
     read, output = read or ReadOptions(), output or OutputOptions()
     model = load_model(model_path)
-    image = open_image(input_path, level=read.level, chunk=read.chunk)
+    image = open_image(
+        input_path, level=read.level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=read.nodata
+    )
     refuse_incomplete_input(image)
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
+    check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
     check_model_fits(model.feature_spec, image, model_path)
     fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model))
     with output_lock(lock_path_for(plan.side_base)):
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return finished_result(plan, previous, image, started)
-        image = converted_if_needed(image, plan, read, progress=progress)
-        logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
-        labels_mask = model_mask(image, model.feature_spec, mask=mask, read=read, progress=progress)
-        result = write_labels(
-            image,
-            labels_mask,
-            model,
-            plan,
-            output,
-            fingerprint=fingerprint,
-            previous=previous,
-            started=started,
-            progress=progress,
-        )
-        remove_workdir_copy(image, plan, read)
-        return result
+        with converted_if_needed(image, plan, read, progress=progress) as image:
+            logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
+            labels_mask = model_mask(image, model.feature_spec, mask=mask, read=read, progress=progress)
+            return write_labels(
+                image,
+                labels_mask,
+                model,
+                plan,
+                output,
+                fingerprint=fingerprint,
+                previous=previous,
+                started=started,
+                progress=progress,
+            )

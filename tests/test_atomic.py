@@ -31,7 +31,7 @@ ROWS = [
 
 def _model() -> SegmentationModel:
     spec = make_feature_spec("channels", n_channels=3, has_alpha=False, dtype=np.dtype(np.uint8))
-    return SegmentationModel(spec, np.eye(3), np.zeros(3), np.ones(3), 0, 1, 0.0, 1)
+    return SegmentationModel(spec, np.eye(3), np.zeros(3), np.ones(3), 0, 100, 0.0, 1)
 
 
 def _write_model(base: str) -> list[str]:
@@ -245,9 +245,10 @@ def test_leftover_of_a_killed_tiff_write_is_reported_and_does_not_block_the_next
     assert not interrupted_tiff_write(path) and os.listdir(tmp_path) == [os.path.basename(path)]
 
 
-def test_fixed_temporary_name_of_earlier_versions_counts_as_an_interrupted_tiff_write(tmp_path):
+def test_a_users_file_named_like_an_old_temporary_is_left_alone(tmp_path):
     path = str(tmp_path / "labels.tif")
-    Path(path + ".partial").write_bytes(b"II+\x00")
-    assert interrupted_tiff_write(path)
+    Path(path + ".partial").write_bytes(b"a user's file")
+    assert not interrupted_tiff_write(path)
     _write_label_tiff(path.removesuffix(".tif"))
-    assert not interrupted_tiff_write(path) and os.listdir(tmp_path) == ["labels.tif"]
+    assert Path(path + ".partial").read_bytes() == b"a user's file"
+    assert sorted(os.listdir(tmp_path)) == ["labels.tif", "labels.tif.partial"]

@@ -146,3 +146,73 @@ def test_output_names_from_the_template(tmp_path):
 def test_config_module_imports_neither_dask_nor_zarr():
     code = "import sys, pixseg.config; sys.exit(any(m in sys.modules for m in ('dask', 'zarr')))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("inputs: [a.tif]\noutput: {directory: o}\nclusters: 3\nseed: 1\nclusters: 4\n", 5, "clusters"),
+        ("inputs: [a.tif]\noutput:\n  directory: o\n  format: zarr\n  directory: p\n", 5, "directory"),
+        ("inputs: [a.tif]\noutput: {directory: o}\ncompute: {workers: 2, workers: 3}\n", 3, "workers"),
+        ("inputs: [a.tif]\ninputs: [b.tif]\noutput: {directory: o}\n", 2, "inputs"),
+    ],
+)
+def test_duplicate_keys_name_the_key_and_its_line(tmp_path, capsys, text, line, key):
+    path = _write(tmp_path, text)
+    expected = f"{path}: line {line}: duplicate key {key!r}"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == expected
+    _assert_exit_2(capsys, ["run", path, "--dry-run"], expected)
+
+
+def test_duplicate_key_in_an_override_and_merge_keys_still_override(tmp_path):
+    path = _write(tmp_path, "inputs: [a.tif]\noutput: {directory: o}\n")
+    with pytest.raises(ConfigError, match="--set 'compute={workers: 2, workers: 3}': duplicate key 'workers'"):
+        load_config(path, ["compute={workers: 2, workers: 3}"])
+    key, value = parse_override("compute={<<: {workers: 2, cores: 1}, workers: 3}")
+    assert value == {"workers": 3, "cores": 1}
+
+
+def _alias_bomb(levels: int = 9, width: int = 10) -> str:
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "inputs: &root\n  - {bomb}\noutput: {{directory: o}}\n",
+        "inputs: [a.tif]\noutput: {{directory: o}}\ncompute:\n  jobqueue: {{extra: {bomb}}}\n",
+    ],
+)
+def test_alias_bomb_is_refused_quickly_with_bounded_memory(tmp_path, capsys, template):
+    import time
+    import tracemalloc
+
+    bomb = "{" + _alias_bomb().replace("\n", ", ") + "}"  # 10**9 "lol" once expanded
+    path = _write(tmp_path, template.format(bomb=bomb))
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match="expands to more than 1000000 nodes through its aliases"):
+            load_config(path)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 5 and peak < 20 * 2**20, (elapsed, peak)
+    _assert_exit_2(capsys, ["run", path, "--dry-run"], "expands to more than")
+
+
+def test_recursive_alias_deep_nesting_and_huge_files_are_refused(tmp_path, capsys):
+    path = _write(tmp_path, "inputs: &a [*a]\noutput: {directory: o}\n")
+    _assert_exit_2(capsys, ["run", path, "--dry-run"], path, "expands to more than")
+    path = _write(tmp_path, "inputs: " + "[" * 100_000 + "]" * 100_000 + "\n", "deep.yaml")
+    _assert_exit_2(capsys, ["run", path, "--dry-run"], path, "nested too deeply")
+    path = _write(tmp_path, "inputs: [a.tif]\noutput: {directory: o}\n" + "#" * 2**20 + "\n", "big.yaml")
+    _assert_exit_2(capsys, ["run", path, "--dry-run"], path, "is larger than 1 MiB")
+    shared = "inputs: &paths [a.tif, b.tif]\noutput: {directory: o}\nclusters: &k 3\nseed: *k\n"
+    config = load_config(_write(tmp_path, shared, "aliases.yaml"))  # ordinary aliases still work
+    assert config.fit.seed == 3 and len(config.batch.inputs) == 2

@@ -35,6 +35,8 @@ CLI_VALUES = {
     "convert": False,
     "workdir": "/tmp/work",
     "keep_workdir": True,
+    "max_tile_memory": "64",
+    "nodata": "-9999",
     "clusters": "7",
     "seed": "42",
     "features": "hed,texture",
@@ -53,6 +55,9 @@ CLI_VALUES = {
     "scheduler": "local",
     "workers": "3",
     "lifetime": "55m",
+    "cores": "2",
+    "memory": "8GB",
+    "walltime": "02:00:00",
     "levels": "4",
     "codec": "lz4",
     "shard": "2",
@@ -162,7 +167,7 @@ def test_the_api_takes_exactly_the_run_options_as_keywords(tmp_path, blob_tiff):
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
     [
-        ("clusters", 1, "must be between 2 and 65535, got 1"),
+        ("clusters", 1, "must be between 2 and 1024, got 1"),
         ("clusters", "four", "must be an integer, got 'four'"),
         ("clusters", True, "must be an integer, got True (bool)"),
         ("seed", float("inf"), "must be an integer, got inf (float)"),

@@ -266,3 +266,76 @@ def test_map_pixels_maps_every_chunk_without_copying_it():
     assert labels.chunks == lazy.chunks[:2] and labels.dtype == np.float32
     np.testing.assert_allclose(labels.compute(scheduler="sync"), (values.sum(axis=-1) + 1.0) * 2.0, rtol=1e-6)
     assert len(shared) == 9 and all(shared)
+
+
+def _rare_bright(shape=(200, 200), n_bright=20) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of one value with ``n_bright`` (0.05%) bright pixels, and its true labels (1, 2)."""
+    pixels = np.full((*shape, 3), 40, np.uint8)
+    truth = np.ones(shape, np.uint8)
+    where = np.unravel_index(np.random.default_rng(0).choice(truth.size, n_bright, replace=False), shape)
+    pixels[where] = 220
+    truth[where] = 2
+    return pixels, truth
+
+
+def test_rare_distinct_values_keep_their_cluster():
+    pixels, truth = _rare_bright()
+    model = fit_model(pixels.reshape(-1, 3).astype(np.float32) / 255, _spec(), n_clusters=2, seed=0)
+    np.testing.assert_allclose(model.centroids, [[40 / 255] * 3, [220 / 255] * 3], atol=1e-9)
+    assert model.degenerate is None and model.sample_inertia < 1e-12
+    weights = (1.0 / model.feature_std**2).astype(np.float32)
+    labels = predict_chunk(pixels.astype(np.float32) / 255, model.centroids.astype(np.float32), weights, np.uint8)
+    np.testing.assert_array_equal(labels, truth)
+
+
+def test_rare_bright_pixels_segment_into_their_true_classes(tmp_path, capsys):
+    import tifffile
+    import zarr
+
+    from pixseg.cli import main
+
+    pixels, truth = _rare_bright()
+    tifffile.imwrite(tmp_path / "in.tif", pixels, photometric="rgb")
+    assert main(["segment", str(tmp_path / "in.tif"), str(tmp_path / "out.zarr"), "-k", "2", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "out.zarr", mode="r")["0"][:], truth)
+
+
+def test_constant_sample_is_refused_before_any_fit():
+    with pytest.raises(ParameterError, match="--clusters 3 is more than the 1 distinct feature vector"):
+        fit_model(np.full((500, 3), 0.3, np.float32), _spec(), n_clusters=3, seed=0)
+
+
+def test_degenerate_fit_is_reseeded_then_warned_and_recorded(monkeypatch, caplog):
+    from pixseg import model as model_module
+
+    calls = []
+
+    def collapsing_fit(scaled, n_clusters, *, seed, restart):
+        calls.append(restart)
+        return np.zeros((n_clusters, scaled.shape[1])), 1  # every centre the same: all but one empty
+
+    sample = np.random.default_rng(0).random((400, 3)).astype(np.float32)
+    monkeypatch.setattr(model_module, "_fit_kmeans", collapsing_fit)
+    with caplog.at_level("WARNING", logger="pixseg.model"):
+        model = fit_model(sample, _spec(), n_clusters=3, seed=0, restarts=2)
+    assert calls == list(range(2 + model_module.RESEED_TRIES))
+    assert model.degenerate is not None and "left 2 of 3 clusters without any sampled pixel" in model.degenerate
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "degenerate fit" in caplog.text
+    assert model.to_dict()["degenerate"] == model.degenerate
+
+
+def test_a_degenerate_restart_loses_to_a_sound_one(monkeypatch):
+    from pixseg import model as model_module
+
+    real = model_module._fit_kmeans
+
+    def first_collapses(scaled, n_clusters, *, seed, restart):
+        if restart == 0:
+            return np.zeros((n_clusters, scaled.shape[1])), 1
+        return real(scaled, n_clusters, seed=seed, restart=restart)
+
+    sample = np.random.default_rng(0).random((400, 3)).astype(np.float32)
+    monkeypatch.setattr(model_module, "_fit_kmeans", first_collapses)
+    model = fit_model(sample, _spec(), n_clusters=3, seed=0, restarts=2)
+    assert model.degenerate is None and len(np.unique(model.centroids, axis=0)) == 3

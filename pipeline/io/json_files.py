@@ -9,11 +9,12 @@ import numpy as np
 
 
 def read_json_object(path: str) -> dict[str, Any] | None:
-    """The JSON object stored at ``path``, or None if it is missing, unreadable or not an object."""
+    """The JSON object stored at ``path``, or None if it is missing, unreadable, nested too deeply
+    to parse (a ``RecursionError`` in :mod:`json`) or not an object."""
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 

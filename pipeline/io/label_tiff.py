@@ -109,10 +109,9 @@ def interrupted_tiff_write(path: str) -> bool:
 
 
 def _partial_tiffs(path: str) -> list[str]:
-    """Temporary files of writes to ``path``: unique names (:func:`pixseg.io.atomic.partial_files`)
-    and the fixed ``path + ".partial"`` pixseg used before them."""
-    legacy = path + ".partial"
-    return partial_files(path) + ([legacy] if os.path.lexists(legacy) else [])
+    """Temporary files of writes to ``path``: the unique names only pixseg's writes use
+    (:func:`pixseg.io.atomic.partial_files`; a file a user named ``path + ".partial"`` is not one)."""
+    return partial_files(path)
 
 
 def _ome_metadata(pixel_size: tuple[float, float] | None) -> dict[str, Any]:

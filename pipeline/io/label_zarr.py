@@ -24,7 +24,12 @@ from zarr.codecs import ZstdCodec
 from pixseg.colours import label_colours
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
+from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.io.side_files import SIDE_SUFFIXES, side_file_base
 from pixseg.statistics import count_labels
+
+#: The metadata documents of a zarr group (v3, v2).
+_GROUP_DOCUMENTS = ("zarr.json", ".zgroup")
 
 
 def create_label_zarr(
@@ -405,7 +410,8 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
     -------
     dict or None
         ``attrs["pixseg"]`` with ``levels`` (shapes), ``chunks``, ``dtype``, ``chunks_written``
-        and ``chunks_total`` (over all levels) added.
+        and ``chunks_total`` (over all levels) added, and for a label output ``side_files``: those
+        of its side files that exist (see :func:`label_side_base`).
     """
     try:
         group = zarr.open_group(path, mode="r")
@@ -414,7 +420,7 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
     meta = group.attrs.get("pixseg")
     if not isinstance(meta, dict):
         return None
-    arrays = [a for _, a in sorted(group.arrays(), key=lambda item: int(item[0]) if item[0].isdigit() else -1)]
+    arrays = open_label_levels(path)  # the levels by name: a stray file in the group is never listed
     status = dict(meta)
     if arrays:
         status.update(
@@ -424,6 +430,8 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
             chunks_written=sum(int(a.nchunks_initialized) for a in arrays),
             chunks_total=sum(math.prod(a.cdata_shape) for a in arrays),
         )
+    if "model" in status:
+        status["side_files"] = _existing_side_files(path)
     return status
 
 
@@ -439,11 +447,47 @@ def open_label_levels(path: str, *, writable: bool = False) -> list[zarr.Array]:
 
 
 def remove_output(path: str) -> None:
-    """Delete an existing output (a directory tree or a file)."""
+    """Delete the pixseg output at ``path``, if any: a zarr group with pixseg's metadata (a label
+    output, finished or interrupted, or a converted image) or a TIFF with pixseg's tag.
+
+    Nothing else is ever deleted: a symlink is neither followed nor removed (pixseg never makes
+    one, so one there was planted), and a directory is removed without following the symlinks
+    inside it (:func:`shutil.rmtree`).
+
+    Raises
+    ------
+    OutputError
+        If ``path`` is a symlink or not a pixseg output (nothing is deleted), or cannot be deleted.
+    """
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path):
+        raise OutputError(f"refusing to remove {path!r}: it is a symlink to {os.readlink(path)!r}, not a pixseg output")
+    directory = os.path.isdir(path)
+    status = read_label_zarr_status(path) if directory else read_label_tiff_status(path)
+    if status is None:
+        raise OutputError(f"refusing to remove {path!r}: it is not a pixseg output")
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
+        if directory:
             shutil.rmtree(path)
-        elif os.path.lexists(path):
+        else:
             os.remove(path)
     except OSError as err:
         raise OutputError(f"cannot remove existing output {path!r}: {err}") from err
+
+
+def label_side_base(output_path: str) -> str:
+    """The prefix of the side files of the label output ``output_path``: the output's own path, or
+    for ``IMAGE/labels/NAME`` inside a zarr image, ``IMAGE.NAME`` beside the image's store, so
+    side files never land inside a zarr hierarchy."""
+    stripped = output_path.rstrip("/")
+    labels_dir, name = os.path.split(stripped)
+    image, labels = os.path.split(labels_dir)
+    if labels == "labels" and any(os.path.isfile(os.path.join(image or ".", n)) for n in _GROUP_DOCUMENTS):
+        return f"{os.path.abspath(image or '.')}.{name}"
+    return side_file_base(stripped)
+
+
+def _existing_side_files(output_path: str) -> list[str]:
+    base = label_side_base(output_path)
+    return [base + suffix for suffix in SIDE_SUFFIXES if os.path.isfile(base + suffix)]

@@ -12,6 +12,9 @@ from pixseg.model import SegmentationModel
 MODEL_FORMAT = "pixseg-model"
 #: 2 added per-channel ranges, texture sigmas and the mask mode to the feature spec (1 still reads).
 SCHEMA_VERSION = 2
+#: Largest model file read (16 MiB): refused before parsing. A model of ``MAX_CLUSTERS`` clusters
+#: and hundreds of feature columns stays well below it.
+MAX_MODEL_BYTES = 16 * 2**20
 
 
 def save_model(model: SegmentationModel, path: str, *, provenance: dict[str, Any]) -> None:
@@ -44,20 +47,36 @@ def load_model(path: str) -> SegmentationModel:
     Raises
     ------
     ModelError
-        If the file is missing, not JSON, not a pixseg model, of a newer schema, or malformed.
+        If the file is missing, larger than ``MAX_MODEL_BYTES``, not JSON (or nested too deeply
+        to parse), not a pixseg model, of a newer schema, or malformed; the message names the
+        file and the first bad field.
     """
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_MODEL_BYTES + 1)
     except FileNotFoundError as err:
         raise ModelError(f"model file {path!r} does not exist") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except OSError as err:
+        raise ModelError(f"model file {path!r} cannot be read: {err}") from err
+    if len(raw) > MAX_MODEL_BYTES:
+        raise ModelError(f"model file {path!r} is larger than {MAX_MODEL_BYTES // 2**20} MiB; it is not a pixseg model")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except RecursionError as err:
+        raise ModelError(f"model file {path!r} is nested too deeply to be a pixseg model") from err
+    except (UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, or an integer too long
         raise ModelError(f"model file {path!r} is not readable JSON: {err}") from err
     return model_from_document(document, path)
 
 
 def model_from_document(document: Any, source: str) -> SegmentationModel:
-    """Validate a model document (from a file or an output's metadata) and build the model."""
+    """Validate a model document (from a file or an output's metadata) and build the model.
+
+    Raises
+    ------
+    ModelError
+        Naming ``source`` and the first bad field (see :meth:`SegmentationModel.from_dict`).
+    """
     if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
         raise ModelError(f'{source!r} is not a pixseg model (no "format": {MODEL_FORMAT!r})')
     version = document.get("schema_version")
@@ -68,8 +87,8 @@ def model_from_document(document: Any, source: str) -> SegmentationModel:
         )
     try:
         return SegmentationModel.from_dict(document)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ModelError(f"model {source!r} is malformed: {err!r}") from err
+    except ValueError as err:
+        raise ModelError(f"model {source!r} is malformed: {err}") from err
 
 
 def model_document(model: SegmentationModel) -> dict[str, Any]:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import csv
+import math
+import os
 from typing import Any
 
 import numpy as np
 
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, write_json_atomic
+from pixseg.io.json_files import read_json_object
 
 SIDE_SUFFIXES = (".stats.csv", ".stats.json", ".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
+#: The ``format`` key of ``.stats.json``: how pixseg recognises its own statistics.
+STATISTICS_FORMAT = "pixseg-statistics"
+_CSV_HEADER = "label,pixels,fraction,area_um2"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Lines per column of the legend PNG, and most columns (see :func:`write_legend`).
+LEGEND_LINES = 64
+LEGEND_COLUMNS = 8
 
 
 def side_file_base(output_path: str) -> str:
@@ -37,9 +47,40 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
                 writer.writerow(
                     [row["label"], row["pixels"], repr(row["fraction"]), area, *map(repr, row["centroid"].values())]
                 )
-        write_json_atomic(base + ".stats.json", {**summary, "labels": rows})
+        write_json_atomic(base + ".stats.json", {"format": STATISTICS_FORMAT, **summary, "labels": rows})
     except OSError as err:
         raise OutputError(f"cannot write statistics next to {base!r}: {err}") from err
+
+
+def is_own_side_file(path: str) -> bool:
+    """Whether ``path`` is a side file pixseg wrote (so ``--overwrite``, or a new run after its
+    output was removed, may replace it): a regular file, not a symlink, and
+
+    - ``.stats.json``: a JSON object with ``"format": "pixseg-statistics"`` (or, as written before
+      that key, ``masked_pixels`` and a ``labels`` list);
+    - ``.stats.csv``: pixseg's header row;
+    - a ``.png`` preview: a PNG whose ``.stats.json`` beside it is pixseg's (previews are written
+      after the statistics).
+    """
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    if path.endswith(".stats.json"):
+        document = read_json_object(path)
+        if document is None:
+            return False
+        legacy = "masked_pixels" in document and isinstance(document.get("labels"), list)
+        return document.get("format") == STATISTICS_FORMAT or legacy
+    suffix = next((s for s in SIDE_SUFFIXES if path.endswith(s)), None)
+    if suffix is None:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_CSV_HEADER))
+    except OSError:  # unreadable: not one pixseg could have written and may replace
+        return False
+    if suffix == ".stats.csv":
+        return head == _CSV_HEADER.encode()
+    return head.startswith(_PNG_SIGNATURE) and is_own_side_file(path[: -len(suffix)] + ".stats.json")
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
@@ -59,6 +100,10 @@ def write_png(path: str, rgb: np.ndarray) -> None:
 def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int, int, int, int]]) -> None:
     """A PNG legend: one line per label with its colour swatch, pixel share and area (written atomically).
 
+    Lines fill columns of ``LEGEND_LINES``, at most ``LEGEND_COLUMNS`` of them, so the image stays
+    bounded (at most about 3400 x 1400 pixels) whatever K: beyond that many labels, the last line
+    says how many more there are and points to the ``.stats.csv`` that lists them all.
+
     Raises
     ------
     OutputError
@@ -66,18 +111,26 @@ def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int,
     """
     from PIL import Image, ImageDraw
 
-    line = 22
-    image = Image.new("RGB", (420, 10 + line * max(1, len(rows))), "white")
+    line, width = 22, 420
+    capacity = LEGEND_LINES * LEGEND_COLUMNS
+    shown = rows if len(rows) <= capacity else rows[: capacity - 1]
+    n_lines = len(shown) + int(len(shown) < len(rows))
+    n_columns = max(1, math.ceil(n_lines / LEGEND_LINES))
+    image = Image.new("RGB", (width * n_columns, 10 + line * max(1, min(n_lines, LEGEND_LINES))), "white")
     draw = ImageDraw.Draw(image)
-    for i, (row, rgba) in enumerate(zip(rows, colours, strict=True)):
-        top = 6 + i * line
-        draw.rectangle((8, top, 26, top + 16), fill=tuple(rgba[:3]), outline="black")
+    for i, (row, rgba) in enumerate(zip(shown, colours[: len(shown)], strict=True)):
+        left, top = width * (i // LEGEND_LINES), 6 + line * (i % LEGEND_LINES)
+        draw.rectangle((left + 8, top, left + 26, top + 16), fill=tuple(rgba[:3]), outline="black")
         area = f", {row['area_um2'] / 1e6:.3g} mm^2" if row["area_um2"] is not None else ""
         draw.text(
-            (34, top + 2),
+            (left + 34, top + 2),
             f"label {row['label']}: {100 * row['fraction']:.1f}% ({row['pixels']} px{area})",
             fill="black",
         )
+    if len(shown) < len(rows):
+        i = len(shown)
+        left, top = width * (i // LEGEND_LINES), 6 + line * (i % LEGEND_LINES)
+        draw.text((left + 8, top + 2), f"... {len(rows) - len(shown)} more labels: see .stats.csv", fill="black")
     _save_png(image, path, what="legend")
 
 

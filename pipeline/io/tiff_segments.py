@@ -7,6 +7,10 @@ event-loop thread, so dask's threads wait on one core (measured here: 2 threads 
 and decodes it with tifffile's own per-page decoder (which handles every compression,
 predictor, JPEG tables and byte order tifffile reads), so concurrent reads of different
 regions decode on different cores.
+
+Uncompressed strips whose byte counts match their rows (see :func:`rows_readable`) are read a
+band of rows at a time, straight from the file: a strip of any size costs only the rows a
+region needs.
 """
 
 from __future__ import annotations
@@ -52,6 +56,24 @@ def segment_readable(page: Any, n_pages: int) -> bool:
     )
 
 
+def rows_readable(page: Any) -> bool:
+    """Whether every strip of ``page`` is uncompressed, byte-aligned and exactly as long as its rows,
+    so that any band of rows can be read from the file without decoding a whole strip."""
+    if page.is_tiled or page.compression != 1 or page.fillorder != 1 or page.dtype is None:
+        return False
+    if page.bitspersample != np.dtype(page.dtype).itemsize * 8:
+        return False
+    planes, _, height, width, contig = (int(n) for n in page.shaped)
+    rows = min(int(page.rowsperstrip or height), height)
+    per_plane = math.ceil(height / rows)
+    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    if counts.size != planes * per_plane:
+        return False
+    strip_rows = np.minimum(rows, height - np.arange(per_plane, dtype=np.int64) * rows)
+    expected = np.tile(strip_rows * (width * contig * np.dtype(page.dtype).itemsize), planes)
+    return bool(np.array_equal(counts, expected))
+
+
 class TiffSegmentReader:
     """Array-like over one TIFF page, shape (Y, X, S), that decodes only the segments a region needs.
 
@@ -94,6 +116,10 @@ class TiffSegmentReader:
             self._segment = (min(int(page.rowsperstrip or height), int(height)), int(width))
         self._grid = (math.ceil(height / self._segment[0]), math.ceil(width / self._segment[1]))
         self._fill = page.nodata or 0
+        self._row_dtype: np.dtype | None = None
+        if rows_readable(page):
+            self._row_dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
+            self._row_shape = (int(width), int(contig))
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._read_lock = threading.Lock()  # used only where os.pread does not exist
 
@@ -124,6 +150,9 @@ class TiffSegmentReader:
 
     def _place(self, region: np.ndarray, index: int, top: int, left: int) -> None:
         """Decode segment ``index`` and copy its overlap with ``region`` (whose corner is (top, left))."""
+        if self._row_dtype is not None:
+            self._place_rows(region, index, top, left)
+            return
         count = int(self._counts[index])
         data = read_at(self._fd, int(self._offsets[index]), count, self._read_lock) if count else None
         segment, position, _ = self._decode(data, index, **self._decode_args)
@@ -137,3 +166,19 @@ class TiffSegmentReader:
             target[...] = self._fill
         else:
             target[...] = segment[0, y0 - seg_top : y1 - seg_top, x0 - seg_left : x1 - seg_left]
+
+    def _place_rows(self, region: np.ndarray, index: int, top: int, left: int) -> None:
+        """Read the rows of uncompressed strip ``index`` that ``region`` needs, straight from the file."""
+        assert self._row_dtype is not None
+        per_plane = self._grid[0]
+        plane, strip = divmod(index, per_plane)
+        seg_top = strip * self._segment[0]
+        y0 = max(seg_top, top)
+        y1 = min(seg_top + self._segment[0], top + region.shape[0], self.shape[0])
+        row_bytes = math.prod(self._row_shape) * self._row_dtype.itemsize
+        offset = int(self._offsets[index]) + (y0 - seg_top) * row_bytes
+        data = read_at(self._fd, offset, (y1 - y0) * row_bytes, self._read_lock)
+        rows = np.frombuffer(data, dtype=self._row_dtype).reshape(y1 - y0, *self._row_shape)
+        channels = slice(plane, plane + 1) if self._planes > 1 else slice(None)
+        right = min(left + region.shape[1], self.shape[1])
+        region[y0 - top : y1 - top, : right - left, channels] = rows[:, left:right]

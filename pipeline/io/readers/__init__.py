@@ -6,13 +6,16 @@ same graph runs on threads and on distributed worker processes, and a decode fai
 surfaces as :class:`~pixseg.errors.InputError` naming the file.
 
 Adding an input format: write a module with a ``sniff(path) -> bool`` and an
-``open(path, level) -> RegionReader``, and add one :class:`Format` to :data:`FORMATS`.
+``open(path, level, max_bytes) -> RegionReader`` (which refuses, with
+:func:`~pixseg.io.readers._base.check_decode_size`, a file whose tiles, strips or chunks decode
+to more than ``max_bytes`` each), and add one :class:`Format` to :data:`FORMATS`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader
 from pixseg.io.readers.plain import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES, open_plain, sniff_plain
 from pixseg.io.readers.tiff import TIFF_SUFFIXES, open_tiff, sniff_tiff
 from pixseg.io.readers.zarr_store import ZARR_MARKERS, ZARR_SUFFIXES, open_zarr, sniff_zarr
+from pixseg.options import ReadOptions
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -55,7 +59,8 @@ class Format:
     sniff : callable
         ``sniff(path) -> bool``: whether the content at ``path`` is of this format.
     open : callable
-        ``open(path, level) -> RegionReader``; raises :class:`~pixseg.errors.InputError`.
+        ``open(path, level, max_bytes) -> RegionReader``; raises :class:`~pixseg.errors.InputError`,
+        also when one tile, strip or chunk would decode to more than ``max_bytes``.
     directory : bool
         Whether inputs of this format are directories (stores) rather than files.
     """
@@ -63,7 +68,7 @@ class Format:
     name: str
     suffixes: tuple[str, ...]
     sniff: Callable[[str], bool]
-    open: Callable[[str, int], RegionReader]
+    open: Callable[[str, int, int], RegionReader]
     directory: bool = False
 
 
@@ -100,6 +105,9 @@ class Image:
         Whether the last channel is an alpha channel (alpha == 0 means masked).
     pixel_size : tuple of float or None
         (Y, X) size of a pixel of the selected level in micrometres, when the file says.
+    nodata : float or None
+        The value whose pixels are marked invalid (the ``nodata`` argument of :func:`open_image`,
+        else the file's own), or None.
     """
 
     path: str
@@ -111,6 +119,7 @@ class Image:
     level_shapes: tuple[tuple[int, int], ...]
     has_alpha: bool
     pixel_size: tuple[float, float] | None = None
+    nodata: float | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -123,7 +132,14 @@ class Image:
         return np.dtype(self.data.dtype)
 
 
-def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | None = None) -> Image:
+def open_image(
+    path: str | os.PathLike[str],
+    *,
+    level: int = 0,
+    chunk: int | None = None,
+    max_tile_memory: int = ReadOptions.max_tile_memory,
+    nodata: float | None = None,
+) -> Image:
     """Open an image lazily.
 
     Parameters
@@ -135,6 +151,14 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
     chunk : int, optional
         Edge of the square processing chunks. By default chunks of about
         ``DEFAULT_CHUNK`` pixels a side, made of whole file tiles.
+    max_tile_memory : int, optional
+        Memory budget in MB of one decoded tile, strip or chunk (``--max-tile-memory``): a file
+        whose own units decode to more is refused before anything is decoded (uncompressed
+        strips are read a band of rows at a time instead).
+    nodata : float, optional
+        Pixels whose colour channels all equal it are invalid (NaN in float images; alpha 0 in
+        integer images, an alpha channel being added when there is none). By default the
+        value the file declares (the GDAL_NODATA tag of a TIFF), if any.
 
     Returns
     -------
@@ -148,17 +172,24 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
     UnsupportedFormatError
         If it is not in any format of :data:`FORMATS`, by content or by suffix.
     InputError
-        If it is corrupt, or of unsupported dtype or dimensionality, or if ``level``
-        or ``chunk`` is out of range.
+        If it is corrupt, not a regular file or directory (a FIFO, device or socket), of
+        unsupported dtype or dimensionality, or its tiles decode to more than ``max_tile_memory``,
+        or if ``level``, ``chunk`` or ``max_tile_memory`` is out of range.
     """
     path_str = os.fspath(path)
     if level < 0:
         raise InputError(f"--level must be >= 0, got {level!r}")
     if chunk is not None and chunk < 16:
         raise InputError(f"--chunk must be at least 16 pixels, got {chunk!r}")
+    if max_tile_memory < 1:
+        raise InputError(f"--max-tile-memory must be at least 1 MB, got {max_tile_memory!r}")
     if not os.path.exists(path_str):
         raise InputNotFoundError(f"input {path_str!r} does not exist")
-    source = select_format(path_str).open(path_str, level)
+    _check_file_kind(path_str)
+    source = select_format(path_str).open(path_str, level, max_tile_memory * 2**20)
+    nodata = source.nodata if nodata is None else nodata
+    if nodata is not None:
+        source = source.marking_nodata(nodata)
     dtype = np.dtype(source.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
         raise InputError(f"input {path_str!r} has dtype {dtype.name!r}; expected an integer or float image")
@@ -173,7 +204,7 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
         lock=False,
         fancy=False,
         meta=np.empty((0, 0, 0), dtype=dtype),
-        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks)}",
+        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks, nodata)}",
     )
     return Image(
         path=path_str,
@@ -185,7 +216,18 @@ def open_image(path: str | os.PathLike[str], *, level: int = 0, chunk: int | Non
         level_shapes=source.level_shapes,
         has_alpha=source.has_alpha,
         pixel_size=source.pixel_size,
+        nodata=nodata,
     )
+
+
+def _check_file_kind(path: str) -> None:
+    """Refuse an input that is neither a regular file nor a directory: reading a FIFO, a device
+    (``/dev/zero``) or a socket could block or never end."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+        kind = next((name for test, name in (*kinds, (stat.S_ISSOCK, "a socket")) if test(mode)), "not a file")
+        raise InputError(f"input {path!r} is {kind}, not a regular file or directory; pixseg reads image files")
 
 
 def select_format(path: str) -> Format:

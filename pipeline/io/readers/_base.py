@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from pixseg.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 #: Target edge of a processing chunk, in pixels (about 1 Mpx per chunk).
 DEFAULT_CHUNK = 1024
@@ -41,6 +46,14 @@ class RegionReader:
     decode_errors : tuple of exception types
         What the format's decoder raises for a corrupt file; reading a region turns these,
         and only these, into :class:`~pixseg.errors.InputError` naming the file.
+    pixel_size : (float, float), optional
+        (Y, X) micrometres per pixel, when the file says.
+    colormap : numpy.ndarray, optional
+        Shape (N, 3): the colour of each index of a one-channel palette image. Regions are then
+        read as RGB through it, in its dtype.
+    nodata : float, optional
+        The value the file declares as "no data" (GDAL_NODATA); informative: pixels are marked
+        invalid only on the reader :meth:`marking_nodata` returns.
     """
 
     def __init__(
@@ -57,6 +70,8 @@ class RegionReader:
         has_alpha: bool,
         decode_errors: tuple[type[BaseException], ...],
         pixel_size: tuple[float, float] | None = None,
+        colormap: np.ndarray | None = None,
+        nodata: float | None = None,
     ) -> None:
         self.path = path
         self.kind = kind
@@ -68,9 +83,16 @@ class RegionReader:
         self.level_shapes = level_shapes
         self.has_alpha = has_alpha
         self.pixel_size = pixel_size
+        self.colormap = colormap
+        self.nodata = nodata
         sizes = dict(zip(native_axes, native_shape, strict=True))
         self.shape = (sizes["Y"], sizes["X"], sizes.get("C", 1))
+        if colormap is not None:
+            self.dtype = np.dtype(colormap.dtype)
+            self.shape = (sizes["Y"], sizes["X"], 3)
         self.ndim = 3
+        self._marked: Any = None  # the nodata value pixels are compared with, in ``dtype``
+        self._added_alpha = False
         self._native: Any = None
         self._lock = threading.Lock()
 
@@ -96,8 +118,62 @@ class RegionReader:
                 self._native = self._open_native()
             return self._native
 
+    def marking_nodata(self, value: float) -> RegionReader:
+        """A copy of this reader on which pixels whose colour channels all equal ``value`` are invalid.
+
+        Float images get NaN in those pixels' colour channels. Integer images get alpha 0 there:
+        in their alpha channel, or in an alpha channel added after the colour channels (the dtype's
+        maximum elsewhere). A value the dtype cannot hold (a fraction, out of range, NaN: NaN pixels
+        are invalid anyway) marks nothing and returns this reader itself.
+        """
+        if self.dtype.kind == "f":
+            with np.errstate(over="ignore"):
+                marked = self.dtype.type(value)
+            if not np.isfinite(marked):
+                return self
+        else:
+            info = np.iinfo(self.dtype)
+            if not (math.isfinite(value) and value == int(value) and info.min <= value <= info.max):
+                logger.info(
+                    "nodata %r cannot occur in %s pixels of %r: nothing is marked", value, self.dtype, self.path
+                )
+                return self
+            marked = self.dtype.type(int(value))
+        reader = copy.copy(self)
+        reader._marked = marked
+        if self.dtype.kind != "f" and not self.has_alpha:
+            reader._added_alpha = True
+            reader.has_alpha = True
+            reader.shape = (self.shape[0], self.shape[1], self.shape[2] + 1)
+        return reader
+
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
         ys, xs, cs = key
+        if self.colormap is None and self._marked is None:
+            return self._read(ys, xs, cs)
+        region = self._read(ys, xs, slice(None))
+        if self.colormap is not None:
+            region = np.take(self.colormap, region[..., 0], axis=0, mode="clip")
+        if self._marked is not None:
+            region = self._mark_nodata(region)
+        return region[:, :, cs]
+
+    def _mark_nodata(self, region: np.ndarray) -> np.ndarray:
+        """``region`` (all channels) with the nodata pixels marked invalid (see :meth:`marking_nodata`)."""
+        n_colour = region.shape[2] - int(self.has_alpha and not self._added_alpha)
+        hit = (region[..., :n_colour] == self._marked).all(axis=-1)
+        if self._added_alpha:
+            alpha = np.where(hit, 0, np.iinfo(self.dtype).max).astype(self.dtype)
+            return np.concatenate([region, alpha[..., np.newaxis]], axis=-1)
+        region = np.array(region)  # the native array may hand out a cached or read-only buffer
+        if self.dtype.kind == "f":
+            region[hit, :n_colour] = np.nan
+        else:
+            region[hit, -1] = 0
+        return region
+
+    def _read(self, ys: slice, xs: slice, cs: slice) -> np.ndarray:
+        """Region ``[ys, xs, cs]`` of the native array, axes (Y, X, C)."""
         native_key: list[slice | int] = []
         kept = ""
         for axis in self._axes:
@@ -119,6 +195,37 @@ class RegionReader:
             region = region[..., np.newaxis]
             kept += "C"
         return region.transpose([kept.index(a) for a in "YXC"])
+
+
+def check_decode_size(path: str, what: str, shape: tuple[int, ...], dtype: Any, max_bytes: int) -> None:
+    """Refuse, before anything is decoded, a file whose unit of decoding is larger than ``max_bytes``.
+
+    Parameters
+    ----------
+    path : str
+        The input, named in the message.
+    what : str
+        The unit, worded to follow "decodes", e.g. ``"tiles"`` or ``"strips"``.
+    shape : tuple of int
+        Shape of one decoded unit (rows, columns and samples, any order).
+    dtype : numpy.dtype
+        Its dtype.
+    max_bytes : int
+        The memory budget of one unit (``--max-tile-memory``, in bytes).
+
+    Raises
+    ------
+    InputError
+        Naming the unit's size, its decoded bytes and the option that raises the budget.
+    """
+    size = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    if size > max_bytes:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise InputError(
+            f"input {path!r} decodes {what} of {dims} {np.dtype(dtype).name} values ({size / 2**20:,.0f} MB each), "
+            f"more than --max-tile-memory {max_bytes // 2**20} MB (read.max_tile_memory) allows; raise it if this "
+            "machine has the memory, or re-save the image tiled"
+        )
 
 
 @contextlib.contextmanager

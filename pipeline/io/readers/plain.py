@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, input_errors, read_head
+from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, check_decode_size, input_errors, read_head
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: PNG/JPEG files are decoded whole; above this many pixels the user is told to tile them.
@@ -46,17 +46,19 @@ def sniff_plain(path: str) -> bool:
     return read_head(path, 8).startswith(_PLAIN_MAGIC)
 
 
-def open_plain(path: str, level: int) -> RegionReader:
+def open_plain(path: str, level: int, max_bytes: int) -> RegionReader:
     """Region reader over a PNG or JPEG file, decoded whole on first use.
 
     Raises
     ------
     InputError
-        If the file is unreadable or corrupt, larger than :data:`MAX_PLAIN_PIXELS`, or ``level`` is not 0.
+        If the file is unreadable or corrupt (Pillow's decompression-bomb check included), larger
+        than :data:`MAX_PLAIN_PIXELS`, decodes to more than ``max_bytes``, or ``level`` is not 0.
     """
     with input_errors(f"cannot read image {path!r}", PIL_HEADER_ERRORS, library="PIL"), PILImage.open(path) as pil:
         width, height = pil.size
         mode = pil.mode
+        bands = len(pil.getbands())
         fmt = (pil.format or Path(path).suffix.lstrip(".")).lower()
     if level != 0:
         raise InputError(f"--level {level} does not exist in {path!r}: PNG/JPEG files have 1 level")
@@ -67,6 +69,10 @@ def open_plain(path: str, level: int) -> RegionReader:
             "tiled pyramidal TIFF first, e.g. `vips tiffsave IN OUT.tif --tile --pyramid --bigtiff --compression zstd` "
             "or `gdal_translate -co TILED=YES -co BIGTIFF=YES IN OUT.tif`, then run pixseg on that"
         )
+    # a palette expands to RGB(A); 16- and 32-bit modes take two and four bytes a sample
+    sample_dtype = np.uint16 if mode.startswith("I;16") else np.uint32 if mode in ("I", "F") else np.uint8
+    samples = max(bands, 3 if mode == "P" else 1)
+    check_decode_size(path, "the whole image", (height, width, samples), sample_dtype, max_bytes)
     with input_errors(f"cannot decode image {path!r}", PLAIN_DECODE_ERRORS, library="imagecodecs"):
         sample = _decode(path)
     if sample.shape[:2] != (height, width):

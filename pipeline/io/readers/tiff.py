@@ -3,11 +3,18 @@
 A one-page level is read by :class:`~pixseg.io.tiff_segments.TiffSegmentReader` (decodes on
 the calling thread, so dask's threads decode in parallel); any other level through
 ``tifffile.imread(aszarr=True)``.
+
+Before anything is decoded, a file whose tiles or strips decode to more than the memory budget
+is refused (a small file may declare one 100,000^2 strip); uncompressed strips are exempt, as
+they are read a band of rows at a time. Palette (indexed-colour) images are read as RGB through
+their colormap, and the GDAL_NODATA tag (42113) gives the image's nodata value.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import os
 import re
 import struct
@@ -22,10 +29,24 @@ import tifffile
 import zarr
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import MICROMETRES, RegionReader, canonical_axes, input_errors, read_head, yx
-from pixseg.io.tiff_segments import TiffSegmentReader, segment_readable
+from pixseg.io.readers._base import (
+    DEFAULT_CHUNK,
+    MICROMETRES,
+    RegionReader,
+    canonical_axes,
+    check_decode_size,
+    input_errors,
+    read_head,
+    yx,
+)
+from pixseg.io.tiff_segments import TiffSegmentReader, rows_readable, segment_readable
+
+logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ome.tiff")
+#: TIFF tag GDAL_NODATA: the nodata value as ASCII text.
+GDAL_NODATA_TAG = 42113
+_PALETTE = 3
 #: Byte orders and versions a TIFF file starts with: classic (42) and BigTIFF (43).
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -61,13 +82,17 @@ def sniff_tiff(path: str) -> bool:
     return read_head(path, 4) in _TIFF_MAGIC
 
 
-def open_tiff(path: str, level: int) -> RegionReader:
+def open_tiff(path: str, level: int, max_bytes: int) -> RegionReader:
     """Region reader over series 0, pyramid level ``level`` of a TIFF file.
+
+    A palette image is read as RGB through its colormap (uint8 when every entry is a multiple
+    of 257, else uint16); the reader's ``nodata`` is the GDAL_NODATA tag's value, if any.
 
     Raises
     ------
     InputError
-        If the file is corrupt or truncated, holds no image, or ``level`` does not exist.
+        If the file is corrupt or truncated, holds no image, ``level`` does not exist, or one
+        tile or compressed strip decodes to more than ``max_bytes``.
     """
     with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), tifffile.TiffFile(path) as tif:
         if not tif.series:
@@ -77,19 +102,30 @@ def open_tiff(path: str, level: int) -> RegionReader:
             raise InputError(f"--level {level} does not exist in {path!r}: it has {len(levels)} level(s)")
         chosen = levels[level]
         axes = canonical_axes(chosen.axes, chosen.shape, path)
+        if 0 in chosen.shape:
+            raise InputError(f"input {path!r} has an empty shape {tuple(chosen.shape)!r}")
         page = chosen.keyframe
         native = _native_chunks(page, path)
         level_shapes = tuple(yx(lvl.axes, lvl.shape) for lvl in levels)
         dtype = np.dtype(chosen.dtype)
         has_alpha = _has_alpha(page, axes, chosen.shape)
         _check_data(path, chosen.pages)
+        _check_segments(path, page)
         base_size = _pixel_size(tif, levels[0].keyframe)
         shape = tuple(int(n) for n in chosen.shape)
         open_native: Callable[[], Any] = functools.partial(_open_level, path, level)
+        bands = False
         if segment_readable(page, len(chosen.pages)):
             open_native = functools.partial(TiffSegmentReader, path, level=level)
             _, _, height, width, contig = page.shaped
             axes, shape = "YXC", (int(height), int(width), int(page.shaped[0] * contig))
+            bands = rows_readable(page)
+        if bands:
+            native = _row_bands(path, page, native, max_bytes)
+        else:
+            check_decode_size(path, "tiles" if page.is_tiled else "strips", page.chunks, dtype, max_bytes)
+        colormap = _colormap(page, axes, shape)
+        nodata = _gdal_nodata(page, path)
     return RegionReader(
         path=path,
         kind="tiff",
@@ -102,7 +138,53 @@ def open_tiff(path: str, level: int) -> RegionReader:
         has_alpha=has_alpha,
         decode_errors=TIFF_ERRORS,
         pixel_size=_scaled_pixel_size(base_size, level_shapes[0], level_shapes[level]),
+        colormap=colormap,
+        nodata=nodata,
     )
+
+
+def _row_bands(path: str, page: Any, native: tuple[int, int], max_bytes: int) -> tuple[int, int]:
+    """Native (Y, X) of uncompressed strips read a band of rows at a time: the strips themselves
+    when one fits ``max_bytes``, else bands of about ``DEFAULT_CHUNK``^2 pixels that fit it.
+
+    Raises
+    ------
+    InputError
+        If one row alone decodes to more than ``max_bytes``.
+    """
+    rows, width, samples = page.chunks[-3:] if len(page.chunks) >= 3 else (*page.chunks, 1)
+    if math.prod((rows, width, samples)) * page.dtype.itemsize <= max_bytes:
+        return native
+    check_decode_size(path, "rows", (width, samples), page.dtype, max_bytes)
+    row_bytes = int(width) * int(samples) * page.dtype.itemsize
+    return max(1, min(native[0], DEFAULT_CHUNK * DEFAULT_CHUNK // int(width), max_bytes // row_bytes)), native[1]
+
+
+def _colormap(page: Any, axes: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The (N, 3) colour of each index of a one-channel palette page: uint8 when every entry of the
+    (uint16) ColorMap is a multiple of 257, else uint16; None for other pages."""
+    if int(page.photometric) != _PALETTE or page.colormap is None:
+        return None
+    if dict(zip(axes, shape, strict=True)).get("C", 1) != 1:
+        return None
+    table = np.asarray(page.colormap, dtype=np.uint16).reshape(3, -1).T
+    if not (table % 257).any():
+        return (table // 257).astype(np.uint8)
+    return np.ascontiguousarray(table)
+
+
+def _gdal_nodata(page: Any, path: str) -> float | None:
+    """The value of the page's GDAL_NODATA tag, or None (absent, or not a finite number)."""
+    tag = page.tags.get(GDAL_NODATA_TAG)
+    if tag is None:
+        return None
+    text = tag.value.decode("ascii", "replace") if isinstance(tag.value, bytes) else str(tag.value)
+    try:
+        value = float(text.strip().strip("\x00"))
+    except ValueError:
+        logger.warning("TIFF %r has a GDAL_NODATA tag %r that is not a number; ignored", path, text)
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _native_chunks(page: Any, path: str) -> tuple[int, int]:
@@ -142,6 +224,22 @@ def _check_data(path: str, pages: Any) -> None:
             )
     if total == 0:
         raise InputError(f"TIFF {path!r} holds no pixel data")
+
+
+def _check_segments(path: str, page: Any) -> None:
+    """Refuse a page whose tile size tags hold 0, or whose number of strips or tiles is not the
+    number its size and tile or strip size call for."""
+    tile = [int(page.tags[code].value) for code in (323, 322) if code in page.tags]  # TileLength, TileWidth
+    if tile and min(tile) < 1:
+        raise InputError(f"TIFF {path!r} declares empty {'x'.join(map(str, tile))} tiles")
+    expected = math.prod(int(n) for n in page.chunked)
+    found = len(page.dataoffsets)
+    if found != expected or len(page.databytecounts) != expected:
+        kind = "tiles" if page.is_tiled else "strips"
+        raise InputError(
+            f"TIFF {path!r} lists {found} {kind} ({len(page.databytecounts)} byte counts) where its size "
+            f"needs {expected}: corrupt"
+        )
 
 
 def _scaled_pixel_size(

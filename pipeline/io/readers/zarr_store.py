@@ -12,7 +12,7 @@ import zarr
 import zarr.errors
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import MICROMETRES, RegionReader, canonical_axes, input_errors, yx
+from pixseg.io.readers._base import MICROMETRES, RegionReader, canonical_axes, check_decode_size, input_errors, yx
 
 ZARR_SUFFIXES = (".zarr",)
 #: Metadata files whose presence makes a directory a zarr store (v3, then v2).
@@ -41,17 +41,19 @@ def sniff_zarr(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, marker)) for marker in ZARR_MARKERS)
 
 
-def open_zarr(path: str, level: int) -> RegionReader:
+def open_zarr(path: str, level: int, max_bytes: int) -> RegionReader:
     """Region reader over a zarr array, the one array of a group, or level ``level`` of an OME-Zarr.
 
     Raises
     ------
     InputError
-        If the store or its metadata is unreadable, names no usable array, or ``level`` does not exist.
+        If the store or its metadata is unreadable, names no usable array, ``level`` does not
+        exist, or one chunk (the inner chunk of a sharded array) decodes to more than ``max_bytes``.
     """
     with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
         node = zarr.open(path, mode="r")
     kind = "zarr"
+    has_alpha = False
     pixel_sizes: list[tuple[float, float] | None] = []
     if isinstance(node, zarr.Array):
         dataset_paths = [""]
@@ -63,6 +65,9 @@ def open_zarr(path: str, level: int) -> RegionReader:
         if multiscales:
             kind = "ome-zarr"
             dataset_paths, axes, pixel_sizes = _ome_datasets(multiscales, path)
+            # pixseg's own copies (``pixseg convert``) say whether the last channel is alpha
+            written = attrs.get("pixseg")
+            has_alpha = isinstance(written, dict) and written.get("alpha") is True
         else:
             names = sorted(name for name, _ in node.arrays())
             if len(names) != 1:
@@ -83,6 +88,7 @@ def open_zarr(path: str, level: int) -> RegionReader:
     if len(axes) != chosen.ndim:
         raise InputError(f"zarr {path!r}: metadata names {len(axes)} axes but the array has {chosen.ndim} dimensions")
     canonical = canonical_axes(axes, chosen.shape, path)
+    check_decode_size(path, "chunks", chosen.chunks, chosen.dtype, max_bytes)
     chunk_of = dict(zip(canonical, chosen.chunks, strict=True))
     return RegionReader(
         path=path,
@@ -93,7 +99,7 @@ def open_zarr(path: str, level: int) -> RegionReader:
         dtype=np.dtype(chosen.dtype),
         native_chunks=(int(chunk_of["Y"]), int(chunk_of["X"])),
         level_shapes=tuple(yx(canonical, a.shape) for a in arrays),
-        has_alpha=False,
+        has_alpha=has_alpha,
         decode_errors=ZARR_DECODE_ERRORS,
         pixel_size=pixel_sizes[level] if pixel_sizes else None,
     )
