@@ -34,8 +34,8 @@ from pixseg.errors import LockedError, OutputError, OutputExistsError
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
 from pixseg.io.json_files import read_json_object
 from pixseg.io.label_zarr import read_label_zarr_status, remove_output
-from pixseg.io.locks import lock_path_for, output_lock
-from pixseg.io.readers import Image, describe_chunks, open_image
+from pixseg.io.locks import lock_path_for, output_lock, pid_runs
+from pixseg.io.readers import Image, describe_chunks, open_image, open_input
 from pixseg.layout import conversion_reason
 from pixseg.options import ConvertOptions, ReadOptions
 from pixseg.plan import (
@@ -210,7 +210,7 @@ def converted_if_needed(image: Image, plan: OutputPlan, read: ReadOptions, *, pr
         marker = _lease(image, copy, reason, progress=progress)
     finished = False
     try:
-        converted = open_image(copy, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=image.nodata)
+        converted = open_input(copy, read, level=0, nodata=image.nodata)
         yield dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
         finished = True
     finally:
@@ -288,15 +288,7 @@ def _process_gone(record: dict[str, Any]) -> bool:
     pid = record.get("pid")
     if record.get("host") != socket.gethostname():
         return False
-    if not isinstance(pid, int) or pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not isinstance(pid, int) or pid <= 0 or not pid_runs(pid)
 
 
 def channel_names(image: Image) -> list[str]:

@@ -19,7 +19,7 @@ from pixseg.errors import InputError, OutputExistsError, ParameterError, Pipelin
 from pixseg.features import FeatureSpec, make_feature_spec, robust_channel_ranges
 from pixseg.graphs import check_mask_option, model_mask, open_mask, sample_source, shape_text
 from pixseg.io.model_file import save_model
-from pixseg.io.readers import Image, open_image
+from pixseg.io.readers import Image, open_input
 from pixseg.model import SegmentationModel, fit_model, preload_fitting
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.plan import check_model_fits, check_not_input, check_writable_parent, provenance, refuse_incomplete_input
@@ -72,13 +72,7 @@ def prepare_fit(image: Image, fit: FitOptions, *, read: ReadOptions, progress: b
             raise ParameterError(
                 f"--fit-level {fit.fit_level} does not exist in {image.path!r}: it has {n_levels} level(s)"
             )
-        fit_image = open_image(
-            image.path,
-            level=fit.fit_level,
-            chunk=read.chunk,
-            max_tile_memory=read.max_tile_memory,
-            nodata=image.nodata,
-        )
+        fit_image = open_input(image.path, read, level=fit.fit_level, nodata=image.nodata)
         logger.info(
             "fitting on level %d (%s), predicting level %d", fit_image.level, shape_text(fit_image), image.level
         )
@@ -251,22 +245,15 @@ def fit_cohort(
     spec: FeatureSpec | None = None
     for index, path in enumerate(input_paths):
         try:
-            image = open_image(
-                path, level=read.level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=read.nodata
-            )
+            image = open_input(path, read)
             refuse_incomplete_input(image)
             if spec is None:  # the first readable image sets the spec (normalisation included)
                 image_spec, _, source = prepare_fit(image, fit, read=read, progress=progress)
             else:  # the others are sampled with the features the model will give them
                 check_model_fits(spec, image, f"cohort of {members[0][1].path!r}")
                 level = image.level if fit.fit_level is None else fit.fit_level
-                fit_image = (
-                    image
-                    if level == image.level
-                    else open_image(
-                        path, level=level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=image.nodata
-                    )
-                )
+                same = level == image.level
+                fit_image = image if same else open_input(path, read, level=level, nodata=image.nodata)
                 mask = model_mask(fit_image, spec, mask=fit.mask, read=read, progress=progress)
                 source = sample_source(fit_image, spec, mask)
         except PipelineError as err:

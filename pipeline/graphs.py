@@ -17,7 +17,7 @@ import numpy as np
 from pixseg.compute import compute
 from pixseg.errors import InputError, ParameterError
 from pixseg.features import FeatureSpec, build_features, make_feature_spec
-from pixseg.io.readers import Image, open_image
+from pixseg.io.readers import Image, open_image, open_input
 from pixseg.masks import (
     block_mean,
     check_mask_shape,
@@ -114,13 +114,7 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
     if colour != 3:
         raise ParameterError(f"--mask auto needs an RGB image; {image.path!r} has {colour} colour channel(s)")
     level, factor = choose_mask_level(image.level_shapes)
-    low = (
-        image
-        if level == image.level
-        else open_image(
-            image.path, level=level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=image.nodata
-        )
-    )
+    low = image if level == image.level else open_input(image.path, read, level=level, nodata=image.nodata)
     raw_spec = make_feature_spec(
         "channels", n_channels=low.shape[2], has_alpha=low.has_alpha, dtype=low.dtype, value_range=(0.0, 1.0)
     )

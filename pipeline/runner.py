@@ -17,7 +17,7 @@ from pixseg.fitting import sample_and_fit
 from pixseg.graphs import check_mask_option, model_mask, shape_text
 from pixseg.io.locks import lock_path_for, output_lock
 from pixseg.io.model_file import load_model, model_document, save_model
-from pixseg.io.readers import describe_chunks, open_image
+from pixseg.io.readers import describe_chunks, open_input
 from pixseg.labelling import RunResult, finished_result, write_labels
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
@@ -83,9 +83,7 @@ def segment(
     started = time.perf_counter()
     read, fit, output = read or ReadOptions(), fit or FitOptions(), output or OutputOptions()
     check_mask_option(fit.mask)
-    image = open_image(
-        input_path, level=read.level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=read.nodata
-    )
+    image = open_input(input_path, read)
     refuse_incomplete_input(image)
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
     if model_path is not None:
@@ -150,9 +148,7 @@ def apply(
     started = time.perf_counter()
     read, output = read or ReadOptions(), output or OutputOptions()
     model = load_model(model_path)
-    image = open_image(
-        input_path, level=read.level, chunk=read.chunk, max_tile_memory=read.max_tile_memory, nodata=read.nodata
-    )
+    image = open_input(input_path, read)
     refuse_incomplete_input(image)
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)

@@ -109,7 +109,7 @@ class LockHolder:
         its holder ran on this host and its pid no longer runs."""
         if self.heartbeat_age() > expiry:
             return True
-        return self.host == socket.gethostname() and self.pid is not None and not _pid_runs(self.pid)
+        return self.host == socket.gethostname() and self.pid is not None and not pid_runs(self.pid)
 
     def describe(self) -> str:
         """``pid P on 'HOST' since TIME (heartbeat N s ago)``, for messages and ``pixseg info``."""
@@ -352,7 +352,7 @@ def _create_from(source: str, target: str) -> bool:
     return True
 
 
-def _pid_runs(pid: int) -> bool:
+def pid_runs(pid: int) -> bool:
     """Whether process ``pid`` of this host runs (assumed so where that cannot be asked)."""
     if os.name != "posix":
         return True  # os.kill would end it: the heartbeat alone decides

@@ -41,6 +41,7 @@ __all__ = [
     "Image",
     "describe_chunks",
     "open_image",
+    "open_input",
     "select_format",
     "supported_formats",
 ]
@@ -130,6 +131,23 @@ class Image:
     def dtype(self) -> np.dtype:
         """The pixel dtype as stored."""
         return np.dtype(self.data.dtype)
+
+
+def open_input(
+    path: str | os.PathLike[str], read: ReadOptions, *, level: int | None = None, nodata: float | None = None
+) -> Image:
+    """:func:`open_image` with a run's read options: its chunk, tile memory budget and nodata.
+
+    ``level`` (default ``read.level``) and ``nodata`` (default ``read.nodata``) stand in for them
+    when another level or an already resolved nodata value is read.
+    """
+    return open_image(
+        path,
+        level=read.level if level is None else level,
+        chunk=read.chunk,
+        max_tile_memory=read.max_tile_memory,
+        nodata=read.nodata if nodata is None else nodata,
+    )
 
 
 def open_image(
