@@ -206,6 +206,7 @@ def test_alias_bomb_is_refused_quickly_with_bounded_memory(tmp_path, capsys, tem
     _assert_exit_2(capsys, ["run", path, "--dry-run"], "expands to more than")
 
 
+@pytest.mark.slow
 def test_recursive_alias_deep_nesting_and_huge_files_are_refused(tmp_path, capsys):
     path = _write(tmp_path, "inputs: &a [*a]\noutput: {directory: o}\n")
     _assert_exit_2(capsys, ["run", path, "--dry-run"], path, "expands to more than")

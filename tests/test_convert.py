@@ -47,6 +47,7 @@ def _inputs(tmp_path, pixels):
     return {"tiled": tiled, "striped": striped, "png": png}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["tiled", "striped", "png"])
 def test_round_trip_and_mean_pyramid(tmp_path, capsys, kind):
     pixels = make_blob_image(301, 250, seed=2)

@@ -25,6 +25,7 @@ def test_corpus_is_large_enough():
     assert len(CASES) >= 20 and len({case.name for case in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(tmp_path, capsys, case):
     inputs = tmp_path / "inputs"

@@ -71,6 +71,7 @@ def _labels(path: Path) -> np.ndarray:
         ),
     ],
 )
+@pytest.mark.slow
 def test_decompression_bombs_exit_2_at_once_under_a_memory_limit(tmp_path, build):
     source = build(tmp_path)
     started = time.perf_counter()
@@ -107,6 +108,7 @@ def test_a_row_over_the_budget_is_refused(tmp_path):
         open_image(path, max_tile_memory=1)
 
 
+@pytest.mark.slow
 def test_pillow_decompression_bomb_check_gives_one_line(tmp_path):
     from corpus import _png_header
 
@@ -114,6 +116,7 @@ def test_pillow_decompression_bomb_check_gives_one_line(tmp_path):
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "decompression bomb" in run.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("planar", [False, True])
 def test_palette_tiff_is_clustered_on_its_colours(tmp_path, planar, monkeypatch):
     rgb = make_blob_image(60, 90)
@@ -148,6 +151,7 @@ def test_palette_with_16_bit_colours_reads_as_uint16(tmp_path):
     np.testing.assert_array_equal(image.data.compute(), table.T[indices])
 
 
+@pytest.mark.slow
 def test_float_nodata_from_the_option_and_the_gdal_tag(tmp_path):
     tagged = _float_blobs(tmp_path, "tagged.tif", sentinel=-9999, extratags=[(42113, "s", 0, "-9999", True)])
     bare = _float_blobs(tmp_path, "bare.tif", sentinel=-9999)
@@ -185,6 +189,7 @@ def test_a_float_sentinel_is_named_not_reported_as_nan(tmp_path):
         pixseg.segment(path, str(tmp_path / "s.zarr"), clusters=4)
 
 
+@pytest.mark.slow
 def test_huge_finite_values_scale_without_overflow(tmp_path):
     pixels = make_blob_image(60, 80)
     plain, huge = tmp_path / "plain.tif", tmp_path / "huge.tif"
@@ -204,6 +209,7 @@ def test_huge_finite_values_scale_without_overflow(tmp_path):
     assert robust_channel_ranges(np.full((10, 1), 1e30))[0][1] > 1e30  # low + 1 rounds to low
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_non_regular_files_are_refused_at_once(tmp_path, kind):
     source = "/dev/zero"

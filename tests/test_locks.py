@@ -78,6 +78,7 @@ def _race(lock: str) -> str:
         return "locked"
 
 
+@pytest.mark.slow
 def test_one_of_many_racing_runs_takes_over_a_stale_lock(tmp_path, dead_pid):
     context = multiprocessing.get_context("spawn")
     start, done = context.Barrier(RACERS, timeout=60), context.Barrier(RACERS, timeout=60)
@@ -196,6 +197,7 @@ def test_unreadable_lock_is_held_while_fresh_and_identified_by_its_file(tmp_path
         assert read_lock(str(lock)).pid == os.getpid()
 
 
+@pytest.mark.slow
 def test_info_names_the_holder_of_an_outputs_lock(tmp_path, capsys, blob_tiff):
     from pixseg.cli import main
 

@@ -130,6 +130,7 @@ def _check_only_own_changed(before: dict[str, str], after: dict[str, str], *, in
         "new-model.json",
     ],
 )
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["inputs/notes.txt", "inputs/folder", "inputs/in.tif"])
 def test_a_symlink_at_any_destination_is_refused_and_its_target_untouched(world, capsys, destination, target):
     os.symlink(world / target, world / "out" / destination)
@@ -179,6 +180,7 @@ def test_overwrite_refuses_what_pixseg_did_not_write(world, capsys, plant, messa
     assert _tree(world) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_pixseg_outputs_and_convert_only_its_conversions(world, capsys):
     source, own = world / "inputs/in.tif", world / "out/own.zarr"
     assert _run(capsys, "segment", source, own, "--overwrite", *FAST)[0] == 0
@@ -285,6 +287,7 @@ def test_an_applied_model_inside_the_output_is_never_deleted_with_it(world, caps
     assert _tree(world) == before
 
 
+@pytest.mark.slow
 def test_a_finished_resume_still_saves_the_model(world, capsys):
     model, output = world / "out/new-model.json", world / "out/new.zarr"
     assert _run(capsys, "segment", world / "inputs/in.tif", output, *FAST)[0] == 0
@@ -328,6 +331,7 @@ def _labels(path: Path) -> np.ndarray:
     return zarr.open_group(path, mode="r")["0"][:]
 
 
+@pytest.mark.slow
 def test_two_jobs_converting_different_inputs_into_one_workdir(tmp_path, capsys):
     first, second = _striped(tmp_path / "a.tif", 1), _striped(tmp_path / "b.tif", 2)
     workdir = tmp_path / "scratch"
@@ -348,6 +352,7 @@ def test_two_jobs_converting_different_inputs_into_one_workdir(tmp_path, capsys)
     assert os.listdir(workdir) == []  # both copies removed by their last user
 
 
+@pytest.mark.slow
 def test_a_copy_in_use_by_another_job_is_not_removed(tmp_path, capsys):
     source, workdir = _striped(tmp_path / "a.tif", 3), tmp_path / "scratch"
     assert _main("segment", source, tmp_path / "clean.zarr", *FAST) == 0
@@ -361,6 +366,7 @@ def test_a_copy_in_use_by_another_job_is_not_removed(tmp_path, capsys):
     assert os.listdir(workdir) == []
 
 
+@pytest.mark.slow
 def test_a_stale_lease_of_a_dead_process_is_ignored(tmp_path, capsys, monkeypatch):
     from pixseg import layout
 
@@ -401,6 +407,7 @@ def test_resume_refuses_a_zarr_input_whose_chunk_changed_under_the_same_metadata
     assert code == 2 and "started with a different input" in err
 
 
+@pytest.mark.slow
 def test_resume_into_the_input_is_not_confused_by_its_own_labels(world, capsys, monkeypatch):
     image = world / "inputs/img.zarr"
     assert _main("segment", str(image), world / "clean.zarr", *FAST) == 0
@@ -477,6 +484,7 @@ def _config(world: Path, directory: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_every_command_leaves_what_is_not_its_own_alone(world, capsys, command, kind):

@@ -42,6 +42,7 @@ def every_task(monkeypatch):
     monkeypatch.setattr(compute_module, "PROGRESS_LOG_SECONDS", 0.0)
 
 
+@pytest.mark.slow
 def test_job_log_gets_percent_lines_and_no_carriage_returns(tmp_path, capsys, blob_tiff, every_task):
     assert main(["segment", blob_tiff, str(tmp_path / "l.zarr"), "--chunk", "64", "--no-previews"]) == 0
     err = capsys.readouterr().err
@@ -51,6 +52,7 @@ def test_job_log_gets_percent_lines_and_no_carriage_returns(tmp_path, capsys, bl
     assert any(", ETA " in line for line in lines) and any(FINAL_LINE.match(line) for line in lines)
 
 
+@pytest.mark.slow
 def test_quiet_silences_progress(tmp_path, capsys, blob_tiff, every_task):
     assert main(["segment", blob_tiff, str(tmp_path / "l.zarr"), "--chunk", "64", "-q"]) == 0
     assert capsys.readouterr().err == ""
@@ -73,6 +75,7 @@ def test_short_computations_log_nothing(caplog):
     assert caplog.records == []
 
 
+@pytest.mark.slow
 def test_terminal_keeps_the_redrawn_bar(monkeypatch, caplog):
     terminal = _Terminal()
     monkeypatch.setattr("sys.stderr", terminal)
@@ -82,6 +85,7 @@ def test_terminal_keeps_the_redrawn_bar(monkeypatch, caplog):
     assert caplog.records == []
 
 
+@pytest.mark.slow
 def test_distributed_progress_is_logged_from_the_scheduler(capsys, caplog, every_task):
     distributed = pytest.importorskip("distributed")
     with (

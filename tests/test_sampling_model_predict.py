@@ -278,6 +278,7 @@ def _rare_bright(shape=(200, 200), n_bright=20) -> tuple[np.ndarray, np.ndarray]
     return pixels, truth
 
 
+@pytest.mark.slow
 def test_rare_distinct_values_keep_their_cluster():
     pixels, truth = _rare_bright()
     model = fit_model(pixels.reshape(-1, 3).astype(np.float32) / 255, _spec(), n_clusters=2, seed=0)
@@ -288,6 +289,7 @@ def test_rare_distinct_values_keep_their_cluster():
     np.testing.assert_array_equal(labels, truth)
 
 
+@pytest.mark.slow
 def test_rare_bright_pixels_segment_into_their_true_classes(tmp_path, capsys):
     import tifffile
     import zarr

@@ -92,12 +92,14 @@ def test_console_main_turns_sigterm_into_keyboardinterrupt_and_restores_the_hand
         signal.signal(signal.SIGTERM, original)
 
 
+@pytest.mark.slow
 def test_library_calls_leave_sigterm_alone(tmp_path, blob_tiff):
     before = signal.getsignal(signal.SIGTERM)
     assert main(["segment", blob_tiff, str(tmp_path / "l.zarr"), "-q"]) == 0
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_an_interrupt_names_how_to_continue(tmp_path, capsys, blob_tiff, monkeypatch):
     from pixseg import labelling
 
