@@ -54,3 +54,13 @@ def raise_if_dask_computes() -> Iterator[None]:
 
     with dask.config.set(scheduler=scheduler):
         yield
+
+
+def skip_or_fail(required_by: str, message: str) -> None:
+    """Skip a test whose real part (a SLURM cluster, a browser) is missing, or fail it when the
+    environment variable ``required_by`` is ``1`` (CI sets it: there the part must be present)."""
+    import os
+
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{required_by}=1 but {message}")
+    pytest.skip(message)

@@ -7,7 +7,6 @@ loopback with .ci/start-slurm.sh). Without one they are skipped, except where
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,11 +17,11 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import make_blob_image
+from conftest import make_blob_image, skip_or_fail
 
 from pixseg.cli import main
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXSEG = str(Path(sys.executable).with_name("pixseg"))
@@ -31,10 +30,7 @@ LOOPBACK = ["--set", "compute.interface=lo", "--set", "compute.startup_timeout=1
 
 
 def _unavailable(reason: str) -> None:
-    message = f"no SLURM cluster: {reason} (start one with: sudo bash .ci/start-slurm.sh)"
-    if os.environ.get("PIXSEG_REQUIRE_SLURM") == "1":
-        pytest.fail(f"PIXSEG_REQUIRE_SLURM=1 but {message}")
-    pytest.skip(message)
+    skip_or_fail("PIXSEG_REQUIRE_SLURM", f"no SLURM cluster: {reason} (start one with: sudo bash .ci/start-slurm.sh)")
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import skip_or_fail
 from PIL import Image
 
 import pixseg
@@ -348,10 +349,9 @@ def test_ctrl_c_stops_the_command_cleanly(outputs):
 
 
 def _no_browser(reason: str) -> None:
-    message = f"no headless browser: {reason} (apt-get install chromium; pip install playwright)"
-    if os.environ.get("PIXSEG_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"PIXSEG_REQUIRE_BROWSER=1 but {message}")
-    pytest.skip(message)
+    skip_or_fail(
+        "PIXSEG_REQUIRE_BROWSER", f"no headless browser: {reason} (apt-get install chromium; pip install playwright)"
+    )
 
 
 @pytest.fixture(scope="module")
