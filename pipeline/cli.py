@@ -204,6 +204,23 @@ def _build_parser() -> argparse.ArgumentParser:
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     view.add_argument("--no-browser", action="store_true", help="print the address without opening a browser")
     view.set_defaults(handler=_run_view)
+
+    export = commands.add_parser("export", help="a label output's regions as GeoJSON polygons (QuPath imports them)")
+    export.add_argument("output", help="a pixseg output: OUTPUT.zarr or OUTPUT.tif")
+    export.add_argument("--geojson", required=True, metavar="OUT.geojson", help="the GeoJSON file to write")
+    export.add_argument(
+        "--level", type=int, default=None, help="pyramid level to trace (default: the finest at most 4096 px a side)"
+    )
+    export.add_argument(
+        "--min-area",
+        type=float,
+        default=None,
+        metavar="PX",
+        help="leave out regions smaller than PX level-0 pixels (default: 16 pixels of the traced level)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing GeoJSON file")
+    _add_quiet(export)
+    export.set_defaults(handler=_run_export)
     return parser
 
 
@@ -404,16 +421,22 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from pixseg.cluster import open_compute
-    from pixseg.demo import write_demo_tiff
+    from pixseg.demo import DEMO_FIT, write_demo_tiff
     from pixseg.runner import WORKER_MODULES, segment
 
     read, fit, compute = (options_from_args(cls, args) for cls in (ReadOptions, FitOptions, ComputeOptions))
+    fit = dataclasses.replace(fit, **{name: value for name, value in DEMO_FIT.items() if name not in vars(args)})
     os.makedirs(args.directory, exist_ok=True)
-    source = os.path.join(args.directory, f"demo-ihc-{args.size}.tif")
+    source = os.path.join(args.directory, f"demo-slide-{args.size}.tif")
     if not os.path.exists(source):
         logger.info(
-            "writing demo input %s (%dx%d RGB, tiled TIFF from scikit-image's IHC photo)", source, args.size, args.size
+            "writing demo slide %s (%dx%d RGB pyramidal TIFF: tissue cut from scikit-image's IHC photo, on glass)",
+            source,
+            args.size,
+            args.size,
         )
         write_demo_tiff(source, size=args.size)
     output = os.path.join(args.directory, "demo-labels.zarr")
@@ -421,7 +444,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     with open_compute(compute, worker_imports=WORKER_MODULES):
         result = segment(source, output, read=read, fit=fit, model_path=model, overwrite=True, progress=not args.quiet)
     _print_result(result)
-    print(f"input: {source}\nmodel: {model}\ninspect with: pixseg info {output}")
+    print(f"input: {source}\nmodel: {model}\nview it: pixseg view {output}")
     return 0
 
 
@@ -431,6 +454,20 @@ def _run_view(args: argparse.Namespace) -> int:
     server = make_server(args.output, image=args.image, host=args.host, port=args.port)
     print(f"viewing {args.output} at {server.url} (Ctrl-C stops)", flush=True)
     serve(server, open_browser=not args.no_browser)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pixseg.export import export_geojson
+
+    result = export_geojson(
+        args.output, args.geojson, level=args.level, min_area=args.min_area, overwrite=args.overwrite
+    )
+    height, width = result.shape
+    print(
+        f"wrote {result.path}: {result.n_features} regions of at least {result.min_area:g} px, "
+        f"traced at level {result.level} ({height}x{width}, coordinates in level-0 pixels)"
+    )
     return 0
 
 
@@ -447,15 +484,29 @@ def _print_result(result: RunResult) -> None:
 
 
 def format_label_table(rows: list[dict[str, Any]]) -> str:
-    """A text table of per-label statistics: label, pixels, % of unmasked, area, centroid."""
-    columns = list(rows[0]["centroid"]) if rows else []
-    header = f"{'label':>5} {'pixels':>14} {'%':>7} {'area mm^2':>11}  " + " ".join(f"{c:>9}" for c in columns)
+    """A text table of per-label statistics: label, name, pixels, % of unmasked, area, display
+    colour and mean input colour (``R G B #hex`` for 8-bit RGB inputs, else the mean intensity;
+    ``-`` for outputs written before pixseg stored it). Centroids stay in the ``.stats.json``."""
+    header = f"{'label':>5} {'name':<12} {'pixels':>14} {'%':>7} {'area mm^2':>11}  {'colour':<7}  mean colour"
     lines = [header]
     for row in rows:
         area = f"{row['area_um2'] / 1e6:11.4g}" if row["area_um2"] is not None else f"{'-':>11}"
-        centroid = " ".join(f"{v:9.4g}" for v in row["centroid"].values())
-        lines.append(f"{row['label']:>5} {row['pixels']:>14} {100 * row['fraction']:7.2f} {area}  {centroid}")
+        name = str(row.get("name") or f"cluster {row['label']}")
+        lines.append(
+            f"{row['label']:>5} {name:<12} {row['pixels']:>14} {100 * row['fraction']:7.2f} {area}  "
+            f"{row.get('colour') or '-':<7}  {_mean_colour_text(row)}"
+        )
     return "\n".join(lines)
+
+
+def _mean_colour_text(row: dict[str, Any]) -> str:
+    """``R G B #hex``, the mean intensity, or ``-`` of a statistics row."""
+    mean = row.get("mean_colour")
+    if not mean:
+        return "-"
+    if row.get("hex"):
+        return " ".join(f"{v:5.1f}" for v in mean) + f"  {row['hex']}"
+    return f"{row['intensity']:.4g}" if row.get("intensity") is not None else "-"
 
 
 def _format_value(key: str, value: Any) -> str:

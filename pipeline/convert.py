@@ -30,7 +30,7 @@ import dask.array as da
 import pixseg
 from pixseg.compute import compute
 from pixseg.downsample import downsample_level
-from pixseg.errors import LockedError, OutputError, OutputExistsError
+from pixseg.errors import LockedError, OutputError, OutputExistsError, ResumeMismatchError
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
 from pixseg.io.json_files import read_json_object
 from pixseg.io.label_zarr import read_label_zarr_status, remove_output
@@ -123,9 +123,71 @@ def convert(
     return ConvertResult(output=target, levels=shapes, chunks=(chunk, chunk), seconds=time.perf_counter() - started)
 
 
-def _write_converted(image: Image, target: str, options: ConvertOptions, *, progress: bool) -> list[tuple[int, int]]:
+def write_output_image(
+    image: Image,
+    plan: OutputPlan,
+    *,
+    pixel_size: tuple[float, float] | None,
+    fingerprint: dict[str, Any],
+    resuming: bool,
+    progress: bool,
+) -> None:
+    """Write the image pyramid of a ``--with-image`` output into ``plan.into_image`` (the caller
+    holds the output's lock), as ``pixseg convert`` would, metadata last; the labels go into its
+    ``labels`` group afterwards.
+
+    A complete image written for the same job (``fingerprint``, stored with it) is kept, so an
+    interrupted run resumes with its labels; anything else of pixseg's there is replaced
+    (:func:`pixseg.plan.check_own_image_store` has refused what is not pixseg's).
+
+    Parameters
+    ----------
+    image : Image
+        The input, at the level segmented (its pixels are read once, band by band).
+    plan : OutputPlan
+        A ``--with-image`` plan (``plan.writes_image``).
+    pixel_size : tuple of float or None
+        (Y, X) micrometres the image is stored with: the labels' pixel size.
+    fingerprint : dict
+        The run's :func:`pixseg.plan.job_fingerprint`.
+    resuming, progress : bool
+        Whether labels of an interrupted run are being continued; show progress.
+
+    Raises
+    ------
+    ResumeMismatchError
+        If ``resuming`` and the image there is not a complete one of this job.
+    """
+    store = plan.written_path
+    status = read_label_zarr_status(store) if os.path.isdir(store) else None
+    if status is not None and status.get("complete") and status.get("fingerprint") == fingerprint:
+        logger.info("keeping the image of %s, written by this job", store)
+        return
+    if resuming:
+        raise ResumeMismatchError(
+            f"cannot resume {plan.path!r}: the image of {store!r} is incomplete or from another job; "
+            "use --overwrite to start again"
+        )
+    remove_output(store)
+    _write_converted(
+        dataclasses.replace(image, pixel_size=pixel_size),
+        store,
+        ConvertOptions(level=image.level),
+        progress=progress,
+        attrs={"fingerprint": fingerprint},
+    )
+
+
+def _write_converted(
+    image: Image,
+    target: str,
+    options: ConvertOptions,
+    *,
+    progress: bool,
+    attrs: dict[str, Any] | None = None,
+) -> list[tuple[int, int]]:
     """Write ``image`` as a new OME-Zarr pyramid at ``target`` (the caller holds its lock), metadata
-    last; return the level shapes."""
+    last; return the level shapes. ``attrs`` are added to ``attrs["pixseg"]``."""
     chunk, levels = options.chunk, options.levels
     shapes = pyramid_shapes(image.shape[:2])
     if levels is not None:
@@ -138,7 +200,7 @@ def _write_converted(image: Image, target: str, options: ConvertOptions, *, prog
         dtype=image.dtype,
         codec=options.codec,
         shard=options.shard,
-        attrs={"source": input_identity(image), "version": pixseg.__version__},
+        attrs={"source": input_identity(image), "version": pixseg.__version__, **(attrs or {})},
     )
     logger.info("converting %s (%s) into %s, %d levels", image.path, describe_chunks(image), target, len(shapes))
     _store_in_bands(image.data, arrays[0], progress=progress)

@@ -1,8 +1,12 @@
 """The label pass: predict every chunk into the level-0 labels, build the pyramid from what was
 stored, finalise the metadata last, write the side files and the TIFF.
 
-The input is decoded once: the same pass counts the labels, takes the preview thumbnail and
-writes level 1 (see :func:`pixseg.io.label_zarr.store_count_and_preview`).
+The input is decoded once: the same pass counts the labels, sums each label's input colour,
+takes the preview thumbnail and writes level 1 (see
+:func:`pixseg.io.label_zarr.store_count_and_preview`). The display colours are decided once, from
+the labels' mean colours, after that pass (:func:`pixseg.colours.background_label`), stored in
+the statistics and used by every output: OME ``image-label`` colours, the TIFF palette, the
+overlay and the legend.
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ import dask
 import dask.array as da
 import numpy as np
 
-from pixseg.colours import label_colours
+from pixseg.colours import background_label, label_colours
 from pixseg.compute import compute
 from pixseg.errors import InputError, OutputError, PipelineError, ResumeMismatchError
 from pixseg.graphs import image_labels
 from pixseg.io.label_tiff import write_label_tiff
 from pixseg.io.label_zarr import (
     chunk_written,
-    count_stored_chunk,
     create_label_zarr,
     finalise_label_zarr,
     ome_label_metadata,
@@ -35,6 +38,7 @@ from pixseg.io.label_zarr import (
     remove_output,
     store_and_count,
     store_count_and_preview,
+    summarise_stored_chunk,
 )
 from pixseg.io.model_file import model_document
 from pixseg.io.readers import Image, open_image
@@ -44,7 +48,8 @@ from pixseg.options import OutputOptions
 from pixseg.plan import OutputPlan, PreviousRun, provenance
 from pixseg.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pixseg.pyramid import pyramid_shapes
-from pixseg.statistics import label_table
+from pixseg.report import ReportRun, write_report
+from pixseg.statistics import label_table, mean_colours
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +84,22 @@ def write_labels(
     previous: PreviousRun | None,
     started: float,
     progress: bool,
+    applied_model: str | None = None,
+    applied_mask: str | None = None,
 ) -> RunResult:
     """Predict and store level 0 (with label counts and the input thumbnail from the same pass,
     so the input is decoded once), build coarser levels from the level above, finalise the
     metadata, write the side files, and stream a TIFF from the finished pyramid if asked.
 
     With ``previous`` (an interrupted run of the same fingerprint), level-0 chunks already
-    written and decodable are kept and only the others are predicted.
+    written and decodable are kept and only the others are predicted; the colour sums of the kept
+    chunks come from re-reading their input pixels (a decode, no features or prediction) beside
+    the stored labels, so a resumed run's mean colours equal an uninterrupted run's. ``applied_model`` and
+    ``applied_mask`` (an ``apply`` run's model file and mask) go into the report's command.
     """
+    label_started = time.perf_counter()
     labels = image_labels(image, model, mask)
+    n_colour = image.shape[2] - int(image.has_alpha)
     shapes = pyramid_shapes(labels.shape)
     pixel_size = options.pixel_size or image.pixel_size
     zarr_path = plan.work_path
@@ -106,18 +118,20 @@ def write_labels(
             attrs=metadata,
         )
         done_counts, missing = np.zeros(model.n_clusters + 1, np.int64), list(np.ndindex(*labels.numblocks))
+        done_sums = np.zeros((model.n_clusters + 1, n_colour))
     else:
         arrays = open_label_levels(zarr_path, writable=True)
         if tuple(arrays[0].chunks) != tuple(labels.chunksize):
             raise ResumeMismatchError(
                 f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's"
             )
-        done_counts, missing = _verify_written(zarr_path, arrays[0], labels.numblocks, model.n_clusters)
+        done_counts, done_sums, missing = _verify_written(
+            zarr_path, arrays[0], labels.numblocks, model.n_clusters, pixels=image.data, n_colour=n_colour
+        )
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
         first_reduced = 1
-        if previous is None:  # one pass writes, counts, takes the preview thumbnail and writes level 1
-            pixels = image.data if options.previews else None
+        if previous is None:  # one pass writes, counts, sums colours, takes the thumbnail, writes level 1
             next_level = None
             if len(arrays) > 1 and tuple(2 * c for c in arrays[1].chunks) == tuple(arrays[0].chunks):
                 next_level, first_reduced = arrays[1], 2
@@ -125,16 +139,20 @@ def write_labels(
                 labels,
                 arrays[0],
                 model.n_clusters + 1,
-                pixels=pixels,
+                pixels=image.data,
+                n_colour=n_colour,
+                preview=options.previews,
                 step=thumbnail_step(image.shape[:2]),
                 next_level=next_level,
             )
         else:
             written = (
-                store_and_count(labels, arrays[0], missing, model.n_clusters + 1),
+                *store_and_count(
+                    labels, arrays[0], missing, model.n_clusters + 1, pixels=image.data, n_colour=n_colour
+                ),
                 _thumbnail_pixels(image) if options.previews else None,
             )
-        new_counts, thumbnail = compute(*written, progress=progress)
+        new_counts, new_sums, thumbnail = compute(*written, progress=progress)
         _write_pyramid(arrays, first=first_reduced)
     except PipelineError:
         raise
@@ -143,13 +161,25 @@ def write_labels(
             f"writing {zarr_path!r} failed: {err.strerror or err}; the chunks written so far are kept: "
             "fix the cause and rerun with --resume"
         ) from err
+    labelled = time.perf_counter()
     counts = done_counts + new_counts
-    statistics = label_table(counts, model.centroids, model.feature_spec.columns, pixel_size=pixel_size)
+    means = mean_colours(counts, done_sums + new_sums)
+    background = background_label(means[1:], dtype=image.dtype)
+    colours = label_colours(model.n_clusters, background=background)
+    statistics = label_table(
+        counts,
+        model.centroids,
+        model.feature_spec.columns,
+        pixel_size=pixel_size,
+        means=means,
+        colours=colours,
+        rgb8=n_colour == 3 and image.dtype == np.uint8,
+        background=background,
+    )
     summary = {"masked_pixels": int(counts[0]), "pixel_size_um": list(pixel_size) if pixel_size else None}
     source_image = "../../" if plan.into_image is not None else None
     ome = ome_label_metadata(
         n_levels=len(shapes),
-        n_labels=model.n_clusters,
         name=os.path.basename(plan.path),
         pixel_size=pixel_size,
         properties=statistics,
@@ -158,7 +188,22 @@ def write_labels(
     finalise_label_zarr(zarr_path, ngff=ngff, ome=ome, extra={**summary, "statistics": statistics})
     if plan.into_image is not None:
         register_label(plan.into_image, os.path.basename(plan.path), ngff=ngff)
-    side_files = _write_side_files(plan.side_base, statistics, summary, thumbnail, arrays[-1], model.n_clusters, image)
+    run = ReportRun(
+        output=plan.path,
+        fingerprint=fingerprint,
+        model=model,
+        versions=metadata["versions"],
+        started=started,
+        stages=(
+            ("open, plan, sample and fit", label_started - started),
+            ("labels and pyramid", labelled - label_started),
+        ),
+        applied_model=applied_model,
+        applied_mask=applied_mask,
+    )
+    side_files = _write_side_files(
+        plan.side_base, statistics, summary, thumbnail, arrays[-1], model.n_clusters, image, run
+    )
     if plan.kind == "tiff":
         logger.info("writing pyramidal TIFF %s (%d levels)", plan.path, len(shapes))
         write_label_tiff(
@@ -169,6 +214,7 @@ def write_labels(
             flavour=options.tiff_flavour,
             tile=options.tiff_tile,
             compression=options.tiff_compression,
+            colours=colours,
         )
         remove_output(zarr_path)
     return RunResult(
@@ -249,18 +295,25 @@ def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
 
 
 def _verify_written(
-    zarr_path: str, array: Any, numblocks: tuple[int, ...], n_labels: int
-) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-    """Counts of the level-0 chunks an interrupted run wrote (each decoded to check it), and the
-    chunks still to predict (missing or undecodable)."""
+    zarr_path: str, array: Any, numblocks: tuple[int, ...], n_labels: int, *, pixels: da.Array, n_colour: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
+    """Counts and colour sums of the level-0 chunks an interrupted run wrote (each decoded to check
+    it, its input pixels read again for the sums), and the chunks still to predict (missing or
+    undecodable)."""
     blocks = list(np.ndindex(*numblocks))
     written = [b for b in blocks if chunk_written(zarr_path, 0, array, b)]
-    count = dask.delayed(count_stored_chunk, pure=True)
-    results = compute([count(array, b, n_labels + 1) for b in written], progress=False) if written else []
-    good = {b for b, counts in zip(written, results, strict=True) if counts is not None}
-    total = np.sum([c for c in results if c is not None], axis=0) if good else np.zeros(n_labels + 1)
+    summarise = dask.delayed(summarise_stored_chunk, pure=True)
+    tasks = [summarise(array, b, n_labels + 1, pixels.blocks[b], n_colour) for b in written]
+    results = compute(tasks, progress=False) if written else []
+    good = {b for b, result in zip(written, results, strict=True) if result is not None}
+    counts = np.zeros(n_labels + 1, dtype=np.int64)
+    sums = np.zeros((n_labels + 1, n_colour))
+    for result in results:
+        if result is not None:
+            counts += result[0]
+            sums += result[1]
     logger.info("resuming: %d of %d chunks already written and verified", len(good), len(blocks))
-    return np.asarray(total, dtype=np.int64), [b for b in blocks if b not in good]
+    return counts, sums, [b for b in blocks if b not in good]
 
 
 def _write_side_files(
@@ -271,6 +324,7 @@ def _write_side_files(
     coarsest: Any,
     n_labels: int,
     image: Image,
+    run: ReportRun,
 ) -> list[str]:
     write_statistics(base, statistics, summary=summary)
     written = [base + ".stats.csv", base + ".stats.json"]
@@ -278,13 +332,16 @@ def _write_side_files(
         return written
     from PIL import Image as PILImage
 
+    colours = [tuple(row["colour_rgba"]) for row in statistics]
     small_labels = np.asarray(coarsest[:])
-    coloured = colour_labels(small_labels, n_labels)
+    coloured = colour_labels(small_labels, colours)
     rgb = display_rgb(np.asarray(thumbnail), n_colour=image.shape[2] - int(image.has_alpha))
     height, width = small_labels.shape
     matched = np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.Resampling.BILINEAR))
     write_png(base + ".thumbnail.png", rgb)
     write_png(base + ".labels.png", coloured)
     write_png(base + ".overlay.png", overlay(matched, coloured, small_labels))
-    write_legend(base + ".legend.png", statistics, label_colours(n_labels))
-    return written + [base + suffix for suffix in (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")]
+    write_legend(base + ".legend.png", statistics, colours, masked_pixels=int(summary["masked_pixels"]))
+    report = write_report(base, run, statistics, summary, n_pixels=image.shape[0] * image.shape[1])
+    previews = (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
+    return written + [base + suffix for suffix in previews] + [report]

@@ -222,9 +222,15 @@ class OutputOptions(Validated):
         flag="--tiff-compression",
         choices=TIFF_COMPRESSIONS,
     )
+    with_image: bool = option(
+        False,
+        "write the input's image pyramid into OUTPUT.zarr too, labels in its labels/ group (napari opens both)",
+        config="output.with_image",
+        flag="--with-image",
+    )
     previews: bool = option(
         True,
-        "skip the PNG thumbnail, label map, overlay and legend",
+        "skip the PNG thumbnail, label map, overlay, legend and the HTML report",
         config="output.previews",
         flag="--no-previews",
     )

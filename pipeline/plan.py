@@ -33,17 +33,26 @@ CONVERTED_SUFFIX = ".pixseg-input.zarr"
 _LABEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 #: The kinds of pixseg output :func:`check_own_output` recognises.
 LABEL_OUTPUT, LABEL_TIFF, CONVERTED_IMAGE = "label output", "label TIFF", "converted image"
+#: The label group of a ``--with-image`` output: ``OUT.zarr/labels/labels``.
+WITH_IMAGE_LABEL = "labels"
 
 
 @dataclass(frozen=True)
 class OutputPlan:
     """Where and how a run writes: the output path, its kind (``zarr`` or ``tiff``), the prefix of
-    its side files, and the OME-Zarr image whose ``labels/`` group receives it (or None)."""
+    its side files, the OME-Zarr image whose ``labels/`` group receives it (or None), and whether
+    the run writes that image itself from the input (``--with-image``)."""
 
     path: str
     kind: str  # "zarr" or "tiff"
     side_base: str
     into_image: str | None  # the OME-Zarr image whose labels/ group receives the output
+    writes_image: bool = False  # into_image is this run's own copy of the input (--with-image)
+
+    @property
+    def written_path(self) -> str:
+        """What the run creates or replaces: the output, or with ``--with-image`` the whole store."""
+        return self.into_image if self.writes_image and self.into_image is not None else self.path
 
     @property
     def work_path(self) -> str:
@@ -58,7 +67,7 @@ class OutputPlan:
     def destinations(self) -> dict[str, str]:
         """Every path this plan writes, by what it is: the output, a TIFF's work store, the side
         files and the lock."""
-        written = {"output": self.path, "lock": self.lock_path}
+        written = {"output": self.written_path, "lock": self.lock_path}
         if self.work_path != self.path:
             written["TIFF work store"] = self.work_path
         return {**written, **{f"side file {suffix!r}": self.side_base + suffix for suffix in SIDE_SUFFIXES}}
@@ -79,7 +88,9 @@ def refuse_incomplete_input(image: Image) -> None:
         raise InputError(f"input {image.path!r} is an incomplete pixseg output; finish it with --resume first")
 
 
-def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool) -> OutputPlan:
+def plan_output(
+    output_path: str, image: Image, *, overwrite: bool, resume: bool, with_image: bool = False
+) -> OutputPlan:
     """Check ``output_path`` for a run on ``image`` and decide how it is written.
 
     Whatever is already at the output, its TIFF work store, its side files or its lock must be
@@ -87,13 +98,17 @@ def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool
     ``overwrite``. The output (or its work store) needs ``overwrite`` or ``resume``; side files
     pixseg left beside an output that is gone do not.
 
+    With ``with_image``, ``output_path`` (``OUT.zarr``) becomes an OME-Zarr image of the input
+    with the labels in ``OUT.zarr/labels/labels`` and the side files beside the store
+    (``OUT.zarr.labels.*``, as for labels written into an input; see :func:`check_own_image_store`).
+
     Raises
     ------
     OutputError
-        For an unknown suffix, an output that is (inside) the input, an unsafe label name, a
-        symlink or something not pixseg's at any destination, or an existing output without
-        ``overwrite``/``resume``. Nothing is created: :func:`check_run_paths` makes the
-        directories once every check has passed.
+        For an unknown suffix (with ``with_image``, anything but ``.zarr``), an output that is
+        (inside) the input, an unsafe label name, a symlink or something not pixseg's at any
+        destination, or an existing output without ``overwrite``/``resume``. Nothing is
+        created: :func:`check_run_paths` makes the directories once every check has passed.
     ParameterError
         If both ``overwrite`` and ``resume`` are asked.
     """
@@ -101,26 +116,73 @@ def plan_output(output_path: str, image: Image, *, overwrite: bool, resume: bool
         raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
     stripped = output_path.rstrip("/")
     suffix = os.path.splitext(stripped)[1].lower()
-    into_image = _labels_beside_image(stripped, image)
-    kind = "zarr" if into_image is not None else OUTPUT_KINDS.get(suffix)
-    if kind is None:
-        raise OutputError(f"output {output_path!r} has an unknown suffix {suffix!r}; use .zarr, .tif or .tiff")
-    if into_image is None:
-        check_not_input(stripped, image.path, "output")
-    plan = OutputPlan(path=stripped, kind=kind, side_base=label_side_base(stripped), into_image=into_image)
-    check_own_output(plan.path, LABEL_OUTPUT if kind == "zarr" else LABEL_TIFF)
-    if plan.work_path != plan.path:
-        check_own_output(plan.work_path, LABEL_OUTPUT)
+    if with_image:
+        plan = _plan_with_image(stripped, suffix, image)
+    else:
+        into_image = _labels_beside_image(stripped, image)
+        kind = "zarr" if into_image is not None else OUTPUT_KINDS.get(suffix)
+        if kind is None:
+            raise OutputError(f"output {output_path!r} has an unknown suffix {suffix!r}; use .zarr, .tif or .tiff")
+        if into_image is None:
+            check_not_input(stripped, image.path, "output")
+        plan = OutputPlan(path=stripped, kind=kind, side_base=label_side_base(stripped), into_image=into_image)
+        check_own_output(plan.path, LABEL_OUTPUT if kind == "zarr" else LABEL_TIFF)
+        if plan.work_path != plan.path:
+            check_own_output(plan.work_path, LABEL_OUTPUT)
     for suffix in SIDE_SUFFIXES:
         path = plan.side_base + suffix
         if os.path.lexists(path) and not is_own_side_file(path):
             raise OutputError(_foreign(path, "side file"))
     check_lock_path(plan.lock_path)
-    if os.path.lexists(plan.path) and not (overwrite or resume):
+    if os.path.lexists(plan.written_path) and not (overwrite or resume):
         raise OutputExistsError(
-            f"output {plan.path!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
+            f"output {plan.written_path!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
         )
     return plan
+
+
+def _plan_with_image(store: str, suffix: str, image: Image) -> OutputPlan:
+    """The plan of a ``--with-image`` output ``store``: labels in ``store/labels/labels``."""
+    if suffix != ".zarr":
+        raise OutputError(
+            f"--with-image writes an OME-Zarr image with its labels: output {store!r} must end in .zarr, not {suffix!r}"
+        )
+    check_not_input(store, image.path, "output")
+    check_own_image_store(store)
+    return OutputPlan(
+        path=os.path.join(store, "labels", WITH_IMAGE_LABEL),
+        kind="zarr",
+        side_base=f"{os.path.abspath(store)}.{WITH_IMAGE_LABEL}",
+        into_image=store,
+        writes_image=True,
+    )
+
+
+def check_own_image_store(path: str) -> None:
+    """Refuse ``path`` unless nothing is there or it is a ``--with-image`` output pixseg wrote (or
+    is writing): a converted image whose ``labels`` group holds nothing but its own metadata and
+    pixseg's label output ``labels``. A label another tool added there is never replaced.
+
+    Raises
+    ------
+    OutputError
+        Naming what is not pixseg's.
+    """
+    check_own_output(path, CONVERTED_IMAGE)
+    labels_dir = os.path.join(path, "labels")
+    if not os.path.lexists(labels_dir):
+        return
+    if os.path.islink(labels_dir) or not os.path.isdir(labels_dir):
+        raise OutputError(_foreign(labels_dir, "labels group"))
+    for name in sorted(os.listdir(labels_dir)):
+        entry = os.path.join(labels_dir, name)
+        if name == WITH_IMAGE_LABEL:
+            check_own_output(entry, LABEL_OUTPUT)
+        elif name != "zarr.json" or os.path.islink(entry) or not os.path.isfile(entry):
+            raise OutputError(
+                f"{entry!r} in the labels group of {path!r} was not written by pixseg; pixseg replaces only its "
+                "own files, even with --overwrite: move it away or choose another output"
+            )
 
 
 def check_own_output(path: str, kind: str) -> None:
@@ -246,9 +308,9 @@ def check_run_paths(
         {**plan.destinations(), "--save-model": model_path},
         {"input": image.path, "--mask": None if mask in MASK_KEYWORDS else mask, "model file": applied_model},
         workdir=workdir,
-        allowed=("output", "input") if plan.into_image is not None else None,
+        allowed=("output", "input") if plan.into_image is not None and not plan.writes_image else None,
     )
-    for path in (plan.path, model_path):
+    for path in (plan.written_path, model_path):
         if path is not None:
             check_writable_parent(path)
 

@@ -1,10 +1,13 @@
-"""Preview images: display RGB of an input thumbnail, coloured label maps and overlays (pure numpy)."""
+"""Preview images: display RGB of an input thumbnail, coloured label maps and overlays (pure numpy).
+
+Label 0 (masked) is transparent in the label map and the overlay.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pixseg.colours import label_colours
+from pixseg.colours import colour_lookup
 
 
 def thumbnail_step(shape: tuple[int, int], *, max_side: int = 1024) -> int:
@@ -30,15 +33,15 @@ def display_rgb(pixels: np.ndarray, *, n_colour: int) -> np.ndarray:
     return np.repeat(colour, 3, axis=-1) if colour.shape[-1] == 1 else colour
 
 
-def colour_labels(labels: np.ndarray, n_labels: int) -> np.ndarray:
-    """(h, w, 3) uint8 label map in the labels' display colours; label 0 is black."""
-    palette = np.zeros((n_labels + 1, 3), dtype=np.uint8)
-    palette[1:] = np.array(label_colours(n_labels), dtype=np.uint8)[:, :3]
-    return palette[labels]
+def colour_labels(labels: np.ndarray, colours: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """(h, w, 4) uint8 RGBA label map in the labels' display ``colours`` (of labels 1..K);
+    label 0 (masked) is transparent."""
+    return colour_lookup(colours, max(len(colours) + 1, int(labels.max(initial=0)) + 1))[labels]
 
 
 def overlay(rgb: np.ndarray, coloured: np.ndarray, labels: np.ndarray, *, opacity: float = 0.45) -> np.ndarray:
-    """Blend a coloured label map over an image of the same (h, w); label 0 stays unblended."""
-    blended = rgb.astype(np.float32) * (1 - opacity) + coloured.astype(np.float32) * opacity
-    out = np.where((labels > 0)[..., np.newaxis], blended, rgb.astype(np.float32))
-    return np.round(out).astype(np.uint8)
+    """(h, w, 4) uint8: a coloured label map (RGB or RGBA) blended over an (h, w, 3) image of the
+    same (h, w); label 0 (masked) is transparent."""
+    blended = rgb.astype(np.float32) * (1 - opacity) + coloured[..., :3].astype(np.float32) * opacity
+    alpha = np.where(labels > 0, 255, 0).astype(np.uint8)
+    return np.dstack([np.round(blended).astype(np.uint8), alpha])

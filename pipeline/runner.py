@@ -12,7 +12,7 @@ import logging
 import time
 from contextlib import nullcontext
 
-from pixseg.convert import converted_if_needed
+from pixseg.convert import converted_if_needed, write_output_image
 from pixseg.fitting import sample_and_fit
 from pixseg.graphs import check_mask_option, model_mask, shape_text
 from pixseg.io.locks import lock_path_for, output_lock
@@ -57,7 +57,9 @@ def segment(
     input_path : str
         Any image :func:`pixseg.io.readers.open_image` reads. Never modified.
     output_path : str
-        ``.zarr`` (OME-Zarr labels) or ``.tif``/``.tiff`` (tiled BigTIFF).
+        ``.zarr`` (OME-Zarr labels) or ``.tif``/``.tiff`` (tiled BigTIFF). With
+        ``output.with_image``, a ``.zarr`` OME-Zarr image of the input with the labels in its
+        ``labels/labels`` group (side files beside it, ``OUT.zarr.labels.*``).
     read, fit, output : ReadOptions, FitOptions, OutputOptions, optional
         Reading, fitting and writing options (default: their defaults).
     model_path : str, optional
@@ -85,7 +87,7 @@ def segment(
     check_mask_option(fit.mask)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
-    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
+    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite or resume)
     check_run_paths(plan, image, model_path=model_path, mask=fit.mask, workdir=read.workdir)
@@ -96,6 +98,15 @@ def segment(
             if model_path is not None:  # asked for: the finished run's model
                 save_model(previous.model, model_path, provenance=provenance(image))
             return finished_result(plan, previous, image, started)
+        if plan.writes_image:
+            write_output_image(
+                image,
+                plan,
+                pixel_size=output.pixel_size or image.pixel_size,
+                fingerprint=fingerprint,
+                resuming=previous is not None,
+                progress=progress,
+            )
         # --fit-level reads another pyramid level of the input itself: a one-level copy has none
         converted = fit.fit_level is None
         with converted_if_needed(image, plan, read, progress=progress) if converted else nullcontext(image) as image:
@@ -150,14 +161,23 @@ def apply(
     model = load_model(model_path)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
-    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume)
+    plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
     check_model_fits(model.feature_spec, image, model_path)
-    fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model))
+    fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model), mask=mask)
     with output_lock(lock_path_for(plan.side_base)):
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return finished_result(plan, previous, image, started)
+        if plan.writes_image:
+            write_output_image(
+                image,
+                plan,
+                pixel_size=output.pixel_size or image.pixel_size,
+                fingerprint=fingerprint,
+                resuming=previous is not None,
+                progress=progress,
+            )
         with converted_if_needed(image, plan, read, progress=progress) as image:
             logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
             labels_mask = model_mask(image, model.feature_spec, mask=mask, read=read, progress=progress)
@@ -171,4 +191,6 @@ def apply(
                 previous=previous,
                 started=started,
                 progress=progress,
+                applied_model=model_path,
+                applied_mask=mask,
             )

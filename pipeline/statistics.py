@@ -1,4 +1,5 @@
-"""Per-label statistics: pixel counts computed chunk by chunk, then areas, fractions and centroids."""
+"""Per-label statistics: pixel counts and input colour sums computed chunk by chunk, then areas,
+fractions, mean colours, display colours and centroids."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import numba
 import numpy as np
+
+from pixseg.colours import hex_colour
 
 
 def count_labels(labels: np.ndarray, n_values: int) -> np.ndarray:
@@ -25,12 +28,58 @@ def _count(values: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover 
         counts[value] += 1
 
 
+def sum_colours(labels: np.ndarray, pixels: np.ndarray, n_values: int, n_colour: int) -> np.ndarray:
+    """Per-label sums of the first ``n_colour`` channels of ``pixels``: shape (n_values, n_colour), float64.
+
+    Row ``v`` sums the pixels labelled ``v``; label 0 (masked) and values at or above
+    ``n_values`` are not summed. A numba loop (see :func:`count_labels` for why not ``np.bincount``).
+    Sums of integer pixels are whole numbers, exact in float64 up to 2**53, so adding per-chunk
+    sums in any order gives the same total.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Shape (h, w), unsigned integers.
+    pixels : numpy.ndarray
+        Shape (h, w, C), C >= ``n_colour``: the input the labels come from.
+    n_values : int
+        Rows of the result: labels 0..``n_values - 1``.
+    n_colour : int
+        Colour channels (the alpha channel, if any, comes after them).
+    """
+    sums = np.zeros((n_values, n_colour), dtype=np.float64)
+    flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-1])
+    _sum(np.ascontiguousarray(labels).reshape(-1), flat, sums)
+    return sums
+
+
+@numba.njit(nogil=True, cache=True)
+def _sum(values: np.ndarray, pixels: np.ndarray, sums: np.ndarray) -> None:  # pragma: no cover - compiled
+    n_values, n_colour = sums.shape
+    for i in range(values.shape[0]):
+        value = values[i]
+        if value == 0 or value >= n_values:
+            continue
+        for c in range(n_colour):
+            sums[value, c] += pixels[i, c]
+
+
+def mean_colours(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Mean colour of each label: ``sums / counts``, shape (n_values, C) float64, NaN for an empty label."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts[:, np.newaxis] > 0, sums / np.maximum(counts, 1)[:, np.newaxis], np.nan)
+
+
 def label_table(
     counts: np.ndarray,
     centroids: np.ndarray,
     columns: tuple[str, ...],
     *,
     pixel_size: tuple[float, float] | None,
+    means: np.ndarray,
+    colours: list[tuple[int, int, int, int]],
+    rgb8: bool,
+    background: int | None,
 ) -> list[dict[str, Any]]:
     """One row per label 1..K.
 
@@ -44,22 +93,44 @@ def label_table(
         Feature column names (F).
     pixel_size : tuple of float or None
         (Y, X) micrometres per pixel, if known.
+    means : numpy.ndarray
+        Shape (K + 1, C): mean input colour of each label (see :func:`mean_colours`).
+    colours : list of tuple of int
+        K display colours, RGBA 0-255 (see :func:`pixseg.colours.label_colours`).
+    rgb8 : bool
+        Whether the input is 8-bit RGB (then ``hex`` is given, else ``intensity``).
+    background : int or None
+        The background label (named ``"background"``).
 
     Returns
     -------
     list of dict
-        Keys ``label``, ``pixels``, ``fraction`` (of unmasked pixels), ``area_um2`` (None when
-        the pixel size is unknown) and ``centroid`` (column name -> value).
+        Keys ``label``, ``name`` (``"background"`` or ``"cluster N"``), ``pixels``, ``fraction``
+        (of unmasked pixels), ``area_um2`` (None when the pixel size is unknown), ``mean_colour``
+        (one value per colour channel, in the input's units; None for an empty label), ``hex``
+        (``#rrggbb`` of the mean colour, 8-bit RGB inputs only, else None), ``intensity`` (the
+        mean over colour channels, other inputs only, else None), ``colour`` (display colour,
+        ``#rrggbb``), ``colour_rgba`` and ``centroid`` (column name -> value).
     """
     unmasked = int(counts[1:].sum())
     pixel_area = pixel_size[0] * pixel_size[1] if pixel_size else None
-    return [
-        {
-            "label": label,
-            "pixels": int(counts[label]),
-            "fraction": int(counts[label]) / unmasked if unmasked else 0.0,
-            "area_um2": int(counts[label]) * pixel_area if pixel_area is not None else None,
-            "centroid": {name: float(v) for name, v in zip(columns, centroids[label - 1], strict=True)},
-        }
-        for label in range(1, len(counts))
-    ]
+    rows = []
+    for label in range(1, len(counts)):
+        pixels = int(counts[label])
+        mean = [float(v) for v in means[label]] if pixels else None
+        rows.append(
+            {
+                "label": label,
+                "name": "background" if label == background else f"cluster {label}",
+                "pixels": pixels,
+                "fraction": pixels / unmasked if unmasked else 0.0,
+                "area_um2": pixels * pixel_area if pixel_area is not None else None,
+                "mean_colour": mean,
+                "hex": hex_colour(mean) if rgb8 and mean is not None else None,
+                "intensity": float(np.mean(mean)) if not rgb8 and mean is not None else None,
+                "colour": hex_colour(colours[label - 1]),
+                "colour_rgba": list(colours[label - 1]),
+                "centroid": {name: float(v) for name, v in zip(columns, centroids[label - 1], strict=True)},
+            }
+        )
+    return rows

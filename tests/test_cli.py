@@ -212,12 +212,12 @@ print("DASK" if any(m.split(".")[0] in ("dask", "zarr", "sklearn") for m in sys.
 
 @pytest.mark.slow
 def test_demo_builds_and_segments_its_own_input(tmp_path, capsys):
-    code, stdout, _ = _run(capsys, "demo", tmp_path / "demo", "--size", "1100", "-q")
+    code, stdout, _ = _run(capsys, "demo", tmp_path / "demo", "--size", "1100", "-k", "4", "-q")
     assert code == 0 and "1100x1100 labels 1..4" in stdout
-    with tifffile.TiffFile(tmp_path / "demo" / "demo-ihc-1100.tif") as tif:
+    with tifffile.TiffFile(tmp_path / "demo" / "demo-slide-1100.tif") as tif:
         assert tif.pages.first.is_tiled and tif.pages.first.shape == (1100, 1100, 3)
     labels = zarr.open_group(tmp_path / "demo" / "demo-labels.zarr", mode="r")["0"][:]
-    assert labels.shape == (1100, 1100) and set(np.unique(labels)) == {1, 2, 3, 4}
+    assert labels.shape == (1100, 1100) and set(np.unique(labels)) == {0, 1, 2, 3, 4}  # 0: glass
 
 
 def test_corrupt_tile_exits_2_and_leaves_no_complete_output(tmp_path, capsys, blob_image):

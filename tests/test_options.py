@@ -52,6 +52,7 @@ CLI_VALUES = {
     "tiff_tile": "256",
     "tiff_compression": "zlib",
     "previews": False,
+    "with_image": True,
     "scheduler": "local",
     "workers": "3",
     "lifetime": "55m",

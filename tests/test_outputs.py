@@ -75,10 +75,8 @@ def test_pyramid_levels_are_label_safe_strides(tmp_path, wide_tiff):
         np.testing.assert_array_equal(below, above[::2, ::2])
     ome = zarr.open_group(out, mode="r").attrs["ome"]
     level1 = ome["multiscales"][0]["datasets"][1]["coordinateTransformations"]
-    assert level1 == [
-        {"type": "scale", "scale": [0.5, 1.0]},
-        {"type": "translation", "translation": [0.125, 0.25]},
-    ]
+    # a stride from index 0: level-1 pixel i is level-0 pixel 2i, centre on centre, no translation
+    assert level1 == [{"type": "scale", "scale": [0.5, 1.0]}]
     assert ome["multiscales"][0]["axes"][0] == {"name": "y", "type": "space", "unit": "micrometer"}
 
 
@@ -116,7 +114,13 @@ def test_tiff_pyramid_read_by_openslide_and_tifffile(tmp_path, wide_tiff):
         assert first.compression == tifffile.COMPRESSION.ZSTD
         assert [p.subfiletype for p in tif.pages] == [0, 1, 1]
         assert first.get_resolution("micrometer") == pytest.approx((2.0, 4.0))
+        assert first.photometric == tifffile.PHOTOMETRIC.PALETTE and first.colormap.shape == (3, 256)
+        colormap = first.colormap
     assert [level.shape for level in levels] == result.levels
+    # the palette: label 0 black, labels 1..K the run's display colours (16-bit entries)
+    table = np.zeros((256, 3), np.uint8)
+    table[1:5] = [row["colour_rgba"][:3] for row in result.statistics]
+    np.testing.assert_array_equal(colormap.T, table.astype(np.uint16) * 257)
     slide = openslide.OpenSlide(out)
     try:
         assert slide.level_count == 3
@@ -125,7 +129,7 @@ def test_tiff_pyramid_read_by_openslide_and_tifffile(tmp_path, wide_tiff):
         for index, level in enumerate(levels):
             height, width = level.shape
             region = np.asarray(slide.read_region((0, 0), index, (width, height)))
-            np.testing.assert_array_equal(region[..., 0], level)
+            np.testing.assert_array_equal(region[..., :3], table[level])  # OpenSlide shows the palette as RGB
             assert (region[..., 3] == 255).all()
     finally:
         slide.close()
@@ -251,10 +255,8 @@ def test_pixel_size_option_overrides_and_previews(tmp_path, blob_image, blob_tif
     np.testing.assert_array_equal(read(".thumbnail.png"), blob_image)  # small input: stride 1
     coloured = read(".labels.png")
     labels = zarr.open_group(out, mode="r")["0"][:]
-    from pixseg.colours import label_colours
-
-    np.testing.assert_array_equal(coloured[labels == 2][0], label_colours(4)[1][:3])
-    assert read(".overlay.png").shape == (150, 230, 3)
+    np.testing.assert_array_equal(coloured[labels == 2][0], result.statistics[1]["colour_rgba"])
+    assert read(".overlay.png").shape == (150, 230, 4)
     assert read(".legend.png").shape[0] > 4 * 20
 
 
@@ -267,7 +269,7 @@ def test_info_shows_levels_pixel_size_and_label_table(tmp_path, capsys, wide_tif
     stdout = capsys.readouterr().out
     assert "levels: 1500x2300, 750x1150, 375x575" in stdout
     assert "pixel_size_um: [0.25, 0.5]" in stdout and "complete: complete" in stdout
-    assert "label         pixels" in stdout and "area mm^2" in stdout
+    assert "label name                 pixels" in stdout and "area mm^2" in stdout and "mean colour" in stdout
 
 
 def test_existing_side_file_needs_overwrite(tmp_path, capsys, blob_tiff):
@@ -286,19 +288,23 @@ def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pix
     labels = rng.integers(0, 5, size=(150, 230), dtype=np.uint8)
     pixels = rng.integers(0, 255, size=(150, 230, 3), dtype=np.uint8)
     array = zarr.create_array(str(tmp_path / "l.zarr"), shape=labels.shape, chunks=(64, 64), dtype=np.uint8)
-    counts, preview = store_count_and_preview(
+    counts, sums, preview = store_count_and_preview(
         da.from_array(labels, chunks=(64, 64)),
         array,
         5,
-        pixels=da.from_array(pixels, chunks=(64, 64, 3)) if with_pixels else None,
+        pixels=da.from_array(pixels, chunks=(64, 64, 3)),
+        n_colour=3,
+        preview=with_pixels,
         step=7,  # chunk edges are not multiples of the stride
     )
     assert preview is None if not with_pixels else preview.shape == pixels[::7, ::7].shape
-    computed = da.compute(counts, *([preview] if with_pixels else []))
+    computed = da.compute(counts, sums, *([preview] if with_pixels else []))
     np.testing.assert_array_equal(computed[0], np.bincount(labels.ravel(), minlength=5))
     np.testing.assert_array_equal(array[:], labels)
+    expected = [np.bincount(labels.ravel(), weights=pixels[..., c].ravel(), minlength=5) for c in range(3)]
+    np.testing.assert_array_equal(computed[1][1:], np.stack(expected, axis=1)[1:])
     if with_pixels:
-        np.testing.assert_array_equal(computed[1], pixels[::7, ::7])
+        np.testing.assert_array_equal(computed[2], pixels[::7, ::7])
 
 
 def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
@@ -309,8 +315,8 @@ def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
     array = zarr.create_array(str(tmp_path / "l.zarr"), shape=(64, 64), chunks=(64, 64), dtype=np.uint8)
     block_info = {0: {"array-location": [(0, 64), (0, 64), (0, 1)]}}
     result = _write_counting_preview(
-        labels, pixels, array=array, n_values=2, step=8, next_level=None, block_info=block_info
+        labels, pixels, array=array, n_values=2, n_colour=3, step=8, next_level=None, block_info=block_info
     )
-    counts, piece = result[0, 0, 0]
+    counts, _, piece = result[0, 0, 0]
     assert counts.ravel().tolist() == [0, 64 * 64] and piece.shape == (8, 8, 3)
     assert not np.shares_memory(piece, pixels)  # a view would pin the whole chunk until the pass ends

@@ -406,7 +406,7 @@ def test_the_page_shows_the_slide_with_labels(browser, server, outputs):
     for i in range(3):
         row = rows.nth(i)
         label = int(row.get_attribute("data-label"))
-        assert row.locator(".name").inner_text().strip() == f"label {label}"
+        assert row.locator(".name").inner_text().strip() == f"cluster {label}"
         assert row.locator(".pixels").inner_text() == f"{counts[label]:,}"
 
     (slide_colour, (x, y)), (other_colour, (ox, oy)) = list(points.items())[:2]

@@ -9,6 +9,14 @@ Two layouts:
 The file is written under a unique temporary name and renamed when finished, so an interrupted
 write never leaves a file that looks complete; :func:`interrupted_tiff_write` finds such a write.
 pixseg's metadata is JSON in a private ASCII tag.
+
+With display colours, every page is a palette image (photometric 3) whose ColorMap holds them:
+viewers show the labels in colour (OpenSlide returns them as RGBA) while the samples stay the
+label values, which tifffile reads as they are (pixseg's own reader expands a palette, so read
+label TIFFs with :class:`LabelTiffLevels`). Label 0 (masked) and unused entries are black.
+libtiff's RGBA interface, and so OpenSlide, reads 8-bit palettes only and refuses a 16-bit one:
+uint16 labels (K > 255) are therefore written greyscale, which OpenSlide still opens (scaled to
+8 bits); their colours are in the OME-Zarr output and the statistics.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import tifffile
+import zarr
 
+from pixseg.colours import colour_lookup
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, partial_files
 
@@ -37,6 +47,7 @@ def write_label_tiff(
     flavour: str = "generic",
     tile: int = 512,
     compression: str = "zstd",
+    colours: Sequence[Sequence[int]] | None = None,
 ) -> None:
     """Write a label pyramid as a tiled BigTIFF.
 
@@ -59,8 +70,16 @@ def write_label_tiff(
         256 or 512.
     compression : str
         ``"zstd"`` or ``"zlib"`` (never lossy for labels).
+    colours : sequence of RGBA, optional
+        Display colours of labels 1..K (0-255): written as the pages' ColorMap (photometric
+        palette, 256 entries, label 0 black) for uint8 labels. Without them, or for uint16
+        labels, the pages are greyscale.
     """
     payload = json.dumps({**metadata, "complete": True})
+    colormap = None
+    if colours is not None and levels and np.dtype(levels[0].dtype).itemsize == 1:
+        table = colour_lookup(colours, 256, masked=(0, 0, 0, 255))[:, :3]
+        colormap = table.T.astype(np.uint16) * 257  # TIFF ColorMap entries are 16-bit
     try:
         for stale in _partial_tiffs(path):  # of an interrupted write: superseded by this one
             os.remove(stale)
@@ -75,8 +94,10 @@ def write_label_tiff(
                     "dtype": np.dtype(array.dtype),
                     "tile": (tile, tile),
                     "compression": compression,
-                    "photometric": "minisblack",
+                    "photometric": "minisblack" if colormap is None else "palette",
                 }
+                if colormap is not None:
+                    options["colormap"] = colormap
                 if pixel_size is not None:
                     # pixels per centimetre: 1e4 micrometres
                     options["resolution"] = (1e4 / (pixel_size[1] * factor), 1e4 / (pixel_size[0] * factor))
@@ -95,6 +116,37 @@ def write_label_tiff(
                 writer.write(_tiles(array, tile), **options)
     except OSError as err:
         raise OutputError(f"cannot write TIFF output {path!r}: {err}") from err
+
+
+class LabelTiffLevels:
+    """The label levels of a pixseg TIFF, full resolution first: ``levels[n]`` is a read-only zarr
+    array of the stored label values (a palette is not applied). One open file, shared by the
+    levels (reads are locked) and closed with :meth:`close` or when this object is dropped.
+
+    Parameters
+    ----------
+    path : str
+        The TIFF.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._tif = tifffile.TiffFile(path)
+        series = self._tif.series[0]
+        self._levels = [zarr.open_array(series.aszarr(level=n), mode="r") for n in range(len(series.levels))]
+
+    def __len__(self) -> int:
+        return len(self._levels)
+
+    def __getitem__(self, level: int) -> zarr.Array:
+        return self._levels[level]
+
+    def close(self) -> None:
+        """Close the file."""
+        self._tif.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "_tif"):  # not when the open failed
+            self.close()
 
 
 def interrupted_tiff_write(path: str) -> bool:

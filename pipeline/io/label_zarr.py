@@ -21,12 +21,11 @@ import zarr
 from dask.delayed import Delayed
 from zarr.codecs import ZstdCodec
 
-from pixseg.colours import label_colours
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
 from pixseg.io.label_tiff import read_label_tiff_status
 from pixseg.io.side_files import SIDE_SUFFIXES, side_file_base
-from pixseg.statistics import count_labels
+from pixseg.statistics import count_labels, sum_colours
 
 #: The metadata documents of a zarr group (v3, v2).
 _GROUP_DOCUMENTS = ("zarr.json", ".zgroup")
@@ -92,11 +91,20 @@ def _v2_zstd() -> Any:
     return Zstd(level=1)
 
 
-def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int, ...]], n_values: int) -> da.Array:
-    """Lazily write chunks ``blocks`` ((row, column) indices) of ``labels`` and count their values.
+def store_and_count(
+    labels: da.Array,
+    array: zarr.Array,
+    blocks: list[tuple[int, ...]],
+    n_values: int,
+    *,
+    pixels: da.Array,
+    n_colour: int,
+) -> tuple[da.Array, da.Array]:
+    """Lazily write chunks ``blocks`` ((row, column) indices) of ``labels``, count their values
+    and sum the input colour of each value.
 
-    Each task predicts, writes and counts one chunk, so nothing is computed twice. A subset of
-    the blocks (a resumed run) becomes one small graph per block, so blocks not listed are never
+    Each task predicts, writes, counts and sums one chunk, so nothing is computed twice. A subset
+    of the blocks (a resumed run) becomes one small graph per block, so blocks not listed are never
     computed. See :func:`store_count_and_preview` for a whole first pass.
 
     Parameters
@@ -109,30 +117,64 @@ def store_and_count(labels: da.Array, array: zarr.Array, blocks: list[tuple[int,
         Chunks to write.
     n_values : int
         Values counted: 0..``n_values - 1``.
+    pixels : dask.array.Array
+        Shape (Y, X, C), the same (Y, X) chunks: the input the labels come from.
+    n_colour : int
+        Colour channels of ``pixels`` summed (the first ``n_colour``).
 
     Returns
     -------
-    dask.array.Array
-        Shape (n_values,), int64: the counts over the written chunks; computing it writes them.
+    counts : dask.array.Array
+        Shape (n_values,), int64: the counts over the written chunks.
+    sums : dask.array.Array
+        Shape (n_values, n_colour), float64: per-value colour sums (see
+        :func:`pixseg.statistics.sum_colours`). Compute both together (computing writes the chunks).
     """
     _check_destination(labels, array)
+    _check_pixels(labels, pixels)
     if not blocks:
-        return da.zeros(n_values, dtype=np.int64)
+        return da.zeros(n_values, dtype=np.int64), da.zeros((n_values, n_colour), dtype=np.float64)
     height, width = array.chunks
     parts = [
-        labels.blocks[i, j].map_blocks(
-            _write_counting,
-            array,
-            n_values,
+        da.map_blocks(
+            _write_counting_sums,
+            labels.blocks[i, j][:, :, np.newaxis],
+            pixels.blocks[i, j],
+            array=array,
+            n_values=n_values,
+            n_colour=n_colour,
             origin=(i * height, j * width),
-            chunks=((1,), (1,), (n_values,)),
-            new_axis=2,
-            dtype=np.int64,
-            meta=np.empty((0, 0, 0), dtype=np.int64),
-        )[0, 0]
+            chunks=((1,), (1,), (1,)),
+            dtype=object,
+            meta=np.empty((0, 0, 0), dtype=object),
+        )
         for i, j in blocks
     ]
-    return da.stack(parts).sum(axis=0)
+    results = da.concatenate(parts, axis=0)
+    return _counts_and_sums(results, n_values, n_colour)
+
+
+def _counts_and_sums(results: da.Array, n_values: int, n_colour: int) -> tuple[da.Array, da.Array]:
+    """The summed counts and colour sums of a (n, m, 1) object array of per-chunk results."""
+    rows, columns = results.chunks[:2]
+    counts = da.map_blocks(
+        _item,
+        results,
+        index=0,
+        chunks=(rows, columns, (n_values,)),
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0), dtype=np.int64),
+    )
+    sums = da.map_blocks(
+        _item,
+        results,
+        index=1,
+        chunks=(rows, columns, (n_values,), (n_colour,)),
+        new_axis=3,
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+    )
+    return counts.sum(axis=(0, 1)), sums.sum(axis=(0, 1))
 
 
 def reduce_chunk(above: zarr.Array, below: zarr.Array, block: tuple[int, int]) -> None:
@@ -162,16 +204,19 @@ def store_count_and_preview(
     array: zarr.Array,
     n_values: int,
     *,
-    pixels: da.Array | None,
+    pixels: da.Array,
+    n_colour: int,
+    preview: bool = True,
     step: int = 1,
     next_level: zarr.Array | None = None,
-) -> tuple[da.Array, da.Array | None]:
-    """Lazily write every chunk of ``labels``, count its values and keep a strided preview of ``pixels``.
+) -> tuple[da.Array, da.Array, da.Array | None]:
+    """Lazily write every chunk of ``labels``, count its values, sum the input colour of each value
+    and keep a strided preview of ``pixels``.
 
-    One task per chunk writes the labels, counts them and takes ``pixels[::step, ::step]``'s
-    share of the chunk, so the input is read once for labels and preview alike. With
-    ``next_level``, it also writes the chunk's share of the next pyramid level (``labels[::2, ::2]``),
-    so that level needs no second read of this one.
+    One task per chunk writes the labels, counts them, sums the colour of their pixels and takes
+    ``pixels[::step, ::step]``'s share of the chunk, so the input is read once for labels, mean
+    colours and preview alike. With ``next_level``, it also writes the chunk's share of the next
+    pyramid level (``labels[::2, ::2]``), so that level needs no second read of this one.
 
     Parameters
     ----------
@@ -181,8 +226,12 @@ def store_count_and_preview(
         Destination of the same shape and dtype.
     n_values : int
         Values counted: 0..``n_values - 1``.
-    pixels : dask.array.Array or None
-        Shape (Y, X, C), the same (Y, X) chunks: the input the labels come from (None: no preview).
+    pixels : dask.array.Array
+        Shape (Y, X, C), the same (Y, X) chunks: the input the labels come from.
+    n_colour : int
+        Colour channels of ``pixels`` summed (the first ``n_colour``).
+    preview : bool
+        Whether to keep the strided preview.
     step : int
         Preview stride.
     next_level : zarr.Array, optional
@@ -193,52 +242,53 @@ def store_count_and_preview(
     -------
     counts : dask.array.Array
         Shape (n_values,), int64.
+    sums : dask.array.Array
+        Shape (n_values, n_colour), float64 (see :func:`pixseg.statistics.sum_colours`).
     preview : dask.array.Array or None
-        ``pixels[::step, ::step]``. Compute both together (one pass writes the chunks).
+        ``pixels[::step, ::step]`` (None without ``preview``). Compute all together (one pass
+        writes the chunks).
     """
     _check_destination(labels, array)
+    _check_pixels(labels, pixels)
     if next_level is not None and tuple(2 * c for c in next_level.chunks) != tuple(array.chunks):
         raise ValueError(f"next-level chunks {next_level.chunks!r} are not half of {array.chunks!r}")
-    inputs = [labels[:, :, np.newaxis]]
-    if pixels is not None:
-        if pixels.chunks[:2] != labels.chunks:
-            raise ValueError(f"pixel chunks {pixels.chunks[:2]!r} differ from the labels' {labels.chunks!r}")
-        inputs.append(pixels)
     results = da.map_blocks(
         _write_counting_preview,
-        *inputs,
+        labels[:, :, np.newaxis],
+        pixels,
         array=array,
         n_values=n_values,
-        step=step,
+        n_colour=n_colour,
+        step=step if preview else 0,
         next_level=next_level,
         chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (1,)),
         dtype=object,
         meta=np.empty((0, 0, 0), dtype=object),
     )
-    counts = results.map_blocks(
-        _first,
-        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,)),
-        dtype=np.int64,
-        meta=np.empty((0, 0, 0), dtype=np.int64),
-    )
-    if pixels is None:
-        return counts.sum(axis=(0, 1)), None
+    counts, sums = _counts_and_sums(results, n_values, n_colour)
+    if not preview:
+        return counts, sums, None
     preview_chunks = tuple(
         tuple(_strided_length(start, size, step) for start, size in _starts(c)) for c in labels.chunks
     )
-    preview = results.map_blocks(
-        _second,
+    strided = results.map_blocks(
+        _preview,
         chunks=(*preview_chunks, (pixels.shape[2],)),
         dtype=pixels.dtype,
         meta=np.empty((0, 0, 0), dtype=pixels.dtype),
     )
-    return counts.sum(axis=(0, 1)), preview
+    return counts, sums, strided
 
 
 def _check_destination(labels: da.Array, array: zarr.Array) -> None:
     if tuple(labels.chunksize) != tuple(array.chunks):
         raise ValueError(f"dask chunks {labels.chunksize!r} differ from the zarr chunks {array.chunks!r}")
     check_chunks_align(labels.chunks, array.chunks)
+
+
+def _check_pixels(labels: da.Array, pixels: da.Array) -> None:
+    if pixels.chunks[:2] != labels.chunks:
+        raise ValueError(f"pixel chunks {pixels.chunks[:2]!r} differ from the labels' {labels.chunks!r}")
 
 
 def _starts(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -251,38 +301,59 @@ def _strided_length(start: int, size: int, step: int) -> int:
     return len(range(-start % step, size, step))
 
 
-def _write_counting(block: np.ndarray, array: zarr.Array, n_values: int, origin: tuple[int, int]) -> np.ndarray:
-    write_chunk(array, block, origin)
-    return count_labels(block, n_values)[np.newaxis, np.newaxis, :]
+def _summarise(
+    labels: np.ndarray, pixels: np.ndarray, array: zarr.Array, n_values: int, n_colour: int, origin: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write one (h, w) label chunk at ``origin``; its value counts and per-value colour sums."""
+    write_chunk(array, labels, origin)
+    return count_labels(labels, n_values), sum_colours(labels, pixels, n_values, n_colour)
+
+
+def _write_counting_sums(
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    *,
+    array: zarr.Array,
+    n_values: int,
+    n_colour: int,
+    origin: tuple[int, int],
+) -> np.ndarray:
+    result = np.empty((1, 1, 1), dtype=object)
+    result[0, 0, 0] = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, origin)
+    return result
 
 
 def _write_counting_preview(
     labels: np.ndarray,
-    pixels: np.ndarray | None = None,
+    pixels: np.ndarray,
     *,
     array: zarr.Array,
     n_values: int,
+    n_colour: int,
     step: int,
     next_level: zarr.Array | None,
     block_info: dict[Any, Any],
 ) -> np.ndarray:
+    """One chunk's share of :func:`store_count_and_preview`; ``step`` 0 takes no preview."""
     top, left = (start for start, _ in block_info[0]["array-location"][:2])
-    counts = _write_counting(labels[:, :, 0], array, n_values, (top, left))
+    counts, sums = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, (top, left))
     if next_level is not None:
         write_chunk(next_level, np.ascontiguousarray(labels[::2, ::2, 0]), (top // 2, left // 2))
     result = np.empty((1, 1, 1), dtype=object)
     # a copy: a strided view would keep the whole chunk alive until the pass ends
-    preview = None if pixels is None else pixels[-top % step :: step, -left % step :: step].copy()
-    result[0, 0, 0] = (counts, preview)
+    preview = pixels[-top % step :: step, -left % step :: step].copy() if step else None
+    result[0, 0, 0] = (counts, sums, preview)
     return result
 
 
-def _first(results: np.ndarray) -> np.ndarray:
-    return results[0, 0, 0][0]
+def _item(results: np.ndarray, *, index: int) -> np.ndarray:
+    """Item ``index`` (counts or sums) of a chunk's result tuple, with a leading (1, 1) for its block."""
+    return results[0, 0, 0][index][np.newaxis, np.newaxis]
 
 
-def _second(results: np.ndarray) -> np.ndarray:
-    return results[0, 0, 0][1]
+def _preview(results: np.ndarray) -> np.ndarray:
+    """The strided preview piece of a chunk's result tuple."""
+    return results[0, 0, 0][2]
 
 
 def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:
@@ -304,6 +375,18 @@ def count_stored_chunk(array: zarr.Array, block: tuple[int, int], n_values: int)
     return None if values is None else count_labels(values, n_values)
 
 
+def summarise_stored_chunk(
+    array: zarr.Array, block: tuple[int, int], n_values: int, pixels: np.ndarray, n_colour: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Label counts and per-label colour sums (see :func:`pixseg.statistics.sum_colours`) of a
+    stored chunk over ``pixels``, its share of the input; ``None`` if the chunk is missing or cannot
+    be decoded (write it again), as in :func:`count_stored_chunk`."""
+    values = read_stored_chunk(array, block)
+    if values is None:
+        return None
+    return count_labels(values, n_values), sum_colours(values, pixels, n_values, n_colour)
+
+
 def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[int, ...]) -> None:
     """Raise ``ValueError`` unless every dask chunk starts at a multiple of the zarr chunk."""
     for axis, (sizes, step) in enumerate(zip(dask_chunks, zarr_chunks, strict=True)):
@@ -315,7 +398,6 @@ def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tu
 def ome_label_metadata(
     *,
     n_levels: int,
-    n_labels: int,
     name: str,
     pixel_size: tuple[float, float] | None,
     properties: list[dict[str, Any]],
@@ -323,27 +405,32 @@ def ome_label_metadata(
 ) -> dict[str, Any]:
     """``multiscales`` and ``image-label`` of a label pyramid (without the version keys).
 
-    Level ``n`` holds every ``2**n``-th pixel, so its scale is ``2**n`` times level 0's and a
-    translation of ``(2**n - 1) / 2`` level-0 pixels puts its pixel centres where they came from.
+    NGFF's scale and translation map an array index to the physical position of that pixel's
+    centre. Level ``n`` holds every ``2**n``-th pixel of level 0 from index 0 (a stride, never a
+    mean: see :func:`reduce_chunk`), so its pixel ``i`` is level-0 pixel ``i * 2**n``: its scale is
+    ``2**n`` times level 0's and its translation is zero, so none is written. (A mean-downsampled
+    image level is centred ``(2**n - 1) / 2`` level-0 pixels further: see
+    :func:`pixseg.io.image_zarr.finalise_image_zarr`.)
+
+    ``properties`` are the statistics rows (:func:`pixseg.statistics.label_table`): the
+    ``image-label`` colours are their ``colour_rgba``, and their other plain values (name, pixels,
+    mean colour...) are the label properties.
     """
     base = pixel_size or (1.0, 1.0)
     axes: list[dict[str, Any]] = [{"name": axis, "type": "space"} for axis in ("y", "x")]
     if pixel_size is not None:
         for axis in axes:
             axis["unit"] = "micrometer"
-    datasets = []
-    for level in range(n_levels):
-        factor = 2**level
-        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [base[0] * factor, base[1] * factor]}]
-        if level:
-            shift = (factor - 1) / 2
-            transforms.append({"type": "translation", "translation": [base[0] * shift, base[1] * shift]})
-        datasets.append({"path": str(level), "coordinateTransformations": transforms})
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [{"type": "scale", "scale": [base[0] * 2**level, base[1] * 2**level]}],
+        }
+        for level in range(n_levels)
+    ]
     image_label: dict[str, Any] = {
-        "colors": [{"label-value": i + 1, "rgba": list(rgba)} for i, rgba in enumerate(label_colours(n_labels))],
-        "properties": [
-            {"label-value": row["label"], "name": f"cluster {row['label']}", **_plain(row)} for row in properties
-        ],
+        "colors": [{"label-value": row["label"], "rgba": list(row["colour_rgba"])} for row in properties],
+        "properties": [{"label-value": row["label"], **_plain(row)} for row in properties],
     }
     if source_image is not None:
         image_label["source"] = {"image": source_image}
@@ -351,7 +438,8 @@ def ome_label_metadata(
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in row.items() if key not in ("label", "centroid") and value is not None}
+    left_out = ("label", "centroid", "colour_rgba")
+    return {key: value for key, value in row.items() if key not in left_out and value is not None}
 
 
 def finalise_label_zarr(path: str, *, ngff: str, ome: dict[str, Any], extra: dict[str, Any]) -> None:

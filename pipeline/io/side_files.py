@@ -13,7 +13,17 @@ from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, write_json_atomic
 from pixseg.io.json_files import read_json_object
 
-SIDE_SUFFIXES = (".stats.csv", ".stats.json", ".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
+SIDE_SUFFIXES = (
+    ".stats.csv",
+    ".stats.json",
+    ".thumbnail.png",
+    ".labels.png",
+    ".overlay.png",
+    ".legend.png",
+    ".report.html",
+)
+#: The first bytes of pixseg's HTML report: how pixseg recognises its own report.
+REPORT_SIGNATURE = "<!DOCTYPE html><!-- pixseg report -->"
 #: The ``format`` key of ``.stats.json``: how pixseg recognises its own statistics.
 STATISTICS_FORMAT = "pixseg-statistics"
 _CSV_HEADER = "label,pixels,fraction,area_um2"
@@ -32,24 +42,38 @@ def side_file_base(output_path: str) -> str:
 def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str, Any]) -> None:
     """Write ``base.stats.csv`` (one row per label) and ``base.stats.json`` (``summary`` + rows).
 
+    The CSV has ``label, pixels, fraction, area_um2``, then ``name``, ``colour`` (display),
+    ``mean_1..mean_C`` (mean input colour), ``hex``, ``intensity`` and ``centroid_<column>``; a
+    value a row lacks is left empty. The JSON keeps the rows as they are.
+
     Raises
     ------
     OutputError
         If a file cannot be written (each file is replaced atomically: old or new, never partial).
     """
     columns = list(rows[0]["centroid"]) if rows else []
+    n_colour = max((len(row.get("mean_colour") or ()) for row in rows), default=0)
+    header = ["label", "pixels", "fraction", "area_um2", "name", "colour"]
+    header += [f"mean_{c + 1}" for c in range(n_colour)] + ["hex", "intensity"]
     try:
         with atomic_file(base + ".stats.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["label", "pixels", "fraction", "area_um2", *(f"centroid_{c}" for c in columns)])
+            writer.writerow([*header, *(f"centroid_{c}" for c in columns)])
             for row in rows:
-                area = "" if row["area_um2"] is None else repr(row["area_um2"])
-                writer.writerow(
-                    [row["label"], row["pixels"], repr(row["fraction"]), area, *map(repr, row["centroid"].values())]
-                )
+                means = row.get("mean_colour") or [None] * n_colour
+                values = [row["pixels"], row["fraction"], row["area_um2"], row.get("name"), row.get("colour")]
+                values += [*means, row.get("hex"), row.get("intensity"), *row["centroid"].values()]
+                writer.writerow([row["label"], *map(_csv_value, values)])
         write_json_atomic(base + ".stats.json", {"format": STATISTICS_FORMAT, **summary, "labels": rows})
     except OSError as err:
         raise OutputError(f"cannot write statistics next to {base!r}: {err}") from err
+
+
+def _csv_value(value: Any) -> str:
+    """A CSV cell: empty for None, text as is, numbers exactly (``repr``)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else repr(value)
 
 
 def is_own_side_file(path: str) -> bool:
@@ -59,8 +83,9 @@ def is_own_side_file(path: str) -> bool:
     - ``.stats.json``: a JSON object with ``"format": "pixseg-statistics"`` (or, as written before
       that key, ``masked_pixels`` and a ``labels`` list);
     - ``.stats.csv``: pixseg's header row;
-    - a ``.png`` preview: a PNG whose ``.stats.json`` beside it is pixseg's (previews are written
-      after the statistics).
+    - a ``.png`` preview or the ``.report.html``: a PNG, or a page starting with
+      :data:`REPORT_SIGNATURE`, whose ``.stats.json`` beside it is pixseg's (both are written after
+      the statistics).
     """
     if os.path.islink(path) or not os.path.isfile(path):
         return False
@@ -75,16 +100,17 @@ def is_own_side_file(path: str) -> bool:
         return False
     try:
         with open(path, "rb") as handle:
-            head = handle.read(len(_CSV_HEADER))
+            head = handle.read(max(len(_CSV_HEADER), len(REPORT_SIGNATURE)))
     except OSError:  # unreadable: not one pixseg could have written and may replace
         return False
     if suffix == ".stats.csv":
-        return head == _CSV_HEADER.encode()
-    return head.startswith(_PNG_SIGNATURE) and is_own_side_file(path[: -len(suffix)] + ".stats.json")
+        return head.startswith(_CSV_HEADER.encode())
+    signature = REPORT_SIGNATURE.encode() if suffix == ".report.html" else _PNG_SIGNATURE
+    return head.startswith(signature) and is_own_side_file(path[: -len(suffix)] + ".stats.json")
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an (h, w, 3) uint8 image as PNG, atomically.
+    """Write an (h, w, 3) RGB or (h, w, 4) RGBA uint8 image as PNG, atomically.
 
     Raises
     ------
@@ -94,15 +120,32 @@ def write_png(path: str, rgb: np.ndarray) -> None:
     from PIL import Image
 
     # fast; previews are small
-    _save_png(Image.fromarray(rgb, mode="RGB"), path, what="preview", compress_level=1)
+    _save_png(
+        Image.fromarray(rgb, mode="RGBA" if rgb.shape[-1] == 4 else "RGB"), path, what="preview", compress_level=1
+    )
 
 
-def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int, int, int, int]]) -> None:
-    """A PNG legend: one line per label with its colour swatch, pixel share and area (written atomically).
+def write_legend(
+    path: str, rows: list[dict[str, Any]], colours: list[tuple[int, int, int, int]], *, masked_pixels: int = 0
+) -> None:
+    """A PNG legend: one line per label with its colour swatch, name, mean colour, pixel share and
+    area, then a "masked" line with the masked pixels' count when there are any (written atomically).
 
     Lines fill columns of ``LEGEND_LINES``, at most ``LEGEND_COLUMNS`` of them, so the image stays
     bounded (at most about 3400 x 1400 pixels) whatever K: beyond that many labels, the last line
     says how many more there are and points to the ``.stats.csv`` that lists them all.
+
+    Parameters
+    ----------
+    path : str
+        The PNG to write.
+    rows : list of dict
+        Statistics rows (:func:`pixseg.statistics.label_table`); ``name``, ``hex`` and
+        ``intensity`` are shown when present.
+    colours : list of RGBA
+        The display colour of each row.
+    masked_pixels : int
+        Pixels of label 0: shown as a swatch outline (transparent in the overlay).
 
     Raises
     ------
@@ -111,27 +154,43 @@ def write_legend(path: str, rows: list[dict[str, Any]], colours: list[tuple[int,
     """
     from PIL import Image, ImageDraw
 
-    line, width = 22, 420
-    capacity = LEGEND_LINES * LEGEND_COLUMNS
+    line, width = 22, 460
+    capacity = LEGEND_LINES * LEGEND_COLUMNS - int(masked_pixels > 0)
     shown = rows if len(rows) <= capacity else rows[: capacity - 1]
-    n_lines = len(shown) + int(len(shown) < len(rows))
+    n_lines = len(shown) + int(len(shown) < len(rows)) + int(masked_pixels > 0)
     n_columns = max(1, math.ceil(n_lines / LEGEND_LINES))
     image = Image.new("RGB", (width * n_columns, 10 + line * max(1, min(n_lines, LEGEND_LINES))), "white")
     draw = ImageDraw.Draw(image)
+
+    def place(i: int) -> tuple[int, int]:
+        return width * (i // LEGEND_LINES), 6 + line * (i % LEGEND_LINES)
+
     for i, (row, rgba) in enumerate(zip(shown, colours[: len(shown)], strict=True)):
-        left, top = width * (i // LEGEND_LINES), 6 + line * (i % LEGEND_LINES)
+        left, top = place(i)
         draw.rectangle((left + 8, top, left + 26, top + 16), fill=tuple(rgba[:3]), outline="black")
-        area = f", {row['area_um2'] / 1e6:.3g} mm^2" if row["area_um2"] is not None else ""
-        draw.text(
-            (left + 34, top + 2),
-            f"label {row['label']}: {100 * row['fraction']:.1f}% ({row['pixels']} px{area})",
-            fill="black",
-        )
+        draw.text((left + 34, top + 2), _legend_text(row), fill="black")
+    i = len(shown)
     if len(shown) < len(rows):
-        i = len(shown)
-        left, top = width * (i // LEGEND_LINES), 6 + line * (i % LEGEND_LINES)
+        left, top = place(i)
         draw.text((left + 8, top + 2), f"... {len(rows) - len(shown)} more labels: see .stats.csv", fill="black")
+        i += 1
+    if masked_pixels > 0:
+        left, top = place(i)
+        draw.rectangle((left + 8, top, left + 26, top + 16), outline="black")
+        draw.text((left + 34, top + 2), f"masked: {masked_pixels} px (transparent)", fill="black")
     _save_png(image, path, what="legend")
+
+
+def _legend_text(row: dict[str, Any]) -> str:
+    """``label N name: mean #rrggbb, P% (n px, A mm^2)`` of a statistics row."""
+    name = row.get("name") or f"label {row['label']}"
+    text = f"{row['label']} {name}" if name != f"cluster {row['label']}" else name
+    if row.get("hex"):
+        text += f": mean {row['hex']}"
+    elif row.get("intensity") is not None:
+        text += f": mean {row['intensity']:.4g}"
+    area = f", {row['area_um2'] / 1e6:.3g} mm^2" if row.get("area_um2") is not None else ""
+    return f"{text}, {100 * row['fraction']:.1f}% ({row['pixels']} px{area})"
 
 
 def _save_png(image: Any, path: str, *, what: str, **options: Any) -> None:

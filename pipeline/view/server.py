@@ -32,7 +32,6 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from pixseg.colours import label_colours
 from pixseg.errors import ParameterError, PipelineError
 from pixseg.view.sources import ReaderCache, label_pyramid, legend, open_output, slide_pyramid
 from pixseg.view.tiles import (
@@ -89,7 +88,7 @@ class ViewerServer(ThreadingHTTPServer):
         readers = ReaderCache()
         self.slide = slide_pyramid(self.output, image_path, readers)
         self.labels = label_pyramid(self.output, readers)
-        self.colours = label_colours(self.output.n_labels)
+        self.colours = self.output.colours
         self.static = static_routes()
         self.info = json.dumps(
             {

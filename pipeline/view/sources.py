@@ -1,12 +1,14 @@
 """What the viewer shows: a finished label output, its input slide and their pyramids.
 
 Every stored level is opened through pixseg's own readers (:func:`~pixseg.io.readers.open_image`
-for the slide and for TIFF labels, :func:`~pixseg.io.label_zarr.open_label_levels` for OME-Zarr
-labels) and kept in a small LRU (:class:`ReaderCache`), so a tile costs a region read, never an open.
+for the slide, :class:`~pixseg.io.label_tiff.LabelTiffLevels` for TIFF labels, whose palette
+must not be applied, :func:`~pixseg.io.label_zarr.open_label_levels` for OME-Zarr labels) and
+kept in a small LRU (:class:`ReaderCache`), so a tile costs a region read, never an open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
@@ -15,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import zarr
 
 from pixseg.colours import label_colours
 from pixseg.errors import InputError, InputNotFoundError
-from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
+from pixseg.io.label_tiff import LabelTiffLevels, interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.label_zarr import open_label_levels, read_label_zarr_status
 from pixseg.io.readers import open_image
 from pixseg.view.tiles import Pyramid
@@ -62,6 +65,18 @@ class LabelOutput:
         """(Y, X) of level 0."""
         return self.level_shapes[0]
 
+    @property
+    def colours(self) -> list[tuple[int, int, int, int]]:
+        """RGBA display colours of labels 1..K: those the run stored in its statistics
+        (``colour_rgba``), else, for outputs written before, :func:`~pixseg.colours.label_colours`."""
+        stored = {int(row["label"]): row["colour_rgba"] for row in self.statistics if "colour_rgba" in row}
+        defaults = label_colours(self.n_labels)
+        colours = []
+        for label, default in enumerate(defaults, start=1):
+            r, g, b, a = (int(v) for v in stored.get(label, default))
+            colours.append((r, g, b, a))
+        return colours
+
 
 class ReaderCache:
     """A thread-safe LRU of opened readers, keyed by what was opened.
@@ -95,6 +110,9 @@ class ReaderCache:
 def open_output(path: str) -> LabelOutput:
     """Check that ``path`` is a finished pixseg label output and read its metadata.
 
+    ``path`` may also be an OME-Zarr image holding a pixseg label output in its ``labels`` group
+    (``segment --with-image``, or ``--into-input``): those labels are shown over that image.
+
     Raises
     ------
     InputNotFoundError
@@ -104,6 +122,9 @@ def open_output(path: str) -> LabelOutput:
     """
     if not os.path.exists(path):
         raise InputNotFoundError(f"output {path!r} does not exist")
+    inside = _labels_inside(path) if os.path.isdir(path) else None
+    if inside is not None:
+        return dataclasses.replace(open_output(inside), input_path=path)
     if os.path.isdir(path):
         status, kind = read_label_zarr_status(path), "zarr"
     elif path.lower().endswith((".tif", ".tiff")):
@@ -128,12 +149,32 @@ def open_output(path: str) -> LabelOutput:
     )
 
 
+def _labels_inside(path: str) -> str | None:
+    """The first pixseg label output registered in the ``labels`` group of the OME-Zarr image
+    ``path``, or None (``path`` is a label output itself, or holds none)."""
+    status = read_label_zarr_status(path)
+    if (status is not None and "model" in status) or not os.path.isdir(os.path.join(path, "labels")):
+        return None
+    try:
+        attrs = zarr.open_group(os.path.join(path, "labels"), mode="r").attrs
+    except zarr.errors.GroupNotFoundError:  # a folder named labels, not a zarr group
+        return None
+    ome = attrs.get("ome")
+    names = ome.get("labels", []) if isinstance(ome, dict) else attrs.get("labels", [])
+    for name in names if isinstance(names, list) else []:
+        candidate = os.path.join(path, "labels", str(name))
+        found = read_label_zarr_status(candidate) if os.path.isdir(candidate) else None
+        if found is not None and "model" in found:
+            return candidate
+    return None
+
+
 def legend(output: LabelOutput) -> list[dict[str, Any]]:
     """One entry per label 1..K: ``label``, ``name`` (the statistics' ``name``, else ``"label N"``),
     ``colour`` (``#rrggbb``), ``pixels``, ``fraction`` and ``area_um2`` (None when unknown)."""
     rows = {int(row["label"]): row for row in output.statistics}
     entries = []
-    for label, rgba in enumerate(label_colours(output.n_labels), start=1):
+    for label, rgba in enumerate(output.colours, start=1):
         row = rows.get(label, {})
         entries.append(
             {
@@ -159,8 +200,9 @@ def label_pyramid(output: LabelOutput, readers: ReaderCache) -> Pyramid:
     else:
 
         def read(level: int, rows: slice, columns: slice) -> np.ndarray:
-            image = readers.get(("labels", output.path, level), lambda: open_image(output.path, level=level))
-            return np.asarray(image.source[rows, columns, 0:1])[:, :, 0]
+            # the stored label values: pixseg's image reader would expand the TIFF's palette to RGB
+            levels = readers.get(("labels", output.path), lambda: LabelTiffLevels(output.path))
+            return np.asarray(levels[level][rows, columns])
 
     return Pyramid(
         shape=output.shape,
