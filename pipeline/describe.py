@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
-from pixseg.io.label_zarr import read_label_zarr_status
+from pixseg.io.label_zarr import labels_inside, read_label_zarr_status
 from pixseg.io.locks import lock_path_for, read_lock
 from pixseg.io.readers import describe_chunks, open_image
 from pixseg.io.side_files import side_file_base
@@ -48,6 +48,9 @@ def _describe_lock(path: str) -> dict[str, str]:
 
 
 def _describe(path: str, *, level: int) -> dict[str, Any]:
+    inside = labels_inside(path) if os.path.isdir(path) else None
+    if inside is not None:  # an image written with --with-image: describe its labels
+        return {**_describe(inside, level=level), "image": path}
     if os.path.isdir(path):
         status = read_label_zarr_status(path)
     elif os.path.isfile(path) and path.lower().endswith((".tif", ".tiff")):

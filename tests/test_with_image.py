@@ -96,7 +96,8 @@ def test_view_shows_the_labels_over_the_image_in_the_store(plain_and_with_image)
 def test_info_and_resume_and_overwrite(plain_and_with_image, slide, capsys):
     directory, _, store, _ = plain_and_with_image
     assert main(["info", str(store)]) == 0
-    assert "ome-zarr" in capsys.readouterr().out
+    shown = capsys.readouterr().out  # the labels inside, with the image named
+    assert "complete: complete" in shown and f"image: {store}" in shown and "cluster 1" in shown
     with pytest.raises(OutputExistsError):
         segment(slide, str(store), with_image=True, **OPTIONS)
     finished = segment(slide, str(store), with_image=True, resume=True, **OPTIONS)

@@ -579,3 +579,23 @@ def label_side_base(output_path: str) -> str:
 def _existing_side_files(output_path: str) -> list[str]:
     base = label_side_base(output_path)
     return [base + suffix for suffix in SIDE_SUFFIXES if os.path.isfile(base + suffix)]
+
+
+def labels_inside(path: str) -> str | None:
+    """The first pixseg label output registered in the ``labels`` group of the OME-Zarr image
+    ``path``, or None (``path`` is a label output itself, or holds none)."""
+    status = read_label_zarr_status(path)
+    if (status is not None and "model" in status) or not os.path.isdir(os.path.join(path, "labels")):
+        return None
+    try:
+        attrs = zarr.open_group(os.path.join(path, "labels"), mode="r").attrs
+    except zarr.errors.GroupNotFoundError:  # a folder named labels, not a zarr group
+        return None
+    ome = attrs.get("ome")
+    names = ome.get("labels", []) if isinstance(ome, dict) else attrs.get("labels", [])
+    for name in names if isinstance(names, list) else []:
+        candidate = os.path.join(path, "labels", str(name))
+        found = read_label_zarr_status(candidate) if os.path.isdir(candidate) else None
+        if found is not None and "model" in found:
+            return candidate
+    return None

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
 from pixseg.colours import label_colours
 from pixseg.errors import InputError, InputNotFoundError
 from pixseg.io.label_tiff import LabelTiffLevels, interrupted_tiff_write, read_label_tiff_status
-from pixseg.io.label_zarr import open_label_levels, read_label_zarr_status
+from pixseg.io.label_zarr import labels_inside, open_label_levels, read_label_zarr_status
 from pixseg.io.readers import open_image
 from pixseg.view.tiles import Pyramid
 
@@ -122,7 +121,7 @@ def open_output(path: str) -> LabelOutput:
     """
     if not os.path.exists(path):
         raise InputNotFoundError(f"output {path!r} does not exist")
-    inside = _labels_inside(path) if os.path.isdir(path) else None
+    inside = labels_inside(path) if os.path.isdir(path) else None
     if inside is not None:
         return dataclasses.replace(open_output(inside), input_path=path)
     if os.path.isdir(path):
@@ -147,26 +146,6 @@ def open_output(path: str) -> LabelOutput:
         pixel_size=(float(size[0]), float(size[1])) if size else None,
         input_path=status.get("input"),
     )
-
-
-def _labels_inside(path: str) -> str | None:
-    """The first pixseg label output registered in the ``labels`` group of the OME-Zarr image
-    ``path``, or None (``path`` is a label output itself, or holds none)."""
-    status = read_label_zarr_status(path)
-    if (status is not None and "model" in status) or not os.path.isdir(os.path.join(path, "labels")):
-        return None
-    try:
-        attrs = zarr.open_group(os.path.join(path, "labels"), mode="r").attrs
-    except zarr.errors.GroupNotFoundError:  # a folder named labels, not a zarr group
-        return None
-    ome = attrs.get("ome")
-    names = ome.get("labels", []) if isinstance(ome, dict) else attrs.get("labels", [])
-    for name in names if isinstance(names, list) else []:
-        candidate = os.path.join(path, "labels", str(name))
-        found = read_label_zarr_status(candidate) if os.path.isdir(candidate) else None
-        if found is not None and "model" in found:
-            return candidate
-    return None
 
 
 def legend(output: LabelOutput) -> list[dict[str, Any]]:
