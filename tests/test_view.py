@@ -250,6 +250,7 @@ def test_routes_serve_tiles_and_labels_of_both_output_kinds(server, outputs):
     assert status == 200 and (info["width"], info["height"]) == (512, 512)
     assert [e["label"] for e in info["labels"]] == [1, 2, 3]
     assert sum(e["pixels"] for e in info["labels"]) == 512 * 512
+    assert info["masked_pixels"] == int((labels == 0).sum())  # listed as "masked" in the legend when > 0
     assert _get(server, "/slide.dzi")[1].startswith(b'<?xml version="1.0"')
     status, body = _get(server, "/labels_files/9/1_0.png")  # full resolution, columns 255..511
     tile = np.asarray(Image.open(io.BytesIO(body)))

@@ -7,7 +7,8 @@ handful of fixed routes, and its work is in the tiles, not in HTTP. Routes (GET;
 
 - ``/``, ``/index.html``, ``/viewer.js``, ``/viewer.css``, ``/openseadragon/openseadragon.min.js``,
   ``/openseadragon/images/NAME.png``: the page and the vendored OpenSeadragon (an allow-list);
-- ``/info.json``: the labels' legend (name, colour, pixels, fraction, area), shape, pixel size;
+- ``/info.json``: the labels' legend (name, colour, pixels, fraction, area), the masked pixels, shape,
+  pixel size;
 - ``/slide.dzi``, ``/labels.dzi``: Deep Zoom descriptors (same size, tiles and overlap);
 - ``/slide_files/LEVEL/COL_ROW.jpg``: slide tiles (JPEG);
 - ``/labels_files/LEVEL/COL_ROW.png?hidden=1,3``: label tiles (RGBA PNG; label 0 and the
@@ -97,6 +98,7 @@ class ViewerServer(ThreadingHTTPServer):
                 "height": self.output.shape[0],
                 "pixel_size_um": self.output.pixel_size,
                 "labels": legend(self.output),
+                "masked_pixels": self.output.masked_pixels,
             }
         ).encode()
         self.tile_jobs = threading.BoundedSemaphore(MAX_TILE_JOBS)

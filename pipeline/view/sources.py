@@ -49,6 +49,8 @@ class LabelOutput:
         (Y, X) micrometres per level-0 pixel, when known.
     input_path : str or None
         The input the labels were made from, as recorded.
+    masked_pixels : int
+        Pixels labelled 0 (masked or without data).
     """
 
     path: str
@@ -58,6 +60,7 @@ class LabelOutput:
     statistics: list[dict[str, Any]]
     pixel_size: tuple[float, float] | None
     input_path: str | None
+    masked_pixels: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,6 +148,7 @@ def open_output(path: str) -> LabelOutput:
         statistics=list(status.get("statistics") or []),
         pixel_size=(float(size[0]), float(size[1])) if size else None,
         input_path=status.get("input"),
+        masked_pixels=int(status.get("masked_pixels") or 0),
     )
 
 

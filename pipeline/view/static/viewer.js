@@ -55,6 +55,17 @@
       body.append(row);
       state.legend.set(entry.label, { row, name: entry.name });
     }
+    if (info.masked_pixels > 0) {  // label 0: transparent in the overlay, listed for its count
+      const row = document.createElement("tr");
+      row.className = "masked-row";
+      const name = cell("", "name");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch masked";
+      name.append(swatch, "masked");
+      row.append(cell(""), name, cell(numbers.format(info.masked_pixels), "number pixels"), cell("–", "number fraction"));
+      if (withArea) row.append(cell("–", "number area"));
+      body.append(row);
+    }
   }
 
   function showLabels(viewer) {
