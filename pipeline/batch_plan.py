@@ -58,7 +58,14 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
     for image in images:
         row: dict[str, Any] = {"input": image.input, "output": image.output}
         try:
-            opened = open_image(image.input, level=read.level, chunk=read.chunk)
+            opened = open_image(
+                image.input,
+                level=read.level,
+                chunk=read.chunk,
+                series=read.series,
+                plane=read.plane,
+                channels=read.channels,
+            )
         except PipelineError as err:
             rows.append({**row, "action": f"fail: {err}"})
             continue

@@ -272,7 +272,8 @@ def converted_if_needed(image: Image, plan: OutputPlan, read: ReadOptions, *, pr
         marker = _lease(image, copy, reason, progress=progress)
     finished = False
     try:
-        converted = open_input(copy, read, level=0, nodata=image.nodata)
+        whole = dataclasses.replace(read, series=None, plane=None, channels=None)  # the copy holds only those
+        converted = open_input(copy, whole, level=0, nodata=image.nodata)
         yield dataclasses.replace(converted, pixel_size=image.pixel_size, level_shapes=image.level_shapes)
         finished = True
     finally:

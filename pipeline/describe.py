@@ -8,7 +8,7 @@ from typing import Any
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.label_zarr import labels_inside, read_label_zarr_status
 from pixseg.io.locks import lock_path_for, read_lock
-from pixseg.io.readers import describe_chunks, open_image
+from pixseg.io.readers import describe_chunks, list_series, open_image
 from pixseg.io.side_files import side_file_base
 from pixseg.layout import conversion_reason
 
@@ -20,7 +20,9 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
     -------
     dict
         ``{"kind": "output", ...status}`` for a pixseg output (with ``complete``), else
-        ``{"kind": "input", ...}`` with shape, dtype, chunks and pyramid levels. With ``lock``
+        ``{"kind": "input", ...}`` with format, the reader that decodes it, shape, dtype, chunks,
+        pyramid levels, pixel size (``unknown`` when the file does not say) and, for a file holding
+        several, every series (index, name, shape, axes). With ``lock``
         (``held by pid P on 'HOST' since TIME (heartbeat N s ago)``) when a lock file is beside
         it: a run is writing it, or one left the lock behind (``stale``).
 
@@ -64,15 +66,18 @@ def _describe(path: str, *, level: int) -> dict[str, Any]:
     if status is not None and not status.get("complete"):
         return {"kind": "converted image", "path": path, **status}
     image = open_image(path, level=level)
+    series = list_series(path)
     return {
         "kind": "input",
         "path": path,
-        "format": image.kind,
+        "format": f"{image.kind} ({image.flavour})" if image.flavour else image.kind,
+        "reader": image.reader,
+        **({"series": "; ".join(s.describe() for s in series)} if len(series) > 1 else {}),
         "shape": image.shape,
         "dtype": image.dtype.name,
         "alpha": image.has_alpha,
         "chunks": describe_chunks(image),
         "levels": image.level_shapes,
-        "pixel_size_um": image.pixel_size,
+        "pixel_size_um": image.pixel_size or "unknown (areas in pixels; --pixel-size sets it)",
         "convert": f"yes: {reason}" if (reason := conversion_reason(image)) else "no: its layout reads well directly",
     }

@@ -262,7 +262,13 @@ def _thumbnail_pixels(image: Image) -> da.Array:
     usable = [lvl for lvl in range(image.level + 1, len(image.level_shapes)) if max(image.level_shapes[lvl]) >= 1024]
     if usable:
         try:
-            source = open_image(image.path, level=usable[-1])
+            source = open_image(
+                image.path,
+                level=usable[-1],
+                series=image.selection.series,
+                plane=image.selection.plane,
+                channels=image.selection.channels,
+            )
         except InputError:  # e.g. a converted one-level copy standing in for the input
             source = image
     step = thumbnail_step(source.shape[:2])

@@ -65,6 +65,25 @@ def _feature_names() -> tuple[str, ...]:
     return (*FEATURE_GROUPS, *FEATURE_ALIASES)
 
 
+#: The stack axes ``--plane`` picks from.
+PLANE_AXES = ("z", "t")
+
+
+def _plane_text(text: str) -> dict[str, int]:
+    """``"z=3,t=0"`` as ``{"z": 3, "t": 0}``; axes z or t, each once, indices integers >= 0."""
+    plane: dict[str, int] = {}
+    for part in text.split(","):
+        axis, _, index = (piece.strip().lower() for piece in part.partition("="))
+        if axis not in PLANE_AXES:
+            raise ValueError(f"z=K,t=K with axes z and t only (unknown axis {axis!r})")
+        if axis in plane:
+            raise ValueError(f"z=K,t=K with each axis once ({axis!r} twice)")
+        if not index.isdigit():
+            raise ValueError(f"z=K,t=K with K an integer >= 0 ({axis}={index!r})")
+        plane[axis] = int(index)
+    return plane
+
+
 def _levels_text(text: str) -> int | None:
     try:
         return None if text.strip().lower() == "auto" else int(text)
@@ -117,6 +136,30 @@ class ReadOptions(Validated):
         config="read.nodata",
         flag="--nodata",
         metavar="VALUE",
+    )
+    series: int | None = option(
+        None,
+        "image series to read of a file holding several (pixseg info lists them); default: the first",
+        config="read.series",
+        flag="--series",
+        metavar="N",
+        minimum=0,
+    )
+    plane: dict[str, int] | None = option(
+        None,
+        "plane to read of a Z or T stack, e.g. z=3 or z=3,t=0 (required for a stack)",
+        config="read.plane",
+        flag="--plane",
+        metavar="z=K,t=K",
+        text=_plane_text,
+    )
+    channels: tuple[int, ...] | None = option(
+        None,
+        "channels to read, in this order, e.g. 0,2 (default: all)",
+        config="read.channels",
+        flag="--channels",
+        metavar="C1,C2",
+        minimum=0,
     )
 
 

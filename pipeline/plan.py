@@ -361,8 +361,11 @@ def job_fingerprint(image: Image, **parts: Any) -> dict[str, Any]:
 
 def input_identity(image: Image) -> dict[str, Any]:
     """The input's identity (:func:`pixseg.io.batch_state.input_identity`: a file's realpath, size
-    and modification time; every file of a zarr store) with the level and shape read."""
-    return {**batch_state.input_identity(image.path), "level": image.level, "shape": list(image.shape)}
+    and modification time; every file of a zarr store) with the level and shape read, and the
+    series, plane and channels when one is picked."""
+    identity = {**batch_state.input_identity(image.path), "level": image.level, "shape": list(image.shape)}
+    picked = {key: value for key, value in dataclasses.asdict(image.selection).items() if value}
+    return {**identity, "selection": picked} if picked else identity
 
 
 def into_input_path(input_path: str, name: str, *, output: str | None = None) -> str:

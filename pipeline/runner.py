@@ -87,6 +87,8 @@ def segment(
     check_mask_option(fit.mask)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
+    if output.pixel_size is None and image.pixel_size is None:
+        logger.warning("pixel size unknown: areas in pixels; pass --pixel-size UM to set it")
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite or resume)
@@ -161,6 +163,8 @@ def apply(
     model = load_model(model_path)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
+    if output.pixel_size is None and image.pixel_size is None:
+        logger.warning("pixel size unknown: areas in pixels; pass --pixel-size UM to set it")
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
     check_model_fits(model.feature_spec, image, model_path)

@@ -486,4 +486,23 @@ CASES += [
         "--pixel-size must be between 1e-05 and",
     ),
     Case("seed 1e999", lambda t: _segment(_rgb(t), t, "--seed", "1e999"), "--seed must be an integer, got '1e999'"),
+    Case("series beyond the file", lambda t: _segment(_rgb(t), t, "--series", "3"), "it has 1 series (0 to 0;"),
+    Case("negative series", lambda t: _segment(_rgb(t), t, "--series", "-1"), "--series must be >= 0, got -1"),
+    Case(
+        "plane with a negative index",
+        lambda t: _segment(_rgb(t), t, "--plane", "z=-1"),
+        "--plane must be z=K,t=K with K an integer >= 0 (z='-1')",
+    ),
+    Case(
+        "plane on an unknown axis",
+        lambda t: _segment(_rgb(t), t, "--plane", "q=1"),
+        "--plane must be z=K,t=K with axes z and t only (unknown axis 'q')",
+    ),
+    Case("plane on an axis the file lacks", lambda t: _segment(_rgb(t), t, "--plane", "z=2"), "it has no Z axis"),
+    Case(
+        "Z stack without a plane",
+        lambda t: _segment(_tiff(t, np.zeros((3, 32, 32), np.uint8), metadata={"axes": "ZYX"}, ome=True), t),
+        "holds 3 Z planes; a stack is not supported; pixseg segments one 2-D plane: pick it with --plane z=K",
+    ),
+    Case("channel beyond the file", lambda t: _segment(_rgb(t), t, "--channels", "0,7"), "--channels 7 does not exist"),
 ]

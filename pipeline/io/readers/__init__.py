@@ -6,29 +6,30 @@ same graph runs on threads and on distributed worker processes, and a decode fai
 surfaces as :class:`~pixseg.errors.InputError` naming the file.
 
 Adding an input format: write a module with a ``sniff(path) -> bool`` and an
-``open(path, level, max_bytes) -> RegionReader`` (which refuses, with
+``open(path, level, max_bytes, select) -> RegionReader`` (which refuses, with
 :func:`~pixseg.io.readers._base.check_decode_size`, a file whose tiles, strips or chunks decode
-to more than ``max_bytes`` each), and add one :class:`Format` to :data:`FORMATS`.
+to more than ``max_bytes`` each, and reads the series and plane ``select`` picks), and add one
+:class:`~pixseg.io.readers.formats.Format` to :data:`~pixseg.io.readers.formats.FORMATS`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from pixseg.errors import InputError, InputNotFoundError, UnsupportedFormatError
-from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader
-from pixseg.io.readers.plain import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES, open_plain, sniff_plain
-from pixseg.io.readers.tiff import TIFF_SUFFIXES, open_tiff, sniff_tiff
-from pixseg.io.readers.zarr_store import ZARR_MARKERS, ZARR_SUFFIXES, open_zarr, sniff_zarr
+from pixseg.errors import InputError, InputNotFoundError
+from pixseg.io.readers._base import DEFAULT_CHUNK
+from pixseg.io.readers.formats import FORMATS, Format, check_file_kind, select_format, supported_formats
+from pixseg.io.readers.plain import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES
+from pixseg.io.readers.selection import Selection, SeriesInfo
+from pixseg.io.readers.tiff import TIFF_SUFFIXES
 from pixseg.options import ReadOptions
 
 __all__ = [
@@ -39,46 +40,15 @@ __all__ = [
     "TIFF_SUFFIXES",
     "Format",
     "Image",
+    "Selection",
+    "SeriesInfo",
     "describe_chunks",
+    "list_series",
     "open_image",
     "open_input",
     "select_format",
     "supported_formats",
 ]
-
-
-@dataclass(frozen=True)
-class Format:
-    """One family of input formats pixseg reads.
-
-    Attributes
-    ----------
-    name : str
-        How error messages name it.
-    suffixes : tuple of str
-        Lower-case name endings that select it when the content is not recognised.
-    sniff : callable
-        ``sniff(path) -> bool``: whether the content at ``path`` is of this format.
-    open : callable
-        ``open(path, level, max_bytes) -> RegionReader``; raises :class:`~pixseg.errors.InputError`,
-        also when one tile, strip or chunk would decode to more than ``max_bytes``.
-    directory : bool
-        Whether inputs of this format are directories (stores) rather than files.
-    """
-
-    name: str
-    suffixes: tuple[str, ...]
-    sniff: Callable[[str], bool]
-    open: Callable[[str, int, int], RegionReader]
-    directory: bool = False
-
-
-#: Every format pixseg reads, tried in this order: by content first, then by suffix.
-FORMATS: tuple[Format, ...] = (
-    Format("TIFF/BigTIFF/OME-TIFF/SVS", TIFF_SUFFIXES, sniff_tiff, open_tiff),
-    Format("zarr/OME-Zarr directory", ZARR_SUFFIXES, sniff_zarr, open_zarr, directory=True),
-    Format("PNG/JPEG", PLAIN_SUFFIXES, sniff_plain, open_plain),
-)
 
 
 @dataclass(frozen=True)
@@ -109,6 +79,12 @@ class Image:
     nodata : float or None
         The value whose pixels are marked invalid (the ``nodata`` argument of :func:`open_image`,
         else the file's own), or None.
+    selection : Selection
+        The series, plane and channels read (to open another level of the same image).
+    reader : str
+        The library that decodes the file: ``tifffile``, ``zarr`` or ``imagecodecs``.
+    flavour : str
+        What the file's metadata says it is (``ome``, ``svs``, ``ndpi``, ``bioformats2raw``...), or empty.
     """
 
     path: str
@@ -121,6 +97,9 @@ class Image:
     has_alpha: bool
     pixel_size: tuple[float, float] | None = None
     nodata: float | None = None
+    selection: Selection = field(default_factory=Selection)
+    reader: str = ""
+    flavour: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -136,7 +115,8 @@ class Image:
 def open_input(
     path: str | os.PathLike[str], read: ReadOptions, *, level: int | None = None, nodata: float | None = None
 ) -> Image:
-    """:func:`open_image` with a run's read options: its chunk, tile memory budget and nodata.
+    """:func:`open_image` with a run's read options: its chunk, tile memory budget, nodata, series,
+    plane and channels.
 
     ``level`` (default ``read.level``) and ``nodata`` (default ``read.nodata``) stand in for them
     when another level or an already resolved nodata value is read.
@@ -147,7 +127,26 @@ def open_input(
         chunk=read.chunk,
         max_tile_memory=read.max_tile_memory,
         nodata=read.nodata if nodata is None else nodata,
+        series=read.series,
+        plane=read.plane,
+        channels=read.channels,
     )
+
+
+def list_series(path: str | os.PathLike[str]) -> tuple[SeriesInfo, ...]:
+    """Every series of a file that holds several (a multi-image OME-TIFF, an SVS, a bioformats2raw
+    store); empty for a file holding one image.
+
+    Raises
+    ------
+    InputNotFoundError, UnsupportedFormatError, InputError
+        As :func:`open_image`.
+    """
+    path_str = os.fspath(path)
+    if not os.path.exists(path_str):
+        raise InputNotFoundError(f"input {path_str!r} does not exist")
+    check_file_kind(path_str)
+    return select_format(path_str).series(path_str)
 
 
 def open_image(
@@ -157,6 +156,9 @@ def open_image(
     chunk: int | None = None,
     max_tile_memory: int = ReadOptions.max_tile_memory,
     nodata: float | None = None,
+    series: int | None = None,
+    plane: Mapping[str, int] | None = None,
+    channels: tuple[int, ...] | None = None,
 ) -> Image:
     """Open an image lazily.
 
@@ -177,6 +179,12 @@ def open_image(
         Pixels whose colour channels all equal it are invalid (NaN in float images; alpha 0 in
         integer images, an alpha channel being added when there is none). By default the
         value the file declares (the GDAL_NODATA tag of a TIFF), if any.
+    series : int, optional
+        Index of the image series to read (``--series``); by default the first.
+    plane : mapping of str to int, optional
+        The plane to read of a Z or T stack (``--plane``, e.g. ``{"z": 3}``); required for a stack.
+    channels : tuple of int, optional
+        The channels to read, in this order (``--channels``); by default all.
 
     Returns
     -------
@@ -192,7 +200,8 @@ def open_image(
     InputError
         If it is corrupt, not a regular file or directory (a FIFO, device or socket), of
         unsupported dtype or dimensionality, or its tiles decode to more than ``max_tile_memory``,
-        or if ``level``, ``chunk`` or ``max_tile_memory`` is out of range.
+        if ``level``, ``chunk`` or ``max_tile_memory`` is out of range, if ``series``, the plane or
+        a channel does not exist, or if it is a Z or T stack and ``plane`` picks no plane.
     """
     path_str = os.fspath(path)
     if level < 0:
@@ -203,26 +212,29 @@ def open_image(
         raise InputError(f"--max-tile-memory must be at least 1 MB, got {max_tile_memory!r}")
     if not os.path.exists(path_str):
         raise InputNotFoundError(f"input {path_str!r} does not exist")
-    _check_file_kind(path_str)
-    source = select_format(path_str).open(path_str, level, max_tile_memory * 2**20)
+    check_file_kind(path_str)
+    select = Selection(series=series, plane=dict(plane or {}), channels=channels)
+    source = select_format(path_str).open(path_str, level, max_tile_memory * 2**20, select)
+    if channels is not None:
+        source = source.selecting_channels(channels)
     nodata = source.nodata if nodata is None else nodata
     if nodata is not None:
         source = source.marking_nodata(nodata)
     dtype = np.dtype(source.dtype)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
         raise InputError(f"input {path_str!r} has dtype {dtype.name!r}; expected an integer or float image")
-    height, width, channels = source.shape
-    if height < 1 or width < 1 or channels < 1:
+    height, width, n_channels = source.shape
+    if height < 1 or width < 1 or n_channels < 1:
         raise InputError(f"input {path_str!r} has an empty shape {source.shape!r}")
     chunks = _processing_chunks(source.native_chunks, (height, width), chunk)
     data = da.from_array(
         source,
-        chunks=(chunks[0], chunks[1], channels),
+        chunks=(chunks[0], chunks[1], n_channels),
         asarray=False,
         lock=False,
         fancy=False,
         meta=np.empty((0, 0, 0), dtype=dtype),
-        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks, nodata)}",
+        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks, nodata, select)}",
     )
     return Image(
         path=path_str,
@@ -235,46 +247,10 @@ def open_image(
         has_alpha=source.has_alpha,
         pixel_size=source.pixel_size,
         nodata=nodata,
+        selection=select,
+        reader=source.reader,
+        flavour=source.flavour,
     )
-
-
-def _check_file_kind(path: str) -> None:
-    """Refuse an input that is neither a regular file nor a directory: reading a FIFO, a device
-    (``/dev/zero``) or a socket could block or never end."""
-    mode = os.stat(path).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-        kind = next((name for test, name in (*kinds, (stat.S_ISSOCK, "a socket")) if test(mode)), "not a file")
-        raise InputError(f"input {path!r} is {kind}, not a regular file or directory; pixseg reads image files")
-
-
-def select_format(path: str) -> Format:
-    """The :class:`Format` of an existing ``path``: the first whose content sniff matches, else by suffix.
-
-    Raises
-    ------
-    UnsupportedFormatError
-        If neither the content nor the suffix is of a format pixseg reads; the message lists them.
-    """
-    is_directory = os.path.isdir(path)
-    candidates = [fmt for fmt in FORMATS if fmt.directory == is_directory]
-    for fmt in candidates:
-        if fmt.sniff(path):
-            return fmt
-    lower = path.lower().rstrip("/" + os.sep)
-    for fmt in candidates:
-        if lower.endswith(fmt.suffixes):
-            return fmt
-    if is_directory:
-        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)})"
-    else:
-        problem = f"has an unknown suffix {os.path.splitext(lower)[1]!r} and content"
-    raise UnsupportedFormatError(f"input {path!r} {problem}; pixseg reads {supported_formats()}")
-
-
-def supported_formats() -> str:
-    """One line naming every format of :data:`FORMATS` with its suffixes."""
-    return "; ".join(f"{fmt.name} ({', '.join(fmt.suffixes)})" for fmt in FORMATS)
 
 
 def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: int | None) -> tuple[int, int]:

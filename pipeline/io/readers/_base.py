@@ -1,4 +1,4 @@
-"""What every format module builds on: the picklable region reader, axis names and length units."""
+"""What every format module builds on: the picklable region reader and the checks every format makes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,6 @@ logger = logging.getLogger(__name__)
 
 #: Target edge of a processing chunk, in pixels (about 1 Mpx per chunk).
 DEFAULT_CHUNK = 1024
-_CHANNEL_AXES = ("C", "S")
-
-#: Micrometres per unit, for OME-XML and OME-Zarr length units.
-MICROMETRES = {
-    "m": 1e6, "meter": 1e6, "cm": 1e4, "centimeter": 1e4, "mm": 1e3, "millimeter": 1e3,
-    "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0,
-    "nm": 1e-3, "nanometer": 1e-3, "inch": 25400.0, "in": 25400.0,
-}  # fmt: skip
 
 
 class RegionReader:
@@ -41,8 +33,8 @@ class RegionReader:
         Module-level function (picklable) returning an object with ``__getitem__`` over the
         native axes, e.g. a zarr array.
     native_axes : str
-        One letter a native axis: Y, X, a channel axis (C or S), or any other letter for an
-        axis of length 1 that is dropped.
+        One letter a native axis: Y, X, C (channels), Z or T (a stack axis read at the plane
+        ``plane`` picks), or any other letter for an axis of length 1 that is dropped.
     decode_errors : tuple of exception types
         What the format's decoder raises for a corrupt file; reading a region turns these,
         and only these, into :class:`~pixseg.errors.InputError` naming the file.
@@ -54,6 +46,12 @@ class RegionReader:
     nodata : float, optional
         The value the file declares as "no data" (GDAL_NODATA); informative: pixels are marked
         invalid only on the reader :meth:`marking_nodata` returns.
+    plane : mapping of str to int, optional
+        The index read on each stack axis (``{"z": 3}``); other dropped axes are read at 0.
+    reader : str
+        The library that decodes the file (``tifffile``, ``zarr``, ``imagecodecs``), for ``pixseg info``.
+    flavour : str
+        What the format's metadata says the file is (``ome``, ``svs``, ``ndpi``...), or empty.
     """
 
     def __init__(
@@ -72,6 +70,9 @@ class RegionReader:
         pixel_size: tuple[float, float] | None = None,
         colormap: np.ndarray | None = None,
         nodata: float | None = None,
+        plane: Mapping[str, int] | None = None,
+        reader: str = "",
+        flavour: str = "",
     ) -> None:
         self.path = path
         self.kind = kind
@@ -85,6 +86,10 @@ class RegionReader:
         self.pixel_size = pixel_size
         self.colormap = colormap
         self.nodata = nodata
+        self.plane = dict(plane or {})
+        self.reader = reader
+        self.flavour = flavour
+        self._channels: list[int] | None = None
         sizes = dict(zip(native_axes, native_shape, strict=True))
         self.shape = (sizes["Y"], sizes["X"], sizes.get("C", 1))
         if colormap is not None:
@@ -147,13 +152,38 @@ class RegionReader:
             reader.shape = (self.shape[0], self.shape[1], self.shape[2] + 1)
         return reader
 
+    def selecting_channels(self, channels: tuple[int, ...]) -> RegionReader:
+        """A copy of this reader that reads ``channels`` (of the file's, after any palette), in that order.
+
+        The copy has an alpha channel only when the file has one and it is the last channel kept.
+
+        Raises
+        ------
+        InputError
+            If a channel does not exist.
+        """
+        n_channels = self.shape[2]
+        missing = [c for c in channels if c >= n_channels]
+        if missing:
+            raise InputError(
+                f"--channels {missing[0]} does not exist in {self.path!r}: it has {n_channels} channel(s) "
+                f"(0 to {n_channels - 1})"
+            )
+        reader = copy.copy(self)
+        reader._channels = list(channels)
+        reader.has_alpha = self.has_alpha and channels[-1] == n_channels - 1
+        reader.shape = (self.shape[0], self.shape[1], len(channels))
+        return reader
+
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
         ys, xs, cs = key
-        if self.colormap is None and self._marked is None:
+        if self.colormap is None and self._marked is None and self._channels is None:
             return self._read(ys, xs, cs)
         region = self._read(ys, xs, slice(None))
         if self.colormap is not None:
             region = np.take(self.colormap, region[..., 0], axis=0, mode="clip")
+        if self._channels is not None:
+            region = region[:, :, self._channels]
         if self._marked is not None:
             region = self._mark_nodata(region)
         return region[:, :, cs]
@@ -184,7 +214,7 @@ class RegionReader:
             elif axis == "C":
                 native_key.append(cs)
             else:
-                native_key.append(0)
+                native_key.append(self.plane.get(axis.lower(), 0))
                 continue
             kept += axis
         try:
@@ -276,36 +306,3 @@ def read_head(path: str, size: int) -> bytes:
             return handle.read(size)
     except OSError:  # unreadable here: the format's own reader reports why, by suffix
         return b""
-
-
-def canonical_axes(axes: str, shape: tuple[int, ...], path: str) -> str:
-    """Rename a file's axes to Y, X, C (+ ``_`` for others of length 1).
-
-    Raises
-    ------
-    InputError
-        If an axis other than Y, X and one channel axis is longer than 1 (a real stack),
-        or Y or X is missing.
-    """
-    out = ""
-    for axis, size in zip(axes.upper(), shape, strict=True):
-        if axis in ("Y", "X"):
-            out += axis
-        elif axis in _CHANNEL_AXES and "C" not in out:
-            out += "C"
-        elif size == 1:
-            out += "_"
-        else:
-            raise InputError(
-                f"input {path!r} has axes {axes!r} with shape {tuple(shape)!r}: {axis!r} of length {size} "
-                "is not supported; pixseg segments one 2-D plane with channels (Y, X, C)"
-            )
-    if "Y" not in out or "X" not in out:
-        raise InputError(f"input {path!r} has axes {axes!r}; expected Y and X axes")
-    return out
-
-
-def yx(axes: str, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(Y, X) sizes of an array with the given axis letters."""
-    sizes = dict(zip(axes.upper(), shape, strict=True))
-    return int(sizes["Y"]), int(sizes["X"])

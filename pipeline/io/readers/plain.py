@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from PIL import UnidentifiedImageError
 
 from pixseg.errors import InputError
 from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, check_decode_size, input_errors, read_head
+from pixseg.io.readers.selection import Selection, canonical_axes, choose_series
 
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: PNG/JPEG files are decoded whole; above this many pixels the user is told to tile them.
@@ -46,7 +48,7 @@ def sniff_plain(path: str) -> bool:
     return read_head(path, 8).startswith(_PLAIN_MAGIC)
 
 
-def open_plain(path: str, level: int, max_bytes: int) -> RegionReader:
+def open_plain(path: str, level: int, max_bytes: int, select: Selection) -> RegionReader:
     """Region reader over a PNG or JPEG file, decoded whole on first use.
 
     Raises
@@ -77,6 +79,8 @@ def open_plain(path: str, level: int, max_bytes: int) -> RegionReader:
         sample = _decode(path)
     if sample.shape[:2] != (height, width):
         raise InputError(f"image {path!r} decodes to {sample.shape!r}, not the declared {height}x{width}")
+    choose_series(path, [os.path.basename(path)], select.series)
+    canonical_axes("YXC", sample.shape, path, select.plane)
     return RegionReader(
         path=path,
         kind="jpeg" if fmt in ("jpeg", "jpg", "mpo") else "png",
@@ -88,6 +92,7 @@ def open_plain(path: str, level: int, max_bytes: int) -> RegionReader:
         level_shapes=((height, width),),
         has_alpha=sample.shape[2] in (2, 4) and mode != "CMYK",
         decode_errors=PLAIN_DECODE_ERRORS,
+        reader="imagecodecs",
     )
 
 

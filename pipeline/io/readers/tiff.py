@@ -1,4 +1,4 @@
-"""TIFF, BigTIFF, OME-TIFF and SVS: tifffile's metadata, tiles decoded by the segment reader.
+"""TIFF-based formats (OME-TIFF, SVS, NDPI, QPTIFF, SCN, BIF, Philips): tifffile, tiles by the segment reader.
 
 A one-page level is read by :class:`~pixseg.io.tiff_segments.TiffSegmentReader` (decodes on
 the calling thread, so dask's threads decode in parallel); any other level through
@@ -7,7 +7,9 @@ the calling thread, so dask's threads decode in parallel); any other level throu
 Before anything is decoded, a file whose tiles or strips decode to more than the memory budget
 is refused (a small file may declare one 100,000^2 strip); uncompressed strips are exempt, as
 they are read a band of rows at a time. Palette (indexed-colour) images are read as RGB through
-their colormap, and the GDAL_NODATA tag (42113) gives the image's nodata value.
+their colormap, and the GDAL_NODATA tag (42113) gives the image's nodata value. The pixel size
+follows the rules of :mod:`pixseg.io.readers.pixel_size`; series and planes those of
+:mod:`pixseg.io.readers.selection`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ import functools
 import logging
 import math
 import os
-import re
 import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
-from xml.etree import ElementTree
 
 import imagecodecs
 import numpy as np
@@ -29,21 +29,20 @@ import tifffile
 import zarr
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import (
-    DEFAULT_CHUNK,
-    MICROMETRES,
-    RegionReader,
-    canonical_axes,
-    check_decode_size,
-    input_errors,
-    read_head,
-    yx,
-)
+from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, check_decode_size, input_errors, read_head
+from pixseg.io.readers.pixel_size import scaled_pixel_size
+from pixseg.io.readers.pixel_size import tiff_pixel_size as _pixel_size
+from pixseg.io.readers.selection import Selection, SeriesInfo, canonical_axes, choose_series, yx
 from pixseg.io.tiff_segments import TiffSegmentReader, rows_readable, segment_readable
 
 logger = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ome.tiff")
+#: TIFF-based names; a file is read by content first (TIFF magic), these only decide for unrecognised content.
+TIFF_SUFFIXES = (
+    ".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ome.tif", ".ome.tiff", ".ndpi", ".qptiff", ".scn", ".bif",
+)  # fmt: skip
+#: tifffile's flags of the TIFF flavours it knows, in the order ``pixseg info`` names the first that is set.
+_FLAVOURS = ("ome", "svs", "ndpi", "qpi", "scn", "bif", "philips", "imagej")
 #: TIFF tag GDAL_NODATA: the nodata value as ASCII text.
 GDAL_NODATA_TAG = 42113
 _PALETTE = 3
@@ -82,8 +81,27 @@ def sniff_tiff(path: str) -> bool:
     return read_head(path, 4) in _TIFF_MAGIC
 
 
-def open_tiff(path: str, level: int, max_bytes: int) -> RegionReader:
-    """Region reader over series 0, pyramid level ``level`` of a TIFF file.
+def tiff_series(path: str) -> tuple[SeriesInfo, ...]:
+    """Every image series of the TIFF at ``path``: index, name, shape and axes.
+
+    Raises
+    ------
+    InputError
+        If the file is corrupt or truncated.
+    """
+    with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), tifffile.TiffFile(path) as tif:
+        return _series_of(tif)
+
+
+def _series_of(tif: Any) -> tuple[SeriesInfo, ...]:
+    return tuple(
+        SeriesInfo(i, str(s.name or ""), tuple(int(n) for n in s.shape), str(s.axes)) for i, s in enumerate(tif.series)
+    )
+
+
+def open_tiff(path: str, level: int, max_bytes: int, select: Selection) -> RegionReader:
+    """Region reader over series ``select.series`` (default 0), pyramid level ``level`` of a TIFF file,
+    at the plane ``select.plane`` picks.
 
     A palette image is read as RGB through its colormap (uint8 when every entry is a multiple
     of 257, else uint16); the reader's ``nodata`` is the GDAL_NODATA tag's value, if any.
@@ -91,17 +109,19 @@ def open_tiff(path: str, level: int, max_bytes: int) -> RegionReader:
     Raises
     ------
     InputError
-        If the file is corrupt or truncated, holds no image, ``level`` does not exist, or one
-        tile or compressed strip decodes to more than ``max_bytes``.
+        If the file is corrupt or truncated, holds no image, the series, plane or ``level`` does
+        not exist, a Z or T stack has no plane picked, or one tile or compressed strip decodes to
+        more than ``max_bytes``.
     """
     with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise InputError(f"input {path!r} holds no image series")
-        levels = tif.series[0].levels
+        series = choose_series(path, [s.name for s in _series_of(tif)], select.series)
+        levels = tif.series[series].levels
         if level >= len(levels):
             raise InputError(f"--level {level} does not exist in {path!r}: it has {len(levels)} level(s)")
         chosen = levels[level]
-        axes = canonical_axes(chosen.axes, chosen.shape, path)
+        axes = canonical_axes(chosen.axes, chosen.shape, path, select.plane)
         if 0 in chosen.shape:
             raise InputError(f"input {path!r} has an empty shape {tuple(chosen.shape)!r}")
         page = chosen.keyframe
@@ -111,12 +131,13 @@ def open_tiff(path: str, level: int, max_bytes: int) -> RegionReader:
         has_alpha = _has_alpha(page, axes, chosen.shape)
         _check_data(path, chosen.pages)
         _check_segments(path, page)
-        base_size = _pixel_size(tif, levels[0].keyframe)
+        base_size = _pixel_size(tif, series)
+        flavour = next((name for name in _FLAVOURS if getattr(tif, f"is_{name}", False)), "")
         shape = tuple(int(n) for n in chosen.shape)
-        open_native: Callable[[], Any] = functools.partial(_open_level, path, level)
+        open_native: Callable[[], Any] = functools.partial(_open_level, path, series, level)
         bands = False
         if segment_readable(page, len(chosen.pages)):
-            open_native = functools.partial(TiffSegmentReader, path, level=level)
+            open_native = functools.partial(TiffSegmentReader, path, series=series, level=level)
             _, _, height, width, contig = page.shaped
             axes, shape = "YXC", (int(height), int(width), int(page.shaped[0] * contig))
             bands = rows_readable(page)
@@ -137,9 +158,12 @@ def open_tiff(path: str, level: int, max_bytes: int) -> RegionReader:
         level_shapes=level_shapes,
         has_alpha=has_alpha,
         decode_errors=TIFF_ERRORS,
-        pixel_size=_scaled_pixel_size(base_size, level_shapes[0], level_shapes[level]),
+        pixel_size=scaled_pixel_size(base_size, level_shapes[0], level_shapes[level]),
         colormap=colormap,
         nodata=nodata,
+        plane=select.plane,
+        reader="tifffile",
+        flavour=flavour,
     )
 
 
@@ -202,8 +226,8 @@ def _native_chunks(page: Any, path: str) -> tuple[int, int]:
     return max(1, min(int(native[0]), int(page.imagelength))), int(native[1])
 
 
-def _open_level(path: str, level: int) -> Any:
-    store = tifffile.imread(path, aszarr=True, series=0, level=level)
+def _open_level(path: str, series: int, level: int) -> Any:
+    store = tifffile.imread(path, aszarr=True, series=series, level=level)
     return zarr.open_array(store, mode="r")
 
 
@@ -240,48 +264,6 @@ def _check_segments(path: str, page: Any) -> None:
             f"TIFF {path!r} lists {found} {kind} ({len(page.databytecounts)} byte counts) where its size "
             f"needs {expected}: corrupt"
         )
-
-
-def _scaled_pixel_size(
-    base: tuple[float, float] | None, base_shape: tuple[int, int], shape: tuple[int, int]
-) -> tuple[float, float] | None:
-    """Pixel size of a pyramid level from the full-resolution one and the shapes."""
-    if base is None:
-        return None
-    return base[0] * base_shape[0] / shape[0], base[1] * base_shape[1] / shape[1]
-
-
-def _pixel_size(tif: Any, page: Any) -> tuple[float, float] | None:
-    """(Y, X) micrometres per pixel from OME-XML, an Aperio MPP, or the resolution tags."""
-    if tif.is_ome and tif.ome_metadata:
-        size = _ome_xml_pixel_size(tif.ome_metadata)
-        if size is not None:
-            return size
-    if tif.is_svs:
-        match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description)
-        if match and float(match.group(1)) > 0:
-            return float(match.group(1)), float(match.group(1))
-    if int(page.resolutionunit) in (2, 3):  # inch, centimetre
-        per_um_x, per_um_y = page.get_resolution("micrometer")
-        if per_um_x > 0 and per_um_y > 0:
-            return 1.0 / per_um_y, 1.0 / per_um_x
-    return None
-
-
-def _ome_xml_pixel_size(xml: str) -> tuple[float, float] | None:
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return None
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
-    if pixels is None or "PhysicalSizeX" not in pixels.attrib or "PhysicalSizeY" not in pixels.attrib:
-        return None
-    try:
-        size_x = float(pixels.attrib["PhysicalSizeX"]) * MICROMETRES[pixels.attrib.get("PhysicalSizeXUnit", "µm")]
-        size_y = float(pixels.attrib["PhysicalSizeY"]) * MICROMETRES[pixels.attrib.get("PhysicalSizeYUnit", "µm")]
-    except (KeyError, ValueError):
-        return None
-    return (size_y, size_x) if size_x > 0 and size_y > 0 else None
 
 
 def _has_alpha(page: Any, axes: str, shape: tuple[int, ...]) -> bool:

@@ -1,4 +1,10 @@
-"""zarr arrays (v2 and v3) and OME-Zarr multiscale groups, read chunk by chunk through zarr."""
+"""zarr arrays (v2 and v3), OME-Zarr multiscale groups and bioformats2raw stores, read through zarr.
+
+A bioformats2raw store (a root group with a ``bioformats2raw.layout`` attribute, one OME-Zarr image
+per series in groups ``0/``, ``1/``..., names in ``OME/METADATA.ome.xml``) is read at its first
+series, or the one ``--series`` picks. Z and T axes of a multiscale are read at the plane
+``--plane`` picks (see :mod:`pixseg.io.readers.selection`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ import functools
 import json
 import os
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import zarr
 import zarr.errors
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import MICROMETRES, RegionReader, canonical_axes, check_decode_size, input_errors, yx
+from pixseg.io.readers._base import RegionReader, check_decode_size, input_errors
+from pixseg.io.readers.pixel_size import MICROMETRES
+from pixseg.io.readers.selection import Selection, SeriesInfo, canonical_axes, choose_series, yx
 
 ZARR_SUFFIXES = (".zarr",)
 #: Metadata files whose presence makes a directory a zarr store (v3, then v2).
@@ -41,17 +50,49 @@ def sniff_zarr(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, marker)) for marker in ZARR_MARKERS)
 
 
-def open_zarr(path: str, level: int, max_bytes: int) -> RegionReader:
-    """Region reader over a zarr array, the one array of a group, or level ``level`` of an OME-Zarr.
+def zarr_series(path: str) -> tuple[SeriesInfo, ...]:
+    """Every series of a bioformats2raw store (index, name, shape and axes of level 0); empty for
+    any other zarr store, which holds one image.
 
     Raises
     ------
     InputError
-        If the store or its metadata is unreadable, names no usable array, ``level`` does not
-        exist, or one chunk (the inner chunk of a sharded array) decodes to more than ``max_bytes``.
+        If the store or its metadata is unreadable.
     """
     with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
         node = zarr.open(path, mode="r")
+        if isinstance(node, zarr.Array) or not _is_bioformats2raw(node.attrs.asdict()):
+            return ()
+        found = []
+        for index, (group, name) in enumerate(zip(*_bioformats2raw_series(path, node), strict=True)):
+            attrs = node[group].attrs.asdict()
+            ome = attrs.get("ome")
+            dataset_paths, axes, _ = _ome_datasets((ome if isinstance(ome, dict) else attrs).get("multiscales"), path)
+            shape = tuple(int(n) for n in _open_array(path, f"{group}/{dataset_paths[0]}").shape)
+            found.append(SeriesInfo(index, name, shape, axes))
+    return tuple(found)
+
+
+def open_zarr(path: str, level: int, max_bytes: int, select: Selection) -> RegionReader:
+    """Region reader over a zarr array, the one array of a group, level ``level`` of an OME-Zarr, or of
+    series ``select.series`` (default 0) of a bioformats2raw store; at the plane ``select.plane`` picks.
+
+    Raises
+    ------
+    InputError
+        If the store or its metadata is unreadable, names no usable array, the series, plane or
+        ``level`` does not exist, a Z or T stack has no plane picked, or one chunk (the inner chunk
+        of a sharded array) decodes to more than ``max_bytes``.
+    """
+    with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
+        node = zarr.open(path, mode="r")
+        root, flavour = "", ""
+        if isinstance(node, zarr.Group) and _is_bioformats2raw(node.attrs.asdict()):
+            groups, names = _bioformats2raw_series(path, node)
+            root, flavour = groups[choose_series(path, names, select.series)], "bioformats2raw"
+            node = node[root]
+        else:
+            choose_series(path, [os.path.basename(path.rstrip("/" + os.sep))], select.series)
     kind = "zarr"
     has_alpha = False
     pixel_sizes: list[tuple[float, float] | None] = []
@@ -80,6 +121,7 @@ def open_zarr(path: str, level: int, max_bytes: int) -> RegionReader:
             axes = ""
     if level >= len(dataset_paths):
         raise InputError(f"--level {level} does not exist in {path!r}: it has {len(dataset_paths)} level(s)")
+    dataset_paths = [f"{root}/{p}" if root else p for p in dataset_paths]
     with input_errors(f"cannot open the arrays of zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
         arrays = [_open_array(path, p) for p in dataset_paths]
     chosen = arrays[level]
@@ -87,7 +129,7 @@ def open_zarr(path: str, level: int, max_bytes: int) -> RegionReader:
         axes = _array_axes(chosen, path)
     if len(axes) != chosen.ndim:
         raise InputError(f"zarr {path!r}: metadata names {len(axes)} axes but the array has {chosen.ndim} dimensions")
-    canonical = canonical_axes(axes, chosen.shape, path)
+    canonical = canonical_axes(axes, chosen.shape, path, select.plane)
     check_decode_size(path, "chunks", chosen.chunks, chosen.dtype, max_bytes)
     chunk_of = dict(zip(canonical, chosen.chunks, strict=True))
     return RegionReader(
@@ -102,7 +144,45 @@ def open_zarr(path: str, level: int, max_bytes: int) -> RegionReader:
         has_alpha=has_alpha,
         decode_errors=ZARR_DECODE_ERRORS,
         pixel_size=pixel_sizes[level] if pixel_sizes else None,
+        plane=select.plane,
+        reader="zarr",
+        flavour=flavour,
     )
+
+
+def _is_bioformats2raw(attrs: dict[str, Any]) -> bool:
+    """Whether a root group's attributes mark a bioformats2raw store (NGFF 0.4, or 0.5 under ``ome``)."""
+    ome = attrs.get("ome")
+    return "bioformats2raw.layout" in attrs or (isinstance(ome, dict) and "bioformats2raw.layout" in ome)
+
+
+def _bioformats2raw_series(path: str, root: Any) -> tuple[list[str], list[str]]:
+    """The series groups of a bioformats2raw store (``OME``'s ``series`` list, else the numbered groups)
+    and their names (from ``OME/METADATA.ome.xml``, else the group names).
+
+    Raises
+    ------
+    InputError
+        If the store has no series group.
+    """
+    groups = sorted((name for name, _ in root.groups() if name.isdigit()), key=int)
+    if "OME" in root:
+        attrs = root["OME"].attrs.asdict()
+        listed = (attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs).get("series")
+        if isinstance(listed, list) and listed:
+            groups = [str(name) for name in listed]
+    if not groups:
+        raise InputError(f"bioformats2raw store {path!r} holds no series groups (0/, 1/, ...)")
+    names = list(groups)
+    try:
+        with open(os.path.join(path, "OME", "METADATA.ome.xml"), "rb") as handle:
+            xml = ElementTree.fromstring(handle.read())
+    except (OSError, ElementTree.ParseError):  # optional: the group names stand in
+        return groups, names
+    images = [el.attrib.get("Name", "") for el in xml.iter() if el.tag.rpartition("}")[2] == "Image"]
+    if len(images) == len(groups):
+        names = [image or group for image, group in zip(images, groups, strict=True)]
+    return groups, names
 
 
 def _open_array(path: str, array_path: str) -> Any:

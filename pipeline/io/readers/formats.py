@@ -1,0 +1,93 @@
+"""The formats pixseg reads, tried by content first, then by suffix; and which reader a path gets."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pixseg.errors import InputError, UnsupportedFormatError
+from pixseg.io.readers._base import RegionReader
+from pixseg.io.readers.plain import PLAIN_SUFFIXES, open_plain, sniff_plain
+from pixseg.io.readers.selection import Selection, SeriesInfo
+from pixseg.io.readers.tiff import TIFF_SUFFIXES, open_tiff, sniff_tiff, tiff_series
+from pixseg.io.readers.zarr_store import ZARR_MARKERS, ZARR_SUFFIXES, open_zarr, sniff_zarr, zarr_series
+
+
+@dataclass(frozen=True)
+class Format:
+    """One family of input formats pixseg reads.
+
+    Attributes
+    ----------
+    name : str
+        How error messages name it.
+    suffixes : tuple of str
+        Lower-case name endings that select it when the content is not recognised.
+    sniff : callable
+        ``sniff(path) -> bool``: whether the content at ``path`` is of this format.
+    open : callable
+        ``open(path, level, max_bytes, select) -> RegionReader`` of the series and plane
+        ``select`` (a :class:`~pixseg.io.readers.selection.Selection`) picks; raises
+        :class:`~pixseg.errors.InputError`, also when one tile, strip or chunk would decode to
+        more than ``max_bytes``.
+    series : callable
+        ``series(path) -> tuple of SeriesInfo``: every series of a file holding several, else empty.
+    directory : bool
+        Whether inputs of this format are directories (stores) rather than files.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Callable[[str], bool]
+    open: Callable[[str, int, int, Selection], RegionReader]
+    series: Callable[[str], tuple[SeriesInfo, ...]] = lambda path: ()
+    directory: bool = False
+
+
+#: Every format pixseg reads, tried in this order: by content first, then by suffix.
+FORMATS: tuple[Format, ...] = (
+    Format("TIFF/BigTIFF/OME-TIFF/SVS/NDPI/QPTIFF/SCN/BIF", TIFF_SUFFIXES, sniff_tiff, open_tiff, tiff_series),
+    Format("zarr/OME-Zarr/bioformats2raw directory", ZARR_SUFFIXES, sniff_zarr, open_zarr, zarr_series, True),
+    Format("PNG/JPEG", PLAIN_SUFFIXES, sniff_plain, open_plain),
+)
+
+
+def check_file_kind(path: str) -> None:
+    """Refuse an input that is neither a regular file nor a directory: reading a FIFO, a device
+    (``/dev/zero``) or a socket could block or never end."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+        kind = next((name for test, name in (*kinds, (stat.S_ISSOCK, "a socket")) if test(mode)), "not a file")
+        raise InputError(f"input {path!r} is {kind}, not a regular file or directory; pixseg reads image files")
+
+
+def select_format(path: str) -> Format:
+    """The :class:`Format` of an existing ``path``: the first whose content sniff matches, else by suffix.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        If neither the content nor the suffix is of a format pixseg reads; the message lists them.
+    """
+    is_directory = os.path.isdir(path)
+    candidates = [fmt for fmt in FORMATS if fmt.directory == is_directory]
+    for fmt in candidates:
+        if fmt.sniff(path):
+            return fmt
+    lower = path.lower().rstrip("/" + os.sep)
+    for fmt in candidates:
+        if lower.endswith(fmt.suffixes):
+            return fmt
+    if is_directory:
+        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)})"
+    else:
+        problem = f"has an unknown suffix {os.path.splitext(lower)[1]!r} and content"
+    raise UnsupportedFormatError(f"input {path!r} {problem}; pixseg reads {supported_formats()}")
+
+
+def supported_formats() -> str:
+    """One line naming every format of :data:`FORMATS` with its suffixes."""
+    return "; ".join(f"{fmt.name} ({', '.join(fmt.suffixes)})" for fmt in FORMATS)
