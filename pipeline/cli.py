@@ -304,7 +304,7 @@ def _configure_logging(*, quiet: bool) -> None:
     for name in (logger.name, "py.warnings"):
         target = logging.getLogger(name)
         target.handlers[:] = [handler]
-        target.setLevel(logging.WARNING if quiet else logging.INFO)
+        target.setLevel(logging.ERROR if quiet else logging.INFO)  # -q: errors only
         target.propagate = False
 
 

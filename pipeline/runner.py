@@ -17,7 +17,7 @@ from pixseg.fitting import sample_and_fit
 from pixseg.graphs import check_mask_option, model_mask, shape_text
 from pixseg.io.locks import lock_path_for, output_lock
 from pixseg.io.model_file import load_model, model_document, save_model
-from pixseg.io.readers import describe_chunks, open_input
+from pixseg.io.readers import Image, describe_chunks, open_input
 from pixseg.labelling import RunResult, finished_result, write_labels
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
@@ -87,14 +87,13 @@ def segment(
     check_mask_option(fit.mask)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
-    if output.pixel_size is None and image.pixel_size is None:
-        logger.warning("pixel size unknown: areas in pixels; pass --pixel-size UM to set it")
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite or resume)
     check_run_paths(plan, image, model_path=model_path, mask=fit.mask, workdir=read.workdir)
     fingerprint = job_fingerprint(image, read=read, fit=fit, output=output)
     with output_lock(lock_path_for(plan.side_base)):
+        _warn_if_pixel_size_unknown(image, output)
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             if model_path is not None:  # asked for: the finished run's model
@@ -163,13 +162,12 @@ def apply(
     model = load_model(model_path)
     image = open_input(input_path, read)
     refuse_incomplete_input(image)
-    if output.pixel_size is None and image.pixel_size is None:
-        logger.warning("pixel size unknown: areas in pixels; pass --pixel-size UM to set it")
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
     check_model_fits(model.feature_spec, image, model_path)
     fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model), mask=mask)
     with output_lock(lock_path_for(plan.side_base)):
+        _warn_if_pixel_size_unknown(image, output)
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return finished_result(plan, previous, image, started)
@@ -198,3 +196,9 @@ def apply(
                 applied_model=model_path,
                 applied_mask=mask,
             )
+
+
+def _warn_if_pixel_size_unknown(image: Image, output: OutputOptions) -> None:
+    """One warning, once every check has passed, when neither the input nor ``--pixel-size`` gives a pixel size."""
+    if output.pixel_size is None and image.pixel_size is None:
+        logger.warning("pixel size unknown: areas in pixels; pass --pixel-size UM to set it")

@@ -64,3 +64,18 @@ def skip_or_fail(required_by: str, message: str) -> None:
     if os.environ.get(required_by) == "1":
         pytest.fail(f"{required_by}=1 but {message}")
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Undo what an in-process ``pixseg.cli.main`` does to logging (its handler holds the stderr of
+    the test that ran it), so each test's caplog and capsys see pixseg's log lines."""
+    import logging
+
+    yield
+    logging.captureWarnings(False)
+    for name in ("pixseg", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
