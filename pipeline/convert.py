@@ -37,7 +37,7 @@ from pixseg.io.label_zarr import read_label_zarr_status, remove_output
 from pixseg.io.locks import lock_path_for, output_lock, pid_runs
 from pixseg.io.readers import Image, describe_chunks, open_image, open_input
 from pixseg.layout import conversion_reason
-from pixseg.options import ConvertOptions, ReadOptions
+from pixseg.options import ConvertOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
     CONVERTED_IMAGE,
     CONVERTED_SUFFIX,
@@ -126,8 +126,8 @@ def convert(
 def write_output_image(
     image: Image,
     plan: OutputPlan,
+    output: OutputOptions,
     *,
-    pixel_size: tuple[float, float] | None,
     fingerprint: dict[str, Any],
     resuming: bool,
     progress: bool,
@@ -146,8 +146,9 @@ def write_output_image(
         The input, at the level segmented (its pixels are read once, band by band).
     plan : OutputPlan
         A ``--with-image`` plan (``plan.writes_image``).
-    pixel_size : tuple of float or None
-        (Y, X) micrometres the image is stored with: the labels' pixel size.
+    output : OutputOptions
+        The run's output options: the image is stored with the labels' pixel size
+        (``output.pixel_size``, else the input's).
     fingerprint : dict
         The run's :func:`pixseg.plan.job_fingerprint`.
     resuming, progress : bool
@@ -170,7 +171,7 @@ def write_output_image(
         )
     remove_output(store)
     _write_converted(
-        dataclasses.replace(image, pixel_size=pixel_size),
+        dataclasses.replace(image, pixel_size=output.pixel_size or image.pixel_size),
         store,
         ConvertOptions(level=image.level),
         progress=progress,

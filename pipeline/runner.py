@@ -99,14 +99,9 @@ def segment(
             if model_path is not None:  # asked for: the finished run's model
                 save_model(previous.model, model_path, provenance=provenance(image))
             return finished_result(plan, previous, image, started)
-        if plan.writes_image:
+        if plan.writes_image:  # --with-image: the slide's pyramid first, the labels into its labels/
             write_output_image(
-                image,
-                plan,
-                pixel_size=output.pixel_size or image.pixel_size,
-                fingerprint=fingerprint,
-                resuming=previous is not None,
-                progress=progress,
+                image, plan, output, fingerprint=fingerprint, resuming=previous is not None, progress=progress
             )
         # --fit-level reads another pyramid level of the input itself: a one-level copy has none
         converted = fit.fit_level is None
@@ -171,14 +166,9 @@ def apply(
         previous = previous_run(plan, fingerprint) if resume else None
         if previous is not None and previous.status.get("complete"):
             return finished_result(plan, previous, image, started)
-        if plan.writes_image:
+        if plan.writes_image:  # --with-image: the slide's pyramid first, the labels into its labels/
             write_output_image(
-                image,
-                plan,
-                pixel_size=output.pixel_size or image.pixel_size,
-                fingerprint=fingerprint,
-                resuming=previous is not None,
-                progress=progress,
+                image, plan, output, fingerprint=fingerprint, resuming=previous is not None, progress=progress
             )
         with converted_if_needed(image, plan, read, progress=progress) as image:
             logger.info("input %s: %s %s, %s", image.path, shape_text(image), image.dtype.name, describe_chunks(image))
