@@ -7,14 +7,16 @@ same for columns. Applying a mask sets every feature of a masked pixel to NaN, w
 sampling and prediction already recognise pixels without data: masked pixels are never
 sampled and get label 0.
 
-The automatic mask (``--mask auto``) is computed on a low-resolution copy of an RGB
-brightfield image: the mean optical density of the three channels separates stained tissue
-from the bright, unstained glass; Otsu's threshold splits the two, and objects and holes
-smaller than a fraction of the image are removed (scikit-image morphology).
+The automatic mask (``--mask auto``) is computed on a low-resolution copy of an RGB image
+(see :func:`tissue_mask`): on brightfield slides the maximum optical density over the channels,
+on dark-background (fluorescence) images the brightness, median-blurred and split by Otsu's
+threshold on its logarithm; objects and holes smaller than a fraction of the image are removed
+(scikit-image morphology).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -26,6 +28,8 @@ from dask.task_spec import List, Task, TaskRef
 
 from pixseg.errors import ParameterError
 
+logger = logging.getLogger(__name__)
+
 #: The automatic mask is computed on an image of at most this many pixels on its long side.
 AUTO_MASK_EDGE = 2048
 #: Objects and holes smaller than this fraction of the low-resolution image are cleaned away.
@@ -34,6 +38,18 @@ MIN_AREA_FRACTION = 1e-4
 MIN_AREA_PIXELS = 16
 #: Relative intensities are clipped here before the logarithm (optical density at most 3).
 _OD_FLOOR = 1e-3
+#: On brightfield images the threshold on the maximum optical density is kept within these bounds:
+#: above noisy glass (about 0.02), below pale eosin-only tissue (about 0.1 mean, 0.15-0.2 maximum).
+OD_THRESHOLD_RANGE = (0.05, 0.15)
+#: The median blur's window, in low-resolution pixels.
+MEDIAN_SIZE = 5
+#: The border ring (this fraction of the short edge, at least one pixel) decides the polarity:
+BORDER_FRACTION = 0.05
+#: the background is dark when the ring's median brightness is below this fraction of the image's
+#: bright end (the 99.5th percentile of the maximum over channels).
+DARK_BORDER_LEVEL = 0.25
+#: A mask keeping more than this fraction of the valid pixels, or less than one minus it, is suspicious.
+SUSPICIOUS_FRACTION = 0.98
 
 
 def choose_mask_level(level_shapes: tuple[tuple[int, int], ...], *, max_edge: int | None = None) -> tuple[int, int]:
@@ -77,15 +93,32 @@ def tissue_mask(
     white: tuple[float, ...] | None = None,
     min_area_fraction: float = MIN_AREA_FRACTION,
 ) -> np.ndarray:
-    """Tissue (True) versus glass on a small RGB image.
+    """Tissue (True) versus background on a small RGB image, brightfield or fluorescence.
+
+    The polarity comes first (:func:`has_dark_background`). On a bright background (brightfield)
+    the signal is the maximum optical density over the channels, so that pale eosin-only tissue,
+    dense in one channel only, counts; its threshold is Otsu's on the signal's logarithm, kept
+    within ``OD_THRESHOLD_RANGE``. On a dark background (fluorescence) the signal is the
+    brightness (the maximum over channels), thresholded by Otsu on its logarithm, so dim cytoplasm
+    counts as well as bright nuclei. The signal is median-blurred (``MEDIAN_SIZE``) before the
+    threshold; then small objects and holes are removed.
+
+    Chosen by measurement on synthetic cases (``tests/test_masks.py``), IoU against the true
+    tissue: pale eosin (mean OD 0.1) with hematoxylin-rich regions on noisy glass 1.000 (Otsu on
+    mean optical density, the previous method: 0.16); dense tissue over 90% of the field 1.000
+    (0.12); a dark-background fluorescence image 1.000 (0.00); with a linear rather than
+    logarithmic Otsu the fluorescence case drops to 0.15 (only the nuclei are kept). On
+    ``skimage.data.immunohistochemistry()`` on a glass border, no glass is kept and 68% of the photo
+    is (its unstained areas are not tissue to this method); the previous method kept 56%. A median
+    window of 3 instead of 5 gives the same IoUs; the floor keeps noisy glass out in every case.
 
     Parameters
     ----------
     pixels : numpy.ndarray
         Shape (h, w, 3), float, raw input values; NaN marks pixels without data (never tissue).
     white : tuple of float, optional
-        Per-channel value of blank glass (e.g. 255 for 8-bit). By default the 99.5th percentile of each
-        channel over valid pixels (glass is the brightest thing on a slide).
+        Per-channel value of blank glass (e.g. 255 for 8-bit), used on brightfield images. By default
+        the 99.5th percentile of each channel over valid pixels (glass is the brightest thing on a slide).
     min_area_fraction : float
         Objects and holes smaller than this fraction of the image (at least ``MIN_AREA_PIXELS`` pixels)
         are removed.
@@ -93,13 +126,15 @@ def tissue_mask(
     Returns
     -------
     numpy.ndarray
-        Shape (h, w), bool; the input is not modified.
+        Shape (h, w), bool; the input is not modified. Logs a warning when the mask keeps almost all
+        or almost none of the valid pixels, or looks inverted.
 
     Raises
     ------
     ParameterError
         If the image is not RGB or has no valid pixels.
     """
+    from scipy.ndimage import median_filter
     from skimage.filters import threshold_otsu
 
     if pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -108,15 +143,74 @@ def tissue_mask(
     if not valid.any():
         raise ParameterError("--mask auto: the image has no valid pixels")
     values = np.where(valid[..., np.newaxis], pixels, 0.0).astype(np.float64)
-    if white is None:
-        white = tuple(float(v) for v in np.percentile(values[valid], 99.5, axis=0))
-    relative = values / np.maximum(np.asarray(white, dtype=np.float64), np.finfo(np.float64).tiny)
-    density = -np.log10(np.clip(relative, _OD_FLOOR, 1.0)).mean(axis=-1)
-    measured = density[valid]
-    threshold = threshold_otsu(measured) if measured.min() < measured.max() else measured.max()
-    mask = valid & (density > threshold)
+    dark = has_dark_background(pixels)
+    if dark:
+        logger.info("auto mask: dark background, tissue is the bright part")
+        brightness = values.max(axis=-1)
+        signal = brightness / max(float(np.percentile(brightness[valid], 99.5)), np.finfo(np.float64).tiny)
+    else:
+        if white is None:
+            white = tuple(float(v) for v in np.percentile(values[valid], 99.5, axis=0))
+        relative = values / np.maximum(np.asarray(white, dtype=np.float64), np.finfo(np.float64).tiny)
+        signal = -np.log10(np.clip(relative, _OD_FLOOR, 1.0).min(axis=-1))  # the maximum density
+    signal = median_filter(signal, size=MEDIAN_SIZE)
+    measured = np.log10(np.maximum(signal[valid], _OD_FLOOR))
+    threshold = 10.0 ** (threshold_otsu(measured) if measured.min() < measured.max() else measured.max())
+    if not dark:
+        threshold = float(np.clip(threshold, *OD_THRESHOLD_RANGE))
+    mask = valid & (signal > threshold)
     min_area = max(MIN_AREA_PIXELS, int(min_area_fraction * mask.size))
-    return _remove_small_holes(_remove_small_objects(mask, min_area), min_area)
+    mask = _remove_small_holes(_remove_small_objects(mask, min_area), min_area) & valid
+    _warn_if_suspicious(mask, valid)
+    return mask
+
+
+def has_dark_background(pixels: np.ndarray) -> bool:
+    """Whether an RGB image's background is dark (fluorescence) rather than bright (brightfield).
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Shape (h, w, 3), float; NaN marks pixels without data.
+
+    Returns
+    -------
+    bool
+        True when the median brightness (maximum over channels) of the valid pixels in a border ring
+        ``BORDER_FRACTION`` of the short edge wide is below ``DARK_BORDER_LEVEL`` times the image's
+        99.5th percentile brightness.
+    """
+    valid = np.isfinite(pixels).all(axis=-1)
+    brightness = np.where(valid, np.nan_to_num(pixels).max(axis=-1), 0.0)
+    ring = _border_ring(valid.shape) & valid
+    if not ring.any() or not valid.any():
+        return False
+    return bool(np.median(brightness[ring]) < DARK_BORDER_LEVEL * np.percentile(brightness[valid], 99.5))
+
+
+def _border_ring(shape: tuple[int, ...]) -> np.ndarray:
+    """A bool (h, w) ring along the edges, ``BORDER_FRACTION`` of the short edge wide (at least 1 pixel)."""
+    width = max(1, round(BORDER_FRACTION * min(shape[:2])))
+    ring = np.zeros(shape[:2], dtype=bool)
+    ring[:width] = ring[-width:] = True
+    ring[:, :width] = ring[:, -width:] = True
+    return ring
+
+
+def _warn_if_suspicious(mask: np.ndarray, valid: np.ndarray) -> None:
+    """Log one warning if ``mask`` keeps almost all or almost none of ``valid``, or looks inverted."""
+    fraction = float(mask[valid].mean())
+    border = _border_ring(mask.shape) & valid
+    if fraction > SUSPICIOUS_FRACTION:
+        logger.warning("auto mask keeps %.1f%% of the image as tissue; check it or use --mask none", 100 * fraction)
+    elif fraction < 1 - SUSPICIOUS_FRACTION:
+        logger.warning("auto mask keeps only %.1f%% of the image as tissue; check it", 100 * fraction)
+    elif border.any() and mask[border].mean() > SUSPICIOUS_FRACTION:
+        logger.warning(
+            "auto mask (%.1f%% tissue) covers the image border while the background does not reach it; "
+            "it may be inverted",
+            100 * fraction,
+        )
 
 
 def _remove_small_objects(mask: np.ndarray, min_area: int) -> np.ndarray:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import dask.array as da
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from skimage import data as skimage_data
 from slides import downsample, make_slide, write_pyramid_tiff
 
 import pixseg.masks
@@ -17,6 +20,7 @@ from pixseg.masks import (
     block_mean,
     check_mask_shape,
     choose_mask_level,
+    has_dark_background,
     mask_features,
     mask_region,
     nearest_indices,
@@ -112,6 +116,105 @@ def test_tissue_mask_recovers_tissue_area_within_two_percent(slide):
         assert error < 0.02, (factor, error)
         assert (full & tissue).sum() / (full | tissue).sum() > 0.95
     assert not tissue_mask(pixels.astype(np.float32))[~tissue].reshape(-1)[:2000].any()  # white from percentiles
+
+
+def _ellipses(shape: tuple[int, int], ellipses: tuple[tuple[float, float, float, float], ...]) -> np.ndarray:
+    """The union of ellipses (centre y, x, radius y, x, as fractions of the shape)."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    inside = np.zeros(shape, dtype=bool)
+    for cy, cx, ry, rx in ellipses:
+        inside |= ((yy - cy * shape[0]) / (ry * shape[0])) ** 2 + ((xx - cx * shape[1]) / (rx * shape[1])) ** 2 <= 1
+    return inside
+
+
+def _brightfield(density: np.ndarray, seed: int) -> np.ndarray:
+    """8-bit-range float RGB of per-channel optical densities, plus noise of 4 units."""
+    noise = np.random.default_rng(seed).normal(0, 4, density.shape)
+    return np.clip(255 * 10.0 ** (-density) + noise, 0, 255).astype(np.float32)
+
+
+def pale_eosin_slide() -> tuple[np.ndarray, np.ndarray]:
+    """Pale eosin-only tissue (mean OD 0.1) with hematoxylin-rich regions, on glass at OD 0.02."""
+    shape = (300, 400)
+    tissue = _ellipses(shape, ((0.3, 0.3, 0.2, 0.2), (0.65, 0.65, 0.25, 0.22)))
+    hematoxylin = _ellipses(shape, ((0.65, 0.65, 0.12, 0.1), (0.25, 0.3, 0.06, 0.06)))
+    density = np.full(shape + (3,), 0.02)
+    density[tissue] = (0.05, 0.18, 0.07)
+    density[tissue & hematoxylin] = (0.7, 0.8, 0.4)
+    return _brightfield(density, seed=0), tissue
+
+
+def dense_slide() -> tuple[np.ndarray, np.ndarray]:
+    """Tissue over about 90% of the field, a mix of eosin and hematoxylin; glass in one corner."""
+    shape = (300, 400)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    tissue = yy + 0.8 * xx > 0.35 * shape[0]
+    density = np.full(shape + (3,), 0.02)
+    density[tissue] = (0.15, 0.35, 0.2)
+    density[tissue & (np.random.default_rng(1).random(shape) < 0.4)] = (0.6, 0.7, 0.35)
+    return _brightfield(density, seed=2), tissue
+
+
+def fluorescence_image() -> tuple[np.ndarray, np.ndarray]:
+    """Dark noisy background, dim green cytoplasm and bright blue nuclei-like blobs."""
+    rng = np.random.default_rng(3)
+    shape = (300, 400)
+    tissue = _ellipses(shape, ((0.35, 0.3, 0.22, 0.18), (0.6, 0.7, 0.25, 0.2)))
+    seeds = tissue & (rng.random(shape) < 0.01)
+    nuclei = np.logical_or.reduce([np.roll(seeds, (dy, dx), axis=(0, 1)) for dy in range(-2, 3) for dx in range(-2, 3)])
+    pixels = np.empty(shape + (3,))
+    pixels[:] = (8, 8, 10)
+    pixels[tissue] = (15, 60, 20)
+    pixels[nuclei & tissue] = (20, 70, 200)
+    return np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.float32), tissue
+
+
+def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
+    return float((mask & truth).sum() / (mask | truth).sum())
+
+
+@pytest.mark.parametrize(
+    ("make", "dark"), [(pale_eosin_slide, False), (dense_slide, False), (fluorescence_image, True)]
+)
+def test_tissue_mask_on_brightfield_and_fluorescence(make, dark):
+    pixels, tissue = make()
+    assert has_dark_background(pixels) is dark
+    for white in ((255.0, 255.0, 255.0), None):
+        assert _iou(tissue_mask(pixels, white=white), tissue) >= 0.95
+
+
+def test_tissue_mask_on_immunohistochemistry_photo_on_glass():
+    """The photo's stained area is kept, the glass border never; its unstained gaps may be dropped."""
+    photo = skimage_data.immunohistochemistry().astype(np.float64)
+    pad = 64
+    pixels = np.full((photo.shape[0] + 2 * pad, photo.shape[1] + 2 * pad, 3), 240.0)
+    pixels[pad:-pad, pad:-pad] = photo
+    pixels = np.clip(pixels + np.random.default_rng(4).normal(0, 3, pixels.shape), 0, 255)
+    mask = tissue_mask(pixels, white=(255.0, 255.0, 255.0))
+    assert not has_dark_background(pixels)
+    inside = np.zeros(mask.shape, dtype=bool)
+    inside[pad:-pad, pad:-pad] = True
+    assert not mask[~inside].any()
+    assert mask[inside].mean() > 0.6
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(150.0, "keeps 100.0% of the image"), (250.0, "keeps only 0.0% of the image")]
+)
+def test_tissue_mask_warns_when_it_keeps_all_or_nothing(caplog, value, message):
+    pixels = np.full((60, 80, 3), value) + np.random.default_rng(5).normal(0, 2, (60, 80, 3))
+    with caplog.at_level(logging.WARNING, logger="pixseg.masks"):
+        tissue_mask(pixels, white=(255.0, 255.0, 255.0))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and message in warnings[0]
+
+
+def test_tissue_mask_warns_when_it_looks_inverted(caplog):
+    """Pale glass-like blobs inside a stained frame: the mask covers the border, the rest does not."""
+    _, tissue = pale_eosin_slide()
+    with caplog.at_level(logging.WARNING, logger="pixseg.masks"):
+        tissue_mask(np.where(tissue[..., np.newaxis], 240.0, 120.0).repeat(3, axis=-1), white=(255.0,) * 3)
+    assert ["may be inverted" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [True]
 
 
 def test_tissue_mask_refuses_non_rgb():
