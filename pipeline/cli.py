@@ -29,9 +29,10 @@ from pixseg.options import (
     ReadOptions,
     option_fields,
 )
+from pixseg.tables import format_label_table, format_value, print_result
 
 if TYPE_CHECKING:
-    from pixseg.labelling import RunResult
+    pass
 
 logger = logging.getLogger("pixseg")
 
@@ -340,7 +341,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             resume=args.resume,
             progress=not args.quiet,
         )
-    _print_result(result)
+    print_result(result)
     return 0
 
 
@@ -361,7 +362,7 @@ def _run_apply(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             mask=args.mask,
         )
-    _print_result(result)
+    print_result(result)
     return 0
 
 
@@ -414,7 +415,7 @@ def _run_info(args: argparse.Namespace) -> int:
     for key, value in description.items():
         if key in ("model", "statistics"):
             continue
-        print(f"{key:>15}: {_format_value(key, value)}")
+        print(f"{key:>15}: {format_value(key, value)}")
     if description.get("statistics"):
         print(format_label_table(description["statistics"]))
     return 0
@@ -443,7 +444,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     model = os.path.join(args.directory, "demo-model.json")
     with open_compute(compute, worker_imports=WORKER_MODULES):
         result = segment(source, output, read=read, fit=fit, model_path=model, overwrite=True, progress=not args.quiet)
-    _print_result(result)
+    print_result(result)
     print(f"input: {source}\nmodel: {model}\nview it: pixseg view {output}")
     return 0
 
@@ -469,54 +470,6 @@ def _run_export(args: argparse.Namespace) -> int:
         f"traced at level {result.level} ({height}x{width}, coordinates in level-0 pixels)"
     )
     return 0
-
-
-def _print_result(result: RunResult) -> None:
-    height, width = result.shape
-    rate = height * width / 1e6 / max(result.seconds, 1e-9)
-    print(
-        f"wrote {result.output}: {height}x{width} labels 1..{result.model.n_clusters} "
-        f"in {result.seconds:.1f} s ({rate:.1f} Mpx/s, {result.n_chunks} chunks, {len(result.levels)} levels)"
-    )
-    print(format_label_table(result.statistics))
-    if result.side_files:
-        print("side files: " + ", ".join(result.side_files))
-
-
-def format_label_table(rows: list[dict[str, Any]]) -> str:
-    """A text table of per-label statistics: label, name, pixels, % of unmasked, area, display
-    colour and mean input colour (``R G B #hex`` for 8-bit RGB inputs, else the mean intensity;
-    ``-`` for outputs written before pixseg stored it). Centroids stay in the ``.stats.json``."""
-    header = f"{'label':>5} {'name':<12} {'pixels':>14} {'%':>7} {'area mm^2':>11}  {'colour':<7}  mean colour"
-    lines = [header]
-    for row in rows:
-        area = f"{row['area_um2'] / 1e6:11.4g}" if row["area_um2"] is not None else f"{'-':>11}"
-        name = str(row.get("name") or f"cluster {row['label']}")
-        lines.append(
-            f"{row['label']:>5} {name:<12} {row['pixels']:>14} {100 * row['fraction']:7.2f} {area}  "
-            f"{row.get('colour') or '-':<7}  {_mean_colour_text(row)}"
-        )
-    return "\n".join(lines)
-
-
-def _mean_colour_text(row: dict[str, Any]) -> str:
-    """``R G B #hex``, the mean intensity, or ``-`` of a statistics row."""
-    mean = row.get("mean_colour")
-    if not mean:
-        return "-"
-    if row.get("hex"):
-        return " ".join(f"{v:5.1f}" for v in mean) + f"  {row['hex']}"
-    return f"{row['intensity']:.4g}" if row.get("intensity") is not None else "-"
-
-
-def _format_value(key: str, value: Any) -> str:
-    if key == "complete":
-        return "complete" if value else "INCOMPLETE (interrupted or still being written)"
-    if isinstance(value, tuple | list) and value and isinstance(value[0], tuple | list):
-        return ", ".join("x".join(str(n) for n in item) for item in value)
-    if isinstance(value, tuple | list):
-        return "x".join(str(n) for n in value) if all(isinstance(n, int) for n in value) else str(value)
-    return str(value)
 
 
 if __name__ == "__main__":  # pragma: no cover

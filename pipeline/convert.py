@@ -33,7 +33,7 @@ from pixseg.downsample import downsample_level
 from pixseg.errors import LockedError, OutputError, OutputExistsError, ResumeMismatchError
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
 from pixseg.io.json_files import read_json_object
-from pixseg.io.label_zarr import read_label_zarr_status, remove_output
+from pixseg.io.label_groups import read_label_zarr_status, remove_output
 from pixseg.io.locks import lock_path_for, output_lock, pid_runs
 from pixseg.io.readers import Image, describe_chunks, open_image, open_input
 from pixseg.layout import conversion_reason

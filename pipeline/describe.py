@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pixseg.io.label_groups import labels_inside, read_label_zarr_status
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
-from pixseg.io.label_zarr import labels_inside, read_label_zarr_status
 from pixseg.io.locks import lock_path_for, read_lock
 from pixseg.io.readers import describe_chunks, list_series, open_image
 from pixseg.io.side_files import side_file_base

@@ -30,8 +30,8 @@ import numpy as np
 from pixseg.colours import label_colours
 from pixseg.errors import InputError, OutputError, OutputExistsError, ParameterError
 from pixseg.io.geojson import write_feature_collection
+from pixseg.io.label_groups import open_label_levels, read_label_zarr_status
 from pixseg.io.label_tiff import read_label_tiff_status
-from pixseg.io.label_zarr import open_label_levels, read_label_zarr_status
 
 logger = logging.getLogger(__name__)
 

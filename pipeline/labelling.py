@@ -25,17 +25,19 @@ from pixseg.colours import background_label, label_colours
 from pixseg.compute import compute
 from pixseg.errors import InputError, OutputError, PipelineError, ResumeMismatchError
 from pixseg.graphs import image_labels
-from pixseg.io.label_tiff import write_label_tiff
-from pixseg.io.label_zarr import (
-    chunk_written,
-    create_label_zarr,
+from pixseg.io.label_groups import (
     finalise_label_zarr,
     ome_label_metadata,
     open_label_levels,
     prepare_labels_group,
-    reduce_level,
     register_label,
     remove_output,
+)
+from pixseg.io.label_tiff import write_label_tiff
+from pixseg.io.label_zarr import (
+    chunk_written,
+    create_label_zarr,
+    reduce_level,
     store_and_count,
     store_count_and_preview,
     summarise_stored_chunk,

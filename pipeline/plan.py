@@ -17,8 +17,8 @@ from pixseg.features import FeatureSpec
 from pixseg.graphs import MASK_KEYWORDS
 from pixseg.io import batch_state
 from pixseg.io.json_files import read_json_object
+from pixseg.io.label_groups import label_side_base, read_label_zarr_status
 from pixseg.io.label_tiff import read_label_tiff_status
-from pixseg.io.label_zarr import label_side_base, read_label_zarr_status
 from pixseg.io.locks import lock_path_for
 from pixseg.io.model_file import MODEL_FORMAT, model_from_document
 from pixseg.io.readers import Image

@@ -13,12 +13,13 @@ import tifffile
 import zarr
 from conftest import make_blob_image
 
-from pixseg.cli import format_label_table, main
+from pixseg.cli import main
 from pixseg.colours import BACKGROUND_RGBA, OKABE_ITO, background_label, colour_lookup, label_colours
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr
-from pixseg.io.label_zarr import ome_label_metadata
+from pixseg.io.label_groups import ome_label_metadata
 from pixseg.preview import colour_labels, overlay
 from pixseg.statistics import sum_colours
+from pixseg.tables import format_label_table
 
 
 def test_palette_and_background_colour():

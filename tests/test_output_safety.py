@@ -24,7 +24,7 @@ from conftest import make_blob_image
 from pixseg.cli import main
 from pixseg.errors import OutputError
 from pixseg.io.batch_state import input_identity
-from pixseg.io.label_zarr import remove_output
+from pixseg.io.label_groups import remove_output
 from pixseg.plan import check_label_name, into_input_path
 
 FAST = ["-k", "3", "--sample-size", "2000", "-q"]

@@ -10,7 +10,7 @@ import tifffile
 import zarr
 from conftest import make_blob_image
 
-from pixseg.io.label_zarr import ome_label_metadata
+from pixseg.io.label_groups import ome_label_metadata
 from pixseg.io.readers import open_image
 from pixseg.io.readers.pixel_size import resolution_pixel_size
 from pixseg.options import FitOptions, OutputOptions

@@ -2,7 +2,7 @@
 
 Every stored level is opened through pixseg's own readers (:func:`~pixseg.io.readers.open_image`
 for the slide, :class:`~pixseg.io.label_tiff.LabelTiffLevels` for TIFF labels, whose palette
-must not be applied, :func:`~pixseg.io.label_zarr.open_label_levels` for OME-Zarr labels) and
+must not be applied, :func:`~pixseg.io.label_groups.open_label_levels` for OME-Zarr labels) and
 kept in a small LRU (:class:`ReaderCache`), so a tile costs a region read, never an open.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 
 from pixseg.colours import label_colours
 from pixseg.errors import InputError, InputNotFoundError
+from pixseg.io.label_groups import labels_inside, open_label_levels, read_label_zarr_status
 from pixseg.io.label_tiff import LabelTiffLevels, interrupted_tiff_write, read_label_tiff_status
-from pixseg.io.label_zarr import labels_inside, open_label_levels, read_label_zarr_status
 from pixseg.io.readers import open_image
 from pixseg.view.tiles import Pyramid
 
