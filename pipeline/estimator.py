@@ -20,7 +20,7 @@ from pixseg.errors import InputError
 from pixseg.fitting import sample_and_fit
 from pixseg.graphs import image_labels, model_mask
 from pixseg.io.model_file import load_model, save_model
-from pixseg.io.readers import DEFAULT_CHUNK, Image
+from pixseg.io.readers import DEFAULT_CHUNK, Image, is_pixel_dtype
 from pixseg.model import SegmentationModel
 from pixseg.options import DEFAULT_SIGMAS, FIT_RESTARTS, FitOptions, ReadOptions
 
@@ -222,7 +222,7 @@ def image_from_array(image: Any, *, chunk: int | None = None) -> Image:
     if data.ndim != 3:
         raise InputError(f"an image array has shape (Y, X) or (Y, X, C), got shape {tuple(data.shape)!r}")
     dtype = np.dtype(data.dtype)
-    if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if not is_pixel_dtype(dtype):
         raise InputError(f"an image array has an integer or float dtype, got {dtype.name!r}")
     height, width, channels = (int(n) for n in data.shape)
     if lazy:

@@ -46,6 +46,7 @@ __all__ = [
     "list_series",
     "open_image",
     "open_input",
+    "is_pixel_dtype",
     "select_format",
     "supported_formats",
 ]
@@ -110,6 +111,11 @@ class Image:
     def dtype(self) -> np.dtype:
         """The pixel dtype as stored."""
         return np.dtype(self.data.dtype)
+
+
+def is_pixel_dtype(dtype: np.dtype) -> bool:
+    """Whether pixseg segments pixels of ``dtype``: an integer or float dtype, not bool."""
+    return dtype != np.bool_ and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
 
 
 def open_input(
@@ -221,7 +227,7 @@ def open_image(
     if nodata is not None:
         source = source.marking_nodata(nodata)
     dtype = np.dtype(source.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
+    if not is_pixel_dtype(dtype):
         raise InputError(f"input {path_str!r} has dtype {dtype.name!r}; expected an integer or float image")
     height, width, n_channels = source.shape
     if height < 1 or width < 1 or n_channels < 1:
