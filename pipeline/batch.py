@@ -48,6 +48,7 @@ from pixseg.io.batch_state import (
 )
 from pixseg.io.json_files import read_json_object
 from pixseg.io.model_file import load_model, model_document
+from pixseg.io.remote import is_url
 from pixseg.runner import WORKER_MODULES, apply, segment
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,9 @@ def find_images(config: RunConfig) -> list[BatchImage]:
     seen: set[str] = set()
     outputs_root = os.path.realpath(config.directory) + os.sep
     for i, pattern in enumerate(config.batch.inputs):
-        if glob.has_magic(pattern):
+        if is_url(pattern):  # read as given: URLs are not globbed; a missing one fails its own run
+            matches = [pattern]
+        elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
             matches = [m for m in matches if not (os.path.realpath(m) + os.sep).startswith(outputs_root)]
             if not matches:

@@ -27,6 +27,7 @@ from pixseg.options import (
     OptionError,
     OutputOptions,
     ReadOptions,
+    build_options,
     option_fields,
 )
 from pixseg.tables import format_label_table, format_value, print_result
@@ -48,6 +49,7 @@ _RESUME_HINTS = {
     "run": "the images and chunks written so far are kept: rerun the same command to continue",
     "convert": "the output is incomplete: rerun with --overwrite",
     "demo": "rerun to start again",
+    "relabel": "the output is marked incomplete: rerun pixseg relabel (with any class table) to finish it",
 }
 
 #: Titles of the option groups in ``--help``.
@@ -222,6 +224,27 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing GeoJSON file")
     _add_quiet(export)
     export.set_defaults(handler=_run_export)
+
+    classes = commands.add_parser("classes", help="name, merge and colour a model's clusters (a new model file)")
+    classes.add_argument("model", help="a model file (M.json)")
+    classes.add_argument("table", nargs="?", metavar="CLASSES.yaml", help="a class table replacing the model's")
+    classes.add_argument("--name", action="append", default=[], metavar="C=NAME", help="name cluster C; repeatable")
+    classes.add_argument(
+        "--merge", action="append", default=[], metavar="A,B=NAME", help="one class NAME of clusters A,B; repeatable"
+    )
+    classes.add_argument(
+        "--colour", action="append", default=[], metavar="NAME=#rrggbb", help="a class's display colour; repeatable"
+    )
+    classes.add_argument("-o", "--output", metavar="NEW.json", help="the model file to write")
+    classes.add_argument("--in-place", action="store_true", help="replace MODEL itself instead of writing -o")
+    classes.add_argument("--overwrite", action="store_true", help="replace an existing -o model file")
+    classes.set_defaults(handler=_run_classes)
+
+    relabel = commands.add_parser("relabel", help="rewrite an output's labels for a class table, without predicting")
+    relabel.add_argument("output", help="a pixseg output: OUTPUT.zarr")
+    relabel.add_argument("classes", metavar="CLASSES", help="a model file with classes, or a class table (YAML)")
+    _add_quiet(relabel)
+    relabel.set_defaults(handler=_run_relabel)
     return parser
 
 
@@ -272,7 +295,7 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
     given = vars(args)
     values = {item.name: given[item.name] for item, spec, _ in option_fields(cls) if spec.flag and item.name in given}
     try:
-        return cls(**values)
+        return build_options(cls, values)
     except OptionError as err:
         flags = {item.name: spec.flag for item, spec, _ in option_fields(cls)}
         raise UsageError(f"{flags.get(err.name.split('[')[0]) or err.name} {err.problem}") from err
@@ -413,7 +436,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
     description = describe(args.path, level=args.level)
     for key, value in description.items():
-        if key in ("model", "statistics"):
+        if key in ("model", "statistics", "cluster_counts", "cluster_sums"):  # tables, shown below or in files
             continue
         print(f"{key:>15}: {format_value(key, value)}")
     if description.get("statistics"):
@@ -429,7 +452,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pixseg.runner import WORKER_MODULES, segment
 
     read, fit, compute = (options_from_args(cls, args) for cls in (ReadOptions, FitOptions, ComputeOptions))
-    fit = dataclasses.replace(fit, **{name: value for name, value in DEMO_FIT.items() if name not in vars(args)})
+    if "preset" not in vars(args):  # a preset sets these itself
+        fit = dataclasses.replace(fit, **{name: value for name, value in DEMO_FIT.items() if name not in vars(args)})
     os.makedirs(args.directory, exist_ok=True)
     source = os.path.join(args.directory, f"demo-slide-{args.size}.tif")
     if not os.path.exists(source):
@@ -469,6 +493,38 @@ def _run_export(args: argparse.Namespace) -> int:
         f"wrote {result.path}: {result.n_features} regions of at least {result.min_area:g} px, "
         f"traced at level {result.level} ({height}x{width}, coordinates in level-0 pixels)"
     )
+    return 0
+
+
+def _run_classes(args: argparse.Namespace) -> int:
+    from pixseg.classes import parse_edits
+    from pixseg.relabel import name_classes
+    from pixseg.tables import format_class_table
+
+    if args.in_place and args.output is not None:
+        raise UsageError("pixseg classes: give -o NEW.json or --in-place, not both")
+    model, written = name_classes(
+        args.model,
+        edits=parse_edits(args.name, args.merge, args.colour),
+        table_path=args.table,
+        output=args.output,
+        in_place=args.in_place,
+        overwrite=args.overwrite,
+    )
+    print(format_class_table(model))
+    if written is not None:
+        print(f"wrote {written}")
+    return 0
+
+
+def _run_relabel(args: argparse.Namespace) -> int:
+    from pixseg.relabel import relabel
+
+    result = relabel(args.output, args.classes, progress=not args.quiet)
+    print(f"relabelled {result.output} into {len(result.statistics)} classes in {result.seconds:.1f} s")
+    print(format_label_table(result.statistics))
+    if result.side_files:
+        print("side files: " + ", ".join(result.side_files))
     return 0
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from pixseg.errors import ConfigError
+from pixseg.io.remote import is_url
 from pixseg.options import (
     CONFIG_OPTION_CLASSES,
     OUTPUT_SUFFIXES,
@@ -44,6 +45,7 @@ from pixseg.options import (
     OptionError,
     OutputOptions,
     ReadOptions,
+    build_options,
     option_fields,
 )
 
@@ -380,7 +382,7 @@ def _build(cls: type, data: Mapping[str, Any], context: _Context) -> Any:
             value = _absolute_paths(value, base, keywords=spec.keywords)
         values[item.name] = value
     try:
-        return cls(**values)
+        return build_options(cls, values)
     except OptionError as err:
         name = err.name.split("[")[0]
         key = config_key[name] + err.name[len(name) :]
@@ -390,6 +392,8 @@ def _build(cls: type, data: Mapping[str, Any], context: _Context) -> Any:
 def _absolute_paths(value: Any, base: str, *, keywords: tuple[str, ...]) -> Any:
     if isinstance(value, list):
         return [_absolute_paths(item, base, keywords=keywords) for item in value]
+    if isinstance(value, str) and is_url(value):  # s3://, gs://, https://: taken as written
+        return value
     if isinstance(value, str) and value not in keywords:
         return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     return value

@@ -36,6 +36,7 @@ from pixseg.io.json_files import read_json_object
 from pixseg.io.label_groups import read_label_zarr_status, remove_output
 from pixseg.io.locks import lock_path_for, output_lock, pid_runs
 from pixseg.io.readers import Image, describe_chunks, open_image, open_input
+from pixseg.io.remote import exists, is_dir
 from pixseg.layout import conversion_reason
 from pixseg.options import ConvertOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
@@ -88,7 +89,8 @@ def convert(
         The ``.zarr`` directory to write.
     options : ConvertOptions, optional
         Input level, chunk edge, number of levels (default: halving until the long side is
-        <= 1024), lossless codec, zarr v3 shards (see :class:`pixseg.options.ConvertOptions`).
+        <= 1024), lossless codec, zarr v3 shards, and the series, plane and channels of the input
+        to convert (see :class:`pixseg.options.ConvertOptions`).
     overwrite, progress : bool
         Replace an existing output; show progress bars.
     **option_values
@@ -105,7 +107,9 @@ def convert(
     """
     started = time.perf_counter()
     options = options or ConvertOptions(**option_values)
-    image = open_image(input_path, level=options.level)
+    image = open_image(
+        input_path, level=options.level, series=options.series, plane=options.plane, channels=options.channels
+    )
     target = output_path.rstrip("/")
     if not target.lower().endswith(".zarr"):
         raise OutputError(f"convert writes OME-Zarr: output {output_path!r} must end in .zarr")
@@ -113,7 +117,7 @@ def convert(
     check_destinations({"output": target, "lock": lock}, {"input": image.path})
     check_own_output(target, CONVERTED_IMAGE)
     check_lock_path(lock)
-    if os.path.lexists(target) and not overwrite:
+    if exists(target) and not overwrite:
         raise OutputExistsError(f"output {output_path!r} already exists; pass --overwrite to replace it")
     check_writable_parent(target)
     with output_lock(lock):
@@ -160,7 +164,7 @@ def write_output_image(
         If ``resuming`` and the image there is not a complete one of this job.
     """
     store = plan.written_path
-    status = read_label_zarr_status(store) if os.path.isdir(store) else None
+    status = read_label_zarr_status(store) if is_dir(store) else None
     if status is not None and status.get("complete") and status.get("fingerprint") == fingerprint:
         logger.info("keeping the image of %s, written by this job", store)
         return

@@ -9,6 +9,7 @@ from pixseg.io.label_groups import labels_inside, read_label_zarr_status
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.locks import lock_path_for, read_lock
 from pixseg.io.readers import describe_chunks, list_series, open_image
+from pixseg.io.remote import exists, is_dir, is_url
 from pixseg.io.side_files import side_file_base
 from pixseg.layout import conversion_reason
 
@@ -34,7 +35,7 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
         If its lock file cannot be read.
     """
     lock = _describe_lock(path)
-    if lock and not os.path.lexists(path):
+    if lock and not exists(path):
         return {"kind": "output", "path": path, "complete": False, **lock, "note": "not written yet"}
     return {**_describe(path, level=level), **lock}
 
@@ -50,10 +51,11 @@ def _describe_lock(path: str) -> dict[str, str]:
 
 
 def _describe(path: str, *, level: int) -> dict[str, Any]:
-    inside = labels_inside(path) if os.path.isdir(path) else None
+    directory = is_dir(path)
+    inside = labels_inside(path) if directory and not is_url(path) else None
     if inside is not None:  # an image written with --with-image: describe its labels
         return {**_describe(inside, level=level), "image": path}
-    if os.path.isdir(path):
+    if directory:
         status = read_label_zarr_status(path)
     elif os.path.isfile(path) and path.lower().endswith((".tif", ".tiff")):
         status = read_label_tiff_status(path)

@@ -35,7 +35,7 @@ import numpy as np
 
 from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
-from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filter
+from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filters
 from pixseg.feature_registry import (
     COLOUR_GROUPS,
     FEATURE_ALIASES,
@@ -363,19 +363,24 @@ def compute_features(
     (top, bottom), (left, right) = halo
     inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
     core = scaled[inner]
-    intensity = kernels.grey(scaled)[..., 0].astype(np.float64) if spec.texture_groups else None
-    filtered: dict[tuple[float, GaussianFilter], np.ndarray] = {}
+    filtered = _texture_filterings(scaled, spec, scale) if spec.texture_groups else {}
     parts: list[np.ndarray] = []
     for group in (FEATURE_REGISTRY[name] for name in spec.groups):
         if group.kind == "colour":
             parts.append(group.kernel(core))
         elif group.kind == "position":
             parts.append(group.kernel(core.shape[:2], origin, image_shape or core.shape[:2]))
-        else:
-            assert intensity is not None
-            columns = _texture_columns(group, intensity, spec.sigmas, scale, filtered)
-            parts.append(np.stack([c[inner] for c in columns], axis=-1).astype(np.float32))
-    features = np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        else:  # pointwise kernels of the filterings: only the returned region is computed
+            parts.extend(
+                column[..., np.newaxis]
+                for sigma in spec.sigmas
+                for column in group.kernel(*(filtered[sigma][gaussian][inner] for gaussian in group.filters))
+            )
+    # one float32 copy of every column, straight into the result (no per-group stacks)
+    if len(parts) == 1:
+        features = np.ascontiguousarray(parts[0], dtype=np.float32)
+    else:
+        features = np.concatenate(parts, axis=-1, dtype=np.float32, casting="same_kind")
     if invalid is not None:
         features[invalid[inner]] = np.nan
     return features
@@ -391,24 +396,14 @@ def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray, spec: FeatureSpec) ->
     return invalid
 
 
-def _texture_columns(
-    group: FeatureGroup,
-    intensity: np.ndarray,
-    sigmas: Sequence[float],
-    scale: tuple[float, float],
-    filtered: dict[tuple[float, GaussianFilter], np.ndarray],
-) -> list[np.ndarray]:
-    """The columns of texture ``group`` on the whole 2-D float64 ``intensity`` image, sigma by sigma.
-
-    ``filtered`` memoises Gaussian filterings between the groups of one chunk.
-    """
-    columns: list[np.ndarray] = []
-    for sigma in sigmas:
-        for gaussian in group.filters:
-            if (sigma, gaussian) not in filtered:
-                filtered[sigma, gaussian] = gaussian_filter(intensity, sigma, gaussian, scale=scale)
-        columns.extend(group.kernel(*(filtered[sigma, gaussian] for gaussian in group.filters)))
-    return columns
+def _texture_filterings(
+    scaled: np.ndarray, spec: FeatureSpec, scale: tuple[float, float]
+) -> dict[float, dict[GaussianFilter, np.ndarray]]:
+    """Every Gaussian filtering the spec's texture groups read, per sigma, of the whole chunk's
+    float64 intensity: each computed once per chunk and shared by the groups."""
+    intensity = kernels.grey(scaled)[..., 0].astype(np.float64)
+    needed = dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
+    return {sigma: gaussian_filters(intensity, sigma, needed, scale=scale) for sigma in spec.sigmas}
 
 
 def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, float] = (1.0, 1.0)) -> da.Array:

@@ -5,6 +5,7 @@ See :mod:`pixseg.sampling` for how the sample is drawn and :mod:`pixseg.model` f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pixseg.choose_k import CRITERION, auto_range, choose_clusters
 from pixseg.compute import active_client, compute
 from pixseg.errors import InputError, OutputExistsError, ParameterError, PipelineError
 from pixseg.features import FeatureSpec, make_feature_spec, robust_channel_ranges
@@ -34,6 +36,7 @@ from pixseg.sampling import (
     take_pooled_sample,
     take_sample,
 )
+from pixseg.tables import format_k_table
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +55,23 @@ def sample_and_fit(
         preload_fitting()
     spec, mask, source = prepare_fit(image, fit, read=read, progress=progress)
     sample = draw_sample(source, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
-    logger.info("fitting k-means (K=%d) on %d sampled pixels", fit.clusters, len(sample))
-    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
+    model = fit_options_model(sample, spec, fit)
     logger.info("fitted in %d iterations; centroids (%s):\n%s", model.n_iter, ", ".join(spec.columns), model.centroids)
     return model, mask
+
+
+def fit_options_model(sample: np.ndarray, spec: FeatureSpec, fit: FitOptions) -> SegmentationModel:
+    """The model of ``sample`` for ``fit``: K chosen first for ``--clusters auto`` (see
+    :mod:`pixseg.choose_k`); the preset and the choice of K are recorded in the model."""
+    k_range, choice = auto_range(fit.clusters), None
+    if k_range is not None:
+        logger.info("choosing K in %d-%d by %s on the sample", *k_range, CRITERION)
+        choice = choose_clusters(sample, spec, k_range=k_range, seed=fit.seed)
+        logger.info("chose K=%d (highest %s):\n%s", choice.chosen, CRITERION, format_k_table(choice))
+    n_clusters = choice.chosen if choice is not None else int(fit.clusters)
+    logger.info("fitting k-means (K=%d) on %d sampled pixels", n_clusters, len(sample))
+    model = fit_model(sample, spec, n_clusters=n_clusters, seed=fit.seed, restarts=fit.restarts)
+    return dataclasses.replace(model, preset=fit.preset, k_choice=choice)
 
 
 def prepare_fit(image: Image, fit: FitOptions, *, read: ReadOptions, progress: bool) -> tuple[FeatureSpec, Any, Any]:
@@ -267,10 +283,8 @@ def fit_cohort(
         raise InputError(f"no input of the cohort could be read; {first[0]!r}: {first[1]}") from first[1]
     sample, counts = _draw_pooled_sample(members, failed, fit=fit, progress=progress)
     contributors = [image.path for _, image, _ in members]
-    logger.info(
-        "fitting k-means (K=%d) on %d pixels pooled from %d images", fit.clusters, len(sample), len(contributors)
-    )
-    model = fit_model(sample, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
+    logger.info("fitting on %d pixels pooled from %d images", len(sample), len(contributors))
+    model = fit_options_model(sample, spec, fit)
     if model_path is not None:
         cohort_provenance = {
             **provenance(members[0][1]),

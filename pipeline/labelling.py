@@ -7,6 +7,12 @@ takes the preview thumbnail and writes level 1 (see
 the labels' mean colours, after that pass (:func:`pixseg.colours.background_label`), stored in
 the statistics and used by every output: OME ``image-label`` colours, the TIFF palette, the
 overlay and the legend.
+
+With a class table in the model (:mod:`pixseg.classes`), the same task maps each chunk's cluster
+ids to class ids: the levels hold the class ids, and the level-0 cluster ids are kept beside them
+(array ``clusters``, see :data:`pixseg.io.label_zarr.CLUSTER_IDS`) for ``pixseg relabel``. Counts
+and colour sums stay per cluster (stored as ``cluster_counts`` and ``cluster_sums``); the
+statistics rows are per label value (:func:`pixseg.statistics.label_statistics`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
 
-from pixseg.colours import background_label, label_colours
+from pixseg.choose_k import plot_k_choice
 from pixseg.compute import compute
 from pixseg.errors import InputError, OutputError, PipelineError, ResumeMismatchError
 from pixseg.graphs import image_labels
@@ -35,8 +42,11 @@ from pixseg.io.label_groups import (
 )
 from pixseg.io.label_tiff import write_label_tiff
 from pixseg.io.label_zarr import (
+    ClassIds,
     chunk_written,
+    create_cluster_ids,
     create_label_zarr,
+    open_cluster_ids,
     reduce_level,
     store_and_count,
     store_count_and_preview,
@@ -44,14 +54,15 @@ from pixseg.io.label_zarr import (
 )
 from pixseg.io.model_file import model_document
 from pixseg.io.readers import Image, open_image
-from pixseg.io.side_files import write_legend, write_png, write_statistics
+from pixseg.io.side_files import write_legend, write_png, write_region_tables, write_statistics
 from pixseg.model import SegmentationModel
 from pixseg.options import OutputOptions
 from pixseg.plan import OutputPlan, PreviousRun, provenance
 from pixseg.preview import colour_labels, display_rgb, overlay, thumbnail_step
 from pixseg.pyramid import pyramid_shapes
+from pixseg.regions import Region, measure_regions
 from pixseg.report import ReportRun, write_report
-from pixseg.statistics import label_table, mean_colours
+from pixseg.statistics import label_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,7 @@ class RunResult:
     pixel_size: tuple[float, float] | None
     statistics: list[dict[str, Any]]
     side_files: list[str]
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def write_labels(
@@ -88,6 +100,7 @@ def write_labels(
     progress: bool,
     applied_model: str | None = None,
     applied_mask: str | None = None,
+    regions: Sequence[Region] = (),
 ) -> RunResult:
     """Predict and store level 0 (with label counts and the input thumbnail from the same pass,
     so the input is decoded once), build coarser levels from the level above, finalise the
@@ -109,16 +122,20 @@ def write_labels(
     if plan.into_image is not None:
         ngff = prepare_labels_group(plan.into_image)
     metadata = {**_output_metadata(image, model), "fingerprint": fingerprint, "ngff": ngff}
+    classes = None
     if previous is None:
         remove_output(zarr_path)  # an output replaced with --overwrite, or a TIFF run's leftover
         arrays = create_label_zarr(
             zarr_path,
             shapes=shapes,
             chunks=_level_chunks(shapes, (int(labels.chunksize[0]), int(labels.chunksize[1]))),
-            dtype=labels.dtype,
+            dtype=labels.dtype if model.classes is None else model.classes.dtype,
             ngff=ngff,
             attrs=metadata,
         )
+        if model.classes is not None:
+            clusters = create_cluster_ids(zarr_path, like=arrays[0], dtype=labels.dtype)
+            classes = ClassIds(model.classes.lookup(), clusters)
         done_counts, missing = np.zeros(model.n_clusters + 1, np.int64), list(np.ndindex(*labels.numblocks))
         done_sums = np.zeros((model.n_clusters + 1, n_colour))
     else:
@@ -127,8 +144,14 @@ def write_labels(
             raise ResumeMismatchError(
                 f"cannot resume {zarr_path!r}: its chunks {arrays[0].chunks!r} differ from this run's"
             )
+        stored = arrays[0]
+        if model.classes is not None:  # the cluster ids are written last: they mark a chunk done
+            clusters = open_cluster_ids(zarr_path, writable=True) or create_cluster_ids(
+                zarr_path, like=arrays[0], dtype=labels.dtype
+            )
+            stored, classes = clusters, ClassIds(model.classes.lookup(), clusters)
         done_counts, done_sums, missing = _verify_written(
-            zarr_path, arrays[0], labels.numblocks, model.n_clusters, pixels=image.data, n_colour=n_colour
+            zarr_path, stored, labels.numblocks, model.n_clusters, pixels=image.data, n_colour=n_colour
         )
     logger.info("predicting %d of %d chunks into %s", len(missing), labels.npartitions, zarr_path)
     try:
@@ -146,16 +169,23 @@ def write_labels(
                 preview=options.previews,
                 step=thumbnail_step(image.shape[:2]),
                 next_level=next_level,
+                classes=classes,
             )
         else:
             written = (
                 *store_and_count(
-                    labels, arrays[0], missing, model.n_clusters + 1, pixels=image.data, n_colour=n_colour
+                    labels,
+                    arrays[0],
+                    missing,
+                    model.n_clusters + 1,
+                    pixels=image.data,
+                    n_colour=n_colour,
+                    classes=classes,
                 ),
                 _thumbnail_pixels(image) if options.previews else None,
             )
         new_counts, new_sums, thumbnail = compute(*written, progress=progress)
-        _write_pyramid(arrays, first=first_reduced)
+        write_pyramid(arrays, first=first_reduced)
     except PipelineError:
         raise
     except OSError as err:
@@ -164,32 +194,21 @@ def write_labels(
             "fix the cause and rerun with --resume"
         ) from err
     labelled = time.perf_counter()
-    counts = done_counts + new_counts
-    means = mean_colours(counts, done_sums + new_sums)
-    background = background_label(means[1:], dtype=image.dtype)
-    colours = label_colours(model.n_clusters, background=background)
-    statistics = label_table(
-        counts,
-        model.centroids,
-        model.feature_spec.columns,
-        pixel_size=pixel_size,
-        means=means,
-        colours=colours,
-        rgb8=n_colour == 3 and image.dtype == np.uint8,
-        background=background,
-    )
+    counts, sums = done_counts + new_counts, done_sums + new_sums
+    statistics, colours = label_statistics(counts, sums, model, pixel_size=pixel_size, dtype=image.dtype)
     summary = {"masked_pixels": int(counts[0]), "pixel_size_um": list(pixel_size) if pixel_size else None}
-    source_image = "../../" if plan.into_image is not None else None
+    kept = cluster_summary(counts, sums, model, input_dtype=image.dtype)
     ome = ome_label_metadata(
         n_levels=len(shapes),
         name=os.path.basename(plan.path),
         pixel_size=pixel_size,
         properties=statistics,
-        source_image=source_image,
+        source_image="../../" if plan.into_image is not None else None,
     )
-    finalise_label_zarr(zarr_path, ngff=ngff, ome=ome, extra={**summary, "statistics": statistics})
+    finalise_label_zarr(zarr_path, ngff=ngff, ome=ome, extra={**summary, **kept, "statistics": statistics})
     if plan.into_image is not None:
         register_label(plan.into_image, os.path.basename(plan.path), ngff=ngff)
+    region_rows = measure_regions(regions, arrays[0], statistics, pixel_size=pixel_size, progress=progress)
     run = ReportRun(
         output=plan.path,
         fingerprint=fingerprint,
@@ -202,16 +221,24 @@ def write_labels(
         ),
         applied_model=applied_model,
         applied_mask=applied_mask,
+        regions=tuple(region_rows),
     )
-    side_files = _write_side_files(
-        plan.side_base, statistics, summary, thumbnail, arrays[-1], model.n_clusters, image, run
+    side_files = write_region_tables(plan.side_base, region_rows, source=str(options.regions)) if regions else []
+    side_files += write_side_files(
+        plan.side_base,
+        statistics,
+        summary,
+        None if thumbnail is None else display_rgb(np.asarray(thumbnail), n_colour=n_colour),
+        arrays[-1],
+        run,
+        n_pixels=image.shape[0] * image.shape[1],
     )
     if plan.kind == "tiff":
         logger.info("writing pyramidal TIFF %s (%d levels)", plan.path, len(shapes))
         write_label_tiff(
             plan.path,
             open_label_levels(zarr_path),
-            metadata={**metadata, **summary, "statistics": statistics},
+            metadata={**metadata, **summary, **kept, "statistics": statistics},
             pixel_size=pixel_size,
             flavour=options.tiff_flavour,
             tile=options.tiff_tile,
@@ -229,6 +256,7 @@ def write_labels(
         pixel_size=pixel_size,
         statistics=statistics,
         side_files=side_files,
+        regions=region_rows,
     )
 
 
@@ -250,9 +278,26 @@ def finished_result(plan: OutputPlan, previous: PreviousRun, image: Image, start
     )
 
 
+def cluster_summary(
+    counts: np.ndarray, sums: np.ndarray, model: SegmentationModel, *, input_dtype: np.dtype
+) -> dict[str, Any]:
+    """What an output keeps so its statistics can be redone for another class table without
+    reading the input (``pixseg relabel``): the per-cluster counts and colour sums, the input's
+    dtype, and the number of label values when they are classes (``n_classes``)."""
+    kept: dict[str, Any] = {
+        "cluster_counts": counts.tolist(),
+        "cluster_sums": sums.tolist(),
+        "input_dtype": np.dtype(input_dtype).name,
+    }
+    if model.classes is not None:
+        kept["n_classes"] = model.classes.n_classes
+    return kept
+
+
 def _output_metadata(image: Image, model: SegmentationModel) -> dict[str, Any]:
     """The provenance and the model, stored in the output's metadata."""
-    return {**provenance(image), "n_clusters": model.n_clusters, "model": model_document(model)}
+    kept = {"cluster_ids": True} if model.classes is not None else {}  # see pixseg.relabel
+    return {**provenance(image), "n_clusters": model.n_clusters, "model": model_document(model), **kept}
 
 
 def _thumbnail_pixels(image: Image) -> da.Array:
@@ -284,7 +329,7 @@ def _level_chunks(shapes: list[tuple[int, int]], chunks: tuple[int, int]) -> lis
     return [((chunks[0] // 2, chunks[1] // 2) if level == 1 and halve else chunks) for level in range(len(shapes))]
 
 
-def _write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
+def write_pyramid(arrays: list[Any], *, first: int = 1) -> None:
     """Build every level from ``first`` on from the level above, as stored (never from the lazy graph).
 
     One task per chunk of a level reads the chunks of the level above it covers and writes every
@@ -324,32 +369,39 @@ def _verify_written(
     return counts, sums, [b for b in blocks if b not in good]
 
 
-def _write_side_files(
+def write_side_files(
     base: str,
     statistics: list[dict[str, Any]],
     summary: dict[str, Any],
-    thumbnail: np.ndarray | None,
+    rgb: np.ndarray | None,
     coarsest: Any,
-    n_labels: int,
-    image: Image,
     run: ReportRun,
+    *,
+    n_pixels: int,
 ) -> list[str]:
+    """Write the statistics, and with ``rgb`` (the (h, w, 3) uint8 display thumbnail of the input)
+    the label map, overlay, legend and report, beside ``base``; return their paths.
+
+    ``coarsest`` is the coarsest stored level (label values as in ``statistics``).
+    """
     write_statistics(base, statistics, summary=summary)
     written = [base + ".stats.csv", base + ".stats.json"]
-    if thumbnail is None:
+    if rgb is None:
         return written
     from PIL import Image as PILImage
 
     colours = [tuple(row["colour_rgba"]) for row in statistics]
     small_labels = np.asarray(coarsest[:])
     coloured = colour_labels(small_labels, colours)
-    rgb = display_rgb(np.asarray(thumbnail), n_colour=image.shape[2] - int(image.has_alpha))
     height, width = small_labels.shape
     matched = np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.Resampling.BILINEAR))
     write_png(base + ".thumbnail.png", rgb)
     write_png(base + ".labels.png", coloured)
     write_png(base + ".overlay.png", overlay(matched, coloured, small_labels))
     write_legend(base + ".legend.png", statistics, colours, masked_pixels=int(summary["masked_pixels"]))
-    report = write_report(base, run, statistics, summary, n_pixels=image.shape[0] * image.shape[1])
-    previews = (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
+    previews: tuple[str, ...] = (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
+    if run.model.k_choice is not None:  # --clusters auto: the criterion table as a plot
+        write_png(base + ".k-choice.png", plot_k_choice(run.model.k_choice))
+        previews += (".k-choice.png",)
+    report = write_report(base, run, statistics, summary, n_pixels=n_pixels)
     return written + [base + suffix for suffix in previews] + [report]

@@ -1,8 +1,11 @@
 """The fitted segmentation model: feature spec, standardisation, ordered centroids.
 
-Fitting standardises an in-memory sample and runs dask-ml's k-means|| KMeans on it, working
-around dask-ml's known traps (first-row bias of k-means||, absolute ``tol``, unsquared
-``inertia_``, integer centres) and its sensitivity to outliers: the sample is winsorised per
+Fitting standardises an in-memory sample, seeds each restart with scikit-learn's public
+``kmeans_plusplus`` and runs dask-ml's KMeans (Lloyd iterations) from those centres, as one
+chunk on the synchronous scheduler. It works around dask-ml's known traps (its own
+``init="k-means++"`` fails with current scikit-learn, its k-means|| costs about 0.7 s a restart
+on an in-memory sample, absolute ``tol``, unsquared ``inertia_``, integer centres) and its
+sensitivity to outliers: the sample is winsorised per
 column at the 0.1 and 99.9 percentiles before standardising and clustering, so a few extreme
 pixels (e.g. stain densities of saturated or zero-valued pixels, a near-constant feature with
 rare spikes) cannot capture a cluster. Centroids are stored in feature units, sorted so that label
@@ -18,7 +21,7 @@ Rare but distinct values keep their cluster. The rule, in order:
 2. A fit is *degenerate* when one of its clusters is the nearest of no row of the sample (two
    identical centroids leave one of them empty). Of the ``restarts`` fits, the non-degenerate
    one of lowest sample inertia is kept.
-3. If every restart is degenerate, ``RESEED_TRIES`` more k-means|| runs with fresh seeds are made
+3. If every restart is degenerate, ``RESEED_TRIES`` more runs with fresh seeds are made
    on the unclipped sample, and the best of those is kept.
 4. If they are all degenerate too, the fit with the fewest empty clusters (then the lowest
    inertia) is kept, one warning is logged and the model records why in ``degenerate``.
@@ -39,32 +42,32 @@ import logging
 import reprlib
 import sys
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
 import numpy as np
 
+from pixseg.classes import ClassTable
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
 from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS
 
+if TYPE_CHECKING:
+    from pixseg.choose_k import KChoice
+
 logger = logging.getLogger(__name__)
 
-#: Rows per chunk of the sample handed to dask-ml: fixed, so the fit does not depend on
-#: the machine's core count (dask-ml otherwise splits numpy input by ``cpu_count()``).
-_FIT_CHUNK_ROWS = 100_000
-#: Spacing of the seeds of a fit's k-means|| restarts.
+#: Spacing of the seeds of a fit's restarts.
 _RESTART_STRIDE = 0x9E3779B9
 #: Convergence threshold on the squared shift of the standardised centres. dask-ml's ``tol`` is
 #: absolute; on standardised features (unit variance) 1e-4 is scikit-learn's default relative tol.
 _FIT_TOL = 1e-4
 #: Percentiles each column of the sample is clipped to before standardising and clustering.
 WINSOR_PERCENTILES = (0.1, 99.9)
-#: Further k-means|| runs, with fresh seeds on the unclipped sample, when every restart is degenerate.
+#: Further runs, with fresh seeds on the unclipped sample, when every restart is degenerate.
 RESEED_TRIES = 3
 #: Longest excerpt of a bad value an error message shows.
 _EXCERPT_CHARS = 60
@@ -95,6 +98,13 @@ class SegmentationModel:
     degenerate : str or None
         Why the fit is degenerate (a cluster no sampled pixel is nearest to), or None for a sound
         fit; see the module docstring.
+    classes : ClassTable or None
+        Named and merged classes of the clusters (see :mod:`pixseg.classes`); None: the labels
+        are the cluster ids, as a fitted model gives them.
+    preset : str or None
+        The ``--preset`` the fit options came from (:mod:`pixseg.presets`).
+    k_choice : KChoice or None
+        How ``--clusters auto`` chose K (:mod:`pixseg.choose_k`); None for a K given.
     """
 
     feature_spec: FeatureSpec
@@ -106,6 +116,9 @@ class SegmentationModel:
     sample_inertia: float
     n_iter: int
     degenerate: str | None = None
+    classes: ClassTable | None = None
+    preset: str | None = None
+    k_choice: KChoice | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -130,6 +143,9 @@ class SegmentationModel:
             "sample_inertia": self.sample_inertia,
             "n_iter": self.n_iter,
             **({"degenerate": self.degenerate} if self.degenerate is not None else {}),
+            **({"classes": self.classes.to_dict()} if self.classes is not None else {}),
+            **({"preset": self.preset} if self.preset is not None else {}),
+            **({"k_choice": self.k_choice.to_dict()} if self.k_choice is not None else {}),
         }
 
     @classmethod
@@ -141,7 +157,8 @@ class SegmentationModel:
         (``feature_columns``, when present, must name them); ``feature_mean`` and ``feature_std``
         F finite numbers, every std > 0; ``seed`` an integer in [0, 2**63); ``sample_size`` an
         integer >= K; ``n_iter`` an integer >= 0; ``sample_inertia`` a finite number >= 0;
-        ``degenerate``, when present, a short string.
+        ``degenerate``, when present, a short string; ``classes``, when present, a class table
+        of the K clusters (:meth:`ClassTable.from_dict`).
 
         Raises
         ------
@@ -169,6 +186,17 @@ class SegmentationModel:
         degenerate = data.get("degenerate")
         if degenerate is not None and (not isinstance(degenerate, str) or len(degenerate) > _MAX_NOTE_CHARS):
             raise ValueError(f"field 'degenerate' must be a note of at most {_MAX_NOTE_CHARS} characters")
+        preset = data.get("preset")
+        if preset is not None and (not isinstance(preset, str) or len(preset) > _MAX_NOTE_CHARS):
+            raise ValueError(f"field 'preset' must be a name of at most {_MAX_NOTE_CHARS} characters")
+        k_choice = None
+        if data.get("k_choice") is not None:
+            from pixseg.choose_k import KChoice  # it imports this module
+
+            try:
+                k_choice = KChoice.from_dict(data["k_choice"])
+            except ValueError as err:
+                raise ValueError(f"field 'k_choice' {err}") from err
         return cls(
             feature_spec=spec,
             centroids=centroids,
@@ -179,6 +207,11 @@ class SegmentationModel:
             sample_inertia=_inertia(data),
             n_iter=_integer(data, "n_iter", low=0),
             degenerate=degenerate,
+            preset=preset,
+            k_choice=k_choice,
+            classes=None
+            if data.get("classes") is None
+            else ClassTable.from_dict(data["classes"], n_clusters=len(centroids)),
         )
 
 
@@ -266,7 +299,8 @@ def fit_model(
     :func:`feature_spread`): the channels together, as they share units, so for channels alone
     the fit minimises the same inertia as k-means on the raw pixels; every derived column on
     its own, so each stain, colour coordinate or texture measure weighs alike. dask-ml's
-    k-means|| runs ``restarts`` times with seeds derived from ``seed`` (restart 0 uses ``seed``);
+    KMeans runs ``restarts`` times from k-means++ centres (:func:`seed_centres`) with seeds
+    derived from ``seed`` (restart 0 uses ``seed``);
     the non-degenerate fit with the lowest sample inertia is kept (a single init sometimes lands
     in a poor local optimum: docs/performance.md shows how often, and what each restart costs).
     When every restart is degenerate, ``RESEED_TRIES`` more runs are made on the unclipped sample.
@@ -274,22 +308,22 @@ def fit_model(
     Parameters
     ----------
     sample : numpy.ndarray
-        Shape (n, F), float; rows in a deterministic order (they are shuffled with ``seed``). Not modified.
+        Shape (n, F), float; rows in a deterministic order. Not modified.
     spec : FeatureSpec
         The features the columns hold.
     n_clusters : int
         K, 2 <= K <= the number of distinct rows of ``sample``.
     seed : int
-        Seeds the shuffles and dask-ml's ``random_state``.
+        Seeds the k-means++ centres of every restart.
     restarts : int
-        k-means|| runs; the lowest sample inertia wins.
+        Fits from different k-means++ centres; the lowest sample inertia wins.
 
     Returns
     -------
     SegmentationModel
         Centroids ordered by ascending brightness; ``degenerate`` set (and one warning logged)
-        when even the re-seeded fits leave a cluster empty. Computes on the threaded scheduler
-        (the sample is in memory), whatever scheduler is active.
+        when even the re-seeded fits leave a cluster empty. Computes on the synchronous scheduler
+        (the sample is in memory, one chunk), whatever scheduler is active.
 
     Raises
     ------
@@ -394,25 +428,53 @@ def feature_spread(variances: np.ndarray, groups: tuple[str, ...]) -> np.ndarray
 
 
 def _fit_kmeans(scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int) -> tuple[np.ndarray, int]:
-    """dask-ml k-means|| on ``scaled`` rows; returns (centres, iterations). Restart 0 uses ``seed`` itself."""
+    """dask-ml KMeans on ``scaled`` rows from :func:`seed_centres`; returns (centres, iterations).
+
+    Restart 0 uses ``seed`` itself. The sample is in memory, so it is one chunk on the synchronous
+    scheduler: the fit does not depend on the core count, and each Lloyd iteration is one numpy
+    pass instead of a threaded graph (0.08-0.2 s per restart at 200,000 rows against 0.65-0.85 s
+    for k-means||: benchmarks/RESULTS.md, 2026-11-29).
+    """
     from dask_ml.cluster import KMeans
 
     random_state = (seed + restart * _RESTART_STRIDE) % 2**32
-    # dask-ml's k-means|| always takes row 0 as its first candidate: shuffle first
-    shuffled = scaled[np.random.default_rng([seed, restart]).permutation(len(scaled))]
     estimator = KMeans(
         n_clusters=n_clusters,
-        init="k-means||",
+        init=seed_centres(scaled, n_clusters, random_state=random_state),
         random_state=random_state,
         tol=_FIT_TOL,
         max_iter=300,
     )
-    with dask.config.set(scheduler="threads"), warnings.catch_warnings():
-        # k-means|| divides 0 by 0 once its candidates hold every distinct row (its cost is 0 then);
-        # the NaN probabilities draw no further candidate, which is what is wanted
-        warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
-        estimator.fit(da.from_array(shuffled, chunks=(_FIT_CHUNK_ROWS, shuffled.shape[1])))
+    with dask.config.set(scheduler="synchronous"):
+        estimator.fit(da.from_array(scaled, chunks=scaled.shape))
     return np.asarray(estimator.cluster_centers_, dtype=np.float64), int(estimator.n_iter_)
+
+
+def seed_centres(scaled: np.ndarray, n_clusters: int, *, random_state: int) -> np.ndarray:
+    """k-means++ starting centres, through scikit-learn's public :func:`sklearn.cluster.kmeans_plusplus`.
+
+    This is what dask-ml's ``init="k-means++"`` intends; dask-ml 2025.1 calls a private
+    scikit-learn function whose signature has changed (``TypeError: _kmeans_plusplus() missing 1
+    required positional argument: 'sample_weight'``).
+
+    Parameters
+    ----------
+    scaled : numpy.ndarray
+        Shape (n, F), float64, in memory; not modified.
+    n_clusters : int
+        K, at most the number of distinct rows.
+    random_state : int
+        Seeds the choice.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (K, F), float64: K rows of ``scaled``.
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    centres, _ = kmeans_plusplus(scaled, n_clusters, random_state=random_state)
+    return np.asarray(centres, dtype=np.float64)
 
 
 def count_distinct_rows(vectors: np.ndarray, *, stop_at: int) -> int:

@@ -100,11 +100,24 @@ def option(default: Any, help: str, **spec: Any) -> Any:  # noqa: A002 - mirrors
 class Validated:
     """Validates every field against its declaration when the options object is made."""
 
+    @classmethod
+    def implied_defaults(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults that the explicitly given ``values`` imply (a preset's settings); none here."""
+        return {}
+
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = check_value(item.name, spec_of(item), hints[item.name], getattr(self, item.name))
             object.__setattr__(self, item.name, value)
+
+
+def build_options(cls: type, values: Mapping[str, Any]) -> Any:
+    """``cls(**values)`` over the defaults ``values`` imply (:meth:`Validated.implied_defaults`):
+    the one place the CLI, configs and the Python API make an options object, so an explicitly
+    given value always wins over a preset's."""
+    implied = cls.implied_defaults(values) if issubclass(cls, Validated) else {}
+    return cls(**{**implied, **values})
 
 
 def spec_of(item: dataclasses.Field[Any]) -> OptionSpec:
@@ -173,8 +186,10 @@ def _convert(name: str, hint: Any, value: Any) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(name, inner, value)
+        inner = [a for a in args if a is not type(None)]
+        # int | str (``clusters``: 5 or "auto:2-12"): the first plain type the value already has
+        plain = (a for a in inner if isinstance(a, type) and isinstance(value, a))
+        return _convert(name, next(plain, inner[0]), value)
     if origin is tuple:
         return _convert_tuple(name, args, value)
     if origin is dict:

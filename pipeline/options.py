@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixseg.errors import ParameterError
-from pixseg.option_types import OptionError, OptionSpec, Validated, check_value, option, option_fields, spec_of
+from pixseg.option_types import (
+    OptionError,
+    OptionSpec,
+    Validated,
+    build_options,
+    check_value,
+    option,
+    option_fields,
+    spec_of,
+)
+from pixseg.presets import PRESETS
 
 __all__ = [
     "BatchOptions",
@@ -33,6 +43,7 @@ __all__ = [
     "OptionSpec",
     "OutputOptions",
     "ReadOptions",
+    "build_options",
     "check_value",
     "option_fields",
     "spec_of",
@@ -45,6 +56,8 @@ DEFAULT_SIGMAS = (1.0, 4.0)
 MAX_SIGMA = 64.0
 #: Most clusters a model may have (labels are stored as uint8 up to 255 clusters, else uint16).
 MAX_CLUSTERS = 1024
+#: The range of K ``--clusters auto`` tries (see :mod:`pixseg.choose_k`).
+AUTO_CLUSTERS = (2, 12)
 #: k-means|| runs per fit by default; the lowest sample inertia wins.
 FIT_RESTARTS = 3
 NORMALISE_MODES = ("auto", "dtype", "robust")
@@ -84,11 +97,61 @@ def _plane_text(text: str) -> dict[str, int]:
     return plane
 
 
+def _clusters_text(text: str) -> int | str:
+    """``"5"`` as 5; ``"auto"`` and ``"auto:LO-HI"`` as the canonical ``"auto:LO-HI"`` (see :mod:`pixseg.choose_k`)."""
+    expected = "an integer, auto or auto:LO-HI (e.g. auto:2-12)"
+    text = text.strip().lower()
+    if not text.startswith("auto"):
+        if not text.lstrip("+-").isdigit():
+            raise ValueError(expected)
+        return int(text)
+    low, high = AUTO_CLUSTERS
+    if text != "auto":
+        bounds = text.removeprefix("auto:").split("-")
+        if not text.startswith("auto:") or len(bounds) != 2 or not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(expected)
+        low, high = (int(b) for b in bounds)
+    if not 2 <= low < high <= MAX_CLUSTERS:
+        raise ValueError(f"auto:LO-HI with 2 <= LO < HI <= {MAX_CLUSTERS}")
+    return f"auto:{low}-{high}"
+
+
 def _levels_text(text: str) -> int | None:
     try:
         return None if text.strip().lower() == "auto" else int(text)
     except ValueError:
         raise ValueError("auto or a number") from None
+
+
+def _series_option(**config: str) -> Any:
+    """``--series``, declared once for every command that reads an input."""
+    return option(
+        None,
+        "image series to read of a file holding several (pixseg info lists them); default: the first",
+        flag="--series",
+        metavar="N",
+        minimum=0,
+        **config,
+    )
+
+
+def _plane_option(**config: str) -> Any:
+    """``--plane``, declared once for every command that reads an input."""
+    return option(
+        None,
+        "plane to read of a Z or T stack, e.g. z=3 or z=3,t=0 (required for a stack)",
+        flag="--plane",
+        metavar="z=K,t=K",
+        text=_plane_text,
+        **config,
+    )
+
+
+def _channels_option(**config: str) -> Any:
+    """``--channels``, declared once for every command that reads an input."""
+    return option(
+        None, "channels to read, in this order, e.g. 0,2 (default: all)", flag="--channels", metavar="C1,C2", minimum=0, **config
+    )
 
 
 @dataclass(frozen=True)
@@ -137,38 +200,32 @@ class ReadOptions(Validated):
         flag="--nodata",
         metavar="VALUE",
     )
-    series: int | None = option(
-        None,
-        "image series to read of a file holding several (pixseg info lists them); default: the first",
-        config="read.series",
-        flag="--series",
-        metavar="N",
-        minimum=0,
-    )
-    plane: dict[str, int] | None = option(
-        None,
-        "plane to read of a Z or T stack, e.g. z=3 or z=3,t=0 (required for a stack)",
-        config="read.plane",
-        flag="--plane",
-        metavar="z=K,t=K",
-        text=_plane_text,
-    )
-    channels: tuple[int, ...] | None = option(
-        None,
-        "channels to read, in this order, e.g. 0,2 (default: all)",
-        config="read.channels",
-        flag="--channels",
-        metavar="C1,C2",
-        minimum=0,
-    )
+    series: int | None = _series_option(config="read.series")
+    plane: dict[str, int] | None = _plane_option(config="read.plane")
+    channels: tuple[int, ...] | None = _channels_option(config="read.channels")
 
 
 @dataclass(frozen=True)
 class FitOptions(Validated):
     """How the model is fitted: K, seed, features, sample, mask, normalisation."""
 
-    clusters: int = option(
-        4, "number of clusters K", config="clusters", flag="--clusters", short="-k", minimum=2, maximum=MAX_CLUSTERS
+    clusters: int | str = option(
+        4,
+        "number of clusters K, or auto[:LO-HI] to choose K on the sample (default range 2-12; docs/presets.md)",
+        config="clusters",
+        flag="--clusters",
+        short="-k",
+        metavar="K|auto[:LO-HI]",
+        minimum=2,
+        maximum=MAX_CLUSTERS,
+        text=_clusters_text,
+    )
+    preset: str | None = option(
+        None,
+        "set features, normalisation, mask and K for a kind of image; explicit options win (docs/presets.md)",
+        config="preset",
+        flag="--preset",
+        choices=tuple(PRESETS),
     )
     seed: int = option(
         0, "random seed of the sample and the fit", config="seed", flag="--seed", minimum=0, maximum=2**63 - 1
@@ -226,6 +283,13 @@ class FitOptions(Validated):
         choices=NORMALISE_MODES,
     )
 
+    @classmethod
+    def implied_defaults(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings of the ``preset`` in ``values``, if any (checked first, so a bad name is named)."""
+        fields = {item.name: (spec, hint) for item, spec, hint in option_fields(cls)}
+        preset = check_value("preset", *fields["preset"], values.get("preset"))
+        return dict(PRESETS[preset]) if preset is not None else {}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.features:
@@ -276,6 +340,14 @@ class OutputOptions(Validated):
         "skip the PNG thumbnail, label map, overlay, legend and the HTML report",
         config="output.previews",
         flag="--no-previews",
+    )
+    regions: str | None = option(
+        None,
+        "GeoJSON annotations (QuPath, level-0 pixels): write the area of each label inside each region",
+        config="output.regions",
+        flag="--regions",
+        metavar="REGIONS.geojson",
+        path=True,
     )
 
 
@@ -377,6 +449,9 @@ class ConvertOptions(Validated):
     shard: int | None = option(
         None, "zarr v3 shards of N x N chunks", flag="--shard", metavar="N", minimum=1, maximum=1024
     )
+    series: int | None = _series_option()
+    plane: dict[str, int] | None = _plane_option()
+    channels: tuple[int, ...] | None = _channels_option()
 
 
 #: ``model`` values of a batch other than a model file path.
@@ -466,4 +541,4 @@ def split_options(values: Mapping[str, Any], classes: Iterable[type] = RUN_OPTIO
         close = difflib.get_close_matches(unknown[0], owners, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ParameterError(f"unknown option {unknown[0]!r}; {hint}options: {', '.join(sorted(owners))}")
-    return {cls: cls(**{k: v for k, v in values.items() if owners[k] is cls}) for cls in classes}
+    return {cls: build_options(cls, {k: v for k, v in values.items() if owners[k] is cls}) for cls in classes}

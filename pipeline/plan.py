@@ -22,6 +22,8 @@ from pixseg.io.label_tiff import read_label_tiff_status
 from pixseg.io.locks import lock_path_for
 from pixseg.io.model_file import MODEL_FORMAT, model_from_document
 from pixseg.io.readers import Image
+from pixseg.io.remote import check_bucket, exists, is_dir, is_url, join, public_url
+from pixseg.io.remote import identity as remote_identity
 from pixseg.io.side_files import SIDE_SUFFIXES, is_own_side_file
 from pixseg.model import SegmentationModel
 
@@ -83,7 +85,7 @@ class PreviousRun:
 
 def refuse_incomplete_input(image: Image) -> None:
     """An interrupted pixseg output is not an image to segment."""
-    status = read_label_zarr_status(image.path) if os.path.isdir(image.path) else None
+    status = read_label_zarr_status(image.path) if is_dir(image.path) else None
     if status is not None and not status.get("complete"):
         raise InputError(f"input {image.path!r} is an incomplete pixseg output; finish it with --resume first")
 
@@ -116,7 +118,9 @@ def plan_output(
         raise ParameterError("--overwrite and --resume exclude each other: replace the output, or continue it")
     stripped = output_path.rstrip("/")
     suffix = os.path.splitext(stripped)[1].lower()
-    if with_image:
+    if is_url(stripped):
+        plan = _plan_url(stripped, suffix, image, with_image=with_image)
+    elif with_image:
         plan = _plan_with_image(stripped, suffix, image)
     else:
         into_image = _labels_beside_image(stripped, image)
@@ -131,13 +135,35 @@ def plan_output(
             check_own_output(plan.work_path, LABEL_OUTPUT)
     for suffix in SIDE_SUFFIXES:
         path = plan.side_base + suffix
-        if os.path.lexists(path) and not is_own_side_file(path):
+        if exists(path) and not is_own_side_file(path):
             raise OutputError(_foreign(path, "side file"))
     check_lock_path(plan.lock_path)
-    if os.path.lexists(plan.written_path) and not (overwrite or resume):
+    if exists(plan.written_path) and not (overwrite or resume):
         raise OutputExistsError(
             f"output {plan.written_path!r} already exists; pass --overwrite to replace it (or --resume to continue it)"
         )
+    return plan
+
+
+def _plan_url(url: str, suffix: str, image: Image, *, with_image: bool) -> OutputPlan:
+    """The plan of an output in object storage: an OME-Zarr label group, its side files beside it.
+
+    Raises
+    ------
+    OutputError
+        For anything but a ``.zarr`` label output (a TIFF or ``--with-image`` is written locally
+        and uploaded), an output that is (inside) the input, a missing bucket or refused credentials.
+    """
+    if suffix != ".zarr" or with_image:
+        what = "--with-image" if with_image else f"a {suffix or 'suffix-less'} output"
+        raise OutputError(
+            f"output {public_url(url)!r}: pixseg writes only OME-Zarr labels (.zarr) to object storage, not "
+            f"{what}; write it to a local path and upload it"
+        )
+    check_not_input(url, image.path, "output")
+    check_bucket(url)
+    plan = OutputPlan(path=url, kind="zarr", side_base=url, into_image=None)
+    check_own_output(url, LABEL_OUTPUT)
     return plan
 
 
@@ -196,14 +222,14 @@ def check_own_output(path: str, kind: str) -> None:
         Naming what is there: a symlink (never followed nor replaced), a directory, a foreign
         zarr store or image, any other file, or a pixseg output of another kind.
     """
-    if not os.path.lexists(path):
+    if not exists(path):
         return
     if os.path.islink(path):
         raise OutputError(_foreign(path, "output"))
     if kind == LABEL_TIFF:
         own = os.path.isfile(path) and read_label_tiff_status(path) is not None
     else:
-        status = read_label_zarr_status(path) if os.path.isdir(path) else None
+        status = read_label_zarr_status(path) if is_dir(path) else None
         own = status is not None and ("model" in status if kind == LABEL_OUTPUT else "source" in status)
     if not own:
         raise OutputError(_foreign(path, "output", expected=kind))
@@ -211,7 +237,7 @@ def check_own_output(path: str, kind: str) -> None:
 
 def check_lock_path(path: str) -> None:
     """Refuse a lock path holding a symlink or a directory: a lock is a plain file pixseg creates."""
-    if os.path.islink(path) or os.path.isdir(path):
+    if not is_url(path) and (os.path.islink(path) or os.path.isdir(path)):
         raise OutputError(_foreign(path, "lock"))
 
 
@@ -219,11 +245,11 @@ def _foreign(path: str, what: str, *, expected: str = "") -> str:
     """The message refusing to replace ``path``: what is there, and that pixseg leaves it alone."""
     if os.path.islink(path):
         there = f"a symlink to {os.readlink(path)!r}"
-    elif os.path.isdir(path):
+    elif is_dir(path):
         status = read_label_zarr_status(path)
         if status is not None:
             there = f"a pixseg {CONVERTED_IMAGE if 'source' in status else LABEL_OUTPUT}"
-        elif any(os.path.isfile(os.path.join(path, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
+        elif any(exists(join(path, n)) for n in ("zarr.json", ".zgroup", ".zarray")):
             there = "a zarr store pixseg did not write"
         else:
             there = "a directory pixseg did not write"
@@ -244,7 +270,8 @@ def check_destinations(
 ) -> None:
     """Refuse, before any work, destinations that collide with an input or with one another.
 
-    Paths are compared by :func:`os.path.realpath` (a symlink counts as its target): no
+    Paths are compared by :func:`os.path.realpath` (a symlink counts as its target; URLs as they
+    are, without credentials): no
     destination may be, contain or lie inside an input, nor another destination; the work
     directory may hold the destinations and the inputs, but may not be, or lie inside, any of them.
 
@@ -265,8 +292,8 @@ def check_destinations(
     OutputError
         Naming both paths.
     """
-    written = {what: (path, os.path.realpath(path)) for what, path in destinations.items() if path}
-    read = {what: (path, os.path.realpath(path)) for what, path in inputs.items() if path}
+    written = {what: (path, _canonical(path)) for what, path in destinations.items() if path}
+    read = {what: (path, _canonical(path)) for what, path in inputs.items() if path}
     for (what, (path, real)), (source, (given, real_source)) in itertools.product(written.items(), read.items()):
         if (what, source) != allowed and _overlap(real, real_source):
             raise OutputError(
@@ -279,7 +306,7 @@ def check_destinations(
                 "give each its own place"
             )
     if workdir is not None:
-        real_workdir = os.path.realpath(workdir)
+        real_workdir = _canonical(workdir)
         for what, (path, real) in {**written, **read}.items():
             if real_workdir == real or real_workdir.startswith(real + os.sep):
                 raise OutputError(f"--workdir {workdir!r} is, or lies inside, the {what} {path!r}")
@@ -316,7 +343,13 @@ def check_run_paths(
 
 
 def _overlap(first: str, second: str) -> bool:
-    return first == second or first.startswith(second + os.sep) or second.startswith(first + os.sep)
+    separator = "/" if is_url(first) else os.sep
+    return first == second or first.startswith(second + separator) or second.startswith(first + separator)
+
+
+def _canonical(path: str) -> str:
+    """``path`` as paths are compared: the real path of a local one, a URL without credentials or trailing ``/``."""
+    return public_url(path).rstrip("/") if is_url(path) else os.path.realpath(path)
 
 
 def previous_run(plan: OutputPlan, fingerprint: dict[str, Any]) -> PreviousRun | None:
@@ -331,7 +364,7 @@ def previous_run(plan: OutputPlan, fingerprint: dict[str, Any]) -> PreviousRun |
         status = read_label_tiff_status(plan.path)
         if status is None:
             raise ResumeMismatchError(f"cannot resume: {plan.path!r} exists and is not a pixseg output")
-    elif os.path.lexists(plan.work_path):
+    elif exists(plan.work_path):
         status = read_label_zarr_status(plan.work_path)
         if status is None:
             raise ResumeMismatchError(f"cannot resume: {plan.work_path!r} exists and is not a pixseg output")
@@ -363,9 +396,15 @@ def input_identity(image: Image) -> dict[str, Any]:
     """The input's identity (:func:`pixseg.io.batch_state.input_identity`: a file's realpath, size
     and modification time; every file of a zarr store) with the level and shape read, and the
     series, plane and channels when one is picked."""
-    identity = {**batch_state.input_identity(image.path), "level": image.level, "shape": list(image.shape)}
-    picked = {key: value for key, value in dataclasses.asdict(image.selection).items() if value}
+    source = remote_identity(image.path) if is_url(image.path) else batch_state.input_identity(image.path)
+    identity = {**source, "level": image.level, "shape": list(image.shape)}
+    picked = picked_selection(image)
     return {**identity, "selection": picked} if picked else identity
+
+
+def picked_selection(image: Image) -> dict[str, Any]:
+    """The series, plane and channels picked to read ``image`` (only those given), JSON-ready."""
+    return {key: value for key, value in dataclasses.asdict(image.selection).items() if value}
 
 
 def into_input_path(input_path: str, name: str, *, output: str | None = None) -> str:
@@ -413,7 +452,7 @@ def check_model_path(model_path: str, *, overwrite: bool) -> None:
     with the input and the output, and its directory, are :func:`check_run_paths`'s."""
     if not model_path.lower().endswith(".json"):
         raise OutputError(f"--save-model {model_path!r}: model files end in .json")
-    if os.path.lexists(model_path):
+    if exists(model_path):
         document = None if os.path.islink(model_path) else read_json_object(model_path)
         if document is None or document.get("format") != MODEL_FORMAT:
             raise OutputError(_foreign(model_path, "--save-model", expected="model file"))
@@ -423,14 +462,16 @@ def check_model_path(model_path: str, *, overwrite: bool) -> None:
 
 def check_not_input(path: str, input_path: str, what: str) -> None:
     """Refuse writing ``path`` when it is the input or lies inside it (or contains it)."""
-    target = os.path.realpath(path)
-    source = os.path.realpath(input_path)
-    if target == source or target.startswith(source + os.sep) or source.startswith(target + os.sep):
+    if _overlap(_canonical(path), _canonical(input_path)):
         raise OutputError(f"{what} {path!r} is, or is inside, the input {input_path!r}; inputs are never modified")
 
 
 def check_writable_parent(path: str) -> None:
-    """Make the parent directory of ``path`` (if needed), refusing a file in the way or no permission."""
+    """Make the parent directory of ``path`` (if needed), refusing a file in the way or no permission;
+    for a URL, check that its bucket exists and the credentials are accepted."""
+    if is_url(path):
+        check_bucket(path)
+        return
     parent = os.path.dirname(os.path.abspath(path))
     ancestor = parent
     while not os.path.exists(ancestor):
@@ -461,14 +502,16 @@ def check_model_fits(spec: FeatureSpec, image: Image, model_path: str) -> None:
 
 
 def provenance(image: Image) -> dict[str, Any]:
-    """Where a model or output came from: the input, its level and shape, and the versions used.
+    """Where a model or output came from: the input, its level and shape, the series, plane and
+    channels picked (when any), and the versions used.
 
     Versions are read from the installed distributions, so nothing is imported for them.
     """
     return {
-        "input": os.path.abspath(image.path),
+        "input": public_url(image.path) if is_url(image.path) else os.path.abspath(image.path),
         "level": image.level,
         "input_shape": list(image.shape),
+        **({"selection": picked_selection(image)} if picked_selection(image) else {}),
         "versions": {key: _version(distribution) for key, distribution in _VERSIONED.items()},
     }
 

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 from pixseg.colours import label_colours
 from pixseg.errors import OutputError
 from pixseg.io.atomic import write_atomic
+from pixseg.io.remote import read_file
 from pixseg.io.side_files import REPORT_SIGNATURE
 from pixseg.options import FitOptions, OutputOptions, ReadOptions, option_fields
+from pixseg.tables import format_k_table
 
 if TYPE_CHECKING:
     from pixseg.model import SegmentationModel
@@ -32,6 +34,7 @@ REPORT_PREVIEWS = (
     (".thumbnail.png", "input thumbnail"),
     (".overlay.png", "labels over the input"),
     (".legend.png", "legend"),
+    (".k-choice.png", "choice of K (--clusters auto)"),
 )
 #: The option groups of a run's fingerprint, in the order they are shown and given as flags.
 _OPTION_GROUPS = (("read", ReadOptions), ("fit", FitOptions), ("output", OutputOptions))
@@ -72,6 +75,8 @@ class ReportRun:
         The model file of an ``apply`` run; None for ``segment``.
     applied_mask : str or None
         ``apply``'s ``mask`` (None: the model's mask mode).
+    regions : tuple of dict
+        Areas per label inside each ``--regions`` region (:func:`pixseg.regions.region_table`).
     """
 
     output: str
@@ -82,6 +87,7 @@ class ReportRun:
     stages: tuple[tuple[str, float], ...] = ()
     applied_model: str | None = None
     applied_mask: str | None = None
+    regions: tuple[dict[str, Any], ...] = ()
 
 
 def write_report(
@@ -111,8 +117,9 @@ def write_report(
     try:
         images = {}
         for suffix, _ in REPORT_PREVIEWS:
-            with open(base + suffix, "rb") as handle:
-                images[suffix] = handle.read()
+            if suffix == ".k-choice.png" and run.model.k_choice is None:  # only --clusters auto plots it
+                continue
+            images[suffix] = read_file(base + suffix)
         seconds = time.perf_counter() - run.started
         stages = (*run.stages, ("statistics and previews", seconds - sum(s for _, s in run.stages)))
         write_atomic(path, render_report(run, statistics, summary, n_pixels=n_pixels, images=images, stages=stages))
@@ -164,6 +171,7 @@ def render_report(
         _figures(images),
         "<h2>Labels</h2>",
         _label_table(statistics, pixel_size=size),
+        *(["<h2>Regions</h2>", _region_table(run.regions)] if run.regions else []),
         "<h2>Run</h2>",
         _pairs(
             [
@@ -184,6 +192,7 @@ def render_report(
         _parameters(run),
         "<h2>Model</h2>",
         _pairs(_model_summary(run.model)),
+        *([f"<pre>{_text(format_k_table(run.model.k_choice))}</pre>"] if run.model.k_choice is not None else []),
         "<h2>Timings</h2>",
         _pairs(timings),
         "<h2>Versions</h2>",
@@ -270,7 +279,29 @@ def _model_summary(model: SegmentationModel) -> list[tuple[str, Any]]:
     ]
     if model.degenerate is not None:
         rows.append(("degenerate fit", model.degenerate))
+    if model.preset is not None:
+        rows.append(("preset", model.preset))
+    if model.k_choice is not None:
+        rows.append(("K chosen by", f"--clusters auto, highest {model.k_choice.criterion} (table below)"))
     return rows
+
+
+def _region_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Pixels and area of each label inside each region; every number cell carries its exact value."""
+    header = ("region", "label", "name", "pixels", "fraction of region", "area (µm²)")
+    lines = ["<table class=regions>", "<tr>" + "".join(f"<th>{_text(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        area = row["area_um2"]
+        cells = [
+            f"<td>{_text(row['region'])}</td>",
+            _number(row["label"], str(row["label"])),
+            f"<td>{_text(row['name'])}</td>",
+            _number(row["pixels"], str(row["pixels"])),
+            _number(row["fraction"], f"{row['fraction']:.2%}"),
+            _number(area, f"{area:.6g}") if area is not None else "<td></td>",
+        ]
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    return "\n".join([*lines, "</table>"])
 
 
 def _label_table(rows: Sequence[Mapping[str, Any]], *, pixel_size: Any) -> str:

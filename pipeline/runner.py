@@ -30,6 +30,7 @@ from pixseg.plan import (
     provenance,
     refuse_incomplete_input,
 )
+from pixseg.regions import open_regions
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def segment(
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite or resume)
     check_run_paths(plan, image, model_path=model_path, mask=fit.mask, workdir=read.workdir)
+    regions = open_regions(output.regions, image.shape[:2])
     fingerprint = job_fingerprint(image, read=read, fit=fit, output=output)
     with output_lock(lock_path_for(plan.side_base)):
         _warn_if_pixel_size_unknown(image, output)
@@ -126,6 +128,7 @@ def segment(
                 previous=previous,
                 started=started,
                 progress=progress,
+                regions=regions,
             )
 
 
@@ -159,6 +162,7 @@ def apply(
     refuse_incomplete_input(image)
     plan = plan_output(output_path, image, overwrite=overwrite, resume=resume, with_image=output.with_image)
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
+    regions = open_regions(output.regions, image.shape[:2])
     check_model_fits(model.feature_spec, image, model_path)
     fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model), mask=mask)
     with output_lock(lock_path_for(plan.side_base)):
@@ -185,6 +189,7 @@ def apply(
                 progress=progress,
                 applied_model=model_path,
                 applied_mask=mask,
+                regions=regions,
             )
 
 

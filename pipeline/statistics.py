@@ -1,14 +1,23 @@
 """Per-label statistics: pixel counts and input colour sums computed chunk by chunk, then areas,
-fractions, mean colours, display colours and centroids."""
+fractions, mean colours, display colours and centroids.
+
+The counts and colour sums are kept per cluster; with a class table (:mod:`pixseg.classes`) the
+rows are per class, their counts and sums added up over the class's clusters, so ``pixseg
+relabel`` gets the same rows as a label pass from the stored per-cluster values alone.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
 
-from pixseg.colours import hex_colour
+from pixseg.colours import RGBA, background_label, hex_colour, label_colours
+
+if TYPE_CHECKING:
+    from pixseg.model import SegmentationModel
 
 
 def count_labels(labels: np.ndarray, n_values: int) -> np.ndarray:
@@ -80,6 +89,7 @@ def label_table(
     colours: list[tuple[int, int, int, int]],
     rgb8: bool,
     background: int | None,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per label 1..K.
 
@@ -100,7 +110,9 @@ def label_table(
     rgb8 : bool
         Whether the input is 8-bit RGB (then ``hex`` is given, else ``intensity``).
     background : int or None
-        The background label (named ``"background"``).
+        The background label (named ``"background"`` unless ``names`` are given).
+    names : sequence of str, optional
+        The names of labels 1..K (default ``"background"`` or ``"cluster N"``).
 
     Returns
     -------
@@ -121,7 +133,7 @@ def label_table(
         rows.append(
             {
                 "label": label,
-                "name": "background" if label == background else f"cluster {label}",
+                "name": names[label - 1] if names else "background" if label == background else f"cluster {label}",
                 "pixels": pixels,
                 "fraction": pixels / unmasked if unmasked else 0.0,
                 "area_um2": pixels * pixel_area if pixel_area is not None else None,
@@ -134,3 +146,85 @@ def label_table(
             }
         )
     return rows
+
+
+def label_statistics(
+    cluster_counts: np.ndarray,
+    cluster_sums: np.ndarray,
+    model: SegmentationModel,
+    *,
+    pixel_size: tuple[float, float] | None,
+    dtype: np.dtype,
+) -> tuple[list[dict[str, Any]], list[RGBA]]:
+    """The statistics rows and display colours of an output's label values.
+
+    Without a class table the label values are the clusters (see :func:`label_table`). With one
+    (``model.classes``) they are the classes 1..M: each row adds up its clusters' counts and colour
+    sums, its ``centroid`` is the mean of its clusters' centroids weighted by their pixels (their
+    plain mean when it has none), it lists its ``clusters``, and it takes the class's name and
+    colour when the table gives them; an unnamed class is ``cluster N`` (``background`` for the
+    glass, as for clusters: :func:`pixseg.colours.background_label`, unless a class is named so).
+
+    Parameters
+    ----------
+    cluster_counts : numpy.ndarray
+        Shape (K + 1,), int64: pixels of each cluster, index 0 = masked.
+    cluster_sums : numpy.ndarray
+        Shape (K + 1, C), float64: the colour sums of each cluster (see :func:`sum_colours`).
+    model : SegmentationModel
+        Its centroids, feature columns and class table.
+    pixel_size : tuple of float or None
+        (Y, X) micrometres per pixel, if known.
+    dtype : numpy.dtype
+        The input's dtype (the background rule and ``hex`` need 8-bit RGB).
+
+    Returns
+    -------
+    rows : list of dict
+        One per label value (see :func:`label_table`), plus ``clusters`` with a class table.
+    colours : list of tuple of int
+        RGBA display colours of the label values 1..
+    """
+    counts, sums, centroids = cluster_counts, cluster_sums, model.centroids
+    table = model.classes
+    if table is not None:
+        lookup = table.lookup()
+        counts = np.zeros(table.n_classes + 1, dtype=np.int64)
+        np.add.at(counts, lookup, cluster_counts)
+        sums = np.zeros((table.n_classes + 1, cluster_sums.shape[1]))
+        np.add.at(sums, lookup, cluster_sums)
+        centroids = np.array([_weighted_centroid(model.centroids, cluster_counts, c.clusters) for c in table.classes])
+    means = mean_colours(counts, sums)
+    background = background_label(means[1:], dtype=dtype)
+    colours = label_colours(len(counts) - 1, background=background)
+    names = None
+    if table is not None:
+        glass = None if any(c.name == "background" for c in table.classes) else background
+        names = [c.title if c.name or i != glass else "background" for i, c in enumerate(table.classes, 1)]
+        colours = [_rgba(c.colour) if c.colour else colour for c, colour in zip(table.classes, colours, strict=True)]
+    rows = label_table(
+        counts,
+        centroids,
+        model.feature_spec.columns,
+        pixel_size=pixel_size,
+        means=means,
+        colours=colours,
+        rgb8=sums.shape[1] == 3 and np.dtype(dtype) == np.uint8,
+        background=background,
+        names=names,
+    )
+    if table is not None:
+        for row, pixel_class in zip(rows, table.classes, strict=True):
+            row["clusters"] = list(pixel_class.clusters)
+    return rows, colours
+
+
+def _weighted_centroid(centroids: np.ndarray, counts: np.ndarray, clusters: tuple[int, ...]) -> np.ndarray:
+    members = [c - 1 for c in clusters]
+    weights = counts[list(clusters)].astype(np.float64)
+    return np.average(centroids[members], axis=0, weights=weights if weights.sum() > 0 else None)
+
+
+def _rgba(colour: str) -> RGBA:
+    """``(r, g, b, 255)`` of ``#rrggbb``."""
+    return (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), 255)

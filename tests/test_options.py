@@ -41,6 +41,8 @@ CLI_VALUES = {
     "plane": "z=3,t=1",
     "channels": "0,2",
     "clusters": "7",
+    "preset": "fluorescence",
+    "regions": "/tmp/regions.geojson",
     "seed": "42",
     "features": "hed,texture",
     "restarts": "2",
@@ -108,7 +110,9 @@ def test_convert_flags_give_the_convert_options():
     for item, spec in _flagged(ConvertOptions):
         argv += [spec.flag, CLI_VALUES[item.name]]
     options = options_from_args(ConvertOptions, _build_parser().parse_args(argv))
-    assert options == ConvertOptions(level=1, chunk=256, levels=4, codec="lz4", shard=2)
+    assert options == ConvertOptions(
+        level=1, chunk=256, levels=4, codec="lz4", shard=2, series=2, plane={"z": 3, "t": 1}, channels=(0, 2)
+    )
     assert ConvertOptions(levels="auto").levels is None
 
 
@@ -172,7 +176,7 @@ def test_the_api_takes_exactly_the_run_options_as_keywords(tmp_path, blob_tiff):
     ("name", "value", "problem"),
     [
         ("clusters", 1, "must be between 2 and 1024, got 1"),
-        ("clusters", "four", "must be an integer, got 'four'"),
+        ("clusters", "four", "must be an integer, auto or auto:LO-HI (e.g. auto:2-12), got 'four'"),
         ("clusters", True, "must be an integer, got True (bool)"),
         ("seed", float("inf"), "must be an integer, got inf (float)"),
         ("sample_size", 0, "must be between 1 and"),

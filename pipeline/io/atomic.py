@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from pixseg.io.json_files import json_default
+from pixseg.io.remote import is_url, uploaded
 
 _SUFFIX = ".partial"
 #: Random names tried before giving up (mkstemp's own bound).
@@ -33,7 +34,8 @@ def atomic_file(path: str, mode: str = "wb", *, fsync: bool = True, **options: A
     ----------
     path : str
         The destination; its directory must exist. Whatever is there (a file, a symlink) is replaced,
-        never written into.
+        never written into. A URL is written as one object when the block ends (text as UTF-8;
+        see :func:`pixseg.io.remote.uploaded`).
     mode : str
         ``"wb"`` or ``"w"`` (text), as for :func:`open`.
     fsync : bool
@@ -56,6 +58,10 @@ def atomic_file(path: str, mode: str = "wb", *, fsync: bool = True, **options: A
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    if is_url(path):  # one PUT of the whole object: atomic by itself
+        with uploaded(path, mode) as handle:
+            yield handle
+        return
     temporary, descriptor = _create_temporary(path)
     try:
         # named by its path (tifffile reads ``handle.name``), opened as the descriptor already created

@@ -15,8 +15,8 @@ into place (as zarr's local store does), and decoded here when the pyramid reads
 
 Fence: the fast path is taken only with a zarr version in :data:`ZARR_VERIFIED`, the range the
 byte-identity was checked against (``tests/test_chunk_files.py::test_canary_*`` checks it again
-with the zarr installed). Any other zarr version, and any other array, is written and read
-through zarr.
+with the zarr installed). Any other zarr version, any other array, and every array in an object store (an
+:class:`~zarr.storage.FsspecStore`: one PUT per chunk, no rename) is written and read through zarr.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 from zarr.codecs import BytesCodec, ZstdCodec
-from zarr.storage import LocalStore
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore
 
 from pixseg.io.atomic import write_atomic
 
@@ -63,17 +64,23 @@ def chunk_path(array: zarr.Array, block: tuple[int, int]) -> str | None:
 
 
 def chunk_exists(array: zarr.Array, block: tuple[int, int]) -> bool:
-    """Whether chunk ``block`` of ``array`` is stored (zarr and this module rename each chunk into place).
+    """Whether chunk ``block`` of ``array`` is stored (zarr and this module rename each chunk into
+    place; an object store's PUT stores a whole chunk object or none).
 
     Raises
     ------
     ValueError
-        If ``array`` is not in a local directory store.
+        If ``array`` is neither in a local directory store nor in an fsspec (object) store.
     """
     path = chunk_path(array, block)
-    if path is None:
-        raise ValueError(f"array {array.path!r} in {array.store!r} is not in a local directory store")
-    return os.path.exists(path)
+    if path is not None:
+        return os.path.exists(path)
+    if not isinstance(array.store, FsspecStore):
+        raise ValueError(
+            f"array {array.path!r} in {array.store!r} is not in a local directory store nor in an fsspec store"
+        )
+    key = array.metadata.encode_chunk_key(block)
+    return bool(sync(array.store.exists(f"{array.path}/{key}" if array.path else key)))
 
 
 def write_chunk(array: zarr.Array, block: np.ndarray, origin: tuple[int, int]) -> None:
@@ -132,13 +139,13 @@ def read_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray:
 
 
 def read_stored_chunk(array: zarr.Array, block: tuple[int, int]) -> np.ndarray | None:
-    """Chunk ``block`` of a 2-D ``array`` in a local directory store, clipped to the array, or None
-    if it is missing or cannot be decoded (a chunk to write again).
+    """Chunk ``block`` of a 2-D ``array`` in a local directory or fsspec store, clipped to the array,
+    or None if it is missing or cannot be decoded (a chunk to write again).
 
     Raises
     ------
     ValueError
-        If ``array`` is not in a local directory store.
+        If ``array`` is in neither kind of store.
     """
     rows, cols = _extent(array, block)
     target = _chunk_file(array, block)

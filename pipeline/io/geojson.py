@@ -1,4 +1,4 @@
-"""GeoJSON files: a FeatureCollection streamed feature by feature, written atomically."""
+"""GeoJSON files: a FeatureCollection streamed feature by feature, written atomically; annotations read."""
 
 from __future__ import annotations
 
@@ -6,8 +6,32 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pixseg.errors import OutputError
+from pixseg.errors import InputError, OutputError
 from pixseg.io.atomic import atomic_file
+
+#: Largest GeoJSON file read (64 MiB), refused before parsing.
+MAX_GEOJSON_BYTES = 64 * 2**20
+
+
+def read_geojson(path: str) -> Any:
+    """The parsed JSON document of a GeoJSON file (not yet checked as GeoJSON).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, unreadable, larger than ``MAX_GEOJSON_BYTES`` or not JSON.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_GEOJSON_BYTES + 1)
+    except OSError as err:
+        raise InputError(f"regions {path!r} cannot be read: {err.strerror or err}") from err
+    if len(raw) > MAX_GEOJSON_BYTES:
+        raise InputError(f"regions {path!r} is larger than {MAX_GEOJSON_BYTES // 2**20} MiB")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise InputError(f"regions {path!r} is not readable JSON: {err}") from err
 
 
 def write_feature_collection(path: str, features: Iterable[dict[str, Any]]) -> int:

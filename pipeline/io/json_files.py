@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from pixseg.io.remote import read_file
+
 
 def read_json_object(path: str) -> dict[str, Any] | None:
     """The JSON object stored at ``path``, or None if it is missing, unreadable, nested too deeply
     to parse (a ``RecursionError`` in :mod:`json`) or not an object."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = json.loads(read_file(path).decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None

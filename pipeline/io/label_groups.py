@@ -14,6 +14,7 @@ import zarr
 
 from pixseg.errors import OutputError
 from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.io.remote import exists, is_url, remove, zarr_location
 from pixseg.io.side_files import SIDE_SUFFIXES, side_file_base
 
 #: The metadata documents of a zarr group (v3, v2).
@@ -81,13 +82,37 @@ def finalise_label_zarr(path: str, *, ngff: str, ome: dict[str, Any], extra: dic
     extra : dict
         Added to ``attrs["pixseg"]`` (statistics, levels...).
     """
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(zarr_location(path, writable=True), mode="r+")
     if ngff == "0.5":
         group.attrs["ome"] = {"version": ngff, **ome}
     else:
         group.attrs["multiscales"] = [{"version": ngff, **ome["multiscales"][0]}]
         group.attrs["image-label"] = {"version": ngff, **ome["image-label"]}
     group.attrs["pixseg"] = {**cast(dict[str, Any], group.attrs["pixseg"]), **extra, "complete": True}
+
+
+def reopen_label_zarr(path: str, *, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Mark a label group incomplete again before it is rewritten in place (``pixseg relabel``).
+
+    Its OME metadata is removed (a viewer then never shows a half-rewritten group) and returned,
+    versions left out, as :func:`ome_label_metadata` makes it (None if it has none: a rewrite
+    interrupted before); ``extra`` is merged into ``attrs["pixseg"]`` with ``complete = False``.
+    :func:`finalise_label_zarr` completes it again.
+    """
+    group = zarr.open_group(path, mode="r+")
+    attrs = cast(dict[str, Any], group.attrs.asdict())
+    if isinstance(attrs.get("ome"), dict):
+        ome: dict[str, Any] | None = {k: v for k, v in attrs["ome"].items() if k != "version"}
+    elif "multiscales" in attrs and "image-label" in attrs:
+        multiscales = [{k: v for k, v in attrs["multiscales"][0].items() if k != "version"}]
+        ome = {
+            "multiscales": multiscales,
+            "image-label": {k: v for k, v in attrs["image-label"].items() if k != "version"},
+        }
+    else:
+        ome = None
+    group.attrs.put({"pixseg": {**cast(dict[str, Any], attrs["pixseg"]), **extra, "complete": False}})
+    return ome
 
 
 def prepare_labels_group(image_path: str) -> str:
@@ -127,7 +152,7 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
         of its side files that exist (see :func:`label_side_base`).
     """
     try:
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(zarr_location(path), mode="r")
     except Exception:  # not a zarr group at all
         return None
     meta = group.attrs.get("pixseg")
@@ -150,7 +175,7 @@ def read_label_zarr_status(path: str) -> dict[str, Any] | None:
 
 def open_label_levels(path: str, *, writable: bool = False) -> list[zarr.Array]:
     """The label arrays of an output group, full resolution first (read-only unless ``writable``)."""
-    group = zarr.open_group(path, mode="r+" if writable else "r")
+    group = zarr.open_group(zarr_location(path, writable=writable), mode="r+" if writable else "r")
     arrays: list[zarr.Array] = []
     while str(len(arrays)) in group:
         array = group[str(len(arrays))]
@@ -172,6 +197,9 @@ def remove_output(path: str) -> None:
     OutputError
         If ``path`` is a symlink or not a pixseg output (nothing is deleted), or cannot be deleted.
     """
+    if is_url(path):
+        _remove_remote_output(path)
+        return
     if not os.path.lexists(path):
         return
     if os.path.islink(path):
@@ -189,11 +217,23 @@ def remove_output(path: str) -> None:
         raise OutputError(f"cannot remove existing output {path!r}: {err}") from err
 
 
+def _remove_remote_output(url: str) -> None:
+    """:func:`remove_output` of a zarr group in object storage: every object under its prefix,
+    only when the group carries pixseg's metadata."""
+    if not exists(url):
+        return
+    if read_label_zarr_status(url) is None:
+        raise OutputError(f"refusing to remove {url!r}: it is not a pixseg output")
+    remove(url, recursive=True)
+
+
 def label_side_base(output_path: str) -> str:
     """The prefix of the side files of the label output ``output_path``: the output's own path, or
     for ``IMAGE/labels/NAME`` inside a zarr image, ``IMAGE.NAME`` beside the image's store, so
     side files never land inside a zarr hierarchy."""
     stripped = output_path.rstrip("/")
+    if is_url(stripped):  # never inside an image: pixseg writes no labels into a remote image
+        return side_file_base(stripped)
     labels_dir, name = os.path.split(stripped)
     image, labels = os.path.split(labels_dir)
     if labels == "labels" and any(os.path.isfile(os.path.join(image or ".", n)) for n in _GROUP_DOCUMENTS):
@@ -203,6 +243,8 @@ def label_side_base(output_path: str) -> str:
 
 def _existing_side_files(output_path: str) -> list[str]:
     base = label_side_base(output_path)
+    if is_url(base):
+        return [base + suffix for suffix in SIDE_SUFFIXES if exists(base + suffix)]
     return [base + suffix for suffix in SIDE_SUFFIXES if os.path.isfile(base + suffix)]
 
 
@@ -210,7 +252,7 @@ def labels_inside(path: str) -> str | None:
     """The first pixseg label output registered in the ``labels`` group of the OME-Zarr image
     ``path``, or None (``path`` is a label output itself, or holds none)."""
     status = read_label_zarr_status(path)
-    if (status is not None and "model" in status) or not os.path.isdir(os.path.join(path, "labels")):
+    if is_url(path) or (status is not None and "model" in status) or not os.path.isdir(os.path.join(path, "labels")):
         return None
     try:
         attrs = zarr.open_group(os.path.join(path, "labels"), mode="r").attrs

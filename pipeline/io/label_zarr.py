@@ -10,6 +10,7 @@ The chunk files themselves (paths, encoding, existence, verification) belong to
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -19,8 +20,10 @@ import zarr
 from dask.delayed import Delayed
 from zarr.codecs import ZstdCodec
 
+from pixseg.classes import map_clusters
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
+from pixseg.io.remote import zarr_location
 from pixseg.statistics import count_labels, sum_colours
 
 
@@ -57,25 +60,84 @@ def create_label_zarr(
     """
     v3 = ngff == "0.5"
     try:
-        group = zarr.open_group(path, mode="w-", zarr_format=3 if v3 else 2)
+        group = zarr.open_group(zarr_location(path, writable=True), mode="w-", zarr_format=3 if v3 else 2)
         group.attrs["pixseg"] = {**attrs, "complete": False}
         return [
-            group.create_array(
-                str(level),
-                shape=shape,
-                chunks=(min(level_chunks[0], shape[0]), min(level_chunks[1], shape[1])),
-                dtype=dtype,
-                fill_value=0,
-                compressors=ZstdCodec(level=1) if v3 else _v2_zstd(),
-                chunk_key_encoding={"name": "default"} if v3 else {"name": "v2", "separator": "/"},
-                dimension_names=("y", "x") if v3 else None,
-                # all-zero (fully masked) chunks are written too, so chunk counts measure progress
-                config={"write_empty_chunks": True},
-            )
+            _create_array(group, str(level), shape=shape, chunks=level_chunks, dtype=dtype, v3=v3)
             for level, (shape, level_chunks) in enumerate(zip(shapes, chunks, strict=True))
         ]
     except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
         raise OutputError(f"cannot create output {path!r}: {err}") from err
+
+
+def _create_array(
+    group: zarr.Group, name: str, *, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, v3: bool
+) -> zarr.Array:
+    """A label array of ``group`` (replacing one of that name), laid out as :mod:`pixseg.io.chunk_files` expects."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=(min(chunks[0], shape[0]), min(chunks[1], shape[1])),
+        dtype=dtype,
+        fill_value=0,
+        compressors=ZstdCodec(level=1) if v3 else _v2_zstd(),
+        chunk_key_encoding={"name": "default"} if v3 else {"name": "v2", "separator": "/"},
+        dimension_names=("y", "x") if v3 else None,
+        # all-zero (fully masked) chunks are written too, so chunk counts measure progress
+        config={"write_empty_chunks": True},
+        overwrite=True,
+    )
+
+
+#: The array of a label group written with classes that keeps its level-0 cluster ids (see
+#: :mod:`pixseg.relabel`); the levels ``0, 1, ...`` hold the class ids.
+CLUSTER_IDS = "clusters"
+
+
+@dataclass(frozen=True)
+class ClassIds:
+    """How a label pass writes classes: level 0 gets ``lookup[cluster ids]`` (see
+    :meth:`pixseg.classes.ClassTable.lookup`), ``clusters`` (:data:`CLUSTER_IDS`) the cluster ids."""
+
+    lookup: np.ndarray
+    clusters: zarr.Array
+
+
+def create_cluster_ids(path: str, *, like: zarr.Array, dtype: np.dtype) -> zarr.Array:
+    """Create, empty (replacing any), the cluster-id array of the label group ``path``, with the
+    shape and chunks of ``like`` (its level 0) and ``dtype`` (the model's cluster label dtype)."""
+    group = zarr.open_group(path, mode="r+")
+    v3 = group.metadata.zarr_format == 3
+    return _create_array(group, CLUSTER_IDS, shape=like.shape, chunks=like.chunks, dtype=dtype, v3=v3)
+
+
+def open_cluster_ids(path: str, *, writable: bool = False) -> zarr.Array | None:
+    """The cluster-id array of the label group ``path``, or None when it has none."""
+    group = zarr.open_group(path, mode="r+" if writable else "r")
+    array = group.get(CLUSTER_IDS)
+    return array if isinstance(array, zarr.Array) else None
+
+
+def relabel_chunk(clusters: zarr.Array, array: zarr.Array, block: tuple[int, int], lookup: np.ndarray) -> None:
+    """Write chunk ``block`` of ``array`` (level 0) as the class ids of the same chunk of ``clusters``.
+
+    Raises
+    ------
+    OutputError
+        If the cluster chunk is missing or damaged (the output cannot be relabelled).
+    """
+    stored = read_stored_chunk(clusters, block)
+    if stored is None:
+        raise OutputError(f"cannot relabel: cluster-id chunk {block!r} of {clusters.store!s} is missing or damaged")
+    write_chunk(array, map_clusters(stored, lookup), (block[0] * array.chunks[0], block[1] * array.chunks[1]))
+
+
+def relabel_level(clusters: zarr.Array, array: zarr.Array, lookup: np.ndarray) -> list[Delayed]:
+    """Lazily rewrite every chunk of ``array`` from ``clusters`` (same shape and chunks), one
+    :func:`relabel_chunk` task per chunk."""
+    task = dask.delayed(relabel_chunk)
+    grid = (math.ceil(array.shape[0] / array.chunks[0]), math.ceil(array.shape[1] / array.chunks[1]))
+    return [task(clusters, array, block, lookup) for block in np.ndindex(*grid)]
 
 
 def _v2_zstd() -> Any:
@@ -92,6 +154,7 @@ def store_and_count(
     *,
     pixels: da.Array,
     n_colour: int,
+    classes: ClassIds | None = None,
 ) -> tuple[da.Array, da.Array]:
     """Lazily write chunks ``blocks`` ((row, column) indices) of ``labels``, count their values
     and sum the input colour of each value.
@@ -114,6 +177,8 @@ def store_and_count(
         Shape (Y, X, C), the same (Y, X) chunks: the input the labels come from.
     n_colour : int
         Colour channels of ``pixels`` summed (the first ``n_colour``).
+    classes : ClassIds, optional
+        Write class ids into ``array`` and the cluster ids beside (counts and sums stay per cluster).
 
     Returns
     -------
@@ -137,6 +202,7 @@ def store_and_count(
             n_values=n_values,
             n_colour=n_colour,
             origin=(i * height, j * width),
+            classes=classes,
             chunks=((1,), (1,), (1,)),
             dtype=object,
             meta=np.empty((0, 0, 0), dtype=object),
@@ -202,6 +268,7 @@ def store_count_and_preview(
     preview: bool = True,
     step: int = 1,
     next_level: zarr.Array | None = None,
+    classes: ClassIds | None = None,
 ) -> tuple[da.Array, da.Array, da.Array | None]:
     """Lazily write every chunk of ``labels``, count its values, sum the input colour of each value
     and keep a strided preview of ``pixels``.
@@ -230,6 +297,9 @@ def store_count_and_preview(
     next_level : zarr.Array, optional
         Shape ``ceil(shape / 2)``, chunks exactly half of ``array``'s (which must be even), so each
         task writes whole chunks of it.
+    classes : ClassIds, optional
+        Write class ids into ``array`` and ``next_level``, the cluster ids into ``classes.clusters``;
+        counts and sums stay per cluster.
 
     Returns
     -------
@@ -254,6 +324,7 @@ def store_count_and_preview(
         n_colour=n_colour,
         step=step if preview else 0,
         next_level=next_level,
+        classes=classes,
         chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (1,)),
         dtype=object,
         meta=np.empty((0, 0, 0), dtype=object),
@@ -295,11 +366,22 @@ def _strided_length(start: int, size: int, step: int) -> int:
 
 
 def _summarise(
-    labels: np.ndarray, pixels: np.ndarray, array: zarr.Array, n_values: int, n_colour: int, origin: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Write one (h, w) label chunk at ``origin``; its value counts and per-value colour sums."""
-    write_chunk(array, labels, origin)
-    return count_labels(labels, n_values), sum_colours(labels, pixels, n_values, n_colour)
+    labels: np.ndarray,
+    pixels: np.ndarray,
+    array: zarr.Array,
+    n_values: int,
+    n_colour: int,
+    origin: tuple[int, int],
+    classes: ClassIds | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write one (h, w) label chunk at ``origin`` (as class ids with ``classes``, the cluster ids
+    then written last, so a stored cluster chunk means its class chunk is stored too); the values
+    written, and the label counts and per-label colour sums."""
+    stored = labels if classes is None else map_clusters(labels, classes.lookup)
+    write_chunk(array, stored, origin)
+    if classes is not None:
+        write_chunk(classes.clusters, labels, origin)
+    return stored, count_labels(labels, n_values), sum_colours(labels, pixels, n_values, n_colour)
 
 
 def _write_counting_sums(
@@ -310,9 +392,10 @@ def _write_counting_sums(
     n_values: int,
     n_colour: int,
     origin: tuple[int, int],
+    classes: ClassIds | None = None,
 ) -> np.ndarray:
     result = np.empty((1, 1, 1), dtype=object)
-    result[0, 0, 0] = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, origin)
+    result[0, 0, 0] = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, origin, classes)[1:]
     return result
 
 
@@ -326,12 +409,13 @@ def _write_counting_preview(
     step: int,
     next_level: zarr.Array | None,
     block_info: dict[Any, Any],
+    classes: ClassIds | None = None,
 ) -> np.ndarray:
     """One chunk's share of :func:`store_count_and_preview`; ``step`` 0 takes no preview."""
     top, left = (start for start, _ in block_info[0]["array-location"][:2])
-    counts, sums = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, (top, left))
+    stored, counts, sums = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, (top, left), classes)
     if next_level is not None:
-        write_chunk(next_level, np.ascontiguousarray(labels[::2, ::2, 0]), (top // 2, left // 2))
+        write_chunk(next_level, np.ascontiguousarray(stored[::2, ::2]), (top // 2, left // 2))
     result = np.empty((1, 1, 1), dtype=object)
     # a copy: a strided view would keep the whole chunk alive until the pass ends
     preview = pixels[-top % step :: step, -left % step :: step].copy() if step else None

@@ -33,6 +33,10 @@ Every record is first written to a temporary file of its own, so no lock is ever
 What remains: a holder alive but judged stale (stopped for longer than the expiry, or on a host
 whose clock is far off) can race with the run taking its lock over. Its heartbeat thread then
 finds the lock no longer its own and logs a warning.
+
+A lock in object storage (an output URL) is an object created with ``If-None-Match: *`` and
+renewed by one PUT a heartbeat; with no rename, a stale lock is overwritten and read back, which
+two runs taking it over in the same instant could both pass (see :func:`_acquire_remote`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pixseg.errors import LockedError, OutputError
+from pixseg.io.remote import info, is_url, read_bytes, remove, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +141,8 @@ def read_lock(path: str) -> LockHolder | None:
     OutputError
         If the lock file exists but cannot be read.
     """
+    if is_url(path):
+        return _read_remote_lock(path)
     try:
         with open(path, "rb") as handle:
             status = os.fstat(handle.fileno())
@@ -144,6 +151,24 @@ def read_lock(path: str) -> LockHolder | None:
         return None
     except OSError as err:
         raise OutputError(f"cannot read lock {path!r}: {err.strerror or err}") from err
+    return _holder(path, raw, f"inode-{status.st_ino}-{status.st_mtime_ns}", status.st_mtime)
+
+
+def _read_remote_lock(url: str) -> LockHolder | None:
+    """:func:`read_lock` of a lock object: its ETag and modification time stand in for the inode's."""
+    found = info(url, output=True)
+    if found is None:
+        return None
+    raw = read_bytes(url, limit=_MAX_RECORD)
+    if raw is None:  # removed meanwhile
+        return None
+    modified = found.get("LastModified") or found.get("mtime")
+    mtime = modified.timestamp() if hasattr(modified, "timestamp") else time.time()
+    return _holder(url, raw, f"etag-{found.get('ETag', '')}".replace('"', ""), mtime)
+
+
+def _holder(path: str, raw: bytes, fallback_token: str, mtime: float) -> LockHolder:
+    """The holder a lock record ``raw`` names (``fallback_token`` and ``mtime`` for a record without them)."""
     try:
         record = json.loads(raw)
     except ValueError:
@@ -154,11 +179,11 @@ def read_lock(path: str) -> LockHolder | None:
     heartbeat = _number(record.get("heartbeat"))
     return LockHolder(
         path=path,
-        token=token if isinstance(token, str) and token else f"inode-{status.st_ino}-{status.st_mtime_ns}",
+        token=token if isinstance(token, str) and token else fallback_token,
         host=host if isinstance(host, str) else None,
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
         started=_number(record.get("started")),
-        heartbeat=status.st_mtime if heartbeat is None else heartbeat,
+        heartbeat=mtime if heartbeat is None else heartbeat,
     )
 
 
@@ -189,7 +214,11 @@ def output_lock(
         If it cannot be created.
     """
     token = uuid.uuid4().hex
-    started = _acquire(path, token, expiry=expiry_seconds)
+    started = (
+        _acquire_remote(path, token, expiry=expiry_seconds)
+        if is_url(path)
+        else _acquire(path, token, expiry=expiry_seconds)
+    )
     heartbeat = _Heartbeat(path, token, started, interval=heartbeat_seconds)
     heartbeat.start()
     try:
@@ -227,6 +256,31 @@ def _acquire(path: str, token: str, *, expiry: float) -> float:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
     raise LockedError(f"cannot take lock {path!r}: other runs keep taking it over")
+
+
+def _acquire_remote(url: str, token: str, *, expiry: float) -> float:
+    """Create the lock object ``url`` (``If-None-Match: *``) or take a stale one over; returns when it was taken.
+
+    An object store has no rename nor hard link: a stale lock is overwritten and read back, which
+    two runs taking one stale lock over at the same moment could both pass (a warning says so).
+    """
+    started = time.time()
+    record = _record(token, started=started, heartbeat=started)
+    if write_bytes(url, record, create=True):
+        return started
+    holder = read_lock(url)
+    if holder is not None and not holder.is_stale(expiry=expiry):
+        raise _held(holder)
+    logger.warning(
+        "taking over the stale lock %r%s; object stores cannot make a takeover atomic",
+        url,
+        f" of {holder.describe()}" if holder is not None else "",
+    )
+    write_bytes(url, record)
+    mine = read_lock(url)
+    if mine is None or mine.token != token:
+        raise LockedError(f"cannot take lock {url!r}: another run took it over at the same time")
+    return started
 
 
 def _take_over(path: str, stale: LockHolder, temporary: str, token: str, *, expiry: float) -> bool:
@@ -274,6 +328,9 @@ def _release(path: str, token: str) -> None:
     if holder is None or holder.token != token:
         logger.warning("the lock %r was not this run's any more: %s", path, _lost(holder))
         return
+    if is_url(path):
+        remove(path)
+        return
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)
 
@@ -303,9 +360,7 @@ class _Heartbeat:
                 if holder is None or holder.token != self._token:
                     logger.warning("the lock %r was not this run's any more: %s", self._path, _lost(holder))
                     return
-                temporary = _temporary_path(self._path, self._token)
-                _write_record(temporary, self._token, started=self._started, heartbeat=time.time())
-                os.replace(temporary, self._path)
+                _renew(self._path, self._token, started=self._started)
             except OSError as err:  # a passing filesystem error: the next heartbeat tries again
                 logger.warning("cannot renew the lock %r: %s", self._path, err)
 
@@ -325,10 +380,26 @@ def _temporary_path(path: str, token: str) -> str:
     return f"{path}.{token}.tmp"
 
 
-def _write_record(path: str, token: str, *, started: float, heartbeat: float) -> None:
+def _renew(path: str, token: str, *, started: float) -> None:
+    """Rewrite the lock ``path`` with a new heartbeat: a local file through a temporary file and a
+    rename, a lock object by one PUT."""
+    if is_url(path):
+        write_bytes(path, _record(token, started=started, heartbeat=time.time()))
+        return
+    temporary = _temporary_path(path, token)
+    _write_record(temporary, token, started=started, heartbeat=time.time())
+    os.replace(temporary, path)
+
+
+def _record(token: str, *, started: float, heartbeat: float) -> bytes:
+    """A lock record: host, pid, token, start and heartbeat, as JSON."""
     record = {"host": socket.gethostname(), "pid": os.getpid(), "token": token, "started": started}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump({**record, "heartbeat": heartbeat}, handle)
+    return json.dumps({**record, "heartbeat": heartbeat}).encode()
+
+
+def _write_record(path: str, token: str, *, started: float, heartbeat: float) -> None:
+    with open(path, "wb") as handle:
+        handle.write(_record(token, started=started, heartbeat=heartbeat))
 
 
 def _create_from(source: str, target: str) -> bool:

@@ -7,11 +7,13 @@ from typing import Any
 
 from pixseg.errors import ModelError
 from pixseg.io.atomic import write_json_atomic
+from pixseg.io.remote import read_file
 from pixseg.model import SegmentationModel
 
 MODEL_FORMAT = "pixseg-model"
-#: 2 added per-channel ranges, texture sigmas and the mask mode to the feature spec (1 still reads).
-SCHEMA_VERSION = 2
+#: 2 added per-channel ranges, texture sigmas and the mask mode to the feature spec; 3 the optional
+#: class table (``classes``, see :mod:`pixseg.classes`). Versions 1 and 2 still read.
+SCHEMA_VERSION = 3
 #: Largest model file read (16 MiB): refused before parsing. A model of ``MAX_CLUSTERS`` clusters
 #: and hundreds of feature columns stays well below it.
 MAX_MODEL_BYTES = 16 * 2**20
@@ -51,9 +53,13 @@ def load_model(path: str) -> SegmentationModel:
         to parse), not a pixseg model, of a newer schema, or malformed; the message names the
         file and the first bad field.
     """
+    return model_from_document(read_model_document(path), path)
+
+
+def read_model_document(path: str) -> Any:
+    """The parsed JSON of a model file, not yet checked (see :func:`load_model` for the errors)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_MODEL_BYTES + 1)
+        raw = read_file(path, limit=MAX_MODEL_BYTES + 1)
     except FileNotFoundError as err:
         raise ModelError(f"model file {path!r} does not exist") from err
     except OSError as err:
@@ -66,7 +72,7 @@ def load_model(path: str) -> SegmentationModel:
         raise ModelError(f"model file {path!r} is nested too deeply to be a pixseg model") from err
     except (UnicodeDecodeError, ValueError) as err:  # ValueError: JSONDecodeError, or an integer too long
         raise ModelError(f"model file {path!r} is not readable JSON: {err}") from err
-    return model_from_document(document, path)
+    return document
 
 
 def model_from_document(document: Any, source: str) -> SegmentationModel:

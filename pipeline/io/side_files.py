@@ -12,6 +12,7 @@ import numpy as np
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file, write_json_atomic
 from pixseg.io.json_files import read_json_object
+from pixseg.io.remote import is_url, read_file
 
 SIDE_SUFFIXES = (
     ".stats.csv",
@@ -21,12 +22,18 @@ SIDE_SUFFIXES = (
     ".overlay.png",
     ".legend.png",
     ".report.html",
+    ".k-choice.png",
+    ".regions.csv",
+    ".regions.json",
 )
 #: The first bytes of pixseg's HTML report: how pixseg recognises its own report.
 REPORT_SIGNATURE = "<!DOCTYPE html><!-- pixseg report -->"
 #: The ``format`` key of ``.stats.json``: how pixseg recognises its own statistics.
 STATISTICS_FORMAT = "pixseg-statistics"
 _CSV_HEADER = "label,pixels,fraction,area_um2"
+#: The ``format`` key of ``.regions.json``, and the header of ``.regions.csv`` (``--regions``).
+REGIONS_FORMAT = "pixseg-regions"
+_REGIONS_HEADER = ("region", "label", "name", "pixels", "fraction", "area_um2")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Lines per column of the legend PNG, and most columns (see :func:`write_legend`).
 LEGEND_LINES = 64
@@ -69,6 +76,28 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
         raise OutputError(f"cannot write statistics next to {base!r}: {err}") from err
 
 
+def write_region_tables(base: str, rows: list[dict[str, Any]], *, source: str) -> list[str]:
+    """Write ``base.regions.csv`` and ``base.regions.json``: the area of each label inside each region
+    (rows of :func:`pixseg.regions.region_table`; ``source`` is the regions file). Returns their paths.
+
+    Raises
+    ------
+    OutputError
+        If a file cannot be written (each is replaced atomically).
+    """
+    paths = [base + ".regions.csv", base + ".regions.json"]
+    try:
+        with atomic_file(paths[0], "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(_REGIONS_HEADER)
+            for row in rows:
+                writer.writerow([row["region"], row["label"], *(_csv_value(row[k]) for k in _REGIONS_HEADER[2:])])
+        write_json_atomic(paths[1], {"format": REGIONS_FORMAT, "regions_file": source, "rows": rows})
+    except OSError as err:
+        raise OutputError(f"cannot write region areas next to {base!r}: {err}") from err
+    return paths
+
+
 def _csv_value(value: Any) -> str:
     """A CSV cell: empty for None, text as is, numbers exactly (``repr``)."""
     if value is None:
@@ -87,8 +116,11 @@ def is_own_side_file(path: str) -> bool:
       :data:`REPORT_SIGNATURE`, whose ``.stats.json`` beside it is pixseg's (both are written after
       the statistics).
     """
-    if os.path.islink(path) or not os.path.isfile(path):
+    if not is_url(path) and (os.path.islink(path) or not os.path.isfile(path)):
         return False
+    if path.endswith(".regions.json"):
+        document = read_json_object(path)
+        return document is not None and document.get("format") == REGIONS_FORMAT
     if path.endswith(".stats.json"):
         document = read_json_object(path)
         if document is None:
@@ -99,12 +131,13 @@ def is_own_side_file(path: str) -> bool:
     if suffix is None:
         return False
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(max(len(_CSV_HEADER), len(REPORT_SIGNATURE)))
+        head = read_file(path, limit=max(len(_CSV_HEADER), len(REPORT_SIGNATURE), len(",".join(_REGIONS_HEADER))))
     except OSError:  # unreadable: not one pixseg could have written and may replace
         return False
     if suffix == ".stats.csv":
         return head.startswith(_CSV_HEADER.encode())
+    if suffix == ".regions.csv":
+        return head.startswith(",".join(_REGIONS_HEADER).encode())
     signature = REPORT_SIGNATURE.encode() if suffix == ".report.html" else _PNG_SIGNATURE
     return head.startswith(signature) and is_own_side_file(path[: -len(suffix)] + ".stats.json")
 

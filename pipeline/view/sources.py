@@ -42,7 +42,7 @@ class LabelOutput:
     level_shapes : tuple of tuple of int
         (Y, X) of each stored level, level 0 first (level ``n`` holds every ``2**n``-th pixel).
     n_labels : int
-        K: labels are 1..K, 0 is masked.
+        K (or M, with classes): labels are 1..K, 0 is masked.
     statistics : list of dict
         One row per label (``label``, ``pixels``, ``fraction``, ``area_um2``, optional ``name``).
     pixel_size : tuple of float or None
@@ -51,6 +51,9 @@ class LabelOutput:
         The input the labels were made from, as recorded.
     masked_pixels : int
         Pixels labelled 0 (masked or without data).
+    selection : dict
+        The series and plane of the input the labels were made from (``series``, ``plane``), as
+        recorded; empty for the first series of a 2-D image.
     """
 
     path: str
@@ -61,6 +64,7 @@ class LabelOutput:
     pixel_size: tuple[float, float] | None
     input_path: str | None
     masked_pixels: int = 0
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -144,11 +148,12 @@ def open_output(path: str) -> LabelOutput:
         path=path,
         kind=kind,
         level_shapes=tuple((int(y), int(x)) for y, x in status["levels"]),
-        n_labels=int(status["n_clusters"]),
+        n_labels=int(status.get("n_classes") or status["n_clusters"]),  # the label values: classes or clusters
         statistics=list(status.get("statistics") or []),
         pixel_size=(float(size[0]), float(size[1])) if size else None,
         input_path=status.get("input"),
         masked_pixels=int(status.get("masked_pixels") or 0),
+        selection={key: value for key, value in (status.get("selection") or {}).items() if key in ("series", "plane")},
     )
 
 
@@ -197,7 +202,8 @@ def label_pyramid(output: LabelOutput, readers: ReaderCache) -> Pyramid:
 
 def slide_pyramid(output: LabelOutput, image_path: str | None, readers: ReaderCache) -> Pyramid:
     """The input slide's levels as fine as the labels' level 0 or coarser, as a
-    :class:`~pixseg.view.tiles.Pyramid` in the labels' coordinates (reads (h, w, C) regions).
+    :class:`~pixseg.view.tiles.Pyramid` in the labels' coordinates (reads (h, w, C) regions), of
+    the series and plane the labels were made from (``output.selection``).
 
     Parameters
     ----------
@@ -221,7 +227,7 @@ def slide_pyramid(output: LabelOutput, image_path: str | None, readers: ReaderCa
     if not os.path.exists(path):
         where = "given with --image" if image_path else f"recorded in {output.path!r}"
         raise InputNotFoundError(f"input {path!r} {where} does not exist; pass the slide with --image PATH")
-    shapes = readers.get(("slide", path, 0), lambda: open_image(path)).level_shapes
+    shapes = readers.get(("slide", path, 0), lambda: open_image(path, **output.selection)).level_shapes
     if output.shape not in shapes:
         found = ", ".join(f"{y}x{x}" for y, x in shapes)
         raise InputError(
@@ -232,7 +238,9 @@ def slide_pyramid(output: LabelOutput, image_path: str | None, readers: ReaderCa
     kept = shapes[base:]
 
     def read(level: int, rows: slice, columns: slice) -> np.ndarray:
-        image = readers.get(("slide", path, base + level), lambda: open_image(path, level=base + level))
+        image = readers.get(
+            ("slide", path, base + level), lambda: open_image(path, level=base + level, **output.selection)
+        )
         return np.asarray(image.source[rows, columns, :])
 
     return Pyramid(

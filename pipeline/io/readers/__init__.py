@@ -30,6 +30,7 @@ from pixseg.io.readers.formats import FORMATS, Format, check_file_kind, select_f
 from pixseg.io.readers.plain import MAX_PLAIN_PIXELS, PLAIN_SUFFIXES
 from pixseg.io.readers.selection import Selection, SeriesInfo
 from pixseg.io.readers.tiff import TIFF_SUFFIXES
+from pixseg.io.remote import is_url, public_url, version_token
 from pixseg.options import ReadOptions
 
 __all__ = [
@@ -61,7 +62,7 @@ class Image:
     path : str
         Where the image was read from.
     kind : str
-        ``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"`` or ``"jpeg"``.
+        ``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"png"``, ``"jpeg"``, ``"openslide"`` or ``"czi"``.
     data : dask.array.Array
         Shape (Y, X, C), the file's dtype, chunked for processing; C in one chunk.
     source : array-like
@@ -83,7 +84,8 @@ class Image:
     selection : Selection
         The series, plane and channels read (to open another level of the same image).
     reader : str
-        The library that decodes the file: ``tifffile``, ``zarr`` or ``imagecodecs``.
+        The library that decodes the file: ``tifffile``, ``zarr``, ``imagecodecs``, ``openslide`` or
+        ``pylibCZIrw``.
     flavour : str
         What the file's metadata says it is (``ome``, ``svs``, ``ndpi``, ``bioformats2raw``...), or empty.
     """
@@ -149,9 +151,7 @@ def list_series(path: str | os.PathLike[str]) -> tuple[SeriesInfo, ...]:
         As :func:`open_image`.
     """
     path_str = os.fspath(path)
-    if not os.path.exists(path_str):
-        raise InputNotFoundError(f"input {path_str!r} does not exist")
-    check_file_kind(path_str)
+    _check_exists(path_str)
     return select_format(path_str).series(path_str)
 
 
@@ -171,7 +171,9 @@ def open_image(
     Parameters
     ----------
     path : path-like
-        A TIFF / BigTIFF / OME-TIFF / SVS file, a zarr array or OME-Zarr group, or a PNG/JPEG file.
+        A TIFF-family file (OME-TIFF, SVS, NDPI...), a zarr array or OME-Zarr group, a PNG/JPEG file,
+        a slide OpenSlide reads (MRXS, DICOM WSI...) or a CZI;
+        or the URL of one (``s3://``, ``gs://``, ``https://``; see :mod:`pixseg.io.remote`).
     level : int, optional
         Pyramid level to read (0 = full resolution).
     chunk : int, optional
@@ -216,9 +218,7 @@ def open_image(
         raise InputError(f"--chunk must be at least 16 pixels, got {chunk!r}")
     if max_tile_memory < 1:
         raise InputError(f"--max-tile-memory must be at least 1 MB, got {max_tile_memory!r}")
-    if not os.path.exists(path_str):
-        raise InputNotFoundError(f"input {path_str!r} does not exist")
-    check_file_kind(path_str)
+    version = _check_exists(path_str)
     select = Selection(series=series, plane=dict(plane or {}), channels=channels)
     source = select_format(path_str).open(path_str, level, max_tile_memory * 2**20, select)
     if channels is not None:
@@ -240,7 +240,7 @@ def open_image(
         lock=False,
         fancy=False,
         meta=np.empty((0, 0, 0), dtype=dtype),
-        name=f"read-{tokenize(path_str, os.stat(path_str).st_mtime_ns, level, chunks, nodata, select)}",
+        name=f"read-{tokenize(path_str, version, level, chunks, nodata, select)}",
     )
     return Image(
         path=path_str,
@@ -257,6 +257,20 @@ def open_image(
         reader=source.reader,
         flavour=source.flavour,
     )
+
+
+def _check_exists(path: str) -> str:
+    """Refuse a missing input, or a local one that is not a regular file or directory; return a
+    token that changes when the input does (modification time, or a URL's size and ETag)."""
+    if is_url(path):
+        token = version_token(path)
+        if not token:
+            raise InputNotFoundError(f"input {public_url(path)!r} does not exist")
+        return token
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"input {path!r} does not exist")
+    check_file_kind(path)
+    return str(os.stat(path).st_mtime_ns)
 
 
 def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: int | None) -> tuple[int, int]:

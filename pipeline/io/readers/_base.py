@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from pixseg.errors import InputError
+from pixseg.io.remote import is_url, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,10 @@ def _raised_in(err: BaseException, library: str) -> bool:
 
 
 def read_head(path: str, size: int) -> bytes:
-    """The first ``size`` bytes of the file at ``path``, or ``b""`` if it cannot be read (for content sniffing)."""
+    """The first ``size`` bytes of the file (or URL) at ``path``, or ``b""`` if it cannot be read
+    (for content sniffing)."""
+    if is_url(path):
+        return read_bytes(path, limit=size) or b""
     try:
         with open(path, "rb") as handle:
             return handle.read(size)

@@ -1,4 +1,8 @@
-"""The formats pixseg reads, tried by content first, then by suffix; and which reader a path gets."""
+"""The formats pixseg reads, tried by content first, then by suffix; and which reader a path gets.
+
+The TIFF family is tried before OpenSlide, so tifffile reads SVS, NDPI, SCN and BIF (it measured
+faster on the same SVS: ``benchmarks/bench_readers.py``); OpenSlide reads what tifffile cannot.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,18 @@ from dataclasses import dataclass
 
 from pixseg.errors import InputError, UnsupportedFormatError
 from pixseg.io.readers._base import RegionReader
+from pixseg.io.readers.czi import CZI_SUFFIXES, czi_series, open_czi, sniff_czi
+from pixseg.io.readers.openslide_slides import (
+    OPENSLIDE_SUFFIXES,
+    open_openslide,
+    sniff_dicom_directory,
+    sniff_openslide,
+)
 from pixseg.io.readers.plain import PLAIN_SUFFIXES, open_plain, sniff_plain
 from pixseg.io.readers.selection import Selection, SeriesInfo
 from pixseg.io.readers.tiff import TIFF_SUFFIXES, open_tiff, sniff_tiff, tiff_series
 from pixseg.io.readers.zarr_store import ZARR_MARKERS, ZARR_SUFFIXES, open_zarr, sniff_zarr, zarr_series
+from pixseg.io.remote import is_dir
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,10 @@ class Format:
 FORMATS: tuple[Format, ...] = (
     Format("TIFF/BigTIFF/OME-TIFF/SVS/NDPI/QPTIFF/SCN/BIF", TIFF_SUFFIXES, sniff_tiff, open_tiff, tiff_series),
     Format("zarr/OME-Zarr/bioformats2raw directory", ZARR_SUFFIXES, sniff_zarr, open_zarr, zarr_series, True),
+    Format("DICOM WSI directory", (), sniff_dicom_directory, open_openslide, directory=True),
     Format("PNG/JPEG", PLAIN_SUFFIXES, sniff_plain, open_plain),
+    Format("Zeiss CZI", CZI_SUFFIXES, sniff_czi, open_czi, czi_series),
+    Format("MRXS/VMS/VMU/DICOM WSI/SVSlide", OPENSLIDE_SUFFIXES, sniff_openslide, open_openslide),
 )
 
 
@@ -72,7 +87,7 @@ def select_format(path: str) -> Format:
     UnsupportedFormatError
         If neither the content nor the suffix is of a format pixseg reads; the message lists them.
     """
-    is_directory = os.path.isdir(path)
+    is_directory = is_dir(path)
     candidates = [fmt for fmt in FORMATS if fmt.directory == is_directory]
     for fmt in candidates:
         if fmt.sniff(path):
@@ -82,7 +97,7 @@ def select_format(path: str) -> Format:
         if lower.endswith(fmt.suffixes):
             return fmt
     if is_directory:
-        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)})"
+        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)}) nor a DICOM WSI (no DICOM instance)"
     else:
         problem = f"has an unknown suffix {os.path.splitext(lower)[1]!r} and content"
     raise UnsupportedFormatError(f"input {path!r} {problem}; pixseg reads {supported_formats()}")
@@ -90,4 +105,4 @@ def select_format(path: str) -> Format:
 
 def supported_formats() -> str:
     """One line naming every format of :data:`FORMATS` with its suffixes."""
-    return "; ".join(f"{fmt.name} ({', '.join(fmt.suffixes)})" for fmt in FORMATS)
+    return "; ".join(f"{fmt.name} ({', '.join(fmt.suffixes)})" if fmt.suffixes else fmt.name for fmt in FORMATS)

@@ -33,7 +33,8 @@ from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, check_decode_si
 from pixseg.io.readers.pixel_size import scaled_pixel_size
 from pixseg.io.readers.pixel_size import tiff_pixel_size as _pixel_size
 from pixseg.io.readers.selection import Selection, SeriesInfo, canonical_axes, choose_series, yx
-from pixseg.io.tiff_segments import TiffSegmentReader, rows_readable, segment_readable
+from pixseg.io.remote import is_url, open_file, size
+from pixseg.io.tiff_segments import TiffSegmentReader, open_tiff_file, rows_readable, segment_readable
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def tiff_series(path: str) -> tuple[SeriesInfo, ...]:
     InputError
         If the file is corrupt or truncated.
     """
-    with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), tifffile.TiffFile(path) as tif:
+    with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), open_tiff_file(path) as tif:
         return _series_of(tif)
 
 
@@ -113,7 +114,7 @@ def open_tiff(path: str, level: int, max_bytes: int, select: Selection) -> Regio
         not exist, a Z or T stack has no plane picked, or one tile or compressed strip decodes to
         more than ``max_bytes``.
     """
-    with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), tifffile.TiffFile(path) as tif:
+    with input_errors(f"cannot read TIFF {path!r}", TIFF_ERRORS, library="tifffile"), open_tiff_file(path) as tif:
         if not tif.series:
             raise InputError(f"input {path!r} holds no image series")
         series = choose_series(path, [s.name for s in _series_of(tif)], select.series)
@@ -227,13 +228,13 @@ def _native_chunks(page: Any, path: str) -> tuple[int, int]:
 
 
 def _open_level(path: str, series: int, level: int) -> Any:
-    store = tifffile.imread(path, aszarr=True, series=series, level=level)
+    store = tifffile.imread(open_file(path) if is_url(path) else path, aszarr=True, series=series, level=level)
     return zarr.open_array(store, mode="r")
 
 
 def _check_data(path: str, pages: Any) -> None:
     """Refuse a TIFF whose tiles or strips lie beyond the end of the file, or that holds none."""
-    file_size = os.path.getsize(path)
+    file_size = size(path) if is_url(path) else os.path.getsize(path)
     total = 0
     for page in pages:
         if page is None:

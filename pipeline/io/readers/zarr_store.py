@@ -22,6 +22,7 @@ from pixseg.errors import InputError
 from pixseg.io.readers._base import RegionReader, check_decode_size, input_errors
 from pixseg.io.readers.pixel_size import MICROMETRES
 from pixseg.io.readers.selection import Selection, SeriesInfo, canonical_axes, choose_series, yx
+from pixseg.io.remote import exists, join, read_file, zarr_location
 
 ZARR_SUFFIXES = (".zarr",)
 #: Metadata files whose presence makes a directory a zarr store (v3, then v2).
@@ -47,7 +48,7 @@ ZARR_DECODE_ERRORS: tuple[type[BaseException], ...] = (*ZARR_OPEN_ERRORS, IndexE
 
 def sniff_zarr(path: str) -> bool:
     """Whether the directory ``path`` holds zarr metadata (``zarr.json``, ``.zgroup`` or ``.zarray``)."""
-    return any(os.path.exists(os.path.join(path, marker)) for marker in ZARR_MARKERS)
+    return any(exists(join(path, marker)) for marker in ZARR_MARKERS)
 
 
 def zarr_series(path: str) -> tuple[SeriesInfo, ...]:
@@ -60,7 +61,7 @@ def zarr_series(path: str) -> tuple[SeriesInfo, ...]:
         If the store or its metadata is unreadable.
     """
     with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
-        node = zarr.open(path, mode="r")
+        node = zarr.open(zarr_location(path), mode="r")
         if isinstance(node, zarr.Array) or not _is_bioformats2raw(node.attrs.asdict()):
             return ()
         found = []
@@ -85,7 +86,7 @@ def open_zarr(path: str, level: int, max_bytes: int, select: Selection) -> Regio
         of a sharded array) decodes to more than ``max_bytes``.
     """
     with input_errors(f"cannot open zarr store {path!r}", ZARR_OPEN_ERRORS, library="zarr"):
-        node = zarr.open(path, mode="r")
+        node = zarr.open(zarr_location(path), mode="r")
         root, flavour = "", ""
         if isinstance(node, zarr.Group) and _is_bioformats2raw(node.attrs.asdict()):
             groups, names = _bioformats2raw_series(path, node)
@@ -175,8 +176,7 @@ def _bioformats2raw_series(path: str, root: Any) -> tuple[list[str], list[str]]:
         raise InputError(f"bioformats2raw store {path!r} holds no series groups (0/, 1/, ...)")
     names = list(groups)
     try:
-        with open(os.path.join(path, "OME", "METADATA.ome.xml"), "rb") as handle:
-            xml = ElementTree.fromstring(handle.read())
+        xml = ElementTree.fromstring(read_file(join(path, "OME", "METADATA.ome.xml")))
     except (OSError, ElementTree.ParseError):  # optional: the group names stand in
         return groups, names
     images = [el.attrib.get("Name", "") for el in xml.iter() if el.tag.rpartition("}")[2] == "Image"]
@@ -186,7 +186,7 @@ def _bioformats2raw_series(path: str, root: Any) -> tuple[list[str], list[str]]:
 
 
 def _open_array(path: str, array_path: str) -> Any:
-    return zarr.open_array(os.path.join(path, array_path) if array_path else path, mode="r")
+    return zarr.open_array(zarr_location(join(path, array_path) if array_path else path), mode="r")
 
 
 def _ome_datasets(multiscales: Any, path: str) -> tuple[list[str], str, list[tuple[float, float] | None]]:

