@@ -1,10 +1,20 @@
-"""Reading from a local S3 server (moto) against reading from local disk, for one TIFF and one OME-Zarr.
+"""Reading over HTTP range requests and from a local S3 server against reading from local disk.
 
 Run: ``python -m benchmarks.bench_object_storage --size 16384`` (the documented full run; the
 default ``--size 4096`` is a quick one). Writes a tiled zlib RGB TIFF and its OME-Zarr copy
-(``pixseg convert``) to a temporary directory, uploads both to a moto S3 server on 127.0.0.1,
-and times ``open_image(...).data.compute()`` (threaded scheduler: decode on every core) from
-each place. Prints one JSON line per format with both throughputs and their ratio.
+(``pixseg convert``) to a temporary directory and times a whole-image read,
+``open_image(...).data.sum().compute()`` (threaded scheduler: decode on every core), of each from:
+
+- local disk;
+- ``http://127.0.0.1:PORT/...``: :mod:`benchmarks.range_server`, which answers a range request
+  with one ``pread`` of the bytes asked for, read through fsspec's HTTP filesystem: pixseg's
+  remote path at the cost of loopback HTTP;
+- ``s3://bench/...`` on moto's S3 server (``--skip-moto`` leaves it out): moto's ``GetObject``
+  copies the whole stored object for every request, ranged or not, so this row measures moto.
+
+Each server runs in a process of its own on 127.0.0.1. The sources are interleaved within each
+repeat; each gets its best of ``--repeats``. Prints one JSON line per format and source:
+throughput, ratio to local disk, and the range of the 1-minute load average seen before its reads.
 """
 
 from __future__ import annotations
@@ -53,34 +63,28 @@ def _write_tiff(path: str, size: int) -> None:
     )
 
 
-def _throughput(path: str, repeats: int) -> float:
-    """Best of ``repeats`` reads of the whole image at ``path``, in Mpx/s."""
+def _read_seconds(path: str) -> float:
+    """Seconds one read of the whole image at ``path`` takes (opened afresh: no cache carries over)."""
     from pixseg.io.readers import open_image
 
-    best = float("inf")
-    for _ in range(repeats):
-        image = open_image(path)
-        started = time.perf_counter()
-        image.data.sum(dtype=np.uint64).compute(scheduler="threads")
-        best = min(best, time.perf_counter() - started)
-    return image.shape[0] * image.shape[1] / best / 1e6
+    image = open_image(path)
+    started = time.perf_counter()
+    image.data.sum(dtype=np.uint64).compute(scheduler="threads")
+    return time.perf_counter() - started
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print one JSON line per format."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=4096, help="edge of the square test image (full run: 16384)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    port = _free_port()
-    # a process of its own: in this one, the server's request handling would hold the GIL
-    # against the decoding threads being measured
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def _start(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start a server in a process of its own (in this one, its request handling would hold the
+    GIL against the decoding threads being measured) and wait until it listens on ``port``."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(port)
+    return server
+
+
+def _moto_bucket(directory: str, tiff: str, store: str) -> subprocess.Popen[bytes]:
+    """moto's S3 server holding ``tiff`` and ``store`` in bucket ``bench``, the environment pointing at it."""
+    port = _free_port()
+    server = _start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port)
     os.environ.update(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
         AWS_ACCESS_KEY_ID="bench",
@@ -89,29 +93,59 @@ def main(argv: list[str] | None = None) -> int:
     )
     import s3fs
 
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("bench")
+    fs.put(tiff, "bench/slide.tif")
+    fs.put(store, "bench/slide.zarr", recursive=True)
+    return server
+
+
+def _report(name: str, sources: list[tuple[str, str]], size: int, repeats: int) -> None:
+    """Time ``name`` from each source, the sources interleaved within each repeat (so a change in
+    the machine's load affects all alike); print each source's best as one JSON line."""
+    best = {source: float("inf") for source, _ in sources}
+    loads: dict[str, list[float]] = {source: [] for source, _ in sources}
+    for _ in range(repeats):
+        for source, base in sources:
+            loads[source].append(os.getloadavg()[0])
+            path = f"{base}/{name}" if "://" in base else os.path.join(base, name)
+            best[source] = min(best[source], _read_seconds(path))
+    local = best[sources[0][0]]
+    for source, seconds in best.items():
+        row = {"format": "tiff" if name.endswith(".tif") else "ome-zarr", "source": source, "size": size}
+        row |= {"mpx_s": round(size * size / seconds / 1e6, 1), "ratio": round(local / seconds, 2)}
+        row |= {"load_1min": [round(min(loads[source]), 1), round(max(loads[source]), 1)], "cpus": os.cpu_count()}
+        print(json.dumps(row), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print one JSON line per format and source."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=4096, help="edge of the square test image (full run: 16384)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-moto", action="store_true", help="leave out moto's S3 server (slow: see RESULTS.md)")
+    args = parser.parse_args(argv)
     from pixseg.convert import convert
 
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        fs = s3fs.S3FileSystem()
-        fs.mkdir("bench")
         with tempfile.TemporaryDirectory() as directory:
             tiff = os.path.join(directory, "slide.tif")
             _write_tiff(tiff, args.size)
             store = os.path.join(directory, "slide.zarr")
             convert(tiff, store, chunk=1024)
-            fs.put(tiff, "bench/slide.tif")
-            fs.put(store, "bench/slide.zarr", recursive=True)
-            for name, local, url in (
-                ("tiff", tiff, "s3://bench/slide.tif"),
-                ("ome-zarr", store, "s3://bench/slide.zarr"),
-            ):
-                disk = _throughput(local, args.repeats)
-                remote = _throughput(url, args.repeats)
-                row = {"format": name, "size": args.size, "local_mpx_s": round(disk, 1), "s3_mpx_s": round(remote, 1)}
-                print(json.dumps({**row, "ratio": round(remote / disk, 2), "cpus": os.cpu_count()}), flush=True)
+            port = _free_port()
+            servers.append(_start([sys.executable, "-m", "benchmarks.range_server", directory, str(port)], port))
+            sources = [("local disk", directory), ("HTTP range server", f"http://127.0.0.1:{port}")]
+            if not args.skip_moto:
+                servers.append(_moto_bucket(directory, tiff, store))
+                sources.append(("moto S3 (copies the object per request)", "s3://bench"))
+            for name in ("slide.tif", "slide.zarr"):
+                _report(name, sources, args.size, args.repeats)
     finally:
-        server.terminate()
-        server.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
     return 0
 
 

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     slide = da.from_array(reader, chunks=(*chunks, 4), asarray=False, lock=False, fancy=False)[..., :3]
     megapixels = image.shape[0] * image.shape[1] / 1e6
     with dask.config.set(num_workers=None):
-        rates = {name: megapixels / best_seconds(array, args.repeats) for name, array in [("tifffile", tiff), ("openslide", slide)]}
+        rates = {
+            name: megapixels / best_seconds(array, args.repeats)
+            for name, array in [("tifffile", tiff), ("openslide", slide)]
+        }
     print(f"{args.slide}: {image.shape[1]}x{image.shape[0]} px, chunks {chunks[0][0]}x{chunks[1][0]}")
     for name, rate in rates.items():
         print(f"  {name:9s} {rate:7.1f} Mpx/s")

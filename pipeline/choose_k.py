@@ -16,6 +16,7 @@ sample and the seed, so the choice is deterministic.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ def choose_clusters(sample: np.ndarray, spec: FeatureSpec, *, k_range: tuple[int
     table = []
     # one thread (OpenMP, BLAS): at this size the threads of scikit-learn and numpy cost more than they save (4x slower
     # on a busy 2-core machine, benchmarks/RESULTS.md); the result does not depend on it
+    importlib.import_module("dask_ml.cluster")  # loads scikit-learn's OpenMP library, so the limit reaches it
     with threadpool_limits(limits=1):
         for k in ks:
             model = fit_model(subsample, spec, n_clusters=k, seed=seed, restarts=SCORE_RESTARTS)

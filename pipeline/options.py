@@ -150,7 +150,12 @@ def _plane_option(**config: str) -> Any:
 def _channels_option(**config: str) -> Any:
     """``--channels``, declared once for every command that reads an input."""
     return option(
-        None, "channels to read, in this order, e.g. 0,2 (default: all)", flag="--channels", metavar="C1,C2", minimum=0, **config
+        None,
+        "channels to read, in this order, e.g. 0,2 (default: all)",
+        flag="--channels",
+        metavar="C1,C2",
+        minimum=0,
+        **config,
     )
 
 

@@ -180,22 +180,21 @@ def relabel(output_path: str, classes_path: str, *, progress: bool = False) -> R
     """
     started = time.perf_counter()
     path = _label_group(output_path)
-    status = read_label_zarr_status(path)
-    if status is None or "model" not in status:
-        raise InputError(f"{output_path!r} is not a pixseg label output (an OUTPUT.zarr of `pixseg segment`)")
-    marker = status.get("relabel") if isinstance(status.get("relabel"), dict) else None
-    interrupted = marker is not None and not marker.get("done")
-    if not status.get("complete") and not interrupted:
-        raise InputError(f"output {output_path!r} is incomplete: finish it with --resume first")
-    if "cluster_counts" not in status or "input_dtype" not in status:
-        raise InputError(
-            f"output {output_path!r} was written without per-cluster statistics (an older pixseg): "
-            "apply the class model to the input again"
-        )
-    old = model_from_document(status["model"], path)
-    model = dataclasses.replace(old, classes=read_classes(classes_path, old) or identity_table(old.n_clusters))
-    assert model.classes is not None
     with output_lock(lock_path_for(label_side_base(path))):
+        status = read_label_zarr_status(path)
+        assert status is not None, "checked by _label_group"
+        marker = status.get("relabel") if isinstance(status.get("relabel"), dict) else None
+        interrupted = marker is not None and not marker.get("done")
+        if not status.get("complete") and not interrupted:
+            raise InputError(f"output {output_path!r} is incomplete: finish it with --resume first")
+        if "cluster_counts" not in status or "input_dtype" not in status:
+            raise InputError(
+                f"output {output_path!r} was written without per-cluster statistics (an older pixseg): "
+                "apply the class model to the input again"
+            )
+        old = model_from_document(status["model"], path)
+        model = dataclasses.replace(old, classes=read_classes(classes_path, old) or identity_table(old.n_clusters))
+        assert model.classes is not None
         if interrupted and marker is not None:  # the original fingerprint and OME metadata are in the marker
             fingerprint, ome = marker["fingerprint"], marker["ome"]
         else:
@@ -242,7 +241,7 @@ def relabel(output_path: str, classes_path: str, *, progress: bool = False) -> R
 
 
 def _label_group(output_path: str) -> str:
-    """The label group to relabel: ``output_path`` or the labels inside an OME-Zarr image."""
+    """The pixseg label group to relabel: ``output_path`` or the labels inside an OME-Zarr image."""
     if not os.path.exists(output_path):
         raise InputError(f"output {output_path!r} does not exist")
     if os.path.isfile(output_path):
@@ -252,7 +251,11 @@ def _label_group(output_path: str) -> str:
                 "ids; apply the class model to the input again (or relabel a .zarr output)"
             )
         raise InputError(f"{output_path!r} is not a pixseg label output (an OUTPUT.zarr of `pixseg segment`)")
-    return labels_inside(output_path) or output_path
+    path = labels_inside(output_path) or output_path
+    status = read_label_zarr_status(path)
+    if status is None or "model" not in status:  # checked before the lock: nothing is written beside it
+        raise InputError(f"{output_path!r} is not a pixseg label output (an OUTPUT.zarr of `pixseg segment`)")
+    return path
 
 
 def _cluster_ids(path: str, arrays: list[Any], model: SegmentationModel, *, cluster_ids: bool, progress: bool) -> Any:

@@ -342,6 +342,7 @@ def test_relabel_refuses_missing_and_foreign_outputs(tmp_path, capsys):
     code = _run("relabel", str(tmp_path / "foreign.zarr"), str(tmp_path / "c.yaml"))
     _one_line_error(capsys, code, "is not a pixseg label output")
     assert os.path.isdir(tmp_path / "foreign.zarr")
+    assert sorted(os.listdir(tmp_path)) == ["foreign.zarr"]  # no lock or side file beside a foreign store
 
 
 @pytest.mark.slow

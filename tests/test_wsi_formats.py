@@ -58,7 +58,11 @@ def test_openslide_reader_regions_equal_tifffile(caplog):
     reader = slides.open_openslide(str(TCGA_SVS), 0, 2**26, Selection())
     reference = open_image(TCGA_SVS).source
     assert reader.shape == (3567, 4443, 4) and reader.reader == "openslide" and reader.flavour == "aperio"
-    for ys, xs in [(slice(0, 300), slice(0, 700)), (slice(250, 1031), slice(1000, 1283)), (slice(3500, 3567), slice(4400, 4443))]:
+    for ys, xs in [
+        (slice(0, 300), slice(0, 700)),
+        (slice(250, 1031), slice(1000, 1283)),
+        (slice(3500, 3567), slice(4400, 4443)),
+    ]:
         np.testing.assert_array_equal(reader[ys, xs, slice(0, 3)], reference[ys, xs, :])
     level1 = slides.open_openslide(str(TCGA_SVS), 1, 2**26, Selection())
     assert "downsample of 2.0005, not a whole number" in caplog.text
@@ -97,7 +101,10 @@ def test_corrupt_dicom_is_one_line_naming_the_openslide_error(tmp_path):
 
 def test_unknown_directory_lists_the_formats(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(InputError, match=r"not a zarr store .* nor a DICOM WSI \(no DICOM instance\); pixseg reads .*DICOM WSI directory.*\.mrxs"):
+    with pytest.raises(
+        InputError,
+        match=r"not a zarr store .* nor a DICOM WSI \(no DICOM instance\); pixseg reads .*DICOM WSI dir.*\.mrxs",
+    ):
         formats.select_format(str(tmp_path))
 
 
@@ -113,7 +120,6 @@ def test_openslide_level_and_plane_checks():
 @pytest.fixture
 def svs_through_openslide(monkeypatch):
     """Route the TCGA SVS to the OpenSlide reader, as a format tifffile could not read would be."""
-    monkeypatch.setattr(slides, "_TIFF_VENDORS", ())
     openslide_format = next(fmt for fmt in formats.FORMATS if fmt.open is slides.open_openslide and not fmt.directory)
     monkeypatch.setattr(formats, "FORMATS", (openslide_format,))
     return str(TCGA_SVS)
@@ -152,7 +158,12 @@ def czi_two_scenes(tmp_path) -> tuple[str, list[np.ndarray]]:
     path = str(tmp_path / "two.czi")
     with pyczi.create_czi(path) as writer:
         for index, rgb in enumerate(scenes):
-            writer.write(np.ascontiguousarray(rgb[..., ::-1]), plane={"C": 0, "Z": 0, "T": 0}, location=(7, 5 + 200 * index), scene=index)
+            writer.write(
+                np.ascontiguousarray(rgb[..., ::-1]),
+                plane={"C": 0, "Z": 0, "T": 0},
+                location=(7, 5 + 200 * index),
+                scene=index,
+            )
         writer.write_metadata(scale_x=0.25e-6, scale_y=0.25e-6)
     return path, scenes
 

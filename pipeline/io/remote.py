@@ -212,6 +212,8 @@ def is_dir(path: str) -> bool:
     found = info(path)
     if found is not None and found.get("type") == "directory":
         return True
+    if urlsplit(path).scheme.lower() not in ("http", "https"):
+        return False  # object stores list prefixes: info has said all
     return any(info(join(path, name)) is not None for name in _STORE_MARKERS)
 
 
@@ -390,8 +392,9 @@ class RangeSource:
         self._url = url
         self._fs, self._path = filesystem(url)
 
-    def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``(offset, count)`` range, in order (empty ranges give ``b""``).
+    def read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
+        """The bytes of each ``(offset, count)`` range, in order (empty ranges give ``b""``): views
+        into the fetched blocks, not copies.
 
         Raises
         ------
@@ -413,15 +416,15 @@ class RangeSource:
         )
         with remote_errors("cannot read", self._url):
             fetched = self._fs.cat_ranges([self._path] * len(starts), starts, ends, on_error="raise")
-        blocks = list(zip(starts, fetched, strict=True))
+        blocks = [(start, memoryview(data)) for start, data in zip(starts, fetched, strict=True)]
         return [self._slice(blocks, offset, count) if count > 0 else b"" for offset, count in ranges]
 
     @staticmethod
-    def _slice(blocks: list[tuple[int, bytes]], offset: int, count: int) -> bytes:
+    def _slice(blocks: list[tuple[int, memoryview]], offset: int, count: int) -> memoryview:
         """Bytes [offset, offset + count) out of the fetched ``(start, data)`` blocks (one holds them all)."""
         for start, data in blocks:
             if start <= offset and offset + count <= start + len(data):
-                return bytes(data[offset - start : offset - start + count])
+                return data[offset - start : offset - start + count]
         raise EOFError(f"range {offset}+{count} lies beyond the end of the object")
 
     def close(self) -> None:

@@ -198,7 +198,7 @@ class TiffSegmentReader:
                 self._place(region, index, top, left, data or None)
         return region[..., cs[0] : cs[1] : cs[2]]
 
-    def _place(self, region: np.ndarray, index: int, top: int, left: int, data: bytes | None) -> None:
+    def _place(self, region: np.ndarray, index: int, top: int, left: int, data: bytes | memoryview | None) -> None:
         """Decode segment ``index`` from its bytes ``data`` (None: not stored) and copy its overlap
         with ``region`` (whose corner is (top, left))."""
         segment, position, _ = self._decode(data, index, **self._decode_args)
@@ -227,7 +227,7 @@ class TiffSegmentReader:
         seg_top = (index % self._grid[0]) * self._segment[0]
         return int(self._offsets[index]) + (y0 - seg_top) * row_bytes, (y1 - y0) * row_bytes
 
-    def _place_rows(self, region: np.ndarray, index: int, top: int, left: int, data: bytes) -> None:
+    def _place_rows(self, region: np.ndarray, index: int, top: int, left: int, data: bytes | memoryview) -> None:
         """Copy the rows of uncompressed strip ``index`` (``data``, from :meth:`_row_range`) into ``region``."""
         assert self._row_dtype is not None
         plane, y0, y1 = self._rows_of(index, top, top + region.shape[0])

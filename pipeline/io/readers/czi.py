@@ -84,7 +84,9 @@ def open_czi(path: str, level: int, max_bytes: int, select: Selection) -> Region
     return RegionReader(
         path=path,
         kind="czi",
-        open_native=functools.partial(CziPlane, path, (rect.x, rect.y, rect.w, rect.h), plane, scene if scenes else None),
+        open_native=functools.partial(
+            CziPlane, path, (rect.x, rect.y, rect.w, rect.h), plane, scene if scenes else None
+        ),
         native_axes="YXC",
         native_shape=(rect.h, rect.w, n_channels),
         dtype=dtype,
@@ -176,7 +178,9 @@ def _channels(path: str, reader: Any) -> tuple[np.dtype, int]:
     kinds = [kind for _, kind in sorted(reader.pixel_types.items())]
     unknown = [kind for kind in kinds if kind not in _PIXEL_TYPES]
     if unknown or not kinds:
-        raise InputError(f"CZI {path!r} has pixel type {unknown[0] if unknown else 'none'!r}; pixseg reads {', '.join(_PIXEL_TYPES)}")
+        raise InputError(
+            f"CZI {path!r} has pixel type {unknown[0] if unknown else 'none'!r}; pixseg reads {', '.join(_PIXEL_TYPES)}"
+        )
     dtypes = {np.dtype(_PIXEL_TYPES[kind][0]) for kind in kinds}
     if len(dtypes) > 1:
         raise InputError(f"CZI {path!r} mixes channel pixel types {kinds!r}; pick channels of one type")

@@ -97,7 +97,9 @@ def select_format(path: str) -> Format:
         if lower.endswith(fmt.suffixes):
             return fmt
     if is_directory:
-        problem = f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)}) nor a DICOM WSI (no DICOM instance)"
+        problem = (
+            f"is a directory but not a zarr store (no {', '.join(ZARR_MARKERS)}) nor a DICOM WSI (no DICOM instance)"
+        )
     else:
         problem = f"has an unknown suffix {os.path.splitext(lower)[1]!r} and content"
     raise UnsupportedFormatError(f"input {path!r} {problem}; pixseg reads {supported_formats()}")

@@ -15,8 +15,9 @@ gaps between MRXS or sparse DICOM tiles); they are kept as an alpha channel, so 
 level N; a region of a reduced level is read at the level-0 position ``round(x * downsample)``.
 That is exact when the downsample is a whole number (the power-of-two levels of MRXS and DICOM
 pyramids). Where it is not (a level of 2221 columns under 4443 has 2.0005), OpenSlide resamples a
-region that starts between level-0 pixels, shifting it by a fraction of a pixel; one warning says so. The pixel size is ``openslide.mpp-x`` and
-``openslide.mpp-y`` (µm) when the file has them, else unknown.
+region that starts between level-0 pixels, shifting it by a fraction of a pixel; one warning says
+so. The pixel size is ``openslide.mpp-x`` and ``openslide.mpp-y`` (µm) when the file has them,
+else unknown.
 """
 
 from __future__ import annotations
@@ -43,13 +44,12 @@ OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".dcm", ".svslide")
 OPENSLIDE_ERRORS: tuple[type[BaseException], ...] = (openslide.OpenSlideError, OSError)
 #: Tile edge assumed when a slide does not state its tile size.
 _DEFAULT_TILE = 256
-#: Vendors whose files are TIFF: tifffile reads them, so they never reach this module.
-_TIFF_VENDORS = ("aperio", "generic-tiff", "hamamatsu-ndpi", "leica", "philips", "trestle", "ventana")
 
 
 def sniff_openslide(path: str) -> bool:
-    """Whether OpenSlide recognises the file at ``path`` as a slide it reads (TIFF vendors excluded)."""
-    return _vendor(path) not in (None, *_TIFF_VENDORS)
+    """Whether OpenSlide recognises the file at ``path`` as a slide it reads (TIFF files never get
+    here: :data:`~pixseg.io.readers.formats.FORMATS` tries the TIFF family first)."""
+    return _vendor(path) is not None
 
 
 def sniff_dicom_directory(path: str) -> bool:
@@ -208,4 +208,3 @@ def _mpp(properties: dict[str, str]) -> tuple[float, float] | None:
             return None
         sizes.append(value)
     return sizes[0], sizes[1]
-
