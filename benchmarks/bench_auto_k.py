@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_presets import MASK, NORMALISE, make_image
+from benchmarks.bench_presets import MASK, NORMALISE, make_image, n_clusters
 from pixseg.choose_k import best_k, choose_clusters
 from pixseg.features import FeatureSpec, make_feature_spec
 from pixseg.model import fit_model
@@ -69,7 +69,7 @@ def cases() -> list[tuple[str, int, np.ndarray, FeatureSpec]]:
         pixels, truth = make_image(kind, 384)
         preset = PRESETS[kind]
         sample, spec = image_sample(pixels, features=preset["features"], mask=MASK[kind], normalise=NORMALISE[kind])
-        true_k = len(np.unique(truth)) - (1 if MASK[kind] == "auto" else 0)
+        true_k = n_clusters(truth, MASK[kind])
         found.append((f"{kind} slide ({'+'.join(preset['features'])})", true_k, sample, spec))
     return found
 

@@ -27,9 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from benchmarks.synthetic import ensure_synthetic_tiff
 
 
 def _free_port() -> int:
@@ -48,8 +51,13 @@ def _wait_for(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"the S3 server did not start on port {port}")
 
 
-def _write_tiff(path: str, size: int) -> None:
-    """A ``size``^2 RGB tiled (256^2) zlib TIFF of smooth noise, written tile by tile."""
+def _write_tiff(path: str, size: int, image: str) -> None:
+    """A ``size``^2 RGB tiled zlib TIFF written tile by tile: ``noise`` (256^2 tiles of uniform
+    noise, which zlib cannot compress: the most bytes per pixel to move, the least decoding) or
+    ``tissue`` (:mod:`benchmarks.synthetic`'s stained tissue, 512^2 tiles from a pool of 64)."""
+    if image == "tissue":
+        ensure_synthetic_tiff(Path(path), size=size, compression="zlib", distinct_tiles=64)
+        return
     rng = np.random.default_rng(0)
     pattern = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
 
@@ -100,20 +108,21 @@ def _moto_bucket(directory: str, tiff: str, store: str) -> subprocess.Popen[byte
     return server
 
 
-def _report(name: str, sources: list[tuple[str, str]], size: int, repeats: int) -> None:
+def _report(name: str, sources: list[tuple[str, str]], args: argparse.Namespace) -> None:
     """Time ``name`` from each source, the sources interleaved within each repeat (so a change in
     the machine's load affects all alike); print each source's best as one JSON line."""
     best = {source: float("inf") for source, _ in sources}
     loads: dict[str, list[float]] = {source: [] for source, _ in sources}
-    for _ in range(repeats):
+    for _ in range(args.repeats):
         for source, base in sources:
             loads[source].append(os.getloadavg()[0])
             path = f"{base}/{name}" if "://" in base else os.path.join(base, name)
             best[source] = min(best[source], _read_seconds(path))
     local = best[sources[0][0]]
     for source, seconds in best.items():
-        row = {"format": "tiff" if name.endswith(".tif") else "ome-zarr", "source": source, "size": size}
-        row |= {"mpx_s": round(size * size / seconds / 1e6, 1), "ratio": round(local / seconds, 2)}
+        row = {"format": "tiff" if name.endswith(".tif") else "ome-zarr", "source": source}
+        row |= {"image": args.image, "size": args.size, "mpx_s": round(args.size**2 / seconds / 1e6, 1)}
+        row |= {"ratio": round(local / seconds, 2)}
         row |= {"load_1min": [round(min(loads[source]), 1), round(max(loads[source]), 1)], "cpus": os.cpu_count()}
         print(json.dumps(row), flush=True)
 
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=4096, help="edge of the square test image (full run: 16384)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image", choices=("noise", "tissue"), default="noise", help="see _write_tiff")
     parser.add_argument("--skip-moto", action="store_true", help="leave out moto's S3 server (slow: see RESULTS.md)")
     args = parser.parse_args(argv)
     from pixseg.convert import convert
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as directory:
             tiff = os.path.join(directory, "slide.tif")
-            _write_tiff(tiff, args.size)
+            _write_tiff(tiff, args.size, args.image)
             store = os.path.join(directory, "slide.zarr")
             convert(tiff, store, chunk=1024)
             port = _free_port()
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(_moto_bucket(directory, tiff, store))
                 sources.append(("moto S3 (copies the object per request)", "s3://bench"))
             for name in ("slide.tif", "slide.zarr"):
-                _report(name, sources, args.size, args.repeats)
+                _report(name, sources, args)
     finally:
         for server in servers:
             server.terminate()

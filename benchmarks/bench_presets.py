@@ -32,15 +32,33 @@ import numpy as np
 import tifffile
 import zarr
 
-#: Candidate feature sets, by image kind (the first normalisation of each entry is the preset's).
+#: Candidate (feature set, mask) pairs, by image kind.
 CANDIDATES = {
-    "brightfield-he": ["channels", "lab", "hsv", "hed", "hed,smooth", "hed,texture", "lab,smooth"],
-    "brightfield-ihc": ["channels", "lab", "hsv", "hed", "hed,smooth", "hed,texture", "lab,smooth"],
-    "fluorescence": ["channels", "channels,smooth", "channels,texture", "grey"],
-    "rgb-photo": ["channels", "lab", "hsv", "lab,smooth"],
+    "brightfield-he": [
+        (f, "auto") for f in ("channels", "lab", "hsv", "hed", "hed,smooth", "hed,texture", "lab,smooth")
+    ],
+    "brightfield-ihc": [
+        (f, "auto")
+        for f in (
+            "channels",
+            "lab",
+            "hsv",
+            "hed",
+            "hed,smooth",
+            "hed,texture",
+            "lab,smooth",
+            "hsv,smooth",
+            "lab,texture",
+        )
+    ],
+    "fluorescence": [
+        (f, m) for m in ("auto", "none") for f in ("channels", "channels,smooth", "channels,texture", "grey")
+    ],
+    "rgb-photo": [(f, "none") for f in ("channels", "lab", "hsv", "lab,smooth")],
 }
 NORMALISE = {"brightfield-he": "dtype", "brightfield-ihc": "dtype", "fluorescence": "robust", "rgb-photo": "dtype"}
-MASK = {"brightfield-he": "auto", "brightfield-ihc": "auto", "fluorescence": "auto", "rgb-photo": "none"}
+#: The mask each kind's sample is drawn with in ``benchmarks.bench_auto_k`` (the presets' masks).
+MASK = {"brightfield-he": "auto", "brightfield-ihc": "auto", "fluorescence": "none", "rgb-photo": "none"}
 
 
 def _layout(size: int, n_regions: int, classes: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -123,15 +141,19 @@ def make_image(kind: str, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     raise ValueError(kind)
 
 
-def score(kind: str, features: str, pixels_path: Path, truth: np.ndarray, work: Path) -> tuple[float, float]:
+def n_clusters(truth: np.ndarray, mask: str) -> int:
+    """K for a run: every class, less the background when the mask is to remove it (class 0)."""
+    return len(np.unique(truth)) - (1 if mask == "auto" else 0)
+
+
+def score(kind: str, features: str, mask: str, pixels_path: Path, truth: np.ndarray, work: Path) -> tuple[float, float]:
     """(ARI of the labels against ``truth``, seconds) of one pixseg run."""
     from sklearn.metrics import adjusted_rand_score
 
     import pixseg
 
-    mask = MASK[kind]
-    n_classes = len(np.unique(truth)) - (1 if mask == "auto" else 0)
-    output = work / f"{kind}-{features.replace(',', '+')}.zarr"
+    n_classes = n_clusters(truth, mask)
+    output = work / f"{kind}-{features.replace(',', '+')}-{mask}.zarr"
     started = time.perf_counter()
     pixseg.segment(
         pixels_path,
@@ -163,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             path = work / f"{kind}.tif"
             photometric = "minisblack" if pixels.dtype == np.uint16 else "rgb"
             tifffile.imwrite(path, pixels, tile=(128, 128), photometric=photometric, planarconfig="contig")
-            n_classes = len(np.unique(truth)) - (1 if MASK[kind] == "auto" else 0)
-            for features in candidates:
-                ari, seconds = score(kind, features, path, truth, work)
+            for features, mask in candidates:
+                ari, seconds = score(kind, features, mask, path, truth, work)
+                k = n_clusters(truth, mask)
                 print(
-                    f"| {kind} | {features} | {NORMALISE[kind]} | {MASK[kind]} | {n_classes} | {ari:.3f} | {seconds:.1f} |",
+                    f"| {kind} | {features} | {NORMALISE[kind]} | {mask} | {k} | {ari:.3f} | {seconds:.1f} |",
                     flush=True,
                 )
                 print(f"{kind} {features}: ARI {ari:.3f}", file=sys.stderr)

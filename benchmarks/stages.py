@@ -68,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup_s = time.time() - psutil.Process().create_time()
     import importlib
 
-    from pixseg.cli import main as pixseg_main
-
     from pixseg import model
+    from pixseg.cli import main as pixseg_main
 
     seconds: dict[str, list[float]] = defaultdict(list)
     patches = []

@@ -30,7 +30,7 @@ from pixseg.options import (
     build_options,
     option_fields,
 )
-from pixseg.tables import format_label_table, format_value, print_result
+from pixseg.tables import format_label_table, format_region_table, format_value, print_result
 
 if TYPE_CHECKING:
     pass
@@ -225,6 +225,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_quiet(export)
     export.set_defaults(handler=_run_export)
 
+    regions = commands.add_parser("regions", help="areas per label inside GeoJSON regions (QuPath) of an output")
+    regions.add_argument("output", help="a pixseg output: OUTPUT.zarr or OUTPUT.tif")
+    regions.add_argument("regions", help="REGIONS.geojson: polygons in level-0 pixels")
+    _add_quiet(regions)
+    regions.set_defaults(handler=_run_regions)
+
     classes = commands.add_parser("classes", help="name, merge and colour a model's clusters (a new model file)")
     classes.add_argument("model", help="a model file (M.json)")
     classes.add_argument("table", nargs="?", metavar="CLASSES.yaml", help="a class table replacing the model's")
@@ -352,6 +358,17 @@ def _run_segment(args: argparse.Namespace) -> int:
     read, fit, output, compute = (
         options_from_args(cls, args) for cls in (ReadOptions, FitOptions, OutputOptions, ComputeOptions)
     )
+    from pixseg.io.readers.volume import is_volume_input
+
+    if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
+        from pixseg.volumes import segment_volume
+
+        with open_compute(compute, worker_imports=WORKER_MODULES):
+            volume = segment_volume(
+                args.input, _output_path(args), read=read, fit=fit, overwrite=args.overwrite, progress=not args.quiet
+            )
+        print(volume.summary())
+        return 0
     with open_compute(compute, worker_imports=WORKER_MODULES):
         result = segment(
             args.input,
@@ -525,6 +542,15 @@ def _run_relabel(args: argparse.Namespace) -> int:
     print(format_label_table(result.statistics))
     if result.side_files:
         print("side files: " + ", ".join(result.side_files))
+    return 0
+
+
+def _run_regions(args: argparse.Namespace) -> int:
+    from pixseg.regions import measure_output
+
+    result = measure_output(args.output, args.regions, progress=not args.quiet)
+    print(format_region_table(result.rows))
+    print("side files: " + ", ".join(result.side_files))
     return 0
 
 

@@ -39,7 +39,7 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
     sample_size : int
         Pixels sampled for the fit.
     restarts : int
-        k-means|| runs; the lowest sample inertia wins.
+        k-means fits from different k-means++ seeds; the lowest sample inertia wins.
     sigmas : sequence of float
         Texture scales in pixels.
     mask : str

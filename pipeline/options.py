@@ -58,7 +58,7 @@ MAX_SIGMA = 64.0
 MAX_CLUSTERS = 1024
 #: The range of K ``--clusters auto`` tries (see :mod:`pixseg.choose_k`).
 AUTO_CLUSTERS = (2, 12)
-#: k-means|| runs per fit by default; the lowest sample inertia wins.
+#: k-means fits (k-means++ seeds) per fit by default; the lowest sample inertia wins.
 FIT_RESTARTS = 3
 NORMALISE_MODES = ("auto", "dtype", "robust")
 NGFF_VERSIONS = ("0.5", "0.4")
@@ -208,6 +208,19 @@ class ReadOptions(Validated):
     series: int | None = _series_option(config="read.series")
     plane: dict[str, int] | None = _plane_option(config="read.plane")
     channels: tuple[int, ...] | None = _channels_option(config="read.channels")
+    volume: bool = option(
+        False,
+        "read a 3-D OME-Zarr image as a volume (NIfTI files and DICOM folders always are)",
+        config="read.volume",
+        flag="--volume",
+    )
+    series_uid: str | None = option(
+        None,
+        "the DICOM SeriesInstanceUID to read from a folder holding several series",
+        config="read.series_uid",
+        flag="--series-uid",
+        metavar="UID",
+    )
 
 
 @dataclass(frozen=True)
@@ -245,7 +258,7 @@ class FitOptions(Validated):
     )
     restarts: int = option(
         FIT_RESTARTS,
-        "k-means|| runs per fit; the lowest sample inertia wins",
+        "k-means fits from different k-means++ seeds; the lowest sample inertia wins",
         config="restarts",
         flag="--restarts",
         minimum=1,
@@ -286,6 +299,13 @@ class FitOptions(Validated):
         config="normalise",
         flag="--normalise",
         choices=NORMALISE_MODES,
+    )
+    window: tuple[float, float] | None = option(
+        None,
+        "volumes: clip intensities to LOW,HIGH and scale that range (a CT window in HU, e.g. -160,240)",
+        config="window",
+        flag="--window",
+        metavar="LOW,HIGH",
     )
 
     @classmethod

@@ -65,7 +65,8 @@ def predict_chunk(
     Parameters
     ----------
     features : numpy.ndarray
-        Shape (h, w, F), float32; NaN in column 0 marks an invalid pixel.
+        Shape (h, w, F) (or any (..., F): a (d, h, w, F) block of a volume), float32; NaN in
+        column 0 marks an invalid pixel.
     centroids : numpy.ndarray
         Shape (K, F), float32, in feature units, row ``i`` for label ``i + 1``.
     weights : numpy.ndarray
@@ -76,12 +77,12 @@ def predict_chunk(
     Returns
     -------
     numpy.ndarray
-        Shape (h, w), ``label_dtype``: 1..K, 0 for invalid pixels.
+        Shape ``features.shape[:-1]``, ``label_dtype``: 1..K, 0 for invalid pixels.
     """
     pixels = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, features.shape[-1])
     labels = np.empty(pixels.shape[0], dtype=label_dtype)
     _nearest_labels(pixels, centroids, weights, labels)
-    return labels.reshape(features.shape[:2])
+    return labels.reshape(features.shape[:-1])
 
 
 def _kernel_arguments(model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
@@ -198,21 +199,22 @@ def build_labels(features: da.Array, model: SegmentationModel) -> da.Array:
     Parameters
     ----------
     features : dask.array.Array
-        Shape (Y, X, F), float32, F in one chunk, columns as ``model.feature_spec.columns``.
+        Shape (Y, X, F) (or (Z, Y, X, F)), float32, F in one chunk, columns as
+        ``model.feature_spec.columns``.
     model : SegmentationModel
         The fitted model.
 
     Returns
     -------
     dask.array.Array
-        Shape (Y, X), ``model.label_dtype``, the same (Y, X) chunks; computes nothing.
+        Shape (Y, X) (or (Z, Y, X)), ``model.label_dtype``, the same chunks; computes nothing.
     """
     centroids, weights = _kernel_arguments(model)
     return map_pixels(features, predict_chunk, centroids, weights, model.label_dtype, dtype=model.label_dtype)
 
 
 def map_pixels(values: da.Array, func: Callable[..., np.ndarray], *args: Any, dtype: Any, **kwargs: Any) -> da.Array:
-    """Lazily apply ``func(chunk, *args, **kwargs)``, (h, w, C) -> (h, w), to every chunk of ``values``.
+    """Lazily apply ``func(chunk, *args, **kwargs)``, (..., C) -> (...), to every chunk of ``values``.
 
     ``map_blocks(drop_axis=2)`` would hand each task a copy of its chunk: dask concatenates the
     dropped axis' blocks, even a single one, into a new array (a measurable share of the label
@@ -222,28 +224,29 @@ def map_pixels(values: da.Array, func: Callable[..., np.ndarray], *args: Any, dt
     Parameters
     ----------
     values : dask.array.Array
-        Shape (Y, X, C), C in one chunk.
+        Shape (Y, X, C) (or (Z, Y, X, C)), C in one chunk.
     func : callable
-        Maps one chunk and ``args`` (dask collections among them are computed first) to (h, w) values.
+        Maps one chunk and ``args`` (dask collections among them are computed first) to its values
+        without the last axis.
     dtype : numpy dtype
         Of ``func``'s result.
 
     Returns
     -------
     dask.array.Array
-        Shape (Y, X), ``values``' (Y, X) chunks; computes nothing.
+        ``values``' shape and chunks without the last axis; computes nothing.
     """
     columns = values.map_blocks(
         _as_column,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
         func,
         *args,
-        chunks=(*values.chunks[:2], (1,)),
+        chunks=(*values.chunks[:-1], (1,)),
         dtype=dtype,
-        meta=np.empty((0, 0, 0), dtype=dtype),
+        meta=np.empty((0,) * values.ndim, dtype=dtype),
         **kwargs,
     )
-    return columns[:, :, 0]
+    return columns[..., 0]
 
 
 def _as_column(chunk: np.ndarray, func: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
-    return func(chunk, *args, **kwargs)[:, :, np.newaxis]
+    return func(chunk, *args, **kwargs)[..., np.newaxis]

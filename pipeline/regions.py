@@ -365,3 +365,48 @@ def measure_regions(
     n_labels = max(names, default=0) + 1
     counts = region_counts(da.from_zarr(labels), regions, n_labels=n_labels, progress=progress)
     return region_table(counts, regions, names, pixel_size=pixel_size)
+
+
+@dataclass(frozen=True)
+class RegionAreas:
+    """What ``pixseg regions`` measured: the rows of :func:`region_table` and the files written."""
+
+    rows: list[dict[str, Any]]
+    side_files: list[str]
+
+
+def measure_output(output: str, regions_path: str, *, progress: bool = False) -> RegionAreas:
+    """Areas per label inside each region of ``regions_path`` over a finished pixseg output, chunk by
+    chunk from its stored level 0; written as ``.regions.csv`` and ``.regions.json`` beside it
+    (replacing those of an earlier run).
+
+    Raises
+    ------
+    InputError
+        If ``output`` is not a complete pixseg label output, or the regions are refused.
+    """
+    import os
+
+    from pixseg.io.label_groups import label_side_base, open_label_levels, read_label_zarr_status
+    from pixseg.io.label_tiff import read_label_tiff_status
+    from pixseg.io.side_files import write_region_tables
+
+    tiff = os.path.isfile(output) and output.lower().endswith((".tif", ".tiff"))
+    status = read_label_tiff_status(output) if tiff else read_label_zarr_status(output)
+    if status is None or not status.get("levels"):
+        raise InputError(f"{output!r} is not a pixseg label output (OUTPUT.zarr or OUTPUT.tif)")
+    if not status.get("complete"):
+        raise InputError(f"{output!r} is incomplete (interrupted or still being written): finish it with --resume")
+    height, width = status["levels"][0]
+    regions = open_regions(regions_path, (int(height), int(width)))
+    if tiff:
+        import tifffile
+        import zarr
+
+        level0 = zarr.open(tifffile.imread(output, aszarr=True, level=0), mode="r")
+    else:
+        level0 = open_label_levels(output)[0]
+    size = status.get("pixel_size_um")
+    pixel_size = (float(size[0]), float(size[1])) if size else None
+    rows = measure_regions(regions, level0, status.get("statistics") or [], pixel_size=pixel_size, progress=progress)
+    return RegionAreas(rows, write_region_tables(label_side_base(output), rows, source=regions_path))

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
+import PIL.ImageDraw
 import pytest
-from skimage.draw import polygon as polygon_pixels
 
 from pixseg.graphs import open_mask
 from pixseg.io.readers import open_image
@@ -20,14 +21,13 @@ DATA = Path(__file__).parent / "data"
 
 def rasterise(geojson: Path, shape: tuple[int, int]) -> np.ndarray:
     """The (Y, X) bool mask of every polygon of ``geojson`` (level-0 pixels), inner rings cut out."""
-    mask = np.zeros(shape, dtype=bool)
+    canvas = PIL.Image.new("1", (shape[1], shape[0]), 0)
+    draw = PIL.ImageDraw.Draw(canvas)
     for feature in json.loads(geojson.read_text())["features"]:
         outer, *holes = feature["geometry"]["coordinates"]
-        for ring, value in [(outer, True), *((hole, False) for hole in holes)]:
-            xy = np.asarray(ring, dtype=float)
-            rows, cols = polygon_pixels(xy[:, 1], xy[:, 0], shape)
-            mask[rows, cols] = value
-    return mask
+        for ring, value in [(outer, 1), *((hole, 0) for hole in holes)]:
+            draw.polygon([(float(x), float(y)) for x, y in ring], fill=value)
+    return np.asarray(canvas, dtype=bool)
 
 
 def auto_mask_full_resolution(path: Path) -> np.ndarray:

@@ -107,7 +107,15 @@ def test_no_previews_no_report(tmp_path, blob_tiff):
 def _run(**changes) -> ReportRun:
     spec = SimpleNamespace(groups=("channels",), columns=("ch0",), sigmas=(), mask="none")
     model = SimpleNamespace(
-        n_clusters=2, feature_spec=spec, seed=0, sample_size=10, n_iter=3, sample_inertia=1.5, degenerate=None
+        n_clusters=2,
+        feature_spec=spec,
+        seed=0,
+        sample_size=10,
+        n_iter=3,
+        sample_inertia=1.5,
+        degenerate=None,
+        preset=None,
+        k_choice=None,
     )
     fingerprint = {
         "input": {"path": "/data/my slide.tif"},

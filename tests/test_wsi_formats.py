@@ -119,19 +119,19 @@ def test_openslide_level_and_plane_checks():
 
 @pytest.fixture
 def svs_through_openslide(monkeypatch):
-    """Route the TCGA SVS to the OpenSlide reader, as a format tifffile could not read would be."""
+    """Route the CMU SVS to the OpenSlide reader, as a format tifffile could not read would be."""
     openslide_format = next(fmt for fmt in formats.FORMATS if fmt.open is slides.open_openslide and not fmt.directory)
     monkeypatch.setattr(formats, "FORMATS", (openslide_format,))
-    return str(TCGA_SVS)
+    return str(CMU_SVS)
 
 
 @pytest.mark.slow
 def test_openslide_labels_identical_on_threads_and_worker_processes(tmp_path, svs_through_openslide):
     from pixseg.cluster import open_scheduler
 
-    read = ReadOptions(level=1, chunk=512)
-    fit = FitOptions(clusters=3, restarts=1)
-    assert open_image(svs_through_openslide, level=1).reader == "openslide"
+    read = ReadOptions(chunk=512)
+    fit = FitOptions(clusters=3, restarts=1, sample_size=20_000)
+    assert open_image(svs_through_openslide).reader == "openslide"
     segment(svs_through_openslide, str(tmp_path / "threads.zarr"), read=read, fit=fit)
     with open_scheduler("local", workers=2) as client:
         assert client is not None

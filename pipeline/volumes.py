@@ -1,0 +1,311 @@
+"""Segmenting 3-D volumes: open -> sample -> fit -> label -> write, chunk by chunk.
+
+The volume path reuses the 2-D pipeline's pieces: the feature spec and per-chunk kernels
+(:func:`pixseg.features.compute_features` on (d, h, w, C) blocks), the channel scaling
+(:mod:`pixseg.normalise`), the position-keyed sample (:mod:`pixseg.volume_sampling` over
+:mod:`pixseg.sampling`'s keys), the dask-ml fit (:func:`pixseg.model.fit_model`) and the
+nearest-centroid kernel (:func:`pixseg.predict.build_labels`). Volume features are the
+voxel-wise (colour) groups, ``channels`` (intensity) by default.
+
+Intensity scaling: ``window`` (``--window LOW,HIGH``, e.g. a CT window in Hounsfield units)
+clips every voxel to [LOW, HIGH] and maps that range to [0, 1]; otherwise ``normalise`` applies
+as in 2-D (``robust``: the 0.5 and 99.5 percentiles of the sample, as for MR; ``auto`` = robust
+unless 8-bit; ``dtype``: the dtype's range).
+
+Outputs: ``.zarr`` (an OME-Zarr label multiscale, :func:`pixseg.io.label_volume.pyramid_factors`)
+or ``.nii`` / ``.nii.gz`` (a NIfTI label volume with the input's affine). Statistics: voxels,
+fraction and volume in mm³ per label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from pixseg.colours import label_colours
+from pixseg.compute import compute
+from pixseg.errors import OutputExistsError, ParameterError
+from pixseg.feature_registry import FEATURE_REGISTRY
+from pixseg.features import FeatureSpec, compute_features, dtype_range, make_feature_spec, robust_channel_ranges
+from pixseg.io.label_groups import remove_output
+from pixseg.io.label_volume import (
+    create_nifti_labels,
+    create_volume_label_zarr,
+    finish_nifti,
+    finish_volume_label_zarr,
+    pyramid_factors,
+    reduce_level,
+    store_counting,
+)
+from pixseg.io.readers.volume import Volume, is_nifti, open_volume
+from pixseg.model import SegmentationModel, fit_model
+from pixseg.options import FitOptions, ReadOptions
+from pixseg.predict import build_labels
+from pixseg.volume_sampling import sample_voxels
+
+logger = logging.getLogger(__name__)
+
+#: Output suffixes of a volume's labels.
+VOLUME_OUTPUTS = (".zarr", ".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    """What a volume ``segment`` produced.
+
+    ``statistics`` has one row per label: ``label``, ``voxels``, ``fraction`` (of labelled
+    voxels), ``volume_mm3`` and ``colour_rgba``.
+    """
+
+    output: str
+    model: SegmentationModel
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    n_chunks: int
+    seconds: float
+    levels: list[tuple[int, ...]]
+    statistics: list[dict[str, Any]]
+
+    def summary(self) -> str:
+        """The end-of-run lines: what was written, how fast, and the label table."""
+        depth, height, width = self.shape
+        rate = depth * height * width / 1e6 / max(self.seconds, 1e-9)
+        lines = [
+            f"wrote {self.output}: {depth}x{height}x{width} voxels of {'x'.join(f'{s:g}' for s in self.spacing)} mm, "
+            f"labels 1..{self.model.n_clusters} in {self.seconds:.1f} s ({rate:.1f} Mvox/s, {self.n_chunks} chunks, "
+            f"{len(self.levels)} levels)",
+            f"{'label':>5} {'voxels':>14} {'%':>7} {'volume mm^3':>14}",
+        ]
+        lines += [
+            f"{r['label']:>5} {r['voxels']:>14} {100 * r['fraction']:>7.2f} {r['volume_mm3']:>14.6g}" for r in self.statistics
+        ]
+        return "\n".join(lines)
+
+
+def check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
+    """``--window`` as (low, high) with low < high, or None."""
+    if window is None:
+        return None
+    values = tuple(float(v) for v in window)
+    if len(values) != 2 or not values[0] < values[1]:
+        raise ParameterError(f"--window must be LOW,HIGH with LOW < HIGH, got {values!r}")
+    return values  # type: ignore[return-value]
+
+
+def volume_spec(
+    raw_sample: np.ndarray,
+    *,
+    dtype: np.dtype,
+    features: Sequence[str],
+    normalise: str,
+    window: tuple[float, float] | None,
+) -> FeatureSpec:
+    """The feature spec of a volume of ``dtype`` whose sampled raw voxels are ``raw_sample`` (n, C).
+
+    Raises
+    ------
+    ParameterError
+        For a feature group that is not voxel-wise (texture and coordinates are 2-D only so far).
+    """
+    spec_groups = make_feature_spec(features, n_channels=raw_sample.shape[1], has_alpha=False, dtype=dtype).groups
+    spatial = [g for g in spec_groups if FEATURE_REGISTRY[g].kind != "colour"]
+    if spatial:
+        raise ParameterError(f"--features {','.join(spatial)} is not available for volumes; use voxel-wise groups such as channels")
+    n_channels = raw_sample.shape[1]
+    if window is not None:
+        ranges: Sequence[tuple[float, float]] = [window] * n_channels
+    elif normalise == "robust" or (normalise == "auto" and np.dtype(dtype) != np.uint8):
+        ranges = robust_channel_ranges(raw_sample)
+    else:
+        ranges = [dtype_range(dtype)] * n_channels
+    return make_feature_spec(spec_groups, n_channels=n_channels, has_alpha=False, dtype=dtype, channel_ranges=ranges)
+
+
+def voxel_features(voxels: np.ndarray, spec: FeatureSpec, window: tuple[float, float] | None) -> np.ndarray:
+    """Features of a block of raw voxels (..., C) -> (..., F) float32: clipped to ``window`` first,
+    NaN for non-finite voxels. The input is not modified."""
+    if window is not None:
+        voxels = np.clip(voxels, *window).astype(voxels.dtype, copy=False)
+    return compute_features(voxels, spec)
+
+
+def volume_features(data: da.Array, spec: FeatureSpec, window: tuple[float, float] | None) -> da.Array:
+    """Lazy (Z, Y, X, F) float32 features of a (Z, Y, X, C) volume, chunk by chunk (voxel-wise, no halo)."""
+    return data.map_blocks(
+        voxel_features,
+        spec,
+        window,
+        chunks=(*data.chunks[:3], (len(spec.columns),)),
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+    )
+
+
+def fit_volume(
+    data: da.Array, fit: FitOptions, *, window: tuple[float, float] | None, progress: bool
+) -> SegmentationModel:
+    """Sample a (Z, Y, X, C) volume and fit the model (computes the sample only).
+
+    Raises
+    ------
+    ParameterError
+        For ``--clusters auto``, a bad window or feature group, or a sample with fewer distinct
+        vectors than clusters.
+    """
+    if not isinstance(fit.clusters, int):
+        raise ParameterError("--clusters auto is not available for volumes yet; give K")
+    raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
+    if len(raw) == 0:
+        raise ParameterError("the volume has no valid (finite) voxels to sample")
+    spec = volume_spec(raw, dtype=data.dtype, features=fit.features, normalise=fit.normalise, window=window)
+    vectors = voxel_features(raw.astype(data.dtype)[:, np.newaxis, :], spec, window)[:, 0, :]
+    return fit_model(vectors, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
+
+
+def volume_labels(data: da.Array, model: SegmentationModel, *, window: tuple[float, float] | None) -> da.Array:
+    """Lazy (Z, Y, X) labels 1..K of a (Z, Y, X, C) volume (0 for non-finite voxels), the same chunks."""
+    return build_labels(volume_features(data, model.feature_spec, window), model)
+
+
+def segment_volume(
+    input_path: str,
+    output_path: str,
+    *,
+    read: ReadOptions | None = None,
+    fit: FitOptions | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> VolumeResult:
+    """Segment a volume (NIfTI, DICOM series, 3-D OME-Zarr) into a NIfTI or OME-Zarr label volume.
+
+    Parameters
+    ----------
+    input_path : str
+        See :func:`pixseg.io.readers.volume.open_volume`. Never modified; a ``.nii.gz`` is
+        converted once into ``read.workdir`` (default: the output's directory) and the copy
+        removed after the run unless ``read.keep_workdir``.
+    output_path : str
+        ``.zarr``, ``.nii`` or ``.nii.gz``.
+    read, fit : ReadOptions, FitOptions, optional
+        ``chunk``, ``series_uid``, ``workdir``; ``clusters``, ``seed``, ``features``,
+        ``sample_size``, ``restarts``, ``normalise``, ``window``.
+    overwrite : bool
+        Replace an existing output.
+    progress : bool
+        Progress on stderr.
+
+    Raises
+    ------
+    PipelineError
+        For every user mistake: a bad input, an output that exists or has another suffix, a bad option.
+    """
+    started = time.perf_counter()
+    read, fit = read or ReadOptions(), fit or FitOptions()
+    window = check_window(fit.window)
+    kind = _output_kind(output_path)
+    if os.path.lexists(output_path) and not overwrite:
+        raise OutputExistsError(f"output {output_path!r} exists; pass --overwrite to replace it")
+    workdir = read.workdir or os.path.dirname(os.path.abspath(output_path))
+    volume = open_volume(input_path, chunk=read.chunk, series_uid=read.series_uid, workdir=workdir)
+    try:
+        logger.info("volume %s: %s %s, spacing %s mm", volume.path, "x".join(map(str, volume.shape)), volume.dtype.name, volume.spacing)
+        model = fit_volume(volume.data, fit, window=window, progress=progress)
+        labels = volume_labels(volume.data, model, window=window)
+        if kind == ".zarr" and os.path.lexists(output_path):
+            remove_output(output_path)  # a NIfTI output is replaced by a rename
+        writer = _write_zarr if kind == ".zarr" else _write_nifti
+        counts, levels = writer(labels, output_path, volume, model, progress=progress)
+    finally:
+        if not read.keep_workdir:
+            _drop_copy(volume, workdir)
+    rows = volume_statistics(counts, volume.voxel_volume)
+    if kind == ".zarr":
+        factors = pyramid_factors(volume.shape[:3], volume.spacing)
+        extra = {"statistics": rows, "model": model.to_dict(), "input": os.path.abspath(input_path)}
+        finish_volume_label_zarr(output_path, spacing=volume.spacing, factors=factors, rows=rows, extra=extra)
+    return VolumeResult(
+        output=output_path,
+        model=model,
+        shape=volume.shape[:3],  # type: ignore[arg-type]
+        spacing=volume.spacing,
+        n_chunks=int(np.prod(labels.numblocks)),
+        seconds=time.perf_counter() - started,
+        levels=levels,
+        statistics=rows,
+    )
+
+
+def _output_kind(path: str) -> str:
+    lowered = path.lower().rstrip("/")
+    for suffix in sorted(VOLUME_OUTPUTS, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            return suffix
+    raise ParameterError(f"output {path!r}: a volume's labels are written as {', '.join(VOLUME_OUTPUTS)}")
+
+
+def _write_zarr(
+    labels: da.Array, path: str, volume: Volume, model: SegmentationModel, *, progress: bool
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Level 0 (counting), then each coarser level from the stored one above; metadata is the caller's."""
+    chunks = tuple(int(c[0]) for c in labels.chunks)
+    labels = labels.rechunk(chunks)  # regular chunks, so each zarr chunk is one dask chunk
+    shapes: list[tuple[int, ...]] = [volume.shape[:3]]
+    shape_factors = pyramid_factors(volume.shape[:3], volume.spacing)
+    for factor in shape_factors:
+        shapes.append(tuple(-(-n // f) for n, f in zip(shapes[-1], factor, strict=True)))
+    arrays = create_volume_label_zarr(path, shapes=shapes, chunks=chunks, dtype=model.label_dtype)  # type: ignore[arg-type]
+    counts = compute(store_counting(labels, arrays[0], model.n_clusters + 1), progress=progress)
+    for above, below, factor in zip(arrays[:-1], arrays[1:], shape_factors, strict=True):
+        reduce_level(above, below, factor)
+    return counts, shapes
+
+
+def _write_nifti(
+    labels: da.Array, path: str, volume: Volume, model: SegmentationModel, *, progress: bool
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """The labels into a temporary ``.nii`` beside ``path`` (one chunk at a time), then moved or compressed there."""
+    handle, written = tempfile.mkstemp(prefix=".pixseg-", suffix=".nii", dir=os.path.dirname(os.path.abspath(path)))
+    os.close(handle)
+    try:
+        voxels = create_nifti_labels(written, shape=volume.shape[:3], dtype=model.label_dtype, affine=volume.affine)  # type: ignore[arg-type]
+        counts = compute(store_counting(labels, voxels, model.n_clusters + 1), progress=progress)
+        finish_nifti(written, path)
+    finally:
+        if os.path.exists(written):
+            os.remove(written)
+    return counts, [volume.shape[:3]]
+
+
+def volume_statistics(counts: np.ndarray, voxel_volume: float) -> list[dict[str, Any]]:
+    """One row per label 1..K from ``counts`` (index 0 = no data): voxels, fraction, mm³, display colour."""
+    labelled = max(1, int(counts[1:].sum()))
+    colours = label_colours(len(counts) - 1)
+    return [
+        {
+            "label": label,
+            "voxels": int(counts[label]),
+            "fraction": int(counts[label]) / labelled,
+            "volume_mm3": int(counts[label]) * voxel_volume,
+            "colour_rgba": list(colours[label - 1]),
+        }
+        for label in range(1, len(counts))
+    ]
+
+
+def _drop_copy(volume: Volume, workdir: str) -> None:
+    """Remove the copy in ``workdir`` a ``.nii.gz`` input was converted into, if any."""
+    if not (is_nifti(volume.path) and volume.path.lower().endswith(".gz")):
+        return
+    from pixseg.io.readers.nifti import nifti_copy_path
+
+    copy = nifti_copy_path(volume.path, workdir)
+    if os.path.isdir(copy):
+        remove_output(copy)
