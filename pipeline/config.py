@@ -128,7 +128,7 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         value has the wrong type or is out of range; the message names the file and the key.
     """
     source = os.path.abspath(os.fspath(path))
-    data = _read_yaml(source)
+    data = read_yaml_mapping(source)
     from_overrides = set()
     for item in overrides:
         key, value = parse_override(item, source)
@@ -232,27 +232,42 @@ class _Context:
         return f"{self.source} (--set {key})" if from_set else self.source
 
 
-def _read_yaml(source: str) -> dict[str, Any]:
+def read_yaml_mapping(source: str, *, what: str = "config file") -> dict[str, Any]:
+    """The top-level mapping of the YAML file ``source``, read safely: bounded in size, no duplicate
+    keys, no alias bombs.
+
+    Parameters
+    ----------
+    source : str
+        Path of the YAML file.
+    what : str
+        How error messages name the file (``"config file"``, ``"classes file"``).
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, unreadable, too large, not YAML, repeats a key, or is not a mapping.
+    """
     try:
         with open(source, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
         if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config file {source!r} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+            raise ConfigError(f"{what} {source!r} is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
         data = _load_yaml(raw.decode("utf-8"))
     except FileNotFoundError as err:
-        raise ConfigError(f"config file {source!r} does not exist") from err
+        raise ConfigError(f"{what} {source!r} does not exist") from err
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {source!r} cannot be read: {err}") from err
+        raise ConfigError(f"{what} {source!r} cannot be read: {err}") from err
     except _DuplicateKeyError as err:
         raise ConfigError(f"{source}: line {err.line}: duplicate key {err.key!r}") from err
     except _TooLargeError as err:
-        raise ConfigError(f"config file {source!r} {err}") from err
+        raise ConfigError(f"{what} {source!r} {err}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {source!r} is not valid YAML: {' '.join(str(err).split())}") from err
+        raise ConfigError(f"{what} {source!r} is not valid YAML: {' '.join(str(err).split())}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {source!r}: expected a mapping of keys at the top, got {type(data).__name__}")
+        raise ConfigError(f"{what} {source!r}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data
 
 

@@ -49,6 +49,11 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
     chunk : int, optional
         Processing chunk edge for numpy input and for dask input whose chunks are not square
         tiles (default: about 1024; dask input keeps its own chunks otherwise).
+    volume : bool
+        Images are volumes, (Z, Y, X) or (Z, Y, X, C), segmented by voxel-wise features (see
+        :mod:`pixseg.volumes`); numpy input gets cubic chunks of ``chunk`` (default 128).
+    window : (float, float), optional
+        Volumes: clip intensities to (low, high) and scale that range (a CT window).
 
     Attributes
     ----------
@@ -81,6 +86,8 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         mask: str = "none",
         normalise: str = "auto",
         chunk: int | None = None,
+        volume: bool = False,
+        window: Any = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.features = features
@@ -91,6 +98,8 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         self.mask = mask
         self.normalise = normalise
         self.chunk = chunk
+        self.volume = volume
+        self.window = window
 
     def fit(self, image: Any, y: Any = None) -> PixelKMeans:
         """Sample ``image`` and fit the model (computes the sample, not the whole image).
@@ -120,7 +129,14 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
             sigmas=self.sigmas,
             mask=self.mask,
             normalise=self.normalise,
+            window=self.window,
         )
+        if self.volume:
+            from pixseg.volumes import check_window, fit_volume, volume_array
+
+            voxels = volume_array(image, chunk=self.chunk)
+            self._set_model(fit_volume(voxels, fit, window=check_window(self.window), progress=False))
+            return self
         read = ReadOptions(chunk=self.chunk)
         pixels = image_from_array(image, chunk=self.chunk)
         model, _ = sample_and_fit(pixels, fit, read=read, progress=False)
@@ -128,7 +144,7 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         return self
 
     def predict(self, image: Any) -> da.Array:
-        """Lazy labels of ``image``: a (Y, X) dask array, 1..K, 0 where masked or invalid.
+        """Lazy labels of ``image``: a (Y, X) (volumes: (Z, Y, X)) dask array, 1..K, 0 where masked or invalid.
 
         Nothing is computed, except the small automatic tissue mask with ``mask="auto"``.
 
@@ -138,6 +154,10 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
             If ``image`` has other channels or dtype than the image fitted.
         """
         check_is_fitted(self, "model_")
+        if self.volume:
+            from pixseg.volumes import check_window, volume_array, volume_labels
+
+            return volume_labels(volume_array(image, chunk=self.chunk), self.model_, window=check_window(self.window))
         from pixseg.plan import check_model_fits
 
         pixels = image_from_array(image, chunk=self.chunk)

@@ -43,7 +43,7 @@ import reprlib
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -147,6 +147,13 @@ class SegmentationModel:
             **({"preset": self.preset} if self.preset is not None else {}),
             **({"k_choice": self.k_choice.to_dict()} if self.k_choice is not None else {}),
         }
+
+    def reading_alpha(self, has_alpha: bool) -> SegmentationModel:
+        """This model for an input with (or without) a trailing alpha channel: the same clusters,
+        with alpha == 0 read as "no data" (label 0)."""
+        if has_alpha == self.feature_spec.has_alpha:
+            return self
+        return replace(self, feature_spec=replace(self.feature_spec, has_alpha=has_alpha))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentationModel:

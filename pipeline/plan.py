@@ -487,13 +487,16 @@ def check_writable_parent(path: str) -> None:
 
 
 def check_model_fits(spec: FeatureSpec, image: Image, model_path: str) -> None:
-    """Refuse a model fitted on another number of channels, alpha or dtype than ``image`` has."""
+    """Refuse a model fitted on another number of colour channels or dtype than ``image`` has.
+
+    An alpha channel may differ: it only marks pixels without data (label 0), so a model fitted on
+    an RGB TIFF labels an RGBA slide (OpenSlide's formats, PNG) as it labels the TIFF.
+    """
     channels = image.shape[2] - int(image.has_alpha)
-    if channels != spec.n_channels or image.has_alpha != spec.has_alpha:
+    if channels != spec.n_channels:
         raise ModelError(
-            f"model {model_path!r} was fitted on {spec.n_channels} colour channel(s)"
-            f"{' + alpha' if spec.has_alpha else ''}; input {image.path!r} has {channels}"
-            f"{' + alpha' if image.has_alpha else ''}"
+            f"model {model_path!r} was fitted on {spec.n_channels} colour channel(s); "
+            f"input {image.path!r} has {channels}"
         )
     if image.dtype.name != spec.dtype:
         raise ModelError(

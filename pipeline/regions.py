@@ -399,14 +399,17 @@ def measure_output(output: str, regions_path: str, *, progress: bool = False) ->
         raise InputError(f"{output!r} is incomplete (interrupted or still being written): finish it with --resume")
     height, width = status["levels"][0]
     regions = open_regions(regions_path, (int(height), int(width)))
+    size = status.get("pixel_size_um")
+    pixel_size = (float(size[0]), float(size[1])) if size else None
+    statistics = status.get("statistics") or []
     if tiff:
         import tifffile
         import zarr
 
-        level0 = zarr.open(tifffile.imread(output, aszarr=True, level=0), mode="r")
+        with tifffile.imread(output, aszarr=True, level=0) as store:
+            level0 = zarr.open(store, mode="r")
+            rows = measure_regions(regions, level0, statistics, pixel_size=pixel_size, progress=progress)
     else:
         level0 = open_label_levels(output)[0]
-    size = status.get("pixel_size_um")
-    pixel_size = (float(size[0]), float(size[1])) if size else None
-    rows = measure_regions(regions, level0, status.get("statistics") or [], pixel_size=pixel_size, progress=progress)
+        rows = measure_regions(regions, level0, statistics, pixel_size=pixel_size, progress=progress)
     return RegionAreas(rows, write_region_tables(label_side_base(output), rows, source=regions_path))

@@ -135,13 +135,13 @@ def read_classes(path: str, model: SegmentationModel) -> ClassTable | None:
     """
     if path.lower().endswith(".json"):
         other = model_from_document(read_model_document(path), path)
-        same = other.feature_spec == model.feature_spec and np.array_equal(other.centroids, model.centroids)
+        same = other.reading_alpha(model.feature_spec.has_alpha).feature_spec == model.feature_spec and np.array_equal(other.centroids, model.centroids)
         if not same:
             raise ModelError(f"model {path!r} has other clusters than the model the labels were made with")
         return other.classes
-    from pixseg.config import _read_yaml  # the same safe, bounded reader as run configs
+    from pixseg.config import read_yaml_mapping  # the same safe, bounded reader as run configs
 
-    return classes_from_mapping(_read_yaml(path), n_clusters=model.n_clusters, source=path)
+    return classes_from_mapping(read_yaml_mapping(path, what="classes file"), n_clusters=model.n_clusters, source=path)
 
 
 @dataclass(frozen=True)

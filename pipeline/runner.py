@@ -164,6 +164,7 @@ def apply(
     check_run_paths(plan, image, mask=mask, applied_model=model_path, workdir=read.workdir)
     regions = open_regions(output.regions, image.shape[:2])
     check_model_fits(model.feature_spec, image, model_path)
+    model = model.reading_alpha(image.has_alpha)
     fingerprint = job_fingerprint(image, read=read, output=output, model=model_document(model), mask=mask)
     with output_lock(lock_path_for(plan.side_base)):
         _warn_if_pixel_size_unknown(image, output)

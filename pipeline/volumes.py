@@ -32,7 +32,7 @@ import numpy as np
 
 from pixseg.colours import label_colours
 from pixseg.compute import compute
-from pixseg.errors import OutputExistsError, ParameterError
+from pixseg.errors import InputError, OutputExistsError, ParameterError
 from pixseg.feature_registry import FEATURE_REGISTRY
 from pixseg.features import FeatureSpec, compute_features, dtype_range, make_feature_spec, robust_channel_ranges
 from pixseg.io.label_groups import remove_output
@@ -45,7 +45,8 @@ from pixseg.io.label_volume import (
     reduce_level,
     store_counting,
 )
-from pixseg.io.readers.volume import Volume, is_nifti, open_volume
+from pixseg.io.readers import is_pixel_dtype
+from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK, Volume, is_nifti, open_volume
 from pixseg.model import SegmentationModel, fit_model
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.predict import build_labels
@@ -85,7 +86,8 @@ class VolumeResult:
             f"{'label':>5} {'voxels':>14} {'%':>7} {'volume mm^3':>14}",
         ]
         lines += [
-            f"{r['label']:>5} {r['voxels']:>14} {100 * r['fraction']:>7.2f} {r['volume_mm3']:>14.6g}" for r in self.statistics
+            f"{r['label']:>5} {r['voxels']:>14} {100 * r['fraction']:>7.2f} {r['volume_mm3']:>14.6g}"
+            for r in self.statistics
         ]
         return "\n".join(lines)
 
@@ -118,7 +120,9 @@ def volume_spec(
     spec_groups = make_feature_spec(features, n_channels=raw_sample.shape[1], has_alpha=False, dtype=dtype).groups
     spatial = [g for g in spec_groups if FEATURE_REGISTRY[g].kind != "colour"]
     if spatial:
-        raise ParameterError(f"--features {','.join(spatial)} is not available for volumes; use voxel-wise groups such as channels")
+        raise ParameterError(
+            f"--features {','.join(spatial)} is not available for volumes; use voxel-wise groups such as channels"
+        )
     n_channels = raw_sample.shape[1]
     if window is not None:
         ranges: Sequence[tuple[float, float]] = [window] * n_channels
@@ -140,7 +144,7 @@ def voxel_features(voxels: np.ndarray, spec: FeatureSpec, window: tuple[float, f
 def volume_features(data: da.Array, spec: FeatureSpec, window: tuple[float, float] | None) -> da.Array:
     """Lazy (Z, Y, X, F) float32 features of a (Z, Y, X, C) volume, chunk by chunk (voxel-wise, no halo)."""
     return data.map_blocks(
-        voxel_features,
+        voxel_features,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
         spec,
         window,
         chunks=(*data.chunks[:3], (len(spec.columns),)),
@@ -173,6 +177,31 @@ def fit_volume(
 def volume_labels(data: da.Array, model: SegmentationModel, *, window: tuple[float, float] | None) -> da.Array:
     """Lazy (Z, Y, X) labels 1..K of a (Z, Y, X, C) volume (0 for non-finite voxels), the same chunks."""
     return build_labels(volume_features(data, model.feature_spec, window), model)
+
+
+def volume_array(image: Any, *, chunk: int | None = None) -> da.Array:
+    """A (Z, Y, X) or (Z, Y, X, C) numpy, dask or xarray array as a (Z, Y, X, C) dask volume.
+
+    Dask input keeps its chunks unless ``chunk`` is given; numpy input gets cubic chunks of
+    ``chunk`` (default ``DEFAULT_VOLUME_CHUNK``). Computes nothing.
+
+    Raises
+    ------
+    InputError
+        For another number of dimensions, or a dtype that is neither integer nor float.
+    """
+    data = getattr(image, "data", image) if type(image).__module__.startswith("xarray") else image
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=chunk or DEFAULT_VOLUME_CHUNK)
+    elif chunk is not None:
+        data = data.rechunk(chunk)
+    if data.ndim == 3:
+        data = data[..., np.newaxis]
+    if data.ndim != 4:
+        raise InputError(f"a volume array has shape (Z, Y, X) or (Z, Y, X, C), got shape {tuple(data.shape)!r}")
+    if not is_pixel_dtype(np.dtype(data.dtype)):
+        raise InputError(f"a volume array has an integer or float dtype, got {np.dtype(data.dtype).name!r}")
+    return data.rechunk({3: -1})
 
 
 def segment_volume(
@@ -216,7 +245,13 @@ def segment_volume(
     workdir = read.workdir or os.path.dirname(os.path.abspath(output_path))
     volume = open_volume(input_path, chunk=read.chunk, series_uid=read.series_uid, workdir=workdir)
     try:
-        logger.info("volume %s: %s %s, spacing %s mm", volume.path, "x".join(map(str, volume.shape)), volume.dtype.name, volume.spacing)
+        logger.info(
+            "volume %s: %s %s, spacing %s mm",
+            volume.path,
+            "x".join(map(str, volume.shape)),
+            volume.dtype.name,
+            volume.spacing,
+        )
         model = fit_volume(volume.data, fit, window=window, progress=progress)
         labels = volume_labels(volume.data, model, window=window)
         if kind == ".zarr" and os.path.lexists(output_path):

@@ -136,3 +136,22 @@ def test_segment_takes_the_options_as_keywords(tmp_path, blob_tiff):
     assert sum(row["pixels"] for row in result.statistics) == 150 * 230
     with pytest.raises(OptionError, match="sample_size must be between 1 and"):
         pixseg.segment(blob_tiff, tmp_path / "other.zarr", sample_size=0)
+
+
+def test_a_model_fitted_without_alpha_labels_an_rgba_input(tmp_path, blob_image, blob_tiff):
+    """Alpha only marks pixels without data: an RGB model labels the RGBA copy of its image as it
+    labels the RGB image, with label 0 where alpha is 0 (OpenSlide's formats read as RGBA)."""
+    model_path = str(tmp_path / "model.json")
+    pixseg.PixelKMeans(n_clusters=4, seed=1).fit(blob_image).save(model_path)
+    alpha = np.full(blob_image.shape[:2], 255, np.uint8)
+    alpha[:40, :70] = 0
+    rgba_path = str(tmp_path / "blobs-rgba.tif")
+    rgba = np.dstack([blob_image, alpha])
+    tifffile.imwrite(rgba_path, rgba, tile=(64, 64), photometric="rgb", extrasamples=["unassalpha"])
+    pixseg.apply(model_path, blob_tiff, str(tmp_path / "rgb.zarr"))
+    pixseg.apply(model_path, rgba_path, str(tmp_path / "rgba.zarr"))
+    rgb_labels, rgba_labels = _labels(tmp_path / "rgb.zarr"), _labels(tmp_path / "rgba.zarr")
+    assert (rgba_labels[:40, :70] == 0).all()
+    opaque = alpha > 0
+    np.testing.assert_array_equal(rgba_labels[opaque], rgb_labels[opaque])
+    assert set(np.unique(rgb_labels[opaque])) == {1, 2, 3, 4}

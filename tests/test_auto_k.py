@@ -60,13 +60,14 @@ def test_knee_and_best_k():
     ks = list(range(2, 9))
     inertia = [100.0, 40.0, 10.0, 9.0, 8.0, 7.5, 7.0]  # the bend is at K=4
     assert knee_k(ks, inertia) == 4
-    table = [{"k": k, "inertia": i, "silhouette": -abs(k - 6), "calinski_harabasz": k} for k, i in zip(ks, inertia)]
+    table = [
+        {"k": k, "inertia": i, "silhouette": -abs(k - 6), "calinski_harabasz": k}
+        for k, i in zip(ks, inertia, strict=True)
+    ]
     assert (best_k(table, "inertia"), best_k(table, "silhouette"), best_k(table, "calinski_harabasz")) == (4, 6, 8)
 
 
-@pytest.mark.parametrize(
-    ("given", "expected"), [("auto", "auto:2-12"), ("AUTO:3-7", "auto:3-7"), ("5", 5), (6, 6)]
-)
+@pytest.mark.parametrize(("given", "expected"), [("auto", "auto:2-12"), ("AUTO:3-7", "auto:3-7"), ("5", 5), (6, 6)])
 def test_clusters_option_forms(given, expected):
     assert FitOptions(clusters=given).clusters == expected
 

@@ -1,4 +1,5 @@
-"""Inputs and outputs in object storage, against a real S3 server (moto's, on 127.0.0.1).
+"""Inputs and outputs in object storage, against a real S3 server (moto's, on 127.0.0.1), and
+TIFF byte ranges over HTTP (:mod:`benchmarks.range_server`, on 127.0.0.1).
 
 Labels read from and written to ``s3://`` must equal a local run's, read back independently
 with zarr; bad URLs and credentials must give one ``error:`` line without the secret.
@@ -6,6 +7,7 @@ with zarr; bad URLs and credentials must give one ``error:`` line without the se
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -22,7 +24,9 @@ import zarr
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
+from benchmarks.range_server import RangeServer  # noqa: E402
 from pixseg.cli import main  # noqa: E402
+from pixseg.io.readers import open_image  # noqa: E402
 from pixseg.io.remote import public_url  # noqa: E402
 
 #: Clearing fsspec's instance cache between tests drops s3fs clients whose aiohttp sessions are
@@ -69,6 +73,7 @@ def s3(endpoint, monkeypatch):
     fs.invalidate_cache()
     yield fs
     s3fs.S3FileSystem.clear_instance_cache()
+    gc.collect()  # their aiohttp sessions are reported here, where the warning filters above apply
 
 
 def _slide(size: int = 384) -> np.ndarray:
@@ -79,13 +84,27 @@ def _slide(size: int = 384) -> np.ndarray:
     return image
 
 
-@pytest.fixture
-def tiff(tmp_path, s3):
-    """A tiled zlib TIFF, local and in the bucket."""
-    path = tmp_path / "slide.tif"
+@pytest.fixture(scope="module")
+def slide_file(tmp_path_factory) -> str:
+    """A tiled zlib TIFF on local disk (shared by the module's tests: none modifies it)."""
+    path = tmp_path_factory.mktemp("slide") / "slide.tif"
     tifffile.imwrite(path, _slide(), tile=(128, 128), compression="zlib")
-    s3.put(str(path), "bkt/slide.tif")
-    return str(path), "s3://bkt/slide.tif"
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local_labels(slide_file, tmp_path_factory) -> np.ndarray:
+    """The labels of a local run on ``slide_file``: the reference every remote run must equal."""
+    output = str(tmp_path_factory.mktemp("local") / "local.zarr")
+    assert main(["segment", slide_file, output, *ARGS]) == 0
+    return _labels(output)
+
+
+@pytest.fixture
+def tiff(slide_file, s3):
+    """The slide, local and in the bucket."""
+    s3.put(slide_file, "bkt/slide.tif")
+    return slide_file, "s3://bkt/slide.tif"
 
 
 def _labels(path: str) -> np.ndarray:
@@ -112,12 +131,11 @@ def test_url_with_credentials_is_refused_without_echoing_them(capsys):
 
 
 @pytest.mark.slow
-def test_tiff_segment_from_s3_to_s3_equals_the_local_run(tmp_path, tiff, s3, capsys):
-    local, url = tiff
-    assert main(["segment", local, str(tmp_path / "local.zarr"), *ARGS]) == 0
-    assert main(["segment", url, "s3://bkt/out.zarr", *ARGS]) == 0
+def test_tiff_segment_and_apply_from_s3_to_s3_equal_the_local_run(tiff, s3, local_labels, capsys):
+    _, url = tiff
+    assert main(["segment", url, "s3://bkt/out.zarr", "--save-model", "s3://bkt/model.json", *ARGS]) == 0
     remote = _labels("s3://bkt/out.zarr")
-    assert np.array_equal(remote, _labels(str(tmp_path / "local.zarr")))
+    assert np.array_equal(remote, local_labels)
     assert set(np.unique(remote)) == {1, 2, 3}
     attrs = zarr.open_group("s3://bkt/out.zarr", mode="r").attrs.asdict()
     assert attrs["pixseg"]["complete"] is True
@@ -129,29 +147,22 @@ def test_tiff_segment_from_s3_to_s3_equals_the_local_run(tmp_path, tiff, s3, cap
         if not name.endswith(".png"):
             assert SECRET.encode() not in s3.cat_file(name)
     assert SECRET not in capsys.readouterr().err
+    assert main(["apply", "s3://bkt/model.json", url, "s3://bkt/b.zarr", "--chunk", "128", "--no-previews", "-q"]) == 0
+    assert np.array_equal(_labels("s3://bkt/b.zarr"), remote)
 
 
 @pytest.mark.slow
-def test_ome_zarr_from_s3_and_info(tmp_path, tiff, s3, capsys):
+def test_ome_zarr_from_s3_and_info(tiff, s3, local_labels, capsys):
     local, _ = tiff
     assert main(["convert", local, "s3://bkt/slide.zarr", "--chunk", "128", "-q"]) == 0
-    assert main(["segment", local, str(tmp_path / "local.zarr"), *ARGS]) == 0
     assert main(["segment", "s3://bkt/slide.zarr", "s3://bkt/out.zarr", *ARGS]) == 0
-    assert np.array_equal(_labels("s3://bkt/out.zarr"), _labels(str(tmp_path / "local.zarr")))
+    assert np.array_equal(_labels("s3://bkt/out.zarr"), local_labels)
     capsys.readouterr()
     assert main(["info", "s3://bkt/slide.zarr"]) == 0
     described = capsys.readouterr().out
     assert "ome-zarr" in described and "384" in described
     assert main(["info", "s3://bkt/out.zarr"]) == 0
     assert "complete" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_apply_and_model_in_s3_equal_segment(tiff, s3):
-    _, url = tiff
-    assert main(["segment", url, "s3://bkt/a.zarr", "--save-model", "s3://bkt/model.json", *ARGS]) == 0
-    assert main(["apply", "s3://bkt/model.json", url, "s3://bkt/b.zarr", "--chunk", "128", "--no-previews", "-q"]) == 0
-    assert np.array_equal(_labels("s3://bkt/a.zarr"), _labels("s3://bkt/b.zarr"))
 
 
 @pytest.mark.slow
@@ -221,7 +232,7 @@ def test_missing_backend_names_the_extra(monkeypatch, capsys):
 @pytest.mark.slow
 def test_killed_run_resumes_against_the_bucket(tmp_path, s3, endpoint):
     path = tmp_path / "big.tif"
-    tifffile.imwrite(path, _slide(1024), tile=(128, 128), compression="zlib")
+    tifffile.imwrite(path, _slide(768), tile=(128, 128), compression="zlib")
     s3.put(str(path), "bkt/big.tif")
     args = ["segment", "s3://bkt/big.tif", "s3://bkt/out.zarr", *ARGS]
     environment = {**os.environ, "AWS_ENDPOINT_URL": endpoint, **CREDENTIALS}
@@ -245,3 +256,22 @@ def test_killed_run_resumes_against_the_bucket(tmp_path, s3, endpoint):
     resumed = _labels("s3://bkt/out.zarr")
     assert main(["segment", str(path), str(tmp_path / "local.zarr"), *ARGS]) == 0
     assert np.array_equal(resumed, _labels(str(tmp_path / "local.zarr")))
+
+
+def test_tiff_region_over_http_ranges_equals_the_file_and_fetches_only_its_tiles(tmp_path):
+    image = _slide(640)
+    tifffile.imwrite(tmp_path / "slide.tif", image, tile=(64, 64), compression="zlib")
+    size = os.path.getsize(tmp_path / "slide.tif")
+    with RangeServer(str(tmp_path)) as server:
+        remote = open_image(f"{server.url}/slide.tif", chunk=128)
+        opened = server.bytes_sent
+        region = remote.data[200:330, 100:290].compute(scheduler="threads")
+        fetched = server.bytes_sent - opened
+    expected = tifffile.imread(tmp_path / "slide.tif")
+    assert np.array_equal(expected, image)
+    assert np.array_equal(region, expected[200:330, 100:290])
+    assert remote.source.reader == "tifffile" and remote.kind == "tiff"
+    # the region lies in 2x3 chunks of 128^2: 24 of the 120 tiles
+    assert 0 < fetched < size / 3
+    assert opened < size / 3  # opening reads the header and IFDs, not the pixels
+    gc.collect()

@@ -58,5 +58,7 @@ def test_the_preset_is_stored_in_the_model(tmp_path, capsys, blob_tiff):
     assert main([*argv, "--save-model", str(model_path), "-q"]) == 0
     capsys.readouterr()
     document = json.loads(model_path.read_text())
-    assert document["preset"] == "rgb-photo" and document["features"]["groups"] == list(PRESETS["rgb-photo"]["features"])
+    assert document["preset"] == "rgb-photo" and document["features"]["groups"] == list(
+        PRESETS["rgb-photo"]["features"]
+    )
     assert load_model(str(model_path)).preset == "rgb-photo"

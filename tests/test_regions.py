@@ -11,7 +11,6 @@ import pytest
 import shapely
 import shapely.geometry
 import tifffile
-import zarr
 
 from pixseg.cli import main
 from pixseg.errors import InputError
@@ -133,29 +132,43 @@ def test_cli_refuses_bad_regions_before_any_work(tmp_path, capsys, blob_tiff, co
     assert not out.exists()
 
 
+def _region_pixels(rows: list[dict], name: str) -> np.ndarray:
+    got = np.zeros(5, np.int64)
+    for row in rows:
+        if row["region"] == name:
+            got[int(row["label"])] = int(row["pixels"])
+    return got
+
+
 @pytest.mark.slow
-def test_segment_writes_region_areas_of_the_stored_labels(tmp_path, capsys, blob_image):
+def test_segment_and_the_regions_command_write_areas_of_the_stored_labels(tmp_path, capsys, blob_image):
     source = tmp_path / "b.tif"
     tifffile.imwrite(source, blob_image, tile=(64, 64), photometric="rgb")
     height, width = blob_image.shape[:2]
     big = {"type": "Polygon", "coordinates": [[[10.2, 5.3], [200.7, 20.1], [150.4, 140.2], [12.1, 90.3]]]}
     regions = tmp_path / "r.geojson"
     regions.write_text(json.dumps(_collection(_feature(big, {"name": "A"}), _feature(GEOMETRIES["multi"]))))
-    out = tmp_path / "out.zarr"
-    argv = ["segment", source, out, "-k", "4", "--chunk", "64", "--pixel-size", "0.5", "--regions", regions, "-q"]
-    code, stdout, _ = _run(capsys, *argv)
+    out, model = tmp_path / "out.tif", tmp_path / "m.json"
+    argv = ["segment", source, out, "-k", "4", "--chunk", "64", "--pixel-size", "0.5", "--regions", regions]
+    code, stdout, _ = _run(capsys, *argv, "--save-model", model, "-q")
     assert code == 0 and "region" in stdout
-    labels = zarr.open_group(out, mode="r")["0"][:]
+    labels = tifffile.imread(out)
     with open(f"{out}.regions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     for name, geometry in (("A", big), ("region 2", GEOMETRIES["multi"])):
         expected = np.bincount(labels[_shapely_inside(geometry, (height, width))], minlength=5)
-        got = np.zeros(5, np.int64)
-        for row in rows:
-            if row["region"] == name:
-                got[int(row["label"])] = int(row["pixels"])
-                assert float(row["area_um2"]) == pytest.approx(int(row["pixels"]) * 0.25)
-        np.testing.assert_array_equal(got, expected)
-    document = json.loads((tmp_path / "out.zarr.regions.json").read_text())
+        np.testing.assert_array_equal(_region_pixels(rows, name), expected)
+    for row in rows:
+        assert float(row["area_um2"]) == pytest.approx(int(row["pixels"]) * 0.25)
+    document = json.loads((tmp_path / "out.tif.regions.json").read_text())
     assert document["format"] == "pixseg-regions" and len(document["rows"]) == len(rows)
-    assert "<h2>Regions</h2>" in (tmp_path / "out.zarr.report.html").read_text()
+    assert "<h2>Regions</h2>" in (tmp_path / "out.tif.report.html").read_text()
+    # the same areas from the finished outputs: the TIFF, and a zarr written by apply
+    assert _run(capsys, "apply", model, source, tmp_path / "a.zarr", "--chunk", "64", "-q")[0] == 0
+    for output in (out, tmp_path / "a.zarr"):
+        code, stdout, _ = _run(capsys, "regions", output, regions, "-q")
+        assert code == 0 and "side files:" in stdout
+        written = json.loads((tmp_path / f"{output.name}.regions.json").read_text())["rows"]
+        assert [r["pixels"] for r in written] == [int(r["pixels"]) for r in rows]
+    code, _, err = _run(capsys, "regions", source, regions)
+    assert code == 2 and "is not a pixseg label output" in err

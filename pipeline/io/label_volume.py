@@ -63,7 +63,7 @@ def store_counting(labels: da.Array, target: Any, n_values: int) -> da.Array:
     """
     n_blocks = [len(c) for c in labels.chunks]
     counts = labels.map_blocks(
-        _write_block,
+        _write_block,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
         target,
         n_values,
         new_axis=3,
@@ -160,7 +160,9 @@ def pyramid_factors(shape: tuple[int, int, int], spacing: tuple[float, float, fl
     return factors
 
 
-def create_volume_label_zarr(path: str, *, shapes: list[tuple[int, ...]], chunks: tuple[int, int, int], dtype: np.dtype) -> list[zarr.Array]:
+def create_volume_label_zarr(
+    path: str, *, shapes: list[tuple[int, ...]], chunks: tuple[int, int, int], dtype: np.dtype
+) -> list[zarr.Array]:
     """Create an empty, incomplete OME-Zarr (NGFF 0.5) label group, one array per level (``0``, ``1``...).
 
     Raises
@@ -189,7 +191,7 @@ def create_volume_label_zarr(path: str, *, shapes: list[tuple[int, ...]], chunks
 def reduce_level(above: zarr.Array, below: zarr.Array, factor: tuple[int, int, int]) -> None:
     """Write ``below`` as every ``factor``-th voxel of the stored level ``above`` (computes)."""
     strided = da.from_zarr(above)[:: factor[0], :: factor[1], :: factor[2]]
-    da.store(strided.rechunk(below.chunks), below, lock=False)
+    da.store(strided.rechunk(below.chunks), below, lock=False)  # type: ignore[arg-type]  # a zarr array is a target
 
 
 def finish_volume_label_zarr(
@@ -209,7 +211,9 @@ def finish_volume_label_zarr(
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": list(scale)}]})
     image_label = {
         "colors": [{"label-value": row["label"], "rgba": list(row["colour_rgba"])} for row in rows],
-        "properties": [{"label-value": row["label"], "voxels": row["voxels"], "volume_mm3": row["volume_mm3"]} for row in rows],
+        "properties": [
+            {"label-value": row["label"], "voxels": row["voxels"], "volume_mm3": row["volume_mm3"]} for row in rows
+        ],
     }
     ome = {"multiscales": [{"name": "labels", "axes": axes, "datasets": datasets}], "image-label": image_label}
     finalise_label_zarr(path, ngff="0.5", ome=ome, extra=extra)

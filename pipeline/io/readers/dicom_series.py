@@ -109,7 +109,9 @@ def open_dicom_series(path: str, *, chunk: int | None, series_uid: str | None) -
         if not slices:
             raise InputError(f"folder {path!r} holds no series {series_uid!r}; its series: {', '.join(series)}")
     elif len(series) > 1:
-        raise InputError(f"folder {path!r} mixes {len(series)} series; pick one with --series-uid ({', '.join(series)})")
+        raise InputError(
+            f"folder {path!r} mixes {len(series)} series; pick one with --series-uid ({', '.join(series)})"
+        )
     first = slices[0]
     for item in slices:
         _check_same(path, first, item)
@@ -130,7 +132,9 @@ def open_dicom_series(path: str, *, chunk: int | None, series_uid: str | None) -
     dtype = np.dtype(np.float32) if np.any(rescale != (1.0, 0.0)) else _stored_dtype(first.path)
     regions = DicomSlices(tuple(s.path for s in slices), rescale, shape, dtype)
     token = [(s.path, os.stat(s.path).st_mtime_ns) for s in slices]
-    data = lazy_volume(regions, shape=shape, dtype=dtype, chunks=volume_chunks(shape[:3], chunk, whole_slices=True), token=token)
+    data = lazy_volume(
+        regions, shape=shape, dtype=dtype, chunks=volume_chunks(shape[:3], chunk, whole_slices=True), token=token
+    )
     spacing = check_spacing((step, row_spacing, column_spacing), path)
     return Volume(path=path, kind="dicom", data=data, spacing=spacing, affine=_LPS_TO_RAS @ lps, reader="pydicom")
 
@@ -162,7 +166,9 @@ def _read_header(file: str) -> _Slice | None:
             intercept=float(data.get("RescaleIntercept", 0.0)),
         )
     except (AttributeError, TypeError, ValueError) as err:
-        raise InputError(f"DICOM slice {file!r} lacks its geometry ({err}); a series needs position, orientation, spacing") from err
+        raise InputError(
+            f"DICOM slice {file!r} lacks its geometry ({err}); a series needs position, orientation, spacing"
+        ) from err
 
 
 def _check_same(path: str, first: _Slice, other: _Slice) -> None:

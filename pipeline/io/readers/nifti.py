@@ -28,7 +28,6 @@ from pixseg.io.readers.volume import (
     Volume,
     check_spacing,
     lazy_volume,
-    spacing_of,
     volume_chunks,
 )
 
@@ -81,7 +80,9 @@ class NiftiRegions:
 
     def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> np.ndarray:
         zs, ys, xs, cs = key
-        stored = np.memmap(self.path, dtype=self.raw_dtype, mode="r", offset=self.offset, shape=self.file_shape, order="F")
+        stored = np.memmap(
+            self.path, dtype=self.raw_dtype, mode="r", offset=self.offset, shape=self.file_shape, order="F"
+        )
         block = stored[xs, ys, zs, cs] if len(self.file_shape) > 3 else stored[xs, ys, zs, np.newaxis][..., cs]
         return scale_voxels(np.ascontiguousarray(block.transpose(2, 1, 0, 3)), self.slope, self.inter)
 
@@ -112,7 +113,7 @@ def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
     import nibabel as nib
 
     try:
-        image = nib.load(path)
+        image: Any = nib.load(path)
     except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as err:
         raise InputError(f"cannot read NIfTI {path!r}: {err}") from err
     header = image.header
@@ -127,7 +128,7 @@ def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
     if not path.lower().endswith(".gz"):
         regions = NiftiRegions(
             path,
-            offset=int(header.get_data_offset()),
+            offset=int(image.dataobj.offset),  # nibabel's reading of vox_offset (0 means after the header)
             raw_dtype=header.get_data_dtype(),
             file_shape=file_shape,
             slope=slope,
@@ -143,7 +144,10 @@ def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
         return Volume(path=path, kind="nifti", data=data, spacing=spacing, affine=affine, reader="nibabel")
     copy = nifti_copy_path(path, workdir)
     if not _copy_complete(copy):
-        _convert_gz(path, copy, header=header, file_shape=file_shape, slope=slope, inter=inter, spacing=spacing)
+        offset = int(image.dataobj.offset)
+        _convert_gz(
+            path, copy, offset=offset, header=header, file_shape=file_shape, slope=slope, inter=inter, spacing=spacing
+        )
     converted = open_zarr_volume(copy, chunk=chunk)
     return Volume(path=path, kind="nifti", data=converted.data, spacing=spacing, affine=affine, reader="nibabel")
 
@@ -170,7 +174,8 @@ def _copy_complete(copy: str) -> bool:
     if not os.path.isdir(copy):
         return False
     try:
-        return bool(zarr.open_group(copy, mode="r").attrs.get("pixseg", {}).get("complete"))
+        attrs: dict[str, Any] = zarr.open_group(copy, mode="r").attrs.asdict()
+        return bool(attrs.get("pixseg", {}).get("complete"))
     except (OSError, ValueError, KeyError, zarr.errors.NodeTypeValidationError):
         return False
 
@@ -179,6 +184,7 @@ def _convert_gz(
     path: str,
     copy: str,
     *,
+    offset: int,
     header: Any,
     file_shape: tuple[int, ...],
     slope: float,
@@ -207,7 +213,7 @@ def _convert_gz(
     slice_bytes = i * j * raw_dtype.itemsize
     try:
         with ImageOpener(path, "rb") as stream:
-            stream.seek(int(header.get_data_offset()))
+            stream.seek(offset)
             for channel in range(n_channels):  # Fortran order: the 4th axis varies slowest
                 for start in range(0, k, depth):
                     stop = min(start + depth, k)
@@ -218,11 +224,11 @@ def _convert_gz(
                     array[start:stop, :, :, channel] = scale_voxels(raw.transpose(2, 1, 0), slope, inter)
     except (OSError, EOFError) as err:
         raise InputError(f"cannot read NIfTI {path!r}: {err}") from err
-    axes = [{"name": "z", "type": "space", "unit": "millimeter"}, {"name": "y", "type": "space", "unit": "millimeter"}]
-    axes += [{"name": "x", "type": "space", "unit": "millimeter"}, {"name": "c", "type": "channel"}]
-    scale = [*spacing, 1.0]
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+    axes: list[Any] = [{"name": axis, "type": "space", "unit": "millimeter"} for axis in "zyx"]
+    axes.append({"name": "c", "type": "channel"})
+    datasets: list[Any] = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [*spacing, 1.0]}]}]
+    multiscales: list[Any] = [{"axes": axes, "datasets": datasets}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
     group.attrs["pixseg"] = {"complete": True, "source": os.path.abspath(path)}
 
 
@@ -240,7 +246,7 @@ def open_zarr_volume(path: str, *, chunk: int | None) -> Volume:
 
     try:
         group = zarr.open_group(path, mode="r")
-        attrs = group.attrs.asdict()
+        attrs: dict[str, Any] = group.attrs.asdict()
         multiscale = (attrs.get("ome", attrs).get("multiscales") or [None])[0]
         axes = [str(axis["name"]).lower() for axis in multiscale["axes"]]
         dataset = multiscale["datasets"][0]

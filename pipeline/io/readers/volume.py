@@ -89,8 +89,10 @@ def is_volume_input(path: str, *, volume: bool = False) -> bool:
         return True
     if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
         from pixseg.io.readers.dicom_series import looks_like_dicom_folder
+        from pixseg.io.readers.openslide_slides import sniff_dicom_directory
 
-        return looks_like_dicom_folder(path)
+        # a DICOM WSI (VL whole-slide instances, which OpenSlide recognises) is a 2-D slide
+        return looks_like_dicom_folder(path) and not sniff_dicom_directory(path)
     return volume
 
 

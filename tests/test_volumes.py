@@ -1,0 +1,219 @@
+"""3-D volumes: NIfTI and DICOM readers, the 3-D sample, labels, NIfTI and OME-Zarr label outputs."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+import pixseg
+from pixseg.cli import main
+from pixseg.io.label_volume import pyramid_factors
+from pixseg.io.readers.volume import open_volume
+from pixseg.options import FitOptions
+from pixseg.volume_sampling import plan_volume_blocks, sample_voxels
+from pixseg.volumes import fit_volume, voxel_features
+
+nib = pytest.importorskip("nibabel")
+pydicom = pytest.importorskip("pydicom")
+
+#: (centre z, y, x, radius, intensity) of the phantom's spheres; background 100.
+SPHERES = ((11, 17, 12, 7, 400.0), (12, 18, 29, 6, 800.0), (5, 6, 6, 4, 1200.0))
+
+
+def make_phantom(shape: tuple[int, int, int] = (23, 37, 41), *, seed: int = 0, noise: float = 25.0) -> np.ndarray:
+    """Spheres of known intensities in Gaussian noise, float32 (Z, Y, X)."""
+    z, y, x = np.indices(shape)
+    volume = np.full(shape, 100.0)
+    for cz, cy, cx, radius, value in SPHERES:
+        volume[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < radius**2] = value
+    return (volume + np.random.default_rng(seed).normal(0.0, noise, shape)).astype(np.float32)
+
+
+def _cli(capsys, *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_phantom_labels_match_sklearn_and_any_chunking_or_scheduler():
+    phantom = make_phantom()
+    reference = KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(phantom.reshape(-1, 1))
+    runs = []
+    for chunks, scheduler in (((7, 11, 13), "threads"), ((16, 16, 16), "sync"), ((23, 5, 41), "threads")):
+        estimator = pixseg.PixelKMeans(n_clusters=4, volume=True, sample_size=20_000)
+        with dask.config.set(scheduler=scheduler):
+            labels = estimator.fit_predict(da.from_array(phantom, chunks=chunks)).compute()
+        runs.append(labels)
+    assert runs[0].shape == phantom.shape and set(np.unique(runs[0])) == {1, 2, 3, 4}
+    assert adjusted_rand_score(reference, runs[0].ravel()) >= 0.99
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+def test_sample_depends_on_seed_shape_and_voxels_only():
+    phantom = make_phantom((40, 30, 50))
+    first = sample_voxels(
+        da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), sample_size=500, seed=3, progress=False
+    )
+    again = sample_voxels(
+        da.from_array(phantom[..., None], chunks=(40, 30, 50, 1)), sample_size=500, seed=3, progress=False
+    )
+    other = sample_voxels(
+        da.from_array(phantom[..., None], chunks=(40, 30, 50, 1)), sample_size=500, seed=4, progress=False
+    )
+    assert first.shape == (500, 1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert set(first[:, 0]) <= set(phantom.ravel().astype(np.float64))
+
+
+def test_stratified_blocks_cover_the_volume():
+    shape = (70, 45, 90)
+    regions, weights = plan_volume_blocks(shape, stride=2, seed=5, block=8)
+    cube_voxels = np.prod(regions[:, 3:] - regions[:, :3], axis=1)
+    assert np.isclose((weights * cube_voxels).sum(), np.prod(shape))  # the strata tile the volume
+    assert len(regions) == np.prod([math.ceil(math.ceil(n / 8) / 2) for n in shape])  # one cube per stratum
+    assert np.all(regions[:, 3:] <= shape) and np.all(regions[:, :3] % 8 == 0)
+    again, _ = plan_volume_blocks(shape, stride=2, seed=5, block=8)
+    np.testing.assert_array_equal(regions, again)
+
+
+def test_window_clips_then_scales():
+    raw = np.array([[-2000.0], [40.0], [5000.0], [np.nan]], dtype=np.float32)
+    model = fit_volume(
+        da.from_array(make_phantom()[..., None] - 1000, chunks=(8, 8, 8, 1)),
+        FitOptions(clusters=3, sample_size=2000),
+        window=(-160.0, 240.0),
+        progress=False,
+    )
+    features = voxel_features(raw[:, None, :], model.feature_spec, (-160.0, 240.0))[:, 0, 0]
+    np.testing.assert_allclose(features[:3], [0.0, 0.5, 1.0])
+    assert np.isnan(features[3])
+
+
+def test_pyramid_factors_stride_fine_axes_until_near_isotropic():
+    factors = pyramid_factors((100, 512, 512), (3.0, 0.75, 0.75))
+    assert factors[:3] == [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    spacing = np.array([3.0, 0.75, 0.75]) * np.prod(factors[:2], axis=0)
+    assert spacing.max() / spacing.min() <= np.sqrt(2)
+    assert pyramid_factors((40, 50, 60), (1.0, 1.0, 1.0)) == []
+
+
+@pytest.mark.slow
+def test_nifti_labels_keep_the_affine_and_orientation(tmp_path, capsys):
+    from nibabel.testing import data_path
+
+    source = os.path.join(data_path, "anatomical.nii")  # big-endian int16, 33 x 41 x 25, 2 mm
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, _ = _cli(capsys, "segment", source, out, "--clusters", "3", "--chunk", "16")
+    assert code == 0 and "labels 1..3" in stdout
+    scan, labels = nib.load(source), nib.load(str(out))
+    assert labels.shape == scan.shape and labels.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(labels.affine, scan.affine)
+    # the same model on nibabel's own array, transposed to (Z, Y, X), gives the same labels in place
+    in_memory = np.asarray(scan.dataobj).transpose(2, 1, 0)
+    expected = pixseg.PixelKMeans(n_clusters=3, volume=True).fit_predict(in_memory).compute()
+    np.testing.assert_array_equal(np.asarray(labels.dataobj).transpose(2, 1, 0), expected)
+
+
+@pytest.mark.slow
+def test_compressed_4d_nifti_to_ome_zarr_labels(tmp_path, capsys):
+    from nibabel.testing import data_path
+
+    source = os.path.join(data_path, "example4d.nii.gz")  # 128 x 96 x 24 x 2, 2 x 2 x 2.2 mm
+    out = tmp_path / "out.zarr"
+    code, _, _ = _cli(capsys, "segment", source, out, "--clusters", "4", "--workdir", tmp_path / "work")
+    assert code == 0
+    assert os.listdir(tmp_path / "work") == []  # the converted copy is removed after the run
+    group = zarr.open_group(str(out), mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
+    assert {a["unit"] for a in multiscale["axes"]} == {"millimeter"}
+    zooms = nib.load(source).header.get_zooms()[:3]
+    scale0 = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    np.testing.assert_allclose(scale0, zooms[::-1], rtol=1e-6)
+    level0 = group["0"][:]
+    assert level0.shape == (24, 96, 128)
+    scale1 = multiscale["datasets"][1]["coordinateTransformations"][0]["scale"]
+    factor = tuple(round(b / a) for a, b in zip(scale0, scale1, strict=True))
+    assert factor == (2, 2, 2)  # 2.2 x 2 x 2 mm is near-isotropic: every axis is strided
+    np.testing.assert_array_equal(group["1"][:], level0[::2, ::2, ::2])
+    stats = group.attrs["pixseg"]["statistics"]
+    assert sum(row["voxels"] for row in stats) == level0.size
+    assert stats[0]["volume_mm3"] == pytest.approx(stats[0]["voxels"] * np.prod(zooms), rel=1e-6)
+
+
+def _write_series(folder, pixels: np.ndarray, *, spacing=(0.7, 0.6), step=2.5, uid=None, positions=None) -> str:
+    """``pixels`` (Z, Y, X) uint16 as one CT slice file each, under shuffled random names."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    os.makedirs(folder, exist_ok=True)
+    uid = uid or generate_uid()
+    names = [f"{random.Random(i).getrandbits(40):x}.dcm" for i in range(len(pixels))]
+    random.Random(7).shuffle(names)
+    for index, (plane, name) in enumerate(zip(pixels, names, strict=True)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID, ds.Modality = uid, "CT"
+        ds.Rows, ds.Columns = plane.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        z = positions[index] if positions is not None else -40.0 + step * index
+        ds.ImagePositionPatient = [-12.5, 30.0, z]
+        ds.PixelSpacing = list(spacing)
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = plane.astype(np.uint16).tobytes()
+        pydicom.dcmwrite(os.path.join(folder, name), ds, enforce_file_format=True)
+    return uid
+
+
+def test_dicom_series_sorted_by_position_with_spacing_and_hu(tmp_path, capsys):
+    pixels = (make_phantom((6, 16, 20), noise=5.0) + 1024).astype(np.uint16)
+    folder = tmp_path / "series"
+    _write_series(folder, pixels)
+    volume = open_volume(str(folder))
+    assert volume.spacing == pytest.approx((2.5, 0.7, 0.6))
+    np.testing.assert_array_equal(volume.data[..., 0].compute(), pixels.astype(np.float32) - 1024)
+    expected_affine = np.array([[-0.6, 0, 0, 12.5], [0, -0.7, 0, -30.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(volume.affine, expected_affine)
+    out = tmp_path / "labels.nii.gz"
+    code, _, _ = _cli(capsys, "segment", folder, out, "--clusters", "2", "--window=-160,240")
+    assert code == 0
+    labels = nib.load(str(out))
+    np.testing.assert_allclose(labels.affine, expected_affine)
+    assert labels.shape == (20, 16, 6)
+
+
+@pytest.mark.parametrize("defect", ["gap", "mixed"])
+def test_bad_dicom_series_exits_2_with_one_line(tmp_path, capsys, defect):
+    pixels = np.full((5, 8, 8), 1000, dtype=np.uint16)
+    folder = tmp_path / "series"
+    if defect == "gap":
+        _write_series(folder, pixels, positions=[0.0, 2.5, 5.0, 10.0, 12.5])
+    else:
+        _write_series(folder, pixels)
+        other = _write_series(folder, pixels[:2])
+    code, stdout, stderr = _cli(capsys, "segment", folder, tmp_path / "out.nii.gz", "--clusters", "2")
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert ("uneven slice positions" if defect == "gap" else "--series-uid") in lines[0]
+    if defect == "mixed":
+        assert open_volume(str(folder), series_uid=other).shape == (2, 8, 8, 1)
