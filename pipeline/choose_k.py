@@ -2,10 +2,11 @@
 
 Every K of the range is fitted with the same dask-ml fit as the final model
 (:func:`pixseg.model.fit_model`), on the first ``SCORE_ROWS`` rows of a seeded permutation of the
-sample, with ``SCORE_RESTARTS`` k-means run (k-means++ seeded), single-threaded. Each fit is scored on that subsample: its inertia
-(squared, standardised), the Calinski-Harabasz index, and the mean silhouette of a fixed seeded
-subsample of ``SILHOUETTE_ROWS`` of those rows. The K of highest silhouette is chosen (ties: the
-smaller K), then fitted on the whole sample as any fixed K is.
+sample, with ``SCORE_RESTARTS`` k-means run (k-means++ seeded), single-threaded. Each fit is
+scored on that subsample: its inertia (squared, standardised), the Calinski-Harabasz index, and
+the mean silhouette of a fixed seeded subsample of ``SILHOUETTE_ROWS`` of those rows. The K of
+highest silhouette is chosen (ties: the smaller K), then fitted on the whole sample as any fixed
+K is.
 
 Why the silhouette: on well-separated synthetic data of 3, 5 and 8 classes and on the test
 fixtures, it found the true K where the knee of the inertia curve (:func:`knee_k`) chose too few

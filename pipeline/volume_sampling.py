@@ -15,7 +15,9 @@ function of the voxel's own values.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -27,6 +29,7 @@ from pixseg.sampling import (
     READ_PER_SAMPLED,
     Candidates,
     candidate_threshold,
+    chunk_candidates,
     derived_seed,
     merge_candidates,
     pixel_keys,
@@ -92,38 +95,65 @@ def cube_candidates(
 ) -> Candidates:
     """Candidates of one cube of raw voxels (d, h, w, C): the valid ones whose weighted key is below ``threshold``.
 
-    A voxel is valid when all its channels are finite. ``vectors`` holds the raw values as float64.
+    A voxel is valid when all its channels are finite. Each z-slice of the cube is a block of
+    :func:`pixseg.sampling.chunk_candidates` whose rows are the volume's ``z * Y + y``, so keys and
+    positions are the linear ``(z * Y + y) * X + x``. ``vectors`` holds the raw values as float64.
     """
-    values = voxels.reshape(-1, voxels.shape[-1]).astype(np.float64)
-    z, y, x = (a.ravel() for a in np.indices(voxels.shape[:3]))
-    rows = (z + origin[0]) * shape[1] + y + origin[1]
-    cols = x + origin[2]
-    valid = np.isfinite(values).all(axis=1)
-    keys = pixel_keys(rows, cols, width=shape[2], seed=seed) / weight
-    picked = valid & (keys < threshold)
-    return Candidates(
-        keys=keys[picked],
-        positions=rows[picked] * shape[2] + cols[picked],
-        vectors=values[picked],
-        n_valid=int(valid.sum()),
-        valid_estimate=float(valid.sum()) * weight,
+    values = voxels.astype(np.float64)
+    values[..., 0][~np.isfinite(values).all(axis=-1)] = np.nan
+    top = (origin[0] + np.arange(voxels.shape[0])) * shape[1] + origin[1]
+    return merge_candidates(
+        [
+            chunk_candidates(
+                plane, origin=(int(row), origin[2]), width=shape[2], seed=seed, threshold=threshold, weight=weight
+            )
+            for plane, row in zip(values, top, strict=True)
+        ]
     )
 
 
-def sample_voxels(data: Any, *, sample_size: int, seed: int, progress: bool) -> np.ndarray:
-    """The deterministic sample of a (Z, Y, X, C) dask volume: raw voxel values, (n, C) float64.
+def sample_voxels(
+    data: Any,
+    *,
+    sample_size: int,
+    seed: int,
+    progress: bool,
+    featurise: Callable[[np.ndarray], np.ndarray] | None = None,
+    depth: tuple[int, int, int] = (0, 0, 0),
+) -> np.ndarray:
+    """The deterministic sample of a (Z, Y, X, C) dask volume (computes; reads only the planned cubes).
 
-    Reads only the planned cubes (computes). ``n`` is ``sample_size``, or every valid voxel of the
-    cubes when fewer; a second pass with a higher threshold runs when invalid voxels left too
-    few candidates.
+    Parameters
+    ----------
+    data : dask.array.Array
+        Shape (Z, Y, X, C).
+    sample_size : int
+        Voxels wanted.
+    seed : int
+        The run's seed.
+    progress : bool
+        Progress on stderr.
+    featurise : callable, optional
+        Maps a block of raw voxels (d, h, w, C) to its features (d, h, w, F), NaN marking invalid
+        voxels; each cube is read with ``depth`` voxels of context on each side (fewer at the
+        volume's edges) and its features cut to the cube. By default the raw voxels are sampled.
+    depth : (int, int, int)
+        Context ``featurise`` needs along (z, y, x).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, C) raw values or (n, F) features, float64: ``n`` is ``sample_size``, or every valid
+        voxel of the cubes when fewer. A second pass with a higher threshold runs when invalid
+        voxels left too few candidates.
     """
     shape = tuple(int(n) for n in data.shape[:3])
     regions, weights = plan_volume_blocks(shape, stride=volume_stride(shape, sample_size), seed=seed)  # type: ignore[arg-type]
     threshold = candidate_threshold(sample_size, float(math.prod(shape)))
-    candidates = _candidates(data, regions, weights, shape, seed=seed, threshold=threshold, progress=progress)
+    pass_ = functools.partial(_candidates, data, regions, weights, featurise=featurise, depth=depth, seed=seed)
+    candidates = pass_(threshold=threshold, progress=progress)
     if len(candidates.keys) < sample_size and threshold < 1.0 and candidates.valid_estimate > 0:
-        threshold = candidate_threshold(sample_size, candidates.valid_estimate) * 2
-        candidates = _candidates(data, regions, weights, shape, seed=seed, threshold=threshold, progress=progress)
+        candidates = pass_(threshold=candidate_threshold(sample_size, candidates.valid_estimate) * 2, progress=progress)
     return take_sample(candidates, sample_size)
 
 
@@ -131,22 +161,33 @@ def _candidates(
     data: Any,
     regions: np.ndarray,
     weights: np.ndarray,
-    shape: tuple[int, ...],
     *,
+    featurise: Callable[[np.ndarray], np.ndarray] | None,
+    depth: tuple[int, int, int],
     seed: int,
     threshold: float,
     progress: bool,
 ) -> Candidates:
-    pick = dask.delayed(cube_candidates, pure=True)
-    parts = [
-        pick(
-            data[z0:z1, y0:y1, x0:x1],
-            origin=(int(z0), int(y0), int(x0)),
-            shape=shape,
-            seed=seed,
-            threshold=threshold,
-            weight=float(weight),
+    shape = tuple(int(n) for n in data.shape[:3])
+    pick = dask.delayed(_cube_candidates, pure=True)
+    parts = []
+    for region, weight in zip(regions, weights, strict=True):
+        starts, stops = region[:3], region[3:]
+        lows = [max(0, int(a) - d) for a, d in zip(starts, depth, strict=True)]
+        highs = [min(n, int(b) + d) for b, d, n in zip(stops, depth, shape, strict=True)]
+        cube = tuple(slice(int(a) - lo, int(b) - lo) for a, b, lo in zip(starts, stops, lows, strict=True))
+        block = data[lows[0] : highs[0], lows[1] : highs[1], lows[2] : highs[2]]
+        origin = (int(starts[0]), int(starts[1]), int(starts[2]))
+        parts.append(
+            pick(
+                block, featurise, cube, origin=origin, shape=shape, seed=seed, threshold=threshold, weight=float(weight)
+            )
         )
-        for (z0, y0, x0, z1, y1, x1), weight in zip(regions, weights, strict=True)
-    ]
     return compute(dask.delayed(merge_candidates, pure=True)(parts), progress=progress)  # type: ignore[no-any-return]
+
+
+def _cube_candidates(
+    block: np.ndarray, featurise: Callable[[np.ndarray], np.ndarray] | None, cube: tuple[slice, ...], **kwargs: Any
+) -> Candidates:
+    values = block if featurise is None else featurise(block)
+    return cube_candidates(values[cube], **kwargs)

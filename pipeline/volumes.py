@@ -19,6 +19,7 @@ fraction and volume in mm³ per label.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -29,7 +30,9 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.array.overlap import ensure_minimum_chunksize
 
+from pixseg import feature_kernels as kernels
 from pixseg.colours import label_colours
 from pixseg.compute import compute
 from pixseg.errors import InputError, OutputExistsError, ParameterError
@@ -48,9 +51,11 @@ from pixseg.io.label_volume import (
 from pixseg.io.readers import is_pixel_dtype
 from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK, Volume, is_nifti, open_volume
 from pixseg.model import SegmentationModel, fit_model
-from pixseg.options import FitOptions, ReadOptions
+from pixseg.normalise import scaled_channels
+from pixseg.options import DEFAULT_SIGMAS, FitOptions, ReadOptions
 from pixseg.predict import build_labels
 from pixseg.volume_sampling import sample_voxels
+from pixseg.volume_texture import VOLUME_TEXTURE_GROUPS, texture_column, texture_halo
 
 logger = logging.getLogger(__name__)
 
@@ -109,74 +114,162 @@ def volume_spec(
     features: Sequence[str],
     normalise: str,
     window: tuple[float, float] | None,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
 ) -> FeatureSpec:
     """The feature spec of a volume of ``dtype`` whose sampled raw voxels are ``raw_sample`` (n, C).
 
     Raises
     ------
     ParameterError
-        For a feature group that is not voxel-wise (texture and coordinates are 2-D only so far).
+        For a feature group that is neither voxel-wise nor a 3-D texture group
+        (:data:`~pixseg.volume_texture.VOLUME_TEXTURE_GROUPS`).
     """
-    spec_groups = make_feature_spec(features, n_channels=raw_sample.shape[1], has_alpha=False, dtype=dtype).groups
-    spatial = [g for g in spec_groups if FEATURE_REGISTRY[g].kind != "colour"]
-    if spatial:
-        raise ParameterError(
-            f"--features {','.join(spatial)} is not available for volumes; use voxel-wise groups such as channels"
-        )
     n_channels = raw_sample.shape[1]
+    groups = make_feature_spec(features, n_channels=n_channels, has_alpha=False, dtype=dtype).groups
+    other = [g for g in groups if FEATURE_REGISTRY[g].kind != "colour" and g not in VOLUME_TEXTURE_GROUPS]
+    if other:
+        choices = ", ".join(VOLUME_TEXTURE_GROUPS)
+        raise ParameterError(
+            f"--features {','.join(other)} is not available for volumes; use voxel-wise groups or {choices}"
+        )
     if window is not None:
         ranges: Sequence[tuple[float, float]] = [window] * n_channels
     elif normalise == "robust" or (normalise == "auto" and np.dtype(dtype) != np.uint8):
         ranges = robust_channel_ranges(raw_sample)
     else:
         ranges = [dtype_range(dtype)] * n_channels
-    return make_feature_spec(spec_groups, n_channels=n_channels, has_alpha=False, dtype=dtype, channel_ranges=ranges)
-
-
-def voxel_features(voxels: np.ndarray, spec: FeatureSpec, window: tuple[float, float] | None) -> np.ndarray:
-    """Features of a block of raw voxels (..., C) -> (..., F) float32: clipped to ``window`` first,
-    NaN for non-finite voxels. The input is not modified."""
-    if window is not None:
-        voxels = np.clip(voxels, *window).astype(voxels.dtype, copy=False)
-    return compute_features(voxels, spec)
-
-
-def volume_features(data: da.Array, spec: FeatureSpec, window: tuple[float, float] | None) -> da.Array:
-    """Lazy (Z, Y, X, F) float32 features of a (Z, Y, X, C) volume, chunk by chunk (voxel-wise, no halo)."""
-    return data.map_blocks(
-        voxel_features,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
-        spec,
-        window,
-        chunks=(*data.chunks[:3], (len(spec.columns),)),
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0, 0), dtype=np.float32),
+    return make_feature_spec(
+        groups, n_channels=n_channels, has_alpha=False, dtype=dtype, channel_ranges=ranges, sigmas=sigmas
     )
 
 
+@dataclass(frozen=True)
+class VoxelFeatures:
+    """The features of a volume's voxels: ``spec``'s groups, after clipping to ``window``, with
+    texture sigmas in millimetres of voxels ``spacing`` (z, y, x) mm (picklable, called per block)."""
+
+    spec: FeatureSpec
+    window: tuple[float, float] | None = None
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        """Context voxels a block needs on each side along (z, y, x)."""
+        return texture_halo(self.spec.sigmas if self.spec.texture_groups else (), self.spacing)
+
+    def __call__(self, voxels: np.ndarray) -> np.ndarray:
+        """Features of a block of raw voxels: (d, h, w, C) -> (d, h, w, F) float32, NaN for non-finite
+        voxels (voxel-wise specs take any (..., C)). Texture is exact away from the block's faces
+        (``halo`` voxels in) and at the volume's own faces. The input is not modified."""
+        if self.window is not None:
+            voxels = np.clip(voxels, *self.window).astype(voxels.dtype, copy=False)
+        spec = self.spec
+        if not spec.texture_groups:
+            return compute_features(voxels, spec)
+        colour_groups = tuple(g for g in spec.groups if g not in spec.texture_groups)
+        colour = compute_features(voxels, dataclasses.replace(spec, groups=colour_groups or ("channels",), sigmas=()))
+        invalid = np.isnan(colour[..., 0])
+        intensity = np.where(invalid, 0.0, kernels.grey(scaled_channels(voxels, spec.channel_ranges))[..., 0]).astype(
+            np.float64
+        )
+        columns = iter(np.moveaxis(colour, -1, 0)) if colour_groups else iter(())
+        parts = []
+        for group in spec.groups:
+            if group in spec.texture_groups:
+                parts += [texture_column(intensity, group, sigma, self.spacing) for sigma in spec.sigmas]
+            else:
+                parts += [next(columns) for _ in spec.column_groups if _ == group]
+        features = np.stack(parts, axis=-1).astype(np.float32)
+        features[invalid] = np.nan
+        return features
+
+
+def volume_features(data: da.Array, features: VoxelFeatures) -> da.Array:
+    """Lazy (Z, Y, X, F) float32 features of a (Z, Y, X, C) volume, chunk by chunk, the same chunks.
+
+    With texture, chunks overlap by ``features.halo`` voxels (none added at the volume's faces),
+    so every voxel's features equal those of the whole volume.
+    """
+    n_columns = len(features.spec.columns)
+    meta = np.empty((0, 0, 0, 0), dtype=np.float32)
+    halo = features.halo
+    if not any(halo):
+        return data.map_blocks(
+            features,  # type: ignore[arg-type, call-arg]  # dask's stubs type map_blocks' first argument as an Array
+            chunks=(*data.chunks[:3], (n_columns,)),
+            dtype=np.float32,
+            meta=meta,
+        )
+    sizes = [ensure_minimum_chunksize(max(1, h), c) if h else c for h, c in zip(halo, data.chunks[:3], strict=True)]
+    work = data.rechunk((*sizes, data.chunks[3]))
+    depth = {axis: halo[axis] if len(work.chunks[axis]) > 1 else 0 for axis in range(3)}
+    padded = da.overlap.overlap(work, depth={**depth, 3: 0}, boundary="none")
+    featured = padded.map_blocks(
+        _overlapped_features,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
+        features,
+        tuple(depth[axis] for axis in range(3)),
+        work.numblocks[:3],
+        chunks=(*work.chunks[:3], (n_columns,)),
+        dtype=np.float32,
+        meta=meta,
+    )
+    return featured.rechunk((*data.chunks[:3], (n_columns,)))
+
+
+def _overlapped_features(
+    block: np.ndarray,
+    features: VoxelFeatures,
+    depth: tuple[int, int, int],
+    numblocks: tuple[int, int, int],
+    block_id: tuple[int, ...],
+) -> np.ndarray:
+    """Features of block ``block_id`` of an overlapped volume, cut to the block (no overlap at the faces)."""
+    core = tuple(
+        slice(depth[a] if block_id[a] > 0 else 0, block.shape[a] - (depth[a] if block_id[a] < numblocks[a] - 1 else 0))
+        for a in range(3)
+    )
+    return features(block)[core]
+
+
 def fit_volume(
-    data: da.Array, fit: FitOptions, *, window: tuple[float, float] | None, progress: bool
+    data: da.Array,
+    fit: FitOptions,
+    *,
+    window: tuple[float, float] | None,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    progress: bool,
 ) -> SegmentationModel:
     """Sample a (Z, Y, X, C) volume and fit the model (computes the sample only).
+
+    The raw sample sets the channel ranges; voxel-wise features are computed from it, texture
+    features from a second pass over the same cubes with their halo.
 
     Raises
     ------
     ParameterError
-        For ``--clusters auto``, a bad window or feature group, or a sample with fewer distinct
-        vectors than clusters.
+        For ``--clusters auto``, a bad feature group, or a sample with fewer distinct vectors than clusters.
     """
     if not isinstance(fit.clusters, int):
         raise ParameterError("--clusters auto is not available for volumes yet; give K")
     raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
     if len(raw) == 0:
         raise ParameterError("the volume has no valid (finite) voxels to sample")
-    spec = volume_spec(raw, dtype=data.dtype, features=fit.features, normalise=fit.normalise, window=window)
-    vectors = voxel_features(raw.astype(data.dtype)[:, np.newaxis, :], spec, window)[:, 0, :]
+    spec = volume_spec(
+        raw, dtype=data.dtype, features=fit.features, normalise=fit.normalise, window=window, sigmas=fit.sigmas
+    )
+    features = VoxelFeatures(spec, window, spacing)
+    if spec.texture_groups:
+        vectors = sample_voxels(
+            data, sample_size=fit.sample_size, seed=fit.seed, progress=progress, featurise=features, depth=features.halo
+        )
+    else:
+        vectors = features(raw.astype(data.dtype)[:, np.newaxis, :])[:, 0, :]
     return fit_model(vectors, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
 
 
-def volume_labels(data: da.Array, model: SegmentationModel, *, window: tuple[float, float] | None) -> da.Array:
+def volume_labels(data: da.Array, model: SegmentationModel, features: VoxelFeatures) -> da.Array:
     """Lazy (Z, Y, X) labels 1..K of a (Z, Y, X, C) volume (0 for non-finite voxels), the same chunks."""
-    return build_labels(volume_features(data, model.feature_spec, window), model)
+    return build_labels(volume_features(data, features), model)
 
 
 def volume_array(image: Any, *, chunk: int | None = None) -> da.Array:
@@ -252,8 +345,8 @@ def segment_volume(
             volume.dtype.name,
             volume.spacing,
         )
-        model = fit_volume(volume.data, fit, window=window, progress=progress)
-        labels = volume_labels(volume.data, model, window=window)
+        model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, progress=progress)
+        labels = volume_labels(volume.data, model, VoxelFeatures(model.feature_spec, window, volume.spacing))
         if kind == ".zarr" and os.path.lexists(output_path):
             remove_output(output_path)  # a NIfTI output is replaced by a rename
         writer = _write_zarr if kind == ".zarr" else _write_nifti

@@ -77,7 +77,7 @@ def test_interrupted_output_is_reported_incomplete(tmp_path, capsys, blob_tiff, 
         (["segment", "{tiff}", "{tmp}/o.zarr", "-k", "1"], "--clusters must be between 2 and"),
         (["segment", "{tiff}", "{tmp}/o.png"], "unknown suffix '.png'"),
         (["segment", "{tiff}", "{tiff}"], "is, or is inside, the input"),
-        (["segment", "{tiff}", "{tmp}/o.zarr", "-k", "abc"], "--clusters must be an integer, got 'abc'"),
+        (["segment", "{tiff}", "{tmp}/o.zarr", "-k", "abc"], "--clusters must be an integer, auto or auto:LO-HI"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--features", "rgb"], "--features must be one of channels, grey, lab"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--sample-size", "0"], "--sample-size must be between 1 and"),
         (["segment", "{tiff}", "{tmp}/o.zarr", "--restarts", "0"], "--restarts must be between 1 and 100, got 0"),
@@ -207,7 +207,7 @@ print("DASK" if any(m.split(".")[0] in ("dask", "zarr", "sklearn") for m in sys.
     assert "examples:" in text and "pixseg segment slide.svs" in text
     for group in ("input:", "fit:", "output:", "compute:"):
         assert f"\n{group}\n" in text, group
-    assert "one of zstd, zlib (default zstd)" in text and "--clusters CLUSTERS, -k CLUSTERS" in text
+    assert "one of zstd, zlib (default zstd)" in text and "--clusters K|auto[:LO-HI], -k K|auto[:LO-HI]" in text
 
 
 @pytest.mark.slow

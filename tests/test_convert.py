@@ -160,6 +160,7 @@ def test_segment_converts_a_striped_tiff_automatically_with_identical_labels(tmp
     from pixseg import layout
 
     monkeypatch.setattr(layout, "CONVERT_ABOVE_PIXELS", 100_000)  # this small image stands for a big one
+    monkeypatch.setattr(layout, "STRIP_CONVERT_ABOVE_PIXELS", 0)  # and its strips huge ones
     pixels = make_blob_image(400, 1500, seed=8)
     source = tmp_path / "striped.tif"
     tifffile.imwrite(source, pixels, rowsperstrip=8, photometric="rgb")

@@ -303,6 +303,7 @@ _HARNESS = """
 import os, sys, time
 from pixseg import convert, layout, runner
 layout.CONVERT_ABOVE_PIXELS = 10_000
+layout.STRIP_CONVERT_ABOVE_PIXELS = 0
 store, write = convert._store_in_bands, runner.write_labels
 def slow_store(*args, **kwargs):
     time.sleep(float(os.environ.get("SLOW_CONVERT", "0")))
@@ -371,6 +372,7 @@ def test_a_stale_lease_of_a_dead_process_is_ignored(tmp_path, capsys, monkeypatc
     from pixseg import layout
 
     monkeypatch.setattr(layout, "CONVERT_ABOVE_PIXELS", 10_000)
+    monkeypatch.setattr(layout, "STRIP_CONVERT_ABOVE_PIXELS", 0)
     source, workdir = _striped(tmp_path / "a.tif", 4), tmp_path / "scratch"
     argv = ["segment", source, tmp_path / "kept.zarr", "--workdir", workdir, "--keep-workdir", *FAST]
     assert _run(capsys, *argv)[0] == 0

@@ -172,3 +172,12 @@ def test_segment_and_the_regions_command_write_areas_of_the_stored_labels(tmp_pa
         assert [r["pixels"] for r in written] == [int(r["pixels"]) for r in rows]
     code, _, err = _run(capsys, "regions", source, regions)
     assert code == 2 and "is not a pixseg label output" in err
+
+
+def test_a_ring_of_thousands_of_vertices_fills_a_chunk_exactly():
+    angle = np.linspace(0, 2 * np.pi, 5000, endpoint=False)
+    radius = 300 * (1 + 0.05 * np.sin(40 * angle))
+    ring = np.c_[256.3 + radius * np.cos(angle), 256.7 + radius * np.sin(angle)]
+    geometry = {"type": "Polygon", "coordinates": [[*ring.tolist(), ring[0].tolist()]]}
+    (region,) = parse_regions([_feature(geometry)], (512, 512), source="r.geojson")
+    np.testing.assert_array_equal(region_mask(region, (0, 512, 0, 512)), _shapely_inside(geometry, (512, 512)))

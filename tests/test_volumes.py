@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import random
@@ -16,11 +17,12 @@ from sklearn.metrics import adjusted_rand_score
 
 import pixseg
 from pixseg.cli import main
+from pixseg.features import make_feature_spec
 from pixseg.io.label_volume import pyramid_factors
 from pixseg.io.readers.volume import open_volume
 from pixseg.options import FitOptions
 from pixseg.volume_sampling import plan_volume_blocks, sample_voxels
-from pixseg.volumes import fit_volume, voxel_features
+from pixseg.volumes import VoxelFeatures, fit_volume, volume_features
 
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -96,9 +98,64 @@ def test_window_clips_then_scales():
         window=(-160.0, 240.0),
         progress=False,
     )
-    features = voxel_features(raw[:, None, :], model.feature_spec, (-160.0, 240.0))[:, 0, 0]
+    features = VoxelFeatures(model.feature_spec, (-160.0, 240.0))(raw[:, None, :])[:, 0, 0]
     np.testing.assert_allclose(features[:3], [0.0, 0.5, 1.0])
     assert np.isnan(features[3])
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.8, 0.8)])
+def test_3d_texture_is_exact_across_chunk_borders(spacing):
+    from scipy import ndimage
+
+    phantom = make_phantom((20, 30, 34))
+    spec = make_feature_spec(
+        "channels,smooth,std,gradient,log",
+        n_channels=1,
+        has_alpha=False,
+        dtype=np.float32,
+        channel_ranges=[(0.0, 1000.0)],
+        sigmas=(1.5,),
+    )
+    features = volume_features(
+        da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, None, spacing)
+    )
+    assert features.chunks[:3] == ((7, 7, 6), (9, 9, 9, 3), (11, 11, 11, 1))
+    x = (phantom.astype(np.float64) / 1000.0).astype(np.float32).astype(np.float64)
+    sigmas = [1.5 / s for s in spacing]
+
+    def gaussian(source, order=(0, 0, 0)):
+        return ndimage.gaussian_filter(source, sigmas, order=order, mode="reflect", truncate=4.0)
+
+    smooth = gaussian(x)
+    std = np.sqrt(np.maximum(gaussian(x * x) - smooth**2, 0.0))
+    axes = np.eye(3, dtype=int)
+    if spacing == (1.0, 1.0, 1.0):
+        gradient = ndimage.gaussian_gradient_magnitude(x, 1.5, mode="reflect", truncate=4.0)
+        log = ndimage.gaussian_laplace(x, 1.5, mode="reflect", truncate=4.0)
+    else:
+        gradient = np.sqrt(sum((gaussian(x, tuple(a)) / s) ** 2 for a, s in zip(axes, spacing, strict=True)))
+        log = sum(gaussian(x, tuple(2 * a)) / s**2 for a, s in zip(axes, spacing, strict=True))
+    expected = np.stack([x, smooth, std, gradient, log], axis=-1)
+    assert spec.columns == ("ch0", "smooth_s1.5", "std_s1.5", "gradient_s1.5", "log_s1.5")
+    np.testing.assert_allclose(features.compute(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_texture_sample_holds_the_whole_volumes_features():
+    phantom = make_phantom((20, 30, 34))
+    spec = make_feature_spec(
+        "channels,smooth,gradient",
+        n_channels=1,
+        has_alpha=False,
+        dtype=np.float32,
+        channel_ranges=[(0.0, 1e3)],
+        sigmas=(2.0,),
+    )
+    features = VoxelFeatures(spec, None, (2.0, 1.0, 1.0))
+    data = da.from_array(phantom[..., None], chunks=(6, 8, 10, 1))
+    sample = sample_voxels(data, sample_size=500, seed=1, progress=False, featurise=features, depth=features.halo)
+    whole = features(phantom[..., None]).reshape(-1, 3).astype(np.float64)  # one block: the whole volume
+    rows = {tuple(row) for row in whole}
+    assert sample.shape == (500, 3) and all(tuple(vector) in rows for vector in sample)
 
 
 def test_pyramid_factors_stride_fine_axes_until_near_isotropic():
@@ -151,6 +208,84 @@ def test_compressed_4d_nifti_to_ome_zarr_labels(tmp_path, capsys):
     stats = group.attrs["pixseg"]["statistics"]
     assert sum(row["voxels"] for row in stats) == level0.size
     assert stats[0]["volume_mm3"] == pytest.approx(stats[0]["voxels"] * np.prod(zooms), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ome_zarr_z_stack_segmented_as_a_volume_with_volume_flag(tmp_path, capsys):
+    phantom = make_phantom((12, 20, 24))
+    source = str(tmp_path / "stack.zarr")
+    group = zarr.open_group(source, mode="w", zarr_format=3)
+    group.create_array("0", data=phantom, chunks=(5, 8, 8))
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    scale = {"type": "scale", "scale": [2.0, 0.5, 0.25]}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [scale]}]}],
+    }
+    out = tmp_path / "labels.nii"
+    code, _, _ = _cli(capsys, "segment", source, out, "--volume", "--clusters", "3")
+    assert code == 0
+    labels = nib.load(str(out))
+    np.testing.assert_allclose(labels.affine, np.diag([0.25e-3, 0.5e-3, 2e-3, 1.0]))
+    expected = pixseg.PixelKMeans(n_clusters=3, volume=True).fit_predict(phantom).compute()
+    np.testing.assert_array_equal(np.asarray(labels.dataobj).transpose(2, 1, 0), expected)
+
+
+def test_nii_gz_is_converted_slab_by_slab_in_bounded_memory(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from pixseg.io.readers import nifti
+
+    shape = (96, 128, 400)  # (i, j, k): 9.4 MiB of int16
+    voxels = np.fromfunction(lambda i, j, k: (i + 3 * j + 7 * k) % 1000, shape, dtype=np.int64).astype(np.int16)
+    source = str(tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(voxels, np.diag([0.5, 0.5, 1.5, 1.0])), source)
+    monkeypatch.setattr(nifti, "SLAB_BYTES", 2**20)
+    small = str(tmp_path / "small.nii.gz")
+    nib.save(nib.Nifti1Image(voxels[:4, :4, :4], np.eye(4)), small)
+    open_volume(small, workdir=str(tmp_path))  # imports what conversion needs, outside the measurement
+    importlib.import_module("distributed")  # dask's rechunk imports it on first use
+    tracemalloc.start()
+    try:
+        volume = open_volume(source, workdir=str(tmp_path / "work"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"converting took {peak / 2**20:.1f} MiB"
+    assert volume.spacing == (1.5, 0.5, 0.5)
+    np.testing.assert_array_equal(volume.data[..., 0].compute(), voxels.transpose(2, 1, 0))
+    assert len(os.listdir(tmp_path / "work")) == 1  # one copy, reused by the next open
+    again = open_volume(source, workdir=str(tmp_path / "work"))
+    assert again.data.shape == volume.data.shape
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "spacing"),
+    [
+        (
+            "ome.ome.tif",
+            {
+                "ome": True,
+                "metadata": {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0},
+            },
+            (2e-3, 5e-4, 5e-4),
+        ),
+        (
+            "imagej.tif",
+            {"imagej": True, "resolution": (4.0, 4.0), "metadata": {"spacing": 3.0, "unit": "um", "axes": "ZYX"}},
+            (3e-3, 2.5e-4, 2.5e-4),
+        ),
+    ],
+)
+def test_tiff_z_stacks_read_as_volumes_with_their_voxel_size(tmp_path, name, options, spacing):
+    import tifffile
+
+    stack = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
+    path = str(tmp_path / name)
+    tifffile.imwrite(path, stack, **options)
+    volume = open_volume(path)
+    assert volume.spacing == pytest.approx(spacing)
+    np.testing.assert_array_equal(volume.data[..., 0].compute(), stack)
 
 
 def _write_series(folder, pixels: np.ndarray, *, spacing=(0.7, 0.6), step=2.5, uid=None, positions=None) -> str:

@@ -11,7 +11,8 @@ coordinates are converted). Spacing is (z, y, x) in millimetres.
 
 Formats: NIfTI-1/2 (``.nii`` memory-mapped, ``.nii.gz`` converted once into a chunked OME-Zarr
 copy: :mod:`pixseg.io.readers.nifti`), DICOM series (a folder of slices:
-:mod:`pixseg.io.readers.dicom_series`) and 3-D OME-Zarr images (``z``, ``y``, ``x`` axes).
+:mod:`pixseg.io.readers.dicom_series`), TIFF Z-stacks (:mod:`pixseg.io.readers.tiff_stack`) and 3-D
+OME-Zarr images (``z``, ``y``, ``x`` axes); the last two only when asked (``--volume``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pixseg.errors import InputError, InputNotFoundError
 DEFAULT_VOLUME_CHUNK = 128
 #: Suffixes of NIfTI files.
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Suffixes of TIFF Z-stacks read as volumes (with ``--volume``).
+TIFF_STACK_SUFFIXES = (".tif", ".tiff", ".btf")
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ def open_volume(
     Parameters
     ----------
     path : path-like
-        A NIfTI file, a folder of one DICOM series (or several, with ``series_uid``), or a 3-D
-        OME-Zarr image.
+        A NIfTI file, a folder of one DICOM series (or several, with ``series_uid``), a TIFF
+        Z-stack (:mod:`pixseg.io.readers.tiff_stack`) or a 3-D OME-Zarr image.
     chunk : int, optional
         Edge of the cubic processing chunks (default ``DEFAULT_VOLUME_CHUNK``; a DICOM series is
         read in slabs of whole slices).
@@ -145,6 +148,10 @@ def open_volume(
         from pixseg.io.readers.dicom_series import open_dicom_series
 
         return open_dicom_series(path_str, chunk=chunk, series_uid=series_uid)
+    if path_str.lower().endswith(TIFF_STACK_SUFFIXES):
+        from pixseg.io.readers.tiff_stack import open_tiff_volume
+
+        return open_tiff_volume(path_str, chunk=chunk)
     from pixseg.io.readers.nifti import open_zarr_volume
 
     return open_zarr_volume(path_str, chunk=chunk)
