@@ -361,11 +361,18 @@ def _run_segment(args: argparse.Namespace) -> int:
     from pixseg.io.readers.volume import is_volume_input
 
     if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
-        from pixseg.volumes import segment_volume
+        from pixseg.volumes import check_volume_options, segment_volume
 
+        check_volume_options(read, fit, output, resume=args.resume)
         with open_compute(compute, worker_imports=WORKER_MODULES):
             volume = segment_volume(
-                args.input, _output_path(args), read=read, fit=fit, overwrite=args.overwrite, progress=not args.quiet
+                args.input,
+                _output_path(args),
+                read=read,
+                fit=fit,
+                model_path=args.save_model,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
             )
         print(volume.summary())
         return 0
@@ -450,8 +457,12 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def _run_info(args: argparse.Namespace) -> int:
     from pixseg.describe import describe
+    from pixseg.io.readers.volume import describe_volume, is_volume_input
 
-    description = describe(args.path, level=args.level)
+    if is_volume_input(args.path):  # a NIfTI file or a DICOM series
+        description = describe_volume(args.path)
+    else:
+        description = describe(args.path, level=args.level)
     for key, value in description.items():
         if key in ("model", "statistics", "cluster_counts", "cluster_sums"):  # tables, shown below or in files
             continue

@@ -8,6 +8,7 @@ import gc
 import importlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -32,7 +33,7 @@ _JOB_OPTIONS = {
 }
 
 
-#: glibc settings for local worker processes (merged over distributed's own pre-spawn
+#: glibc settings for worker processes, local and batch jobs (merged over distributed's own pre-spawn
 #: environment): buffers up to 16 MiB come from the heap and up to 32 MiB of freed heap is kept,
 #: instead of distributed's 64 KiB trim threshold, which returns (and page-faults back in) every
 #: chunk-sized buffer (measured in docs/performance.md).
@@ -42,7 +43,8 @@ WORKER_IMPORTS_VARIABLE = "PIXSEG_WORKER_IMPORTS"
 
 
 def dask_setup(worker: Any) -> None:
-    """distributed's preload hook, run in each local worker process as it starts (see ``open_scheduler``).
+    """distributed's preload hook, run in each worker process as it starts (local workers and batch
+    jobs alike: see ``open_scheduler`` and :func:`with_worker_setup`).
 
     Imports the modules it is given (``PIXSEG_WORKER_IMPORTS``: the modules pixseg's tasks run,
     named by the caller of :func:`open_scheduler`), so that happens while the cluster starts
@@ -176,7 +178,7 @@ def open_scheduler(
         with _open_jobqueue(
             scheduler,
             jobs=workers or 1,
-            options=dict(jobqueue or {}),
+            options=with_worker_setup(dict(jobqueue or {}), worker_imports),
             lifetime=lifetime,
             lifetime_stagger=lifetime_stagger,
             dashboard_address=dashboard_address,
@@ -271,6 +273,24 @@ def _worker_environ(worker_imports: Sequence[str]) -> dict[str, Any]:
         **dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
         **LOCAL_WORKER_MALLOC,
         WORKER_IMPORTS_VARIABLE: ",".join(worker_imports),
+    }
+
+
+def with_worker_setup(options: Mapping[str, Any], worker_imports: Sequence[str]) -> dict[str, Any]:
+    """dask-jobqueue keyword arguments ``options`` with the setup local workers get: each batch job
+    exports ``LOCAL_WORKER_MALLOC`` and the modules to import (``job_script_prologue``), and its
+    worker runs :func:`dask_setup` as it starts (``--preload pixseg.cluster`` in ``worker_extra_args``).
+
+    The user's own prologue lines and worker arguments are kept, before pixseg's.
+    """
+    environ = {**LOCAL_WORKER_MALLOC, WORKER_IMPORTS_VARIABLE: ",".join(worker_imports)}
+    return {
+        **options,
+        "job_script_prologue": [
+            *options.get("job_script_prologue", []),
+            *(f"export {name}={shlex.quote(value)}" for name, value in environ.items()),
+        ],
+        "worker_extra_args": [*options.get("worker_extra_args", []), "--preload", __name__],
     }
 
 

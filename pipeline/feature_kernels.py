@@ -9,7 +9,7 @@ the kernel reads:
   (h, w, k) float32;
 - texture kernels take, at one scale, the Gaussian filterings of the intensity image their
   entry lists (:class:`GaussianFilter`, computed by :func:`gaussian_filters` on the chunk with
-  its halo), each cut to the returned region, (h, w) float64, and return k (h, w) float64
+  its halo), each cut to the returned region, (h, w) float32, and return k (h, w) float32
   arrays; they are pointwise in the filterings.
 
 No kernel modifies its inputs. Sums over channels are written out (:func:`_mix`) rather than
@@ -19,6 +19,7 @@ features depend on the chunk it falls in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -36,6 +37,12 @@ _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0
 #: skimage.color.hed_from_rgb, transposed for :func:`_mix` (``stains = od @ hed_from_rgb``), float32.
 _HED_MIX_32 = np.linalg.inv(_RGB_FROM_HED).T.astype(np.float32)
 _HED_LOG_FLOOR = 1e-6
+#: Reflected columns added on the right before filtering: more than OpenCV's scalar row tail (see
+#: :func:`gaussian_filters`).
+_TAIL_PAD = 32
+#: Squares are taken about the middle of the scaled intensity range: in float32 the local variance
+#: ``mean of squares - squared mean`` then loses 4x fewer digits to cancellation than about 0.
+SQUARES_CENTRE = 0.5
 
 
 class GaussianFilter(NamedTuple):
@@ -46,14 +53,15 @@ class GaussianFilter(NamedTuple):
     order : (int, int)
         Derivative order along rows and columns.
     squared : bool
-        Filter the squared intensity instead (for local variances).
+        Filter the squared deviation of the intensity from :data:`SQUARES_CENTRE` instead (for
+        local variances).
     """
 
     order: tuple[int, int] = (0, 0)
     squared: bool = False
 
 
-#: The filterings texture kernels read: the local mean, the local mean of squares and derivatives.
+#: The filterings texture kernels read: the local mean, the local mean of (centred) squares and derivatives.
 MEAN = GaussianFilter()
 MEAN_OF_SQUARES = GaussianFilter(squared=True)
 D_ROW = GaussianFilter((1, 0))
@@ -68,17 +76,18 @@ def gaussian_filters(
 ) -> dict[GaussianFilter, np.ndarray]:
     """The Gaussian filterings ``gaussians`` of an intensity image at one full-resolution scale.
 
-    Each filtering is separable: one 1-D pass along the rows (axis 0) with its row order, then
-    one along the columns with its column order, as ``scipy.ndimage.gaussian_filter`` runs them.
-    Filterings that share a source and a row order share that first pass (``MEAN``, ``D_COL`` and
-    ``D_COL_COL`` all start with the plain row smoothing), so the six filterings of the
-    ``texture`` groups take 10 passes instead of 12; the results are bit-identical to
-    ``gaussian_filter``'s at full resolution.
+    Each filtering is one float32 OpenCV ``sepFilter2D`` call (SIMD: 5-10x faster than
+    ``scipy.ndimage.gaussian_filter`` in float64) with scipy's Gaussian derivative weights and
+    scipy's ``"reflect"`` border (OpenCV's ``BORDER_REFLECT``). The results equal
+    ``gaussian_filter``'s to float32 rounding (within 2e-6 of the largest value), and a pixel's
+    result does not depend on where the image was cut: OpenCV computes the last few columns of
+    a row in a scalar loop that rounds differently from its vector loop, so the image is first
+    extended on the right by ``_TAIL_PAD`` reflected columns, which are dropped.
 
     Parameters
     ----------
     intensity : numpy.ndarray
-        Shape (H, W), float64; not modified.
+        Shape (H, W), float32; not modified.
     sigma : float
         Scale in full-resolution pixels; the filter uses ``sigma / scale`` on each axis.
     gaussians : iterable of GaussianFilter
@@ -89,29 +98,45 @@ def gaussian_filters(
     Returns
     -------
     dict
-        Each filtering, shape (H, W), float64: ``scipy.ndimage.gaussian_filter`` with
-        ``mode="reflect"`` and ``truncate=TRUNCATE``; derivatives per full-resolution pixel.
+        Each filtering, shape (H, W) (a view into a wider array), float32:
+        ``scipy.ndimage.gaussian_filter`` with ``mode="reflect"`` and ``truncate=TRUNCATE`` of the
+        intensity (or of its squared deviation from ``SQUARES_CENTRE``); derivatives per
+        full-resolution pixel.
     """
-    from scipy import ndimage  # imported on first use: --help must not pay for it
+    import cv2  # imported on first use: --help must not pay for it
 
-    def smooth(source: np.ndarray, axis: int, order: int) -> np.ndarray:
-        level_sigma = sigma / scale[axis]
-        filtered = ndimage.gaussian_filter1d(source, level_sigma, axis, order, mode="reflect", truncate=TRUNCATE)
-        if order and scale[axis] != 1.0:
-            filtered /= scale[axis] ** order  # per full-resolution pixel
-        return filtered
-
-    sources = {False: intensity}
-    first_pass: dict[tuple[bool, int], np.ndarray] = {}
+    width = intensity.shape[1]
+    extended = cv2.copyMakeBorder(intensity, 0, 0, 0, _TAIL_PAD, cv2.BORDER_REFLECT)
+    squares = None
     results: dict[GaussianFilter, np.ndarray] = {}
     for gaussian in gaussians:
-        if gaussian.squared and True not in sources:
-            sources[True] = intensity * intensity
-        key = (gaussian.squared, gaussian.order[0])
-        if key not in first_pass:
-            first_pass[key] = smooth(sources[gaussian.squared], 0, gaussian.order[0])
-        results[gaussian] = smooth(first_pass[key], 1, gaussian.order[1])
+        if gaussian.squared and squares is None:
+            squares = np.square(extended - np.float32(SQUARES_CENTRE))
+        filtered = cv2.sepFilter2D(
+            squares if gaussian.squared else extended,
+            cv2.CV_32F,
+            _gaussian_weights(sigma / scale[1], gaussian.order[1], scale[1]),
+            _gaussian_weights(sigma / scale[0], gaussian.order[0], scale[0]),
+            borderType=cv2.BORDER_REFLECT,
+        )
+        results[gaussian] = filtered[:, :width]
     return results
+
+
+@functools.cache
+def _gaussian_weights(sigma: float, order: int, scale: float) -> np.ndarray:
+    """The correlation weights of ``scipy.ndimage.gaussian_filter1d`` (radius ``int(TRUNCATE * sigma + 0.5)``)
+    for derivative ``order``, divided by ``scale ** order`` (per full-resolution pixel); float32, read-only."""
+    radius = int(TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 / (sigma * sigma) * x * x)
+    phi /= phi.sum()
+    # the derivatives of exp(-x^2 / 2 sigma^2): phi times a Hermite polynomial of x / sigma
+    polynomial = {0: 1.0, 1: -x / sigma**2, 2: (x * x - sigma * sigma) / sigma**4}[order]
+    weights = (polynomial * phi)[::-1] / scale**order  # scipy correlates with the reversed kernel
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def channels(colour: np.ndarray) -> np.ndarray:
@@ -191,7 +216,8 @@ def smooth(mean: np.ndarray) -> tuple[np.ndarray]:
 
 def local_std(mean: np.ndarray, mean_of_squares: np.ndarray) -> tuple[np.ndarray]:
     """Gaussian-weighted local standard deviation (reads ``MEAN``, ``MEAN_OF_SQUARES``)."""
-    return (np.sqrt(np.maximum(mean_of_squares - mean * mean, 0.0)),)
+    centred = mean - np.float32(SQUARES_CENTRE)
+    return (np.sqrt(np.maximum(mean_of_squares - centred * centred, np.float32(0.0))),)
 
 
 def gradient_magnitude(d_row: np.ndarray, d_col: np.ndarray) -> tuple[np.ndarray]:

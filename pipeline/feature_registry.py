@@ -35,7 +35,7 @@ class FeatureGroup:
         - ``"position"``: ``kernel(shape, origin, image_shape)`` with the region's (h, w), its
           first pixel's (row, column) in the image and the image's (Y, X), returns (h, w, k)
           float32;
-        - ``"texture"``: once per sigma, ``kernel(*filtered)`` with one (h, w) float64 array per
+        - ``"texture"``: once per sigma, ``kernel(*filtered)`` with one (h, w) float32 array per
           entry of ``filters`` (filtered on the chunk with its halo, cut to the returned region),
           returns k (h, w) arrays, pointwise in its inputs.
     kernel : callable

@@ -35,7 +35,7 @@ import numpy as np
 
 from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
-from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filters
+from pixseg.feature_kernels import TRUNCATE, gaussian_filters
 from pixseg.feature_registry import (
     COLOUR_GROUPS,
     FEATURE_ALIASES,
@@ -363,24 +363,15 @@ def compute_features(
     (top, bottom), (left, right) = halo
     inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
     core = scaled[inner]
-    filtered = _texture_filterings(scaled, spec, scale) if spec.texture_groups else {}
-    parts: list[np.ndarray] = []
-    for group in (FEATURE_REGISTRY[name] for name in spec.groups):
+    features = np.empty((*core.shape[:-1], len(spec.columns)), dtype=np.float32)  # any leading axes (volumes)
+    for name in spec.groups:
+        group = FEATURE_REGISTRY[name]
         if group.kind == "colour":
-            parts.append(group.kernel(core))
+            features[..., _group_columns(spec, name)] = group.kernel(core)
         elif group.kind == "position":
-            parts.append(group.kernel(core.shape[:2], origin, image_shape or core.shape[:2]))
-        else:  # pointwise kernels of the filterings: only the returned region is computed
-            parts.extend(
-                column[..., np.newaxis]
-                for sigma in spec.sigmas
-                for column in group.kernel(*(filtered[sigma][gaussian][inner] for gaussian in group.filters))
-            )
-    # one float32 copy of every column, straight into the result (no per-group stacks)
-    if len(parts) == 1:
-        features = np.ascontiguousarray(parts[0], dtype=np.float32)
-    else:
-        features = np.concatenate(parts, axis=-1, dtype=np.float32, casting="same_kind")
+            features[..., _group_columns(spec, name)] = group.kernel(core.shape[:2], origin, image_shape or core.shape[:2])
+    if spec.texture_groups:
+        _write_texture(features, scaled, spec, inner=inner, scale=scale)
     if invalid is not None:
         features[invalid[inner]] = np.nan
     return features
@@ -396,14 +387,39 @@ def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray, spec: FeatureSpec) ->
     return invalid
 
 
-def _texture_filterings(
-    scaled: np.ndarray, spec: FeatureSpec, scale: tuple[float, float]
-) -> dict[float, dict[GaussianFilter, np.ndarray]]:
-    """Every Gaussian filtering the spec's texture groups read, per sigma, of the whole chunk's
-    float64 intensity: each computed once per chunk and shared by the groups."""
-    intensity = kernels.grey(scaled)[..., 0].astype(np.float64)
-    needed = dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
-    return {sigma: gaussian_filters(intensity, sigma, needed, scale=scale) for sigma in spec.sigmas}
+def _write_texture(
+    features: np.ndarray,
+    scaled: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    inner: tuple[slice, slice],
+    scale: tuple[float, float],
+) -> None:
+    """Write the spec's texture columns of the region ``inner`` of ``scaled`` into ``features``.
+
+    Every Gaussian filtering the texture groups read is computed once per sigma, on the whole
+    chunk's float32 intensity, and shared by the groups; the pointwise group kernels then run on
+    the returned region only, and each of their columns goes straight into ``features``.
+    """
+    intensity = kernels.grey(scaled)[..., 0]
+    needed = tuple(
+        dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
+    )
+    for index, sigma in enumerate(spec.sigmas):
+        filtered = gaussian_filters(intensity, sigma, needed, scale=scale)
+        for name in spec.texture_groups:
+            group = FEATURE_REGISTRY[name]
+            outputs = group.kernel(*(filtered[gaussian][inner] for gaussian in group.filters))
+            first = _group_columns(spec, name).start + index * len(outputs)  # a group's columns are sigma-major
+            for offset, values in enumerate(outputs):
+                features[..., first + offset] = values
+
+
+def _group_columns(spec: FeatureSpec, name: str) -> slice:
+    """Where group ``name``'s columns lie among ``spec.columns``."""
+    groups = spec.column_groups
+    first = groups.index(name)
+    return slice(first, first + groups.count(name))
 
 
 def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, float] = (1.0, 1.0)) -> da.Array:

@@ -138,7 +138,9 @@ def sample_voxels(
         voxels; each cube is read with ``depth`` voxels of context on each side (fewer at the
         volume's edges) and its features cut to the cube. By default the raw voxels are sampled.
     depth : (int, int, int)
-        Context ``featurise`` needs along (z, y, x).
+        Context ``featurise`` needs along (z, y, x); cubes are at least four times its largest
+        entry a side (``VOLUME_SAMPLE_BLOCK`` otherwise), so the context costs at most about as
+        much as the cube.
 
     Returns
     -------
@@ -148,7 +150,9 @@ def sample_voxels(
         voxels left too few candidates.
     """
     shape = tuple(int(n) for n in data.shape[:3])
-    regions, weights = plan_volume_blocks(shape, stride=volume_stride(shape, sample_size), seed=seed)  # type: ignore[arg-type]
+    block = max(VOLUME_SAMPLE_BLOCK, 4 * max(depth))  # the halo read around a cube costs at most ~2x its voxels
+    stride = volume_stride(shape, sample_size, block=block)  # type: ignore[arg-type]
+    regions, weights = plan_volume_blocks(shape, stride=stride, seed=seed, block=block)  # type: ignore[arg-type]
     threshold = candidate_threshold(sample_size, float(math.prod(shape)))
     pass_ = functools.partial(_candidates, data, regions, weights, featurise=featurise, depth=depth, seed=seed)
     candidates = pass_(threshold=threshold, progress=progress)

@@ -35,24 +35,27 @@ from dask.array.overlap import ensure_minimum_chunksize
 from pixseg import feature_kernels as kernels
 from pixseg.colours import label_colours
 from pixseg.compute import compute
-from pixseg.errors import InputError, OutputExistsError, ParameterError
+from pixseg.errors import InputError, OutputError, OutputExistsError, ParameterError
 from pixseg.feature_registry import FEATURE_REGISTRY
 from pixseg.features import FeatureSpec, compute_features, dtype_range, make_feature_spec, robust_channel_ranges
-from pixseg.io.label_groups import remove_output
+from pixseg.io.label_groups import read_label_zarr_status, remove_output
 from pixseg.io.label_volume import (
     create_nifti_labels,
     create_volume_label_zarr,
     finish_nifti,
     finish_volume_label_zarr,
+    is_label_nifti,
     pyramid_factors,
     reduce_level,
     store_counting,
 )
+from pixseg.io.model_file import save_model
 from pixseg.io.readers import is_pixel_dtype
 from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK, Volume, is_nifti, open_volume
 from pixseg.model import SegmentationModel, fit_model
 from pixseg.normalise import scaled_channels
-from pixseg.options import DEFAULT_SIGMAS, FitOptions, ReadOptions
+from pixseg.options import DEFAULT_SIGMAS, FitOptions, OutputOptions, ReadOptions
+from pixseg.plan import check_model_path
 from pixseg.predict import build_labels
 from pixseg.volume_sampling import sample_voxels
 from pixseg.volume_texture import VOLUME_TEXTURE_GROUPS, texture_column, texture_halo
@@ -86,7 +89,7 @@ class VolumeResult:
         rate = depth * height * width / 1e6 / max(self.seconds, 1e-9)
         lines = [
             f"wrote {self.output}: {depth}x{height}x{width} voxels of {'x'.join(f'{s:g}' for s in self.spacing)} mm, "
-            f"labels 1..{self.model.n_clusters} in {self.seconds:.1f} s ({rate:.1f} Mvox/s, {self.n_chunks} chunks, "
+            f"labels 1..{self.model.n_clusters} in {self.seconds:.1f} s ({rate:.3g} Mvox/s, {self.n_chunks} chunks, "
             f"{len(self.levels)} levels)",
             f"{'label':>5} {'voxels':>14} {'%':>7} {'volume mm^3':>14}",
         ]
@@ -125,13 +128,8 @@ def volume_spec(
         (:data:`~pixseg.volume_texture.VOLUME_TEXTURE_GROUPS`).
     """
     n_channels = raw_sample.shape[1]
+    check_volume_features(features)
     groups = make_feature_spec(features, n_channels=n_channels, has_alpha=False, dtype=dtype).groups
-    other = [g for g in groups if FEATURE_REGISTRY[g].kind != "colour" and g not in VOLUME_TEXTURE_GROUPS]
-    if other:
-        choices = ", ".join(VOLUME_TEXTURE_GROUPS)
-        raise ParameterError(
-            f"--features {','.join(other)} is not available for volumes; use voxel-wise groups or {choices}"
-        )
     if window is not None:
         ranges: Sequence[tuple[float, float]] = [window] * n_channels
     elif normalise == "robust" or (normalise == "auto" and np.dtype(dtype) != np.uint8):
@@ -141,6 +139,18 @@ def volume_spec(
     return make_feature_spec(
         groups, n_channels=n_channels, has_alpha=False, dtype=dtype, channel_ranges=ranges, sigmas=sigmas
     )
+
+
+def check_volume_features(features: Sequence[str]) -> None:
+    """Refuse feature groups a volume does not have: neither voxel-wise nor 3-D texture
+    (:data:`~pixseg.volume_texture.VOLUME_TEXTURE_GROUPS`); unknown names as ``--features`` does."""
+    groups = make_feature_spec(features, n_channels=3, has_alpha=False, dtype=np.dtype(np.uint8)).groups
+    other = [g for g in groups if FEATURE_REGISTRY[g].kind != "colour" and g not in VOLUME_TEXTURE_GROUPS]
+    if other:
+        choices = ", ".join(VOLUME_TEXTURE_GROUPS)
+        raise ParameterError(
+            f"--features {','.join(other)} is not available for volumes; use voxel-wise groups or {choices}"
+        )
 
 
 @dataclass(frozen=True)
@@ -200,7 +210,7 @@ def volume_features(data: da.Array, features: VoxelFeatures) -> da.Array:
             dtype=np.float32,
             meta=meta,
         )
-    sizes = [ensure_minimum_chunksize(max(1, h), c) if h else c for h, c in zip(halo, data.chunks[:3], strict=True)]
+    sizes = [_chunks_at_least(h, c) for h, c in zip(halo, data.chunks[:3], strict=True)]
     work = data.rechunk((*sizes, data.chunks[3]))
     depth = {axis: halo[axis] if len(work.chunks[axis]) > 1 else 0 for axis in range(3)}
     padded = da.overlap.overlap(work, depth={**depth, 3: 0}, boundary="none")
@@ -214,6 +224,16 @@ def volume_features(data: da.Array, features: VoxelFeatures) -> da.Array:
         meta=meta,
     )
     return featured.rechunk((*data.chunks[:3], (n_columns,)))
+
+
+def _chunks_at_least(depth: int, chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """``chunks`` with none smaller than ``depth`` (dask's overlap needs depth <= chunk); one chunk
+    when the axis is no longer than ``depth``."""
+    if not depth or len(chunks) == 1:
+        return chunks
+    if sum(chunks) <= depth:
+        return (sum(chunks),)
+    return tuple(ensure_minimum_chunksize(depth, chunks))
 
 
 def _overlapped_features(
@@ -249,8 +269,7 @@ def fit_volume(
     ParameterError
         For ``--clusters auto``, a bad feature group, or a sample with fewer distinct vectors than clusters.
     """
-    if not isinstance(fit.clusters, int):
-        raise ParameterError("--clusters auto is not available for volumes yet; give K")
+    n_clusters = _given_clusters(fit)
     raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, progress=progress)
     if len(raw) == 0:
         raise ParameterError("the volume has no valid (finite) voxels to sample")
@@ -264,7 +283,13 @@ def fit_volume(
         )
     else:
         vectors = features(raw.astype(data.dtype)[:, np.newaxis, :])[:, 0, :]
-    return fit_model(vectors, spec, n_clusters=fit.clusters, seed=fit.seed, restarts=fit.restarts)
+    return fit_model(vectors, spec, n_clusters=n_clusters, seed=fit.seed, restarts=fit.restarts)
+
+
+def _given_clusters(fit: FitOptions) -> int:
+    if not isinstance(fit.clusters, int):
+        raise ParameterError("--clusters auto is not available for volumes yet; give K")
+    return fit.clusters
 
 
 def volume_labels(data: da.Array, model: SegmentationModel, features: VoxelFeatures) -> da.Array:
@@ -297,12 +322,39 @@ def volume_array(image: Any, *, chunk: int | None = None) -> da.Array:
     return data.rechunk({3: -1})
 
 
+def check_volume_options(read: ReadOptions, fit: FitOptions, output: OutputOptions, *, resume: bool) -> None:
+    """Refuse, before any work, the options the volume path does not implement yet (one line each).
+
+    Raises
+    ------
+    ParameterError
+        Naming the first such option given.
+    """
+    given = {
+        "--level": read.level != 0,
+        "--series": read.series is not None,
+        "--plane": read.plane is not None,
+        "--channels": read.channels is not None,
+        "--nodata": read.nodata is not None,
+        "--mask": fit.mask != "none",
+        "--fit-level": fit.fit_level is not None,
+        "--with-image": output.with_image,
+        "--regions": output.regions is not None,
+        "--pixel-size": output.pixel_size is not None,
+        "--resume": resume,
+    }
+    refused = [flag for flag, present in given.items() if present]
+    if refused:
+        raise ParameterError(f"{refused[0]} is not available for volumes yet (see docs/volumes.md)")
+
+
 def segment_volume(
     input_path: str,
     output_path: str,
     *,
     read: ReadOptions | None = None,
     fit: FitOptions | None = None,
+    model_path: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> VolumeResult:
@@ -319,8 +371,10 @@ def segment_volume(
     read, fit : ReadOptions, FitOptions, optional
         ``chunk``, ``series_uid``, ``workdir``; ``clusters``, ``seed``, ``features``,
         ``sample_size``, ``restarts``, ``normalise``, ``window``.
+    model_path : str, optional
+        Also save the fitted model there (JSON, as ``--save-model``).
     overwrite : bool
-        Replace an existing output.
+        Replace an existing output (and model file).
     progress : bool
         Progress on stderr.
 
@@ -332,28 +386,26 @@ def segment_volume(
     started = time.perf_counter()
     read, fit = read or ReadOptions(), fit or FitOptions()
     window = check_window(fit.window)
+    _given_clusters(fit)
+    check_volume_features(fit.features)
     kind = _output_kind(output_path)
-    if os.path.lexists(output_path) and not overwrite:
-        raise OutputExistsError(f"output {output_path!r} exists; pass --overwrite to replace it")
+    _check_output(output_path, input_path, kind, overwrite=overwrite)
+    if model_path is not None:
+        check_model_path(model_path, overwrite=overwrite)
     workdir = read.workdir or os.path.dirname(os.path.abspath(output_path))
     volume = open_volume(input_path, chunk=read.chunk, series_uid=read.series_uid, workdir=workdir)
-    try:
-        logger.info(
-            "volume %s: %s %s, spacing %s mm",
-            volume.path,
-            "x".join(map(str, volume.shape)),
-            volume.dtype.name,
-            volume.spacing,
-        )
-        model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, progress=progress)
-        labels = volume_labels(volume.data, model, VoxelFeatures(model.feature_spec, window, volume.spacing))
-        if kind == ".zarr" and os.path.lexists(output_path):
-            remove_output(output_path)  # a NIfTI output is replaced by a rename
-        writer = _write_zarr if kind == ".zarr" else _write_nifti
-        counts, levels = writer(labels, output_path, volume, model, progress=progress)
-    finally:
-        if not read.keep_workdir:
-            _drop_copy(volume, workdir)
+    shape_text = "x".join(map(str, volume.shape))
+    logger.info("volume %s: %s %s, spacing %s mm", volume.path, shape_text, volume.dtype.name, volume.spacing)
+    model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, progress=progress)
+    if model_path is not None:
+        save_model(model, model_path, provenance={"input": os.path.abspath(input_path), "window": window})
+    labels = volume_labels(volume.data, model, VoxelFeatures(model.feature_spec, window, volume.spacing))
+    if kind == ".zarr" and os.path.lexists(output_path):
+        remove_output(output_path)  # a NIfTI output is replaced by a rename
+    writer = _write_zarr if kind == ".zarr" else _write_nifti
+    counts, levels = writer(labels, output_path, volume, model, progress=progress)
+    if not read.keep_workdir:  # after an error the copy is kept for the rerun
+        _drop_copy(volume, workdir)
     rows = volume_statistics(counts, volume.voxel_volume)
     if kind == ".zarr":
         factors = pyramid_factors(volume.shape[:3], volume.spacing)
@@ -369,6 +421,21 @@ def segment_volume(
         levels=levels,
         statistics=rows,
     )
+
+
+def _check_output(path: str, input_path: str, kind: str, *, overwrite: bool) -> None:
+    """Refuse an output at or inside the input, and an existing one without ``overwrite`` or that
+    pixseg did not write."""
+    output, source = os.path.realpath(path), os.path.realpath(input_path)
+    if output == source or output.startswith(source.rstrip(os.sep) + os.sep):
+        raise OutputError(f"output {path!r} would overwrite the input {input_path!r}")
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"output {path!r} exists; pass --overwrite to replace it")
+    ours = read_label_zarr_status(path) is not None if kind == ".zarr" else is_label_nifti(path)
+    if os.path.islink(path) or not ours:
+        raise OutputError(f"refusing to replace {path!r}: it is not a pixseg label volume")
 
 
 def _output_kind(path: str) -> str:

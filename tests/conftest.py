@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
+import socket
 from collections.abc import Iterator
 
 import dask
@@ -79,3 +82,50 @@ def _fresh_logging() -> Iterator[None]:
         logger.handlers[:] = []
         logger.setLevel(logging.NOTSET)
         logger.propagate = True
+
+
+#: Credentials of the local S3 server (moto's): tests assert the secret never shows in an output or error.
+S3_SECRET = "s3cr3t-never-shown-8f2d"
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto's server mode) on 127.0.0.1; its endpoint URL."""
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """An s3fs filesystem on a fresh bucket ``bkt``, with the environment pointing at the server.
+
+    Clearing fsspec's instance cache drops s3fs clients whose aiohttp sessions the garbage collector
+    then closes, which aiohttp reports: modules using this fixture filter
+    ``PytestUnraisableExceptionWarning`` and ``ResourceWarning`` (not pixseg's to fix).
+    """
+    s3fs = pytest.importorskip("s3fs")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    if fs.exists("bkt"):
+        fs.rm("bkt", recursive=True)
+    fs.mkdir("bkt")
+    fs.invalidate_cache()
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    gc.collect()  # their aiohttp sessions are reported here, where the users' warning filters apply

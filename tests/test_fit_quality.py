@@ -4,16 +4,29 @@ worse than 2%, at K = 4 and 8)."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from conftest import make_blob_image
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from pixseg.features import make_feature_spec
 from pixseg.model import seed_centres, squared_inertia
 
 #: A small image: four colour populations plus noise (K=8 splits them: many local optima).
 _PIXELS = make_blob_image(96, 128, seed=11).reshape(-1, 3) / 255.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """scikit-learn's OpenMP and BLAS threads on one core: on a tiny image they only spin-wait (3x the
+    CPU time on a loaded machine, tests/test_fit_quality.py timed in benchmarks/RESULTS.md); the
+    fits do not depend on the thread count."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 def _pixseg_inertia(n_clusters: int, seed: int) -> float:
@@ -25,6 +38,7 @@ def _pixseg_inertia(n_clusters: int, seed: int) -> float:
     return squared_inertia(_PIXELS, model.centroids)
 
 
+@functools.cache
 def _reference(n_clusters: int) -> float:
     """scikit-learn's full fit in memory with its defaults (one k-means++ init, as the in-memory
     recipe of benchmarks/inmemory.py), the median over five seeds."""

@@ -19,8 +19,10 @@ import tifffile
 #: What ``import dask_ml.cluster`` brings (2-4 s here: docs/performance.md); only a fit needs it.
 FIT_MODULES = ("dask_ml", "dask_ml.cluster", "sklearn", "sklearn.model_selection", "scipy.stats")
 
-#: Runs ``main(argv)`` and prints which of FIT_MODULES are loaded. For ``view`` the server is
-#: made, answers a few requests (a label tile, a slide tile, the legend) and is closed.
+#: Runs ``main(argv)`` for each argv in turn, in one interpreter, and prints which of FIT_MODULES
+#: are loaded after each (a command that imported one shows it; later ones would too, so the first
+#: such command is the culprit). For ``view`` the server is made, answers a few requests (a label
+#: tile, a slide tile, the legend) and is closed.
 _PROBE = """
 import json, sys, threading, urllib.request
 import pixseg.view
@@ -34,18 +36,22 @@ def serve_briefly(server, *, open_browser):
     server.server_close()
 
 pixseg.view.serve = serve_briefly
-argv, modules = json.loads(sys.argv[1])
-try:
-    code = main(argv)
-except SystemExit as exit_:
-    code = exit_.code
-print(json.dumps({"code": code, "loaded": [name for name in modules if name in sys.modules]}))
+commands, modules = json.loads(sys.argv[1])
+results = []
+for argv in commands:
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    results.append({"code": code, "loaded": [name for name in modules if name in sys.modules]})
+print(json.dumps(results))
 """
 
 
-def _probe(argv: list[str]) -> dict[str, object]:
+def _probe(*commands: list[str]) -> list[dict[str, object]]:
+    """Each command's exit code and the FIT_MODULES loaded after it, all run in one fresh interpreter."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps([argv, FIT_MODULES])],
+        [sys.executable, "-c", _PROBE, json.dumps([commands, FIT_MODULES])],
         capture_output=True,
         text=True,
         timeout=300,
@@ -56,35 +62,39 @@ def _probe(argv: list[str]) -> dict[str, object]:
 
 
 def test_help_imports_nothing_of_the_fit():
-    assert _probe(["--help"]) == {"code": 0, "loaded": []}
+    assert _probe(["--help"]) == [{"code": 0, "loaded": []}]
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> dict[str, str]:
-    """A 512^2 RGB TIFF segmented by ``segment`` in a probe (the control), with its model saved."""
+    """A 512^2 RGB TIFF segmented in this process, with its model saved (the probes' inputs)."""
+    from pixseg.cli import main
+
     root = tmp_path_factory.mktemp("imports")
     pixels = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     names = {"image": "in.tif", "labels": "out.zarr", "model": "model.json", "applied": "applied.zarr"}
     paths = {key: str(root / name) for key, name in names.items()}
+    paths["control"] = str(root / "control.zarr")
     tifffile.imwrite(paths["image"], pixels, tile=(256, 256), photometric="rgb")
-    control = _probe(["segment", paths["image"], paths["labels"], "-k", "3", "-q", "--save-model", paths["model"]])
-    assert control == {"code": 0, "loaded": list(FIT_MODULES)}
+    assert main(["segment", paths["image"], paths["labels"], "-k", "3", "-q", "--save-model", paths["model"]]) == 0
     return paths
 
 
+#: The commands that do not fit, run one after another in one interpreter; then ``segment``, the
+#: control: it fits, so it must show the fit's modules, which proves the probe can see an import.
+NO_FIT_COMMANDS = {
+    "info-input": ["info", "{image}"],
+    "info-output": ["info", "{labels}"],
+    "apply": ["apply", "{model}", "{image}", "{applied}", "-q"],
+    "view": ["view", "{labels}", "--no-browser"],
+}
+CONTROL = ["segment", "{image}", "{control}", "-k", "3", "-q"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["info", "{image}"],
-        ["info", "{labels}"],
-        ["apply", "{model}", "{image}", "{applied}", "-q"],
-        ["view", "{labels}", "--no-browser"],
-    ],
-    ids=["info-input", "info-output", "apply", "view"],
-)
-def test_commands_that_do_not_fit_never_import_dask_ml(fitted, command):
-    argv = [part.format_map(fitted) for part in command]
-    assert _probe(argv) == {"code": 0, "loaded": []}
-    if command[0] == "apply":
-        assert Path(fitted["applied"], "zarr.json").is_file()
+def test_commands_that_do_not_fit_never_import_dask_ml(fitted):
+    commands = [*NO_FIT_COMMANDS.values(), CONTROL]
+    *results, control = _probe(*([part.format_map(fitted) for part in command] for command in commands))
+    assert dict(zip(NO_FIT_COMMANDS, results, strict=True)) == dict.fromkeys(NO_FIT_COMMANDS, {"code": 0, "loaded": []})
+    assert control == {"code": 0, "loaded": list(FIT_MODULES)}
+    assert Path(fitted["applied"], "zarr.json").is_file()

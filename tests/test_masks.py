@@ -13,6 +13,7 @@ from skimage import data as skimage_data
 from slides import downsample, make_slide, write_pyramid_tiff
 
 import pixseg.masks
+from benchmarks.bench_presets import make_image
 from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
 from pixseg.io.model_file import load_model
@@ -169,6 +170,22 @@ def fluorescence_image() -> tuple[np.ndarray, np.ndarray]:
     return np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.float32), tissue
 
 
+def dapi_and_dim_marker(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """DAPI nuclei (channel 0, 30x background) and a cytoplasm marker (last channel) only 3 noise
+    units above background, uint16-like counts on a dark background; a third channel, if any, empty."""
+    rng = np.random.default_rng(6)
+    shape = (300, 400)
+    tissue = _ellipses(shape, ((0.35, 0.3, 0.25, 0.2), (0.6, 0.72, 0.22, 0.18)))
+    seeds = tissue & (rng.random(shape) < 0.004)
+    nuclei = tissue & np.logical_or.reduce(
+        [np.roll(seeds, (dy, dx), axis=(0, 1)) for dy in range(-4, 5) for dx in range(-4, 5) if dy * dy + dx * dx <= 16]
+    )
+    counts = np.full(shape + (channels,), 100.0)
+    counts[..., 0][nuclei] = 3000.0
+    counts[..., -1][tissue] += 60.0
+    return rng.normal(counts, 20 + 0.02 * counts).astype(np.float32), tissue
+
+
 def _iou(mask: np.ndarray, truth: np.ndarray) -> float:
     return float((mask & truth).sum() / (mask | truth).sum())
 
@@ -181,6 +198,25 @@ def test_tissue_mask_on_brightfield_and_fluorescence(make, dark):
     assert has_dark_background(pixels) is dark
     for white in ((255.0, 255.0, 255.0), None):
         assert _iou(tissue_mask(pixels, white=white), tissue) >= 0.95
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_tissue_mask_keeps_a_dim_marker_on_a_dark_background(channels):
+    """Tissue is where any channel is above its background: a marker 3 noise units up counts,
+    whatever the number of channels (the brightness alone kept only the nuclei: IoU 0.15)."""
+    pixels, tissue = dapi_and_dim_marker(channels)
+    assert has_dark_background(pixels)
+    assert _iou(tissue_mask(pixels), tissue) >= 0.95
+    assert _iou(tissue_mask(pixels / 65535.0), tissue) >= 0.95  # as the pipeline passes it: scaled to [0, 1]
+
+
+def test_tissue_mask_on_the_presets_fluorescence_slide():
+    """The presets benchmark's slide: a membrane marker a tenth as bright as the others is tissue."""
+    pixels, classes = make_image("fluorescence", 256)
+    tissue = classes != 0
+    assert (pixels[classes == 2].max(axis=-1).mean() / pixels[classes == 3].max(axis=-1).mean()) < 0.1
+    assert has_dark_background(pixels.astype(np.float32))
+    assert _iou(tissue_mask(pixels.astype(np.float32)), tissue) >= 0.95
 
 
 def test_tissue_mask_on_immunohistochemistry_photo_on_glass():
@@ -219,7 +255,7 @@ def test_tissue_mask_warns_when_it_looks_inverted(caplog):
 
 def test_tissue_mask_refuses_non_rgb():
     with pytest.raises(ParameterError, match="needs an RGB image"):
-        tissue_mask(np.zeros((4, 4, 1)))
+        tissue_mask(np.zeros((4, 4, 1)))  # a bright (not dark) background: brightfield, which needs RGB
 
 
 def test_check_mask_shape():

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,9 @@ import tifffile
 import zarr
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
+
+from conftest import S3_CREDENTIALS, S3_SECRET  # noqa: E402  (the server fixtures `endpoint`, `s3` are there)
 
 from benchmarks.range_server import RangeServer  # noqa: E402
 from pixseg.cli import main  # noqa: E402
@@ -36,44 +36,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
 ]
 
-SECRET = "s3cr3t-never-shown-8f2d"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(endpoint, monkeypatch):
-    """An s3fs filesystem on a fresh bucket ``bkt``, with the environment pointing at the server."""
-    import s3fs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    if fs.exists("bkt"):
-        fs.rm("bkt", recursive=True)
-    fs.mkdir("bkt")
-    fs.invalidate_cache()
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    gc.collect()  # their aiohttp sessions are reported here, where the warning filters above apply
+SECRET = S3_SECRET
+CREDENTIALS = S3_CREDENTIALS
 
 
 def _slide(size: int = 384) -> np.ndarray:

@@ -20,9 +20,8 @@ from pixseg.cli import main
 from pixseg.features import make_feature_spec
 from pixseg.io.label_volume import pyramid_factors
 from pixseg.io.readers.volume import open_volume
-from pixseg.options import FitOptions
 from pixseg.volume_sampling import plan_volume_blocks, sample_voxels
-from pixseg.volumes import VoxelFeatures, fit_volume, volume_features
+from pixseg.volumes import VoxelFeatures, volume_features, volume_spec
 
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
@@ -92,13 +91,9 @@ def test_stratified_blocks_cover_the_volume():
 
 def test_window_clips_then_scales():
     raw = np.array([[-2000.0], [40.0], [5000.0], [np.nan]], dtype=np.float32)
-    model = fit_volume(
-        da.from_array(make_phantom()[..., None] - 1000, chunks=(8, 8, 8, 1)),
-        FitOptions(clusters=3, sample_size=2000),
-        window=(-160.0, 240.0),
-        progress=False,
-    )
-    features = VoxelFeatures(model.feature_spec, (-160.0, 240.0))(raw[:, None, :])[:, 0, 0]
+    spec = volume_spec(raw[:3], dtype=np.float32, features=("channels",), normalise="robust", window=(-160.0, 240.0))
+    assert spec.channel_ranges == ((-160.0, 240.0),)  # the window, not the sample's percentiles
+    features = VoxelFeatures(spec, (-160.0, 240.0))(raw[:, None, :])[:, 0, 0]
     np.testing.assert_allclose(features[:3], [0.0, 0.5, 1.0])
     assert np.isnan(features[3])
 
@@ -140,6 +135,18 @@ def test_3d_texture_is_exact_across_chunk_borders(spacing):
     np.testing.assert_allclose(features.compute(), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_3d_texture_of_a_volume_thinner_than_its_halo():
+    from scipy import ndimage
+
+    thin = np.random.default_rng(0).random((3, 40, 41)).astype(np.float32)
+    spec = make_feature_spec(
+        "smooth", n_channels=1, has_alpha=False, dtype=np.float32, channel_ranges=[(0.0, 1.0)], sigmas=(2.0,)
+    )
+    features = volume_features(da.from_array(thin[..., None], chunks=(1, 13, 7, 1)), VoxelFeatures(spec)).compute()
+    expected = ndimage.gaussian_filter(thin.astype(np.float64), 2.0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(features[..., 0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_texture_sample_holds_the_whole_volumes_features():
     phantom = make_phantom((20, 30, 34))
     spec = make_feature_spec(
@@ -174,6 +181,8 @@ def test_nifti_labels_keep_the_affine_and_orientation(tmp_path, capsys):
     out = tmp_path / "labels.nii.gz"
     code, stdout, _ = _cli(capsys, "segment", source, out, "--clusters", "3", "--chunk", "16")
     assert code == 0 and "labels 1..3" in stdout
+    code, info, _ = _cli(capsys, "info", source)
+    assert code == 0 and "shape (ZxYxX): 25x41x33" in info and "dtype: int16" in info
     scan, labels = nib.load(source), nib.load(str(out))
     assert labels.shape == scan.shape and labels.get_data_dtype() == np.uint8
     np.testing.assert_allclose(labels.affine, scan.affine)
@@ -328,12 +337,35 @@ def test_dicom_series_sorted_by_position_with_spacing_and_hu(tmp_path, capsys):
     np.testing.assert_array_equal(volume.data[..., 0].compute(), pixels.astype(np.float32) - 1024)
     expected_affine = np.array([[-0.6, 0, 0, 12.5], [0, -0.7, 0, -30.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
     np.testing.assert_allclose(volume.affine, expected_affine)
+    code, info, _ = _cli(capsys, "info", folder)
+    assert code == 0 and "spacing mm: 2.5x0.7x0.6" in info and "shape (ZxYxX): 6x16x20" in info
     out = tmp_path / "labels.nii.gz"
-    code, _, _ = _cli(capsys, "segment", folder, out, "--clusters", "2", "--window=-160,240")
+    model = tmp_path / "model.json"
+    code, _, _ = _cli(capsys, "segment", folder, out, "--clusters", "2", "--window=-160,240", "--save-model", model)
     assert code == 0
+    saved = pixseg.PixelKMeans.load(model)
+    assert saved.model_.feature_spec.channel_ranges == ((-160.0, 240.0),)
     labels = nib.load(str(out))
     np.testing.assert_allclose(labels.affine, expected_affine)
     assert labels.shape == (20, 16, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--resume",), "--resume is not available for volumes"),
+        (("--mask", "auto"), "--mask is not available for volumes"),
+        (("--clusters", "auto"), "--clusters auto is not available for volumes"),
+        (("--window", "5,1"), "--window must be LOW,HIGH with LOW < HIGH"),
+        (("--features", "hessian"), "--features hessian is not available for volumes"),
+    ],
+)
+def test_unsupported_volume_options_exit_2_before_any_work(tmp_path, capsys, args, message):
+    source = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(make_phantom((6, 7, 8)), np.eye(4)), str(source))
+    code, stdout, stderr = _cli(capsys, "segment", source, tmp_path / "out.zarr", *args)
+    assert code == 2 and stdout == "" and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["scan.nii.gz"]  # nothing written, not even the converted copy
 
 
 @pytest.mark.parametrize("defect", ["gap", "mixed"])
@@ -352,3 +384,28 @@ def test_bad_dicom_series_exits_2_with_one_line(tmp_path, capsys, defect):
     assert ("uneven slice positions" if defect == "gap" else "--series-uid") in lines[0]
     if defect == "mixed":
         assert open_volume(str(folder), series_uid=other).shape == (2, 8, 8, 1)
+
+
+def test_dicom_whole_slide_folders_stay_slides(tmp_path):
+    from pixseg.io.readers.volume import is_volume_input
+
+    slide = os.path.join(os.path.dirname(__file__), "data", "dicom-boxes")  # VL whole-slide instances
+    assert not is_volume_input(slide)
+    _write_series(tmp_path / "series", np.zeros((2, 4, 4), dtype=np.uint16))
+    assert is_volume_input(str(tmp_path / "series"))
+
+
+def test_outputs_never_replace_the_input_or_a_foreign_file(tmp_path, capsys):
+    from pixseg.io.label_volume import create_nifti_labels, is_label_nifti
+
+    source = tmp_path / "scan.nii"
+    nib.save(nib.Nifti1Image(make_phantom((6, 7, 8)), np.eye(4)), str(source))
+    foreign = tmp_path / "theirs.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), str(foreign))
+    for out, message in ((source, "would overwrite the input"), (foreign, "not a pixseg label volume")):
+        code, _, stderr = _cli(capsys, "segment", source, out, "--overwrite")
+        assert code == 2 and message in stderr
+    assert not is_label_nifti(str(foreign))
+    ours = tmp_path / "ours.nii"
+    create_nifti_labels(str(ours), shape=(2, 3, 4), dtype=np.dtype(np.uint8), affine=np.eye(4))
+    assert is_label_nifti(str(ours)) and nib.load(str(ours)).shape == (4, 3, 2)

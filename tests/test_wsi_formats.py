@@ -11,7 +11,10 @@ import numpy as np
 import openslide
 import pylibCZIrw.czi as pyczi
 import pytest
+import tifffile
 import zarr
+from mrxs_writer import write_mrxs
+from slides import downsample, make_slide
 
 from pixseg.cli import main
 from pixseg.errors import InputError
@@ -214,3 +217,97 @@ def test_segment_convert_and_view_a_czi_scene(czi_two_scenes, tmp_path):
     converted = str(tmp_path / "scene1.zarr")
     assert main(["convert", path, converted, "--series", "1", "--chunk", "16", "-q"]) == 0
     np.testing.assert_array_equal(open_image(converted).data.compute(), scenes[1])
+
+
+#: Micrometres per pixel (Y, X) written into the MRXS slides: unequal, so that a swap shows.
+MRXS_MPP = (0.24, 0.26)
+
+
+@pytest.fixture(scope="module")
+def mrxs_pixels() -> np.ndarray:
+    """A 512x768 synthetic H&E slide: 2x3 camera images of 256^2 (level 1 pads the third column)."""
+    return make_slide(512, 768, seed=3)[0]
+
+
+@pytest.fixture(scope="module")
+def mrxs_slide(tmp_path_factory, mrxs_pixels) -> Path:
+    """``mrxs_pixels`` as a two-level MRXS slide with PNG images (exact pixels)."""
+    return write_mrxs(tmp_path_factory.mktemp("mrxs") / "slide.mrxs", mrxs_pixels, mpp=MRXS_MPP)
+
+
+def _mrxs_level1(pixels: np.ndarray) -> np.ndarray:
+    """Level 1 of :func:`write_mrxs`: 2x2 block means, the image padded with white to whole images."""
+    padded = np.pad(pixels, ((0, 0), (0, 256), (0, 0)), constant_values=255)
+    return downsample(padded, 2)[: pixels.shape[0] // 2, : pixels.shape[1] // 2]
+
+
+@pytest.mark.parametrize(("image_format", "min_psnr"), [("PNG", None), ("BMP24", None), ("JPEG", 30.0)])
+def test_openslide_reads_the_mrxs_writer_back(tmp_path, mrxs_pixels, image_format, min_psnr):
+    """The test writer against OpenSlide, the independent reader: exact pixels for PNG and BMP
+    images, JPEG within its loss; both levels, and the MPP of Slidedat.ini."""
+    path = write_mrxs(tmp_path / "s.mrxs", mrxs_pixels, image_format=image_format, mpp=MRXS_MPP)
+    assert openslide.OpenSlide.detect_format(str(path)) == "mirax"
+    with openslide.OpenSlide(str(path)) as slide:
+        assert slide.level_dimensions == ((768, 512), (384, 256))
+        assert (float(slide.properties["openslide.mpp-y"]), float(slide.properties["openslide.mpp-x"])) == MRXS_MPP
+    for level, expected in ((0, mrxs_pixels), (1, _mrxs_level1(mrxs_pixels))):
+        read = _openslide_rgba(path, level)
+        assert (read[..., 3] == 255).all()
+        if min_psnr is None:
+            np.testing.assert_array_equal(read[..., :3], expected)
+        else:
+            mse = np.mean((read[..., :3].astype(np.float64) - expected) ** 2)
+            assert 10 * np.log10(255**2 / mse) > min_psnr
+
+
+def test_mrxs_reads_as_openslide_does(mrxs_slide, mrxs_pixels):
+    image = open_image(mrxs_slide)
+    assert (image.kind, image.reader, image.flavour) == ("openslide", "openslide", "mirax")
+    assert image.level_shapes == ((512, 768), (256, 384)) and image.native_chunks == (256, 256)
+    assert image.pixel_size == pytest.approx(MRXS_MPP)
+    np.testing.assert_array_equal(image.data.compute(), _openslide_rgba(mrxs_slide))
+    np.testing.assert_array_equal(image.data.compute()[..., :3], mrxs_pixels)
+    level1 = open_image(mrxs_slide, level=1, chunk=96)  # chunks across the images' borders
+    assert level1.pixel_size == pytest.approx((0.48, 0.52))
+    np.testing.assert_array_equal(level1.data.compute()[..., :3], _mrxs_level1(mrxs_pixels))
+
+
+@pytest.mark.slow
+def test_info_and_segment_an_mrxs_equal_a_tiff_of_its_pixels(mrxs_slide, mrxs_pixels, tmp_path, capsys):
+    """The same pixels as MRXS (OpenSlide) and as a TIFF (tifffile) give identical labels."""
+    assert main(["info", str(mrxs_slide)]) == 0
+    out = capsys.readouterr().out
+    assert "format: openslide (mirax)" in out and "levels: 512x768, 256x384" in out and "(0.24, 0.26)" in out
+    tiff = str(tmp_path / "slide.tif")
+    tifffile.imwrite(tiff, mrxs_pixels, tile=(256, 256), photometric="rgb")
+    for source, out_path in ((str(mrxs_slide), tmp_path / "mrxs.zarr"), (tiff, tmp_path / "tiff.zarr")):
+        assert main(["segment", source, str(out_path), "--clusters", "3", "--pixel-size", "0.25", "-q"]) == 0
+    mrxs_labels = zarr.open_group(str(tmp_path / "mrxs.zarr"), mode="r")["0"][:]
+    tiff_labels = zarr.open_group(str(tmp_path / "tiff.zarr"), mode="r")["0"][:]
+    assert set(np.unique(mrxs_labels)) == {1, 2, 3}
+    np.testing.assert_array_equal(mrxs_labels, tiff_labels)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see the `s3` fixture
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_openslide_and_czi_urls_are_refused_in_one_line(s3, mrxs_slide, czi_two_scenes, tmp_path, capsys):
+    """OpenSlide and libCZI open local paths only: a URL of their formats, known by suffix or by
+    content, gets one line saying so, from `info` and from `segment` before it writes anything."""
+    s3.put(str(mrxs_slide), "bkt/slide.mrxs")
+    s3.put(czi_two_scenes[0], "bkt/scan")  # no suffix: a CZI by its content
+    for name in ("boxes_0.dcm", "boxes_1.dcm"):
+        s3.put(str(DICOM_DIR / name), f"bkt/dicom/{name}")
+    cases = [
+        ("s3://bkt/slide.mrxs", "is MRXS/VMS/VMU/DICOM WSI/SVSlide: "),
+        ("s3://bkt/scan", "is Zeiss CZI: "),
+        ("s3://bkt/dicom/boxes_0.dcm", "is MRXS/VMS/VMU/DICOM WSI/SVSlide: "),
+        ("s3://bkt/dicom", "is a prefix but not a zarr store (no zarr.json, .zgroup, .zarray); if it is a DICOM WSI, "),
+    ]
+    for url, what in cases:
+        assert main(["info", url]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"error: input {url!r} {what}{formats.LOCAL_ONLY}"]
+    out = tmp_path / "labels.zarr"
+    assert main(["segment", "s3://bkt/slide.mrxs", str(out), "-q"]) == 2
+    assert "OpenSlide and CZI read local files only" in capsys.readouterr().err and not out.exists()

@@ -39,6 +39,8 @@ MIN_LEVEL_EDGE = 64
 ANISOTROPY = math.sqrt(2.0)
 #: NIfTI-1 header bytes plus the 4-byte extension flag.
 _NIFTI_OFFSET = 352
+#: The ``descrip`` of the NIfTI label volumes pixseg writes (what ``--overwrite`` may replace).
+NIFTI_DESCRIPTION = b"pixseg labels"
 #: Bytes copied per step while compressing.
 _COPY_BYTES = 16 * 2**20
 
@@ -115,6 +117,7 @@ def create_nifti_labels(path: str, *, shape: tuple[int, int, int], dtype: np.dty
     header.set_qform(affine, code="scanner")
     header.set_xyzt_units("mm")
     header.set_intent("label")
+    header["descrip"] = NIFTI_DESCRIPTION
     header.set_data_offset(_NIFTI_OFFSET)
     header["scl_slope"], header["scl_inter"] = 1.0, 0.0
     try:
@@ -125,6 +128,17 @@ def create_nifti_labels(path: str, *, shape: tuple[int, int, int], dtype: np.dty
     except OSError as err:
         raise OutputError(f"cannot write {path!r}: {err}") from err
     return NiftiVoxels(path, shape=shape, dtype=dtype)
+
+
+def is_label_nifti(path: str) -> bool:
+    """Whether ``path`` is a NIfTI label volume pixseg wrote (its header's ``descrip``)."""
+    import nibabel as nib
+
+    try:
+        header: Any = nib.load(path).header
+    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError):
+        return False
+    return bytes(header["descrip"]).rstrip(b"\0") == NIFTI_DESCRIPTION
 
 
 def finish_nifti(written: str, path: str) -> None:

@@ -242,6 +242,8 @@ def open_image(
         meta=np.empty((0, 0, 0), dtype=dtype),
         name=f"read-{tokenize(path_str, version, level, chunks, nodata, select)}",
     )
+    if chunk is None and chunks[1] == width > DEFAULT_CHUNK and chunks[0] < THIN_BAND_ROWS:
+        data = _squares_of_bands(data)
     return Image(
         path=path_str,
         kind=source.kind,
@@ -273,11 +275,18 @@ def _check_exists(path: str) -> str:
     return str(os.stat(path).st_mtime_ns)
 
 
+#: Bytes of pixels in one row of the square chunks that full-width bands are regrouped into.
+BAND_ROW_BYTES = 128 * 2**20
+#: Full-width bands thinner than this are regrouped into near-square chunks: the halos of texture
+#: features would cost more than the regrouping (measured in benchmarks/RESULTS.md, 2026-11-29).
+THIN_BAND_ROWS = 128
+
+
 def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: int | None) -> tuple[int, int]:
     """Processing chunk (Y, X): ``chunk`` if given, else whole file tiles grouped to about 1 Mpx.
 
     A striped layout (a native chunk spanning the full width) is read in full-width bands,
-    so each strip is decoded once.
+    so each strip is decoded once (:func:`open_image` then regroups thin ones into near-square chunks).
     """
     if chunk is not None:
         return min(chunk, shape[0]), min(chunk, shape[1])
@@ -289,6 +298,22 @@ def _processing_chunks(native: tuple[int, int], shape: tuple[int, int], chunk: i
         min(max(1, round(DEFAULT_CHUNK / native_y)) * native_y, shape[0]),
         min(max(1, round(DEFAULT_CHUNK / native_x)) * native_x, shape[1]),
     )
+
+
+def _squares_of_bands(bands: da.Array) -> da.Array:
+    """Full-width bands of whole strips regrouped into chunks of about ``DEFAULT_CHUNK`` pixels a side.
+
+    Used for bands thinner than ``THIN_BAND_ROWS`` (images wider than about 8192 pixels). Each
+    strip is still decoded once per pass (by its band's task) and shared by every chunk of its
+    row, while features and labels work on near-square chunks, whose halos cost far less than
+    those of thin bands (measured in benchmarks/RESULTS.md). A chunk row is made of whole bands
+    and holds at most ``BAND_ROW_BYTES`` of pixels (fewer rows for a very wide image), so memory
+    stays bounded by a few chunk rows.
+    """
+    band, width, n_channels = (int(n) for n in bands.chunksize)
+    row_bytes = width * n_channels * bands.dtype.itemsize
+    rows = max(band, min(DEFAULT_CHUNK, BAND_ROW_BYTES // row_bytes) // band * band)
+    return bands.rechunk((min(rows, bands.shape[0]), DEFAULT_CHUNK, n_channels))
 
 
 def describe_chunks(image: Image) -> str:

@@ -24,6 +24,8 @@ from pixseg.io.readers.volume import Volume, check_spacing, lazy_volume, volume_
 
 #: Relative tolerance of orientations, pixel spacings and slice gaps.
 TOLERANCE = 1e-3
+#: SOP class of DICOM whole-slide microscopy images (2-D slides, not series of slices).
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 #: LPS to RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -65,14 +67,17 @@ class DicomSlices:
 
     def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> np.ndarray:
         import pydicom
+        from pydicom.errors import InvalidDicomError
 
         zs, ys, xs, cs = key
         indices = range(*zs.indices(self.shape[0]))
-        out = np.empty((len(indices), *np.empty(self.shape[1:3])[ys, xs].shape, 1), dtype=self.dtype)
+        rows, columns = (len(range(*part.indices(n))) for part, n in zip((ys, xs), self.shape[1:3], strict=True))
+        out = np.empty((len(indices), rows, columns, 1), dtype=self.dtype)
         for n, index in enumerate(indices):
             try:
                 pixels = pydicom.dcmread(self.paths[index]).pixel_array[ys, xs]
-            except (OSError, ValueError, AttributeError, pydicom.errors.InvalidDicomError) as err:
+            # pydicom raises RuntimeError / NotImplementedError when no plugin decodes the transfer syntax
+            except (OSError, ValueError, AttributeError, RuntimeError, NotImplementedError, InvalidDicomError) as err:
                 raise InputError(f"cannot decode DICOM slice {self.paths[index]!r}: {err}") from err
             slope, intercept = self.rescale[index]
             out[n, ..., 0] = pixels if (slope, intercept) == (1.0, 0.0) else pixels * slope + intercept
@@ -80,13 +85,26 @@ class DicomSlices:
 
 
 def looks_like_dicom_folder(path: str) -> bool:
-    """Whether the first regular file of the folder ``path`` (by name) is DICOM (``DICM`` at byte 128)."""
+    """Whether the folder ``path`` holds a DICOM series of slices: its first regular file (by name) is
+    DICOM (``DICM`` at byte 128) with an ``ImagePositionPatient`` and is not a whole-slide image
+    (those are 2-D slides, read by OpenSlide). False when pydicom is not installed."""
+    try:
+        import pydicom
+    except ImportError:
+        return False
     for name in sorted(os.listdir(path)):
         file = os.path.join(path, name)
-        if not name.startswith(".") and os.path.isfile(file):
-            with open(file, "rb") as handle:
-                handle.seek(128)
-                return handle.read(4) == b"DICM"
+        if name.startswith(".") or not os.path.isfile(file):
+            continue
+        with open(file, "rb") as handle:
+            handle.seek(128)
+            if handle.read(4) != b"DICM":
+                return False
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True)
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            return False
+        return "ImagePositionPatient" in header and header.get("SOPClassUID") != WSI_SOP_CLASS
     return False
 
 

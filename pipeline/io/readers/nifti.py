@@ -1,7 +1,9 @@
 """NIfTI volumes (nibabel reads the header), and 3-D OME-Zarr images such as their converted copies.
 
-A ``.nii`` is memory-mapped: each chunk reads only its voxels (``np.memmap`` over the data block,
-Fortran order, as nibabel's ``ArrayProxy`` maps it). A ``.nii.gz`` cannot be read in chunks, so it
+A ``.nii`` is memory-mapped (``np.memmap`` over the data block, Fortran order, as nibabel's
+``ArrayProxy`` maps it) and read in slabs of whole slices, each one contiguous range of the file: a
+chunk narrower than a slice would touch every page of its slices (a row of x is shorter than a
+page), reading its whole slab from disk once per chunk. A ``.nii.gz`` cannot be read in chunks, so it
 is converted once, streaming slab by slab through the gzip stream (one slab of whole ``k`` slices
 in memory at a time), into a chunked OME-Zarr copy in the work directory, named after the input
 and a hash of its identity (path, size, modification time) and marked complete last, so an
@@ -18,6 +20,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -101,14 +104,37 @@ def scale_voxels(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
     return (raw.astype(np.float64) * slope + inter).astype(np.float32)
 
 
-def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
-    """A NIfTI volume: ``.nii`` memory-mapped, ``.nii.gz`` through its OME-Zarr copy in ``workdir``
-    (default: the input's directory), converted first when no complete copy is there.
+@dataclass(frozen=True)
+class NiftiHeader:
+    """What a NIfTI header says of its voxels (read by nibabel, no voxel read).
+
+    ``file_shape`` is (I, J, K[, T]) as stored; ``offset`` the voxels' byte offset; ``slope`` and
+    ``inter`` the scaling (1, 0 when none); ``spacing`` (z, y, x) in millimetres.
+    """
+
+    path: str
+    file_shape: tuple[int, ...]
+    raw_dtype: np.dtype
+    offset: int
+    slope: float
+    inter: float
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(Z, Y, X, C) of the volume."""
+        i, j, k = self.file_shape[:3]
+        return k, j, i, self.file_shape[3] if len(self.file_shape) > 3 else 1
+
+
+def read_nifti_header(path: str) -> NiftiHeader:
+    """The header of a NIfTI file (``.nii`` or ``.nii.gz``).
 
     Raises
     ------
     InputError
-        If nibabel cannot read the header, the image is not 3-D or 4-D, or its spacing is not positive.
+        If nibabel cannot read it, the image is not 3-D or 4-D, or its spacing is not positive.
     """
     import nibabel as nib
 
@@ -121,35 +147,52 @@ def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
     if not 3 <= len(file_shape) <= 4 or min(file_shape) < 1:
         raise InputError(f"NIfTI {path!r} has shape {file_shape!r}; expected a 3-D volume (a 4th axis = channels)")
     slope, inter = _scaling(header)
-    affine = np.asarray(image.affine, dtype=np.float64)
     unit = _UNIT_MM.get(header.get_xyzt_units()[0], 1.0)
     zooms = header.get_zooms()[:3]
-    spacing = check_spacing((zooms[2] * unit, zooms[1] * unit, zooms[0] * unit), path)
-    if not path.lower().endswith(".gz"):
+    return NiftiHeader(
+        path=path,
+        file_shape=file_shape,
+        raw_dtype=np.dtype(header.get_data_dtype()),
+        offset=int(image.dataobj.offset),  # nibabel's reading of vox_offset (0 means after the header)
+        slope=slope,
+        inter=inter,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        spacing=check_spacing((zooms[2] * unit, zooms[1] * unit, zooms[0] * unit), path),
+    )
+
+
+def open_nifti(path: str, *, chunk: int | None, workdir: str | None) -> Volume:
+    """A NIfTI volume: ``.nii`` memory-mapped, ``.nii.gz`` through its OME-Zarr copy in ``workdir``
+    (default: the input's directory), converted first when no complete copy is there.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_nifti_header`, or if a ``.nii.gz`` ends early.
+    """
+    header = read_nifti_header(path)
+    if path.lower().endswith(".gz"):
+        copy = nifti_copy_path(path, workdir)
+        if not _copy_complete(copy):
+            _convert_gz(header, copy)
+        data = open_zarr_volume(copy, chunk=chunk).data
+    else:
         regions = NiftiRegions(
             path,
-            offset=int(image.dataobj.offset),  # nibabel's reading of vox_offset (0 means after the header)
-            raw_dtype=header.get_data_dtype(),
-            file_shape=file_shape,
-            slope=slope,
-            inter=inter,
+            offset=header.offset,
+            raw_dtype=header.raw_dtype,
+            file_shape=header.file_shape,
+            slope=header.slope,
+            inter=header.inter,
         )
         data = lazy_volume(
             regions,
             shape=regions.shape,
             dtype=regions.dtype,
-            chunks=volume_chunks(regions.shape[:3], chunk),
+            chunks=volume_chunks(regions.shape[:3], chunk, whole_slices=True),
             token=(os.path.abspath(path), os.stat(path).st_mtime_ns),
         )
-        return Volume(path=path, kind="nifti", data=data, spacing=spacing, affine=affine, reader="nibabel")
-    copy = nifti_copy_path(path, workdir)
-    if not _copy_complete(copy):
-        offset = int(image.dataobj.offset)
-        _convert_gz(
-            path, copy, offset=offset, header=header, file_shape=file_shape, slope=slope, inter=inter, spacing=spacing
-        )
-    converted = open_zarr_volume(copy, chunk=chunk)
-    return Volume(path=path, kind="nifti", data=converted.data, spacing=spacing, affine=affine, reader="nibabel")
+    return Volume(path=path, kind="nifti", data=data, spacing=header.spacing, affine=header.affine, reader="nibabel")
 
 
 def _scaling(header: Any) -> tuple[float, float]:
@@ -180,25 +223,14 @@ def _copy_complete(copy: str) -> bool:
         return False
 
 
-def _convert_gz(
-    path: str,
-    copy: str,
-    *,
-    offset: int,
-    header: Any,
-    file_shape: tuple[int, ...],
-    slope: float,
-    inter: float,
-    spacing: tuple[float, float, float],
-) -> None:
+def _convert_gz(header: NiftiHeader, copy: str) -> None:
     """Stream the voxels of a ``.nii.gz`` through its gzip stream into an OME-Zarr copy, a slab of
     whole ``k`` slices (at most ``SLAB_BYTES``, one zarr chunk deep) at a time; metadata last."""
     import zarr
     from nibabel.openers import ImageOpener
 
-    raw_dtype = np.dtype(header.get_data_dtype())
-    i, j, k = file_shape[:3]
-    n_channels = file_shape[3] if len(file_shape) > 3 else 1
+    path, raw_dtype, slope, inter = header.path, header.raw_dtype, header.slope, header.inter
+    k, j, i, n_channels = header.shape
     depth = max(1, min(DEFAULT_VOLUME_CHUNK, SLAB_BYTES // (i * j * raw_dtype.itemsize)))
     logger.info("converting %s into %s, %d slices at a time", path, copy, depth)
     group = zarr.open_group(copy, mode="w", zarr_format=3)
@@ -206,14 +238,14 @@ def _convert_gz(
     array = group.create_array(
         "0",
         shape=(k, j, i, n_channels),
-        chunks=(depth, min(j, 256), min(i, 256), 1),
+        chunks=(depth, min(j, DEFAULT_VOLUME_CHUNK), min(i, DEFAULT_VOLUME_CHUNK), 1),
         dtype=scaled_dtype(raw_dtype, slope, inter),
         dimension_names=("z", "y", "x", "c"),
     )
     slice_bytes = i * j * raw_dtype.itemsize
     try:
         with ImageOpener(path, "rb") as stream:
-            stream.seek(offset)
+            stream.seek(header.offset)
             for channel in range(n_channels):  # Fortran order: the 4th axis varies slowest
                 for start in range(0, k, depth):
                     stop = min(start + depth, k)
@@ -226,7 +258,8 @@ def _convert_gz(
         raise InputError(f"cannot read NIfTI {path!r}: {err}") from err
     axes: list[Any] = [{"name": axis, "type": "space", "unit": "millimeter"} for axis in "zyx"]
     axes.append({"name": "c", "type": "channel"})
-    datasets: list[Any] = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [*spacing, 1.0]}]}]
+    scale = [*header.spacing, 1.0]
+    datasets: list[Any] = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]
     multiscales: list[Any] = [{"axes": axes, "datasets": datasets}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
     group.attrs["pixseg"] = {"complete": True, "source": os.path.abspath(path)}

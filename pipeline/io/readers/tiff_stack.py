@@ -51,7 +51,11 @@ def open_tiff_volume(path: str, *, chunk: int | None) -> Volume:
     regions = TiffStackRegions(path, axes=axes, shape=shape, dtype=dtype, roles=(stack, "Y", "X", channel))
     token = (os.path.abspath(path), os.stat(path).st_mtime_ns)
     data = lazy_volume(
-        regions, shape=regions.shape, dtype=dtype, chunks=volume_chunks(regions.shape[:3], chunk), token=token
+        regions,
+        shape=regions.shape,
+        dtype=dtype,
+        chunks=volume_chunks(regions.shape[:3], chunk, whole_slices=True),
+        token=token,
     )
     if spacing is None:
         logger.warning("voxel size of %s unknown: volumes in voxels (1 mm each)", path)

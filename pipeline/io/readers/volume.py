@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +113,9 @@ def open_volume(
         A NIfTI file, a folder of one DICOM series (or several, with ``series_uid``), a TIFF
         Z-stack (:mod:`pixseg.io.readers.tiff_stack`) or a 3-D OME-Zarr image.
     chunk : int, optional
-        Edge of the cubic processing chunks (default ``DEFAULT_VOLUME_CHUNK``; a DICOM series is
-        read in slabs of whole slices).
+        Edge of the cubic processing chunks of an OME-Zarr volume (default
+        ``DEFAULT_VOLUME_CHUNK``); NIfTI files, DICOM series and TIFF stacks are read in slabs of
+        whole slices of about ``chunk**3`` voxels, as they are laid out.
     series_uid : str, optional
         The DICOM SeriesInstanceUID to read from a folder holding several series.
     workdir : str, optional
@@ -157,6 +157,43 @@ def open_volume(
     return open_zarr_volume(path_str, chunk=chunk)
 
 
+def describe_volume(path: str) -> dict[str, Any]:
+    """What ``pixseg info`` shows of a NIfTI file or DICOM series: format, reader, (Z, Y, X) shape,
+    channels, dtype, spacing (mm), affine; headers only (a ``.nii.gz`` is not converted).
+
+    Raises
+    ------
+    InputError
+        As :func:`open_volume`.
+    """
+    if is_nifti(path):
+        from pixseg.io.readers.nifti import read_nifti_header, scaled_dtype
+
+        header = read_nifti_header(path)
+        kind, reader, shape, spacing, affine = "nifti", "nibabel", header.shape, header.spacing, header.affine
+        dtype = scaled_dtype(header.raw_dtype, header.slope, header.inter)
+    else:
+        volume = open_volume(path)
+        kind, reader, shape, spacing, affine, dtype = (
+            volume.kind,
+            volume.reader,
+            volume.shape,
+            volume.spacing,
+            volume.affine,
+            volume.dtype,
+        )
+    rows = ["[" + " ".join(f"{value:.6g}" for value in row) + "]" for row in np.asarray(affine)[:3]]
+    return {
+        "format": kind,
+        "reader": reader,
+        "shape (ZxYxX)": tuple(shape[:3]),
+        "channels": shape[3],
+        "dtype": np.dtype(dtype).name,
+        "spacing mm": "x".join(f"{s:.6g}" for s in spacing),
+        "affine (RAS)": " ".join(rows),
+    }
+
+
 def volume_chunks(shape: tuple[int, int, int], chunk: int | None, *, whole_slices: bool = False) -> tuple[int, ...]:
     """Processing chunk (Z, Y, X): cubes of ``chunk`` (default ``DEFAULT_VOLUME_CHUNK``) voxels, or
     slabs of whole slices of about as many voxels when ``whole_slices`` (a slice decodes whole)."""
@@ -168,7 +205,7 @@ def volume_chunks(shape: tuple[int, int, int], chunk: int | None, *, whole_slice
 
 
 def lazy_volume(
-    regions: Callable[..., Any] | Any,
+    regions: Any,
     *,
     shape: tuple[int, int, int, int],
     dtype: np.dtype,
@@ -186,12 +223,6 @@ def lazy_volume(
         meta=np.empty((0, 0, 0, 0), dtype=dtype),
         name=f"volume-{tokenize(token, chunks)}",
     )
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) in the affine's units: the lengths of its k, j, i columns."""
-    lengths = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    return float(lengths[2]), float(lengths[1]), float(lengths[0])
 
 
 def check_spacing(spacing: tuple[float, ...], path: str) -> tuple[float, float, float]:
