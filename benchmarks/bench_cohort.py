@@ -18,6 +18,7 @@ import functools
 import importlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -92,11 +93,12 @@ def run_cohort(workdir: Path, *, n_images: int, size: int) -> dict[str, Any]:
     for seed in range(n_images):
         ensure_synthetic_tiff(images / f"tissue-{seed:03d}.tif", size=size, seed=seed)
     run = workdir / f"cohort-{size}-run-{n_images}"
-    run.mkdir(exist_ok=True)
+    shutil.rmtree(run, ignore_errors=True)  # a batch skips the images it has done: start afresh
+    run.mkdir()
     config_path = run / "config.yaml"
     inputs = "\n".join(f"  - {images / f'tissue-{seed:03d}.tif'}" for seed in range(n_images))
     config_path.write_text(CONFIG.format(inputs=inputs, directory=run / "out"))
-    config = load_config(config_path, overrides=("output.overwrite=true",))
+    config = load_config(config_path)
     log: list[tuple[str, float]] = []
     patches = [
         mock.patch.object(module, attribute, _timed(getattr(module, attribute), log, stage))

@@ -30,7 +30,7 @@ from pixseg.options import (
     build_options,
     option_fields,
 )
-from pixseg.tables import format_label_table, format_region_table, format_value, print_result
+from pixseg.tables import format_label_table, format_model_tables, format_region_table, format_value, print_result
 
 if TYPE_CHECKING:
     pass
@@ -469,19 +469,21 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"{key:>15}: {format_value(key, value)}")
     if description.get("statistics"):
         print(format_label_table(description["statistics"]))
+    if isinstance(description.get("model"), dict):
+        from pixseg.io.model_file import model_from_document
+
+        if tables := format_model_tables(model_from_document(description["model"], args.path)):
+            print(tables)
     return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from pixseg.cluster import open_compute
-    from pixseg.demo import DEMO_FIT, write_demo_tiff
+    from pixseg.demo import demo_fit_options, write_demo_tiff
     from pixseg.runner import WORKER_MODULES, segment
 
     read, fit, compute = (options_from_args(cls, args) for cls in (ReadOptions, FitOptions, ComputeOptions))
-    if "preset" not in vars(args):  # a preset sets these itself
-        fit = dataclasses.replace(fit, **{name: value for name, value in DEMO_FIT.items() if name not in vars(args)})
+    fit = demo_fit_options(fit, vars(args))
     os.makedirs(args.directory, exist_ok=True)
     source = os.path.join(args.directory, f"demo-slide-{args.size}.tif")
     if not os.path.exists(source):

@@ -19,9 +19,9 @@ lower resolution, and :func:`demo_tissue_mask` gives the islands at any resoluti
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numba
@@ -30,6 +30,8 @@ import tifffile
 
 from pixseg.errors import OutputError, ParameterError
 from pixseg.io.atomic import atomic_file
+from pixseg.options import FitOptions
+from pixseg.presets import PRESETS
 
 DEMO_TILE = 512
 #: The fit options ``pixseg demo`` uses unless given: what a pathologist would pick for a
@@ -62,6 +64,26 @@ _NOISE_SIGMA = 3.0
 _RENDER_THREADS = 2
 #: Level-0 pixels over which an island's edge fades into the glass.
 _EDGE_PIXELS = 3.0
+
+
+
+def demo_fit_options(fit: FitOptions, given: Collection[str]) -> FitOptions:
+    """The demo's fit options: what was given explicitly, then the preset's values, then ``DEMO_FIT``.
+
+    Parameters
+    ----------
+    fit : FitOptions
+        The options as ``segment`` would take them: the explicit ones over the preset's, if any.
+    given : collection of str
+        The names of the options given explicitly.
+
+    Returns
+    -------
+    FitOptions
+        ``fit`` with each ``DEMO_FIT`` value filling an option neither given nor set by the preset.
+    """
+    preset = PRESETS[fit.preset] if fit.preset else {}
+    return replace(fit, **{name: value for name, value in DEMO_FIT.items() if name not in given and name not in preset})
 
 
 def demo_level_shapes(size: int) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +69,8 @@ __all__ = [
 if TYPE_CHECKING:
     import dask.array as da
 
+#: Rows of a chunk whose texture columns are computed at once (see :func:`_write_texture`).
+_BAND_ROWS = 32
 #: Mask modes a spec records: no mask, the automatic tissue mask, or a user's mask file.
 MASK_MODES = ("none", "auto", "file")
 
@@ -93,6 +95,9 @@ class FeatureSpec:
         Texture scales in full-resolution pixels; empty when no texture group is chosen.
     mask : str
         How pixels were masked when the model was fitted: one of ``MASK_MODES``.
+    window : (float, float) or None
+        Volumes' ``--window LOW,HIGH``: raw values are clipped to it before any feature (see
+        :class:`pixseg.volumes.VoxelFeatures`); None (no clipping) for images.
     """
 
     groups: tuple[str, ...]
@@ -102,6 +107,7 @@ class FeatureSpec:
     channel_ranges: tuple[tuple[float, float], ...]
     sigmas: tuple[float, ...] = ()
     mask: str = "none"
+    window: tuple[float, float] | None = None
 
     @property
     def texture_groups(self) -> tuple[str, ...]:
@@ -145,6 +151,7 @@ class FeatureSpec:
             "sigmas": list(self.sigmas),
             "truncate": TRUNCATE,
             "mask": self.mask,
+            **({"window": list(self.window)} if self.window is not None else {}),
         }
 
     @classmethod
@@ -156,7 +163,8 @@ class FeatureSpec:
         (colour channels, alpha excluded); ``has_alpha`` a boolean; ``dtype`` the name of an integer
         or float numpy dtype; ``channel_ranges`` (or schema 1's ``value_range``) one pair of finite
         numbers ``[low, high]`` with low < high per colour channel; ``sigmas`` distinct numbers in
-        (0, ``MAX_SIGMA``]; ``truncate`` equal to ``TRUNCATE``; ``mask`` one of ``MASK_MODES``.
+        (0, ``MAX_SIGMA``]; ``truncate`` equal to ``TRUNCATE``; ``mask`` one of ``MASK_MODES``;
+        ``window``, when present, a pair ``[low, high]`` with low < high.
 
         Raises
         ------
@@ -227,7 +235,7 @@ class FeatureSpec:
         mask = data.get("mask", "none")
         if mask not in MASK_MODES:
             raise bad("mask", f"one of {', '.join(MASK_MODES)}", mask)
-        return make_feature_spec(
+        spec = make_feature_spec(
             groups,
             n_channels=n_colour + int(has_alpha),
             has_alpha=has_alpha,
@@ -236,6 +244,8 @@ class FeatureSpec:
             sigmas=[float(s) for s in sigmas] or DEFAULT_SIGMAS,
             mask=mask,
         )
+        window = data.get("window")
+        return spec if window is None else replace(spec, window=pair("window", window))
 
 
 def make_feature_spec(
@@ -367,9 +377,9 @@ def compute_features(
     for name in spec.groups:
         group = FEATURE_REGISTRY[name]
         if group.kind == "colour":
-            features[..., _group_columns(spec, name)] = group.kernel(core)
+            features[..., _column_slice(spec, name)] = group.kernel(core)
         elif group.kind == "position":
-            features[..., _group_columns(spec, name)] = group.kernel(core.shape[:2], origin, image_shape or core.shape[:2])
+            features[..., _column_slice(spec, name)] = group.kernel(core.shape[:2], origin, image_shape or core.shape[:2])
     if spec.texture_groups:
         _write_texture(features, scaled, spec, inner=inner, scale=scale)
     if invalid is not None:
@@ -398,24 +408,29 @@ def _write_texture(
     """Write the spec's texture columns of the region ``inner`` of ``scaled`` into ``features``.
 
     Every Gaussian filtering the texture groups read is computed once per sigma, on the whole
-    chunk's float32 intensity, and shared by the groups; the pointwise group kernels then run on
-    the returned region only, and each of their columns goes straight into ``features``.
+    chunk's float32 intensity, and shared by the groups. The pointwise group kernels then run
+    on the returned region only, in bands of ``_BAND_ROWS`` rows, so that their temporaries and
+    the band of ``features`` they write stay in the processor's cache.
     """
     intensity = kernels.grey(scaled)[..., 0]
     needed = tuple(
         dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
     )
-    for index, sigma in enumerate(spec.sigmas):
-        filtered = gaussian_filters(intensity, sigma, needed, scale=scale)
-        for name in spec.texture_groups:
-            group = FEATURE_REGISTRY[name]
-            outputs = group.kernel(*(filtered[gaussian][inner] for gaussian in group.filters))
-            first = _group_columns(spec, name).start + index * len(outputs)  # a group's columns are sigma-major
-            for offset, values in enumerate(outputs):
-                features[..., first + offset] = values
+    rows, cols = inner
+    firsts = {name: _column_slice(spec, name).start for name in spec.texture_groups}
+    for index, filtered in enumerate(gaussian_filters(intensity, spec.sigmas, needed, scale=scale)):
+        for start in range(0, features.shape[0], _BAND_ROWS):
+            band = slice(rows.start + start, rows.start + min(start + _BAND_ROWS, features.shape[0]))
+            out = features[start : start + _BAND_ROWS]
+            for name in spec.texture_groups:
+                group = FEATURE_REGISTRY[name]
+                outputs = group.kernel(*(filtered[gaussian][band, cols] for gaussian in group.filters))
+                first = firsts[name] + index * len(outputs)  # a group's columns are sigma-major
+                for offset, values in enumerate(outputs):
+                    out[..., first + offset] = values
 
 
-def _group_columns(spec: FeatureSpec, name: str) -> slice:
+def _column_slice(spec: FeatureSpec, name: str) -> slice:
     """Where group ``name``'s columns lie among ``spec.columns``."""
     groups = spec.column_groups
     first = groups.index(name)

@@ -90,6 +90,15 @@ def format_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def format_model_tables(model: SegmentationModel) -> str:
+    """The tables ``pixseg info`` shows for a model: the K table when ``--clusters auto`` chose K,
+    the class table when the model has classes; empty when it has neither."""
+    tables = [format_k_table(model.k_choice)] if model.k_choice is not None else []
+    if model.classes is not None:
+        tables.append(format_class_table(model))
+    return "\n".join(tables)
+
+
 def format_class_table(model: SegmentationModel) -> str:
     """A text table of a model's classes: class id, name, clusters and colour (``auto``: decided
     per output). A model without a class table shows each cluster as its own unnamed class."""

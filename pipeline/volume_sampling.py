@@ -92,15 +92,18 @@ def cube_candidates(
     seed: int,
     threshold: float,
     weight: float,
+    keep: np.ndarray | None = None,
 ) -> Candidates:
     """Candidates of one cube of raw voxels (d, h, w, C): the valid ones whose weighted key is below ``threshold``.
 
-    A voxel is valid when all its channels are finite. Each z-slice of the cube is a block of
+    A voxel is valid when all its channels are finite (and ``keep``, a (d, h, w) bool mask, holds it). Each z-slice of the cube is a block of
     :func:`pixseg.sampling.chunk_candidates` whose rows are the volume's ``z * Y + y``, so keys and
     positions are the linear ``(z * Y + y) * X + x``. ``vectors`` holds the raw values as float64.
     """
     values = voxels.astype(np.float64)
     values[..., 0][~np.isfinite(values).all(axis=-1)] = np.nan
+    if keep is not None:
+        values[..., 0][~keep] = np.nan
     top = (origin[0] + np.arange(voxels.shape[0])) * shape[1] + origin[1]
     return merge_candidates(
         [
@@ -120,6 +123,7 @@ def sample_voxels(
     progress: bool,
     featurise: Callable[[np.ndarray], np.ndarray] | None = None,
     depth: tuple[int, int, int] = (0, 0, 0),
+    mask: Any = None,
 ) -> np.ndarray:
     """The deterministic sample of a (Z, Y, X, C) dask volume (computes; reads only the planned cubes).
 
@@ -141,6 +145,8 @@ def sample_voxels(
         Context ``featurise`` needs along (z, y, x); cubes are at least four times its largest
         entry a side (``VOLUME_SAMPLE_BLOCK`` otherwise), so the context costs at most about as
         much as the cube.
+    mask : dask.array.Array, optional
+        Shape (Z, Y, X), bool: voxels where it is False are never sampled.
 
     Returns
     -------
@@ -154,7 +160,9 @@ def sample_voxels(
     stride = volume_stride(shape, sample_size, block=block)  # type: ignore[arg-type]
     regions, weights = plan_volume_blocks(shape, stride=stride, seed=seed, block=block)  # type: ignore[arg-type]
     threshold = candidate_threshold(sample_size, float(math.prod(shape)))
-    pass_ = functools.partial(_candidates, data, regions, weights, featurise=featurise, depth=depth, seed=seed)
+    pass_ = functools.partial(
+        _candidates, data, regions, weights, featurise=featurise, depth=depth, seed=seed, mask=mask
+    )
     candidates = pass_(threshold=threshold, progress=progress)
     if len(candidates.keys) < sample_size and threshold < 1.0 and candidates.valid_estimate > 0:
         candidates = pass_(threshold=candidate_threshold(sample_size, candidates.valid_estimate) * 2, progress=progress)
@@ -171,6 +179,7 @@ def _candidates(
     seed: int,
     threshold: float,
     progress: bool,
+    mask: Any,
 ) -> Candidates:
     shape = tuple(int(n) for n in data.shape[:3])
     pick = dask.delayed(_cube_candidates, pure=True)
@@ -182,9 +191,18 @@ def _candidates(
         cube = tuple(slice(int(a) - lo, int(b) - lo) for a, b, lo in zip(starts, stops, lows, strict=True))
         block = data[lows[0] : highs[0], lows[1] : highs[1], lows[2] : highs[2]]
         origin = (int(starts[0]), int(starts[1]), int(starts[2]))
+        keep = None if mask is None else mask[tuple(slice(int(a), int(b)) for a, b in zip(starts, stops, strict=True))]
         parts.append(
             pick(
-                block, featurise, cube, origin=origin, shape=shape, seed=seed, threshold=threshold, weight=float(weight)
+                block,
+                featurise,
+                cube,
+                origin=origin,
+                shape=shape,
+                seed=seed,
+                threshold=threshold,
+                weight=float(weight),
+                keep=keep,
             )
         )
     return compute(dask.delayed(merge_candidates, pure=True)(parts), progress=progress)  # type: ignore[no-any-return]

@@ -77,6 +77,8 @@ def fitted(tmp_path_factory) -> dict[str, str]:
     paths["control"] = str(root / "control.zarr")
     tifffile.imwrite(paths["image"], pixels, tile=(256, 256), photometric="rgb")
     assert main(["segment", paths["image"], paths["labels"], "-k", "3", "-q", "--save-model", paths["model"]]) == 0
+    paths["classes"] = str(root / "classes.yaml")
+    Path(paths["classes"]).write_text("classes:\n  first: 1\n  rest: [2, 3]\n")
     return paths
 
 
@@ -87,6 +89,8 @@ NO_FIT_COMMANDS = {
     "info-output": ["info", "{labels}"],
     "apply": ["apply", "{model}", "{image}", "{applied}", "-q"],
     "view": ["view", "{labels}", "--no-browser"],
+    "info-model": ["info", "{model}"],
+    "relabel": ["relabel", "{labels}", "{classes}", "-q"],
 }
 CONTROL = ["segment", "{image}", "{control}", "-k", "3", "-q"]
 

@@ -9,6 +9,7 @@ import yaml
 
 from pixseg.cli import _build_parser, main, options_from_args
 from pixseg.config import load_config
+from pixseg.demo import DEMO_FIT
 from pixseg.errors import ConfigError
 from pixseg.io.model_file import load_model
 from pixseg.options import FitOptions, split_options
@@ -62,3 +63,32 @@ def test_the_preset_is_stored_in_the_model(tmp_path, capsys, blob_tiff):
         PRESETS["rgb-photo"]["features"]
     )
     assert load_model(str(model_path)).preset == "rgb-photo"
+
+
+class _Segmented(Exception):
+    """Raised by the stand-in for ``segment``, carrying the fit options it was given."""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], DEMO_FIT),  # the demo's own defaults
+        (["--features", "lab"], {**DEMO_FIT, "features": ("lab",)}),  # explicit over the demo's
+        (["--preset", "fluorescence"], PRESETS["fluorescence"]),  # the preset over the demo's
+        (["--preset", "fluorescence", "-k", "7"], {**PRESETS["fluorescence"], "clusters": 7}),  # explicit first
+    ],
+)
+def test_demo_takes_explicit_options_then_the_preset_then_its_own_defaults(tmp_path, monkeypatch, flags, expected):
+    """As ``segment``: explicit > preset > default, the demo's defaults (``DEMO_FIT``) standing for pixseg's."""
+
+    def fake_segment(*args, fit, **kwargs):
+        raise _Segmented(fit)
+
+    monkeypatch.setattr("pixseg.demo.write_demo_tiff", lambda *args, **kwargs: None)
+    monkeypatch.setattr("pixseg.runner.segment", fake_segment)
+    with pytest.raises(_Segmented) as raised:
+        main(["demo", str(tmp_path), "--size", "2048", "-q", *flags])
+    fit = raised.value.args[0]
+    for key, value in expected.items():
+        assert getattr(fit, key) == getattr(FitOptions(**{key: value}), key), key
+    assert fit.preset == ("fluorescence" if "--preset" in flags else None)

@@ -4,6 +4,7 @@ pixels equal to OpenSlide's ``read_region``, pixel sizes, ``info`` and ``segment
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pylibCZIrw.czi as pyczi
 import pytest
 import tifffile
 import zarr
+from dicom_wsi_writer import write_dicom_wsi
 from mrxs_writer import write_mrxs
 from slides import downsample, make_slide
 
@@ -219,8 +221,8 @@ def test_segment_convert_and_view_a_czi_scene(czi_two_scenes, tmp_path):
     np.testing.assert_array_equal(open_image(converted).data.compute(), scenes[1])
 
 
-#: Micrometres per pixel (Y, X) written into the MRXS slides: unequal, so that a swap shows.
-MRXS_MPP = (0.24, 0.26)
+#: Micrometres per pixel (Y, X) written into the MRXS and DICOM slides: unequal, so that a swap shows.
+SLIDE_MPP = (0.24, 0.26)
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +234,7 @@ def mrxs_pixels() -> np.ndarray:
 @pytest.fixture(scope="module")
 def mrxs_slide(tmp_path_factory, mrxs_pixels) -> Path:
     """``mrxs_pixels`` as a two-level MRXS slide with PNG images (exact pixels)."""
-    return write_mrxs(tmp_path_factory.mktemp("mrxs") / "slide.mrxs", mrxs_pixels, mpp=MRXS_MPP)
+    return write_mrxs(tmp_path_factory.mktemp("mrxs") / "slide.mrxs", mrxs_pixels, mpp=SLIDE_MPP)
 
 
 def _mrxs_level1(pixels: np.ndarray) -> np.ndarray:
@@ -245,11 +247,11 @@ def _mrxs_level1(pixels: np.ndarray) -> np.ndarray:
 def test_openslide_reads_the_mrxs_writer_back(tmp_path, mrxs_pixels, image_format, min_psnr):
     """The test writer against OpenSlide, the independent reader: exact pixels for PNG and BMP
     images, JPEG within its loss; both levels, and the MPP of Slidedat.ini."""
-    path = write_mrxs(tmp_path / "s.mrxs", mrxs_pixels, image_format=image_format, mpp=MRXS_MPP)
+    path = write_mrxs(tmp_path / "s.mrxs", mrxs_pixels, image_format=image_format, mpp=SLIDE_MPP)
     assert openslide.OpenSlide.detect_format(str(path)) == "mirax"
     with openslide.OpenSlide(str(path)) as slide:
         assert slide.level_dimensions == ((768, 512), (384, 256))
-        assert (float(slide.properties["openslide.mpp-y"]), float(slide.properties["openslide.mpp-x"])) == MRXS_MPP
+        assert (float(slide.properties["openslide.mpp-y"]), float(slide.properties["openslide.mpp-x"])) == SLIDE_MPP
     for level, expected in ((0, mrxs_pixels), (1, _mrxs_level1(mrxs_pixels))):
         read = _openslide_rgba(path, level)
         assert (read[..., 3] == 255).all()
@@ -264,7 +266,7 @@ def test_mrxs_reads_as_openslide_does(mrxs_slide, mrxs_pixels):
     image = open_image(mrxs_slide)
     assert (image.kind, image.reader, image.flavour) == ("openslide", "openslide", "mirax")
     assert image.level_shapes == ((512, 768), (256, 384)) and image.native_chunks == (256, 256)
-    assert image.pixel_size == pytest.approx(MRXS_MPP)
+    assert image.pixel_size == pytest.approx(SLIDE_MPP)
     np.testing.assert_array_equal(image.data.compute(), _openslide_rgba(mrxs_slide))
     np.testing.assert_array_equal(image.data.compute()[..., :3], mrxs_pixels)
     level1 = open_image(mrxs_slide, level=1, chunk=96)  # chunks across the images' borders
@@ -272,20 +274,64 @@ def test_mrxs_reads_as_openslide_does(mrxs_slide, mrxs_pixels):
     np.testing.assert_array_equal(level1.data.compute()[..., :3], _mrxs_level1(mrxs_pixels))
 
 
+@pytest.fixture(scope="module")
+def dicom_pixels() -> np.ndarray:
+    """A 500x700 synthetic H&E slide: partial edge tiles of 256^2 on both axes."""
+    return make_slide(500, 700, seed=5)[0]
+
+
+@pytest.fixture(scope="module")
+def dicom_wsi(tmp_path_factory, dicom_pixels) -> Path:
+    """``dicom_pixels`` as a two-level DICOM WSI directory written by pydicom (uncompressed frames)."""
+    directory = tmp_path_factory.mktemp("dicom") / "slide"
+    write_dicom_wsi(directory, dicom_pixels, mpp=SLIDE_MPP)
+    return directory
+
+
+def test_a_larger_dicom_wsi_reads_as_openslide_does(dicom_wsi, dicom_pixels):
+    """The test writer against OpenSlide (the independent reader), then pixseg against both."""
+    instance = dicom_wsi / "level-0.dcm"
+    assert openslide.OpenSlide.detect_format(str(instance)) == "dicom"
+    with openslide.OpenSlide(str(instance)) as slide:
+        assert slide.level_dimensions == ((700, 500), (350, 250))
+        mpp = (float(slide.properties["openslide.mpp-y"]), float(slide.properties["openslide.mpp-x"]))
+        assert mpp == pytest.approx(SLIDE_MPP)
+    image = open_image(dicom_wsi)
+    assert (image.kind, image.reader, image.flavour) == ("openslide", "openslide", "dicom")
+    assert image.level_shapes == ((500, 700), (250, 350)) and image.native_chunks == (256, 256)
+    assert image.pixel_size == pytest.approx(SLIDE_MPP)
+    np.testing.assert_array_equal(image.data.compute(), _openslide_rgba(instance))
+    np.testing.assert_array_equal(image.data.compute()[..., :3], dicom_pixels)
+    level1 = open_image(dicom_wsi, level=1, chunk=96)
+    np.testing.assert_array_equal(level1.data.compute(), _openslide_rgba(instance, 1))
+    np.testing.assert_array_equal(level1.data.compute()[..., :3], downsample(dicom_pixels, 2))
+
+
 @pytest.mark.slow
-def test_info_and_segment_an_mrxs_equal_a_tiff_of_its_pixels(mrxs_slide, mrxs_pixels, tmp_path, capsys):
-    """The same pixels as MRXS (OpenSlide) and as a TIFF (tifffile) give identical labels."""
-    assert main(["info", str(mrxs_slide)]) == 0
+@pytest.mark.parametrize(
+    ("slide", "pixels", "summary"),
+    [
+        ("mrxs_slide", "mrxs_pixels", ["format: openslide (mirax)", "levels: 512x768, 256x384"]),
+        ("dicom_wsi", "dicom_pixels", ["format: openslide (dicom)", "levels: 500x700, 250x350"]),
+    ],
+)
+def test_info_and_segment_equal_a_tiff_of_the_same_pixels(slide, pixels, summary, request, tmp_path, capsys):
+    """The same pixels as MRXS or DICOM WSI (OpenSlide) and as a TIFF (tifffile) give identical labels."""
+    slide, pixels = request.getfixturevalue(slide), request.getfixturevalue(pixels)
+    assert main(["info", str(slide)]) == 0
     out = capsys.readouterr().out
-    assert "format: openslide (mirax)" in out and "levels: 512x768, 256x384" in out and "(0.24, 0.26)" in out
+    assert all(line in out for line in summary)
+    # OpenSlide derives a DICOM MPP from millimetres (0.24000000000000002): compare as numbers
+    pixel_size = re.search(r"pixel_size_um: \(([\d.]+), ([\d.]+)\)", out)
+    assert pixel_size is not None and tuple(map(float, pixel_size.groups())) == pytest.approx(SLIDE_MPP)
     tiff = str(tmp_path / "slide.tif")
-    tifffile.imwrite(tiff, mrxs_pixels, tile=(256, 256), photometric="rgb")
-    for source, out_path in ((str(mrxs_slide), tmp_path / "mrxs.zarr"), (tiff, tmp_path / "tiff.zarr")):
+    tifffile.imwrite(tiff, pixels, tile=(256, 256), photometric="rgb")
+    for source, out_path in ((str(slide), tmp_path / "slide.zarr"), (tiff, tmp_path / "tiff.zarr")):
         assert main(["segment", source, str(out_path), "--clusters", "3", "--pixel-size", "0.25", "-q"]) == 0
-    mrxs_labels = zarr.open_group(str(tmp_path / "mrxs.zarr"), mode="r")["0"][:]
+    slide_labels = zarr.open_group(str(tmp_path / "slide.zarr"), mode="r")["0"][:]
     tiff_labels = zarr.open_group(str(tmp_path / "tiff.zarr"), mode="r")["0"][:]
-    assert set(np.unique(mrxs_labels)) == {1, 2, 3}
-    np.testing.assert_array_equal(mrxs_labels, tiff_labels)
+    assert set(np.unique(slide_labels)) == {1, 2, 3}
+    np.testing.assert_array_equal(slide_labels, tiff_labels)
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ import zarr
 
 from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file
+from pixseg.io.chunk_files import DAMAGED_CHUNK_ERRORS, chunk_exists
 from pixseg.io.label_groups import finalise_label_zarr
 from pixseg.statistics import count_labels
 
@@ -76,10 +77,62 @@ def store_counting(labels: da.Array, target: Any, n_values: int) -> da.Array:
     return counts.sum(axis=(0, 1, 2))
 
 
-def _write_block(block: np.ndarray, target: Any, n_values: int, block_info: Any = None) -> np.ndarray:
-    region = tuple(slice(start, stop) for start, stop in block_info[0]["array-location"])
-    target[region] = block
+def store_missing_counting(labels: da.Array, target: zarr.Array, n_values: int) -> da.Array:
+    """As :func:`store_counting` for a zarr ``target`` an interrupted run has partly written
+    (``--resume``): the chunks stored are read back and counted now, and their labels are never
+    computed; only the others are computed and written. A chunk that cannot be decoded is written again.
+
+    ``target``'s chunks must equal the dask chunks of ``labels`` (the last ones clipped).
+    """
+    starts = [np.cumsum((0, *sizes[:-1])) for sizes in labels.chunks]
+    parts = []
+    for index in np.ndindex(*labels.numblocks):
+        origin = tuple(int(s[i]) for s, i in zip(starts, index, strict=True))
+        region = tuple(slice(o, o + c[i]) for o, c, i in zip(origin, labels.chunks, index, strict=True))
+        stored = _stored_counts(target, index, region, n_values)
+        if stored is not None:
+            parts.append(da.from_array(stored[np.newaxis, np.newaxis, np.newaxis, :], chunks=-1))
+            continue
+        parts.append(
+            labels.blocks[index].map_blocks(
+                _write_block,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
+                target,
+                n_values,
+                origin,
+                new_axis=3,
+                chunks=((1,), (1,), (1,), (n_values,)),
+                dtype=np.int64,
+                meta=np.empty((0, 0, 0, 0), dtype=np.int64),
+            )
+        )
+    if not parts:
+        return da.zeros(n_values, dtype=np.int64)
+    return da.concatenate(parts, axis=0).sum(axis=(0, 1, 2))
+
+
+def _stored_counts(target: zarr.Array, index: tuple[int, ...], region: tuple[slice, ...], n_values: int) -> Any:
+    """Label counts of a stored chunk, or None when it is missing or damaged (to be written)."""
+    if not chunk_exists(target, index):  # type: ignore[arg-type]  # any number of dimensions
+        return None
+    try:
+        return count_labels(np.asarray(target[region]), n_values)
+    except DAMAGED_CHUNK_ERRORS:
+        return None
+
+
+def _write_block(
+    block: np.ndarray, target: Any, n_values: int, origin: tuple[int, ...] = (0, 0, 0), block_info: Any = None
+) -> np.ndarray:
+    region = tuple(
+        slice(o + start, o + stop) for o, (start, stop) in zip(origin, block_info[0]["array-location"], strict=True)
+    )
+    write_region(target, region, block)
     return count_labels(block, n_values)[np.newaxis, np.newaxis, np.newaxis, :]
+
+
+def write_region(target: Any, region: tuple[slice, ...], block: np.ndarray) -> None:
+    """``target[region] = block``: every chunk of a label volume is stored through here."""
+    target[region] = block
 
 
 class NiftiVoxels:
@@ -175,9 +228,16 @@ def pyramid_factors(shape: tuple[int, int, int], spacing: tuple[float, float, fl
 
 
 def create_volume_label_zarr(
-    path: str, *, shapes: list[tuple[int, ...]], chunks: tuple[int, int, int], dtype: np.dtype
+    path: str,
+    *,
+    shapes: list[tuple[int, ...]],
+    chunks: tuple[int, int, int],
+    dtype: np.dtype,
+    status: dict[str, Any] | None = None,
 ) -> list[zarr.Array]:
     """Create an empty, incomplete OME-Zarr (NGFF 0.5) label group, one array per level (``0``, ``1``...).
+
+    ``status`` (the run's fingerprint and model, for ``--resume``) goes into ``attrs["pixseg"]``.
 
     Raises
     ------
@@ -186,7 +246,7 @@ def create_volume_label_zarr(
     """
     try:
         group = zarr.open_group(path, mode="w-", zarr_format=3)
-        group.attrs["pixseg"] = {"complete": False}
+        group.attrs["pixseg"] = {**(status or {}), "complete": False}
         return [
             group.create_array(
                 str(level),

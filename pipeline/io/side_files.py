@@ -50,8 +50,9 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
     """Write ``base.stats.csv`` (one row per label) and ``base.stats.json`` (``summary`` + rows).
 
     The CSV has ``label, pixels, fraction, area_um2``, then ``name``, ``colour`` (display),
-    ``mean_1..mean_C`` (mean input colour), ``hex``, ``intensity`` and ``centroid_<column>``; a
-    value a row lacks is left empty. The JSON keeps the rows as they are.
+    ``clusters`` (only when the rows have it, i.e. the labels are classes: the class's cluster ids,
+    comma-separated), ``mean_1..mean_C`` (mean input colour), ``hex``, ``intensity`` and
+    ``centroid_<column>``; a value a row lacks is left empty. The JSON keeps the rows as they are.
 
     Raises
     ------
@@ -60,7 +61,8 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
     """
     columns = list(rows[0]["centroid"]) if rows else []
     n_colour = max((len(row.get("mean_colour") or ()) for row in rows), default=0)
-    header = ["label", "pixels", "fraction", "area_um2", "name", "colour"]
+    with_clusters = any("clusters" in row for row in rows)
+    header = ["label", "pixels", "fraction", "area_um2", "name", "colour", *(["clusters"] if with_clusters else [])]
     header += [f"mean_{c + 1}" for c in range(n_colour)] + ["hex", "intensity"]
     try:
         with atomic_file(base + ".stats.csv", "w", newline="", encoding="utf-8") as handle:
@@ -69,6 +71,8 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
             for row in rows:
                 means = row.get("mean_colour") or [None] * n_colour
                 values = [row["pixels"], row["fraction"], row["area_um2"], row.get("name"), row.get("colour")]
+                if with_clusters:
+                    values.append(",".join(str(c) for c in row.get("clusters") or ()) or None)
                 values += [*means, row.get("hex"), row.get("intensity"), *row["centroid"].values()]
                 writer.writerow([row["label"], *map(_csv_value, values)])
         write_json_atomic(base + ".stats.json", {"format": STATISTICS_FORMAT, **summary, "labels": rows})
