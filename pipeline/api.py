@@ -14,11 +14,13 @@ from typing import Any
 
 from pixseg.convert import ConvertResult
 from pixseg.convert import convert as _convert
+from pixseg.io.readers.volume import is_volume_input
 from pixseg.labelling import RunResult
 from pixseg.options import ComputeOptions, ConvertOptions, FitOptions, OutputOptions, ReadOptions, split_options
 from pixseg.runner import WORKER_MODULES
 from pixseg.runner import apply as _apply
 from pixseg.runner import segment as _segment
+from pixseg.volume_runner import VolumeResult, apply_volume, check_volume_options, segment_volume
 
 PathLike = str | os.PathLike[str]
 
@@ -32,7 +34,7 @@ def segment(
     resume: bool = False,
     progress: bool = False,
     **options: Any,
-) -> RunResult:
+) -> RunResult | VolumeResult:
     """Segment an image file out of core: sample, fit k-means (dask-ml), label every pixel, write the labels.
 
     Parameters
@@ -56,8 +58,10 @@ def segment(
 
     Returns
     -------
-    RunResult
-        The output, the model, the per-label statistics, the side files.
+    RunResult or VolumeResult
+        The output, the model, the per-label statistics, the side files; a
+        :class:`~pixseg.volume_runner.VolumeResult` for a volume (NIfTI, DICOM series, or with
+        ``volume=True``: docs/volumes.md).
 
     Raises
     ------
@@ -65,6 +69,19 @@ def segment(
         For a bad option, input or output; :class:`~pixseg.options.OptionError` names the option.
     """
     chosen = split_options(options)
+    if is_volume_input(os.fspath(input), volume=chosen[ReadOptions].volume):  # see docs/volumes.md
+        check_volume_options(chosen[ReadOptions], chosen[OutputOptions], chosen[FitOptions])
+        with _scheduler(chosen[ComputeOptions], options):
+            return segment_volume(
+                os.fspath(input),
+                os.fspath(output),
+                read=chosen[ReadOptions],
+                fit=chosen[FitOptions],
+                model_path=None if save_model is None else os.fspath(save_model),
+                overwrite=overwrite,
+                resume=resume,
+                progress=progress,
+            )
     with _scheduler(chosen[ComputeOptions], options):
         return _segment(
             os.fspath(input),
@@ -89,7 +106,7 @@ def apply(
     resume: bool = False,
     progress: bool = False,
     **options: Any,
-) -> RunResult:
+) -> RunResult | VolumeResult:
     """Label an image file with a saved model (``segment(save_model=...)`` or :meth:`PixelKMeans.save`).
 
     Parameters
@@ -106,7 +123,8 @@ def apply(
 
     Returns
     -------
-    RunResult
+    RunResult or VolumeResult
+        As for :func:`segment`.
 
     Raises
     ------
@@ -114,6 +132,19 @@ def apply(
         For a bad option, model, input or output.
     """
     chosen = split_options(options, (ReadOptions, OutputOptions, ComputeOptions))
+    if is_volume_input(os.fspath(input), volume=chosen[ReadOptions].volume):  # see docs/volumes.md
+        check_volume_options(chosen[ReadOptions], chosen[OutputOptions])
+        with _scheduler(chosen[ComputeOptions], options):
+            return apply_volume(
+                os.fspath(model),
+                os.fspath(input),
+                os.fspath(output),
+                read=chosen[ReadOptions],
+                mask=mask,
+                overwrite=overwrite,
+                resume=resume,
+                progress=progress,
+            )
     with _scheduler(chosen[ComputeOptions], options):
         return _apply(
             os.fspath(model),

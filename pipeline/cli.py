@@ -361,9 +361,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     from pixseg.io.readers.volume import is_volume_input
 
     if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
-        from pixseg.volumes import check_volume_options, segment_volume
+        from pixseg.volume_runner import check_volume_options, segment_volume
 
-        check_volume_options(read, fit, output, resume=args.resume)
+        check_volume_options(read, output, fit)
         with open_compute(compute, worker_imports=WORKER_MODULES):
             volume = segment_volume(
                 args.input,
@@ -372,6 +372,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                 fit=fit,
                 model_path=args.save_model,
                 overwrite=args.overwrite,
+                resume=args.resume,
                 progress=not args.quiet,
             )
         print(volume.summary())
@@ -397,6 +398,25 @@ def _run_apply(args: argparse.Namespace) -> int:
     from pixseg.runner import WORKER_MODULES, apply
 
     read, output, compute = (options_from_args(cls, args) for cls in (ReadOptions, OutputOptions, ComputeOptions))
+    from pixseg.io.readers.volume import is_volume_input
+
+    if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
+        from pixseg.volume_runner import apply_volume, check_volume_options
+
+        check_volume_options(read, output)
+        with open_compute(compute, worker_imports=WORKER_MODULES):
+            volume = apply_volume(
+                args.model,
+                args.input,
+                _output_path(args),
+                read=read,
+                mask=args.mask,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.quiet,
+            )
+        print(volume.summary())
+        return 0
     with open_compute(compute, worker_imports=WORKER_MODULES):
         result = apply(
             args.model,

@@ -66,7 +66,6 @@ _RENDER_THREADS = 2
 _EDGE_PIXELS = 3.0
 
 
-
 def demo_fit_options(fit: FitOptions, given: Collection[str]) -> FitOptions:
     """The demo's fit options: what was given explicitly, then the preset's values, then ``DEMO_FIT``.
 

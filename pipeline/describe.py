@@ -8,9 +8,9 @@ from typing import Any
 from pixseg.io.label_groups import labels_inside, read_label_zarr_status
 from pixseg.io.label_tiff import interrupted_tiff_write, read_label_tiff_status
 from pixseg.io.locks import lock_path_for, read_lock
+from pixseg.io.model_file import load_model, model_document, model_from_document
 from pixseg.io.readers import describe_chunks, list_series, open_image
 from pixseg.io.remote import exists, is_dir, is_url
-from pixseg.io.model_file import load_model, model_document, model_from_document
 from pixseg.io.side_files import side_file_base
 from pixseg.layout import conversion_reason
 from pixseg.model import SegmentationModel
@@ -24,9 +24,10 @@ def describe(path: str, *, level: int = 0) -> dict[str, Any]:
     dict
         ``{"kind": "output", ...status}`` for a pixseg output (with ``complete``);
         ``{"kind": "model", ...}`` for a model file (``.json``); both with the model's summary
-        (:func:`model_summary`) and its document under ``model``. Else ``{"kind": "input", ...}`` with format, the reader that decodes it, shape, dtype, chunks,
-        pyramid levels, pixel size (``unknown`` when the file does not say) and, for a file holding
-        several, every series (index, name, shape, axes). With ``lock``
+        (:func:`model_summary`) and its document under ``model``. Else ``{"kind": "input", ...}``
+        with format, the reader that decodes it, shape, dtype, chunks, pyramid levels, pixel size
+        (``unknown`` when the file does not say) and, for a file holding several, every series
+        (index, name, shape, axes). With ``lock``
         (``held by pid P on 'HOST' since TIME (heartbeat N s ago)``) when a lock file is beside
         it: a run is writing it, or one left the lock behind (``stale``).
 
@@ -115,6 +116,10 @@ def _describe(path: str, *, level: int) -> dict[str, Any]:
         "alpha": image.has_alpha,
         "chunks": describe_chunks(image),
         "levels": image.level_shapes,
-        "pixel_size_um": image.pixel_size or "unknown (areas in pixels; --pixel-size sets it)",
+        "pixel_size_um": (
+            tuple(float(f"{size:.6g}") for size in image.pixel_size)
+            if image.pixel_size
+            else "unknown (areas in pixels; --pixel-size sets it)"
+        ),
         "convert": f"yes: {reason}" if (reason := conversion_reason(image)) else "no: its layout reads well directly",
     }

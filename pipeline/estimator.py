@@ -155,9 +155,9 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
         """
         check_is_fitted(self, "model_")
         if self.volume:
-            from pixseg.volumes import VoxelFeatures, check_window, volume_array, volume_labels
+            from pixseg.volumes import VoxelFeatures, volume_array, volume_labels
 
-            features = VoxelFeatures(self.model_.feature_spec, check_window(self.window))
+            features = VoxelFeatures(self.model_.feature_spec)  # the window is the spec's
             return volume_labels(volume_array(image, chunk=self.chunk), self.model_, features)
         from pixseg.plan import check_model_fits
 

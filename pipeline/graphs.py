@@ -110,9 +110,6 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
             raise ParameterError(f"--mask {mask!r} has {mask_image.shape[2]} channels; a mask has one (0 = masked)")
         check_mask_shape(mask_image.shape[:2], image.level_shapes[0], source=mask)
         return mask_image.data[..., 0] != 0
-    colour = image.shape[2] - int(image.has_alpha)
-    if colour != 3:
-        raise ParameterError(f"--mask auto needs an RGB image; {image.path!r} has {colour} colour channel(s)")
     level, factor = choose_mask_level(image.level_shapes)
     low = image if level == image.level else open_input(image.path, read, level=level, nodata=image.nodata)
     raw_spec = make_feature_spec(
@@ -120,7 +117,10 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
     )
     pixels = compute(block_mean(build_features(low.data, raw_spec), factor), progress=progress)
     white = (float(np.iinfo(np.uint8).max),) * 3 if image.dtype == np.uint8 else None
-    tissue = tissue_mask(pixels, white=white)
+    try:
+        tissue = tissue_mask(pixels, white=white)
+    except ParameterError as err:  # a bright background on an image that is not RGB: name the input
+        raise ParameterError(f"{err} ({image.path!r})") from err
     logger.info(
         "auto mask from level %d averaged %dx: %dx%d, %.1f%% tissue", level, factor, *tissue.shape, 100 * tissue.mean()
     )

@@ -160,7 +160,10 @@ def tissue_mask(
         mask = valid & (_fluorescence_signal(values, valid) > 1.0)
     else:
         if pixels.shape[2] != 3:
-            raise ParameterError(f"--mask auto needs an RGB image; got pixels of shape {pixels.shape!r}")
+            raise ParameterError(
+                f"--mask auto needs an RGB image on a bright (brightfield) background; got {pixels.shape[2]} "
+                "channel(s) on a bright one"
+            )
         if white is None:
             white = tuple(float(v) for v in np.percentile(values[valid], 99.5, axis=0))
         relative = values / np.maximum(np.asarray(white, dtype=np.float64), np.finfo(np.float64).tiny)

@@ -96,7 +96,8 @@ def cube_candidates(
 ) -> Candidates:
     """Candidates of one cube of raw voxels (d, h, w, C): the valid ones whose weighted key is below ``threshold``.
 
-    A voxel is valid when all its channels are finite (and ``keep``, a (d, h, w) bool mask, holds it). Each z-slice of the cube is a block of
+    A voxel is valid when all its channels are finite (and ``keep``, a (d, h, w) bool mask, holds
+    it). Each z-slice of the cube is a block of
     :func:`pixseg.sampling.chunk_candidates` whose rows are the volume's ``z * Y + y``, so keys and
     positions are the linear ``(z * Y + y) * X + x``. ``vectors`` holds the raw values as float64.
     """

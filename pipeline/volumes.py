@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,37 +30,19 @@ import numpy as np
 from dask.array.overlap import ensure_minimum_chunksize
 
 from pixseg import feature_kernels as kernels
-from pixseg.colours import label_colours
-from pixseg.compute import compute
-from pixseg.errors import InputError, OutputError, OutputExistsError, ParameterError
+from pixseg.errors import InputError, ParameterError
 from pixseg.feature_registry import FEATURE_REGISTRY
 from pixseg.features import FeatureSpec, compute_features, dtype_range, make_feature_spec, robust_channel_ranges
-from pixseg.io.label_groups import read_label_zarr_status, remove_output
-from pixseg.io.label_volume import (
-    create_nifti_labels,
-    create_volume_label_zarr,
-    finish_nifti,
-    finish_volume_label_zarr,
-    is_label_nifti,
-    pyramid_factors,
-    reduce_level,
-    store_counting,
-)
-from pixseg.io.model_file import save_model
 from pixseg.io.readers import is_pixel_dtype
-from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK, Volume, is_nifti, open_volume
+from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK
 from pixseg.model import SegmentationModel, fit_model
 from pixseg.normalise import scaled_channels
-from pixseg.options import DEFAULT_SIGMAS, FitOptions, OutputOptions, ReadOptions
-from pixseg.plan import check_model_path
+from pixseg.options import DEFAULT_SIGMAS, FitOptions
 from pixseg.predict import build_labels
 from pixseg.volume_sampling import sample_voxels
 from pixseg.volume_texture import VOLUME_TEXTURE_GROUPS, texture_column, texture_halo
 
 logger = logging.getLogger(__name__)
-
-#: Output suffixes of a volume's labels.
-VOLUME_OUTPUTS = (".zarr", ".nii", ".nii.gz")
 
 
 def check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
@@ -240,7 +219,7 @@ def fit_volume(
     ParameterError
         For ``--clusters auto``, a bad feature group, or a sample with fewer distinct vectors than clusters.
     """
-    n_clusters = _given_clusters(fit)
+    n_clusters = given_clusters(fit)
     raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, mask=mask, progress=progress)
     if len(raw) == 0:
         raise ParameterError("the volume has no valid (finite, unmasked) voxels to sample")
@@ -269,7 +248,8 @@ def fit_volume(
     return fit_model(vectors, spec, n_clusters=n_clusters, seed=fit.seed, restarts=fit.restarts)
 
 
-def _given_clusters(fit: FitOptions) -> int:
+def given_clusters(fit: FitOptions) -> int:
+    """K of ``fit``; ``--clusters auto`` is refused for volumes."""
     if not isinstance(fit.clusters, int):
         raise ParameterError("--clusters auto is not available for volumes yet; give K")
     return fit.clusters
@@ -309,5 +289,3 @@ def volume_array(image: Any, *, chunk: int | None = None) -> da.Array:
     if not is_pixel_dtype(np.dtype(data.dtype)):
         raise InputError(f"a volume array has an integer or float dtype, got {np.dtype(data.dtype).name!r}")
     return data.rechunk({3: -1})
-
-

@@ -210,6 +210,24 @@ def test_tissue_mask_keeps_a_dim_marker_on_a_dark_background(channels):
     assert _iou(tissue_mask(pixels / 65535.0), tissue) >= 0.95  # as the pipeline passes it: scaled to [0, 1]
 
 
+@pytest.mark.slow
+def test_auto_mask_end_to_end_on_a_two_channel_fluorescence_tiff(tmp_path):
+    """A 2-channel uint16 image (DAPI + a dim marker) through ``segment``: the tissue is kept, the
+    dark background is label 0."""
+    pixels, tissue = dapi_and_dim_marker(2)
+    path = str(tmp_path / "fluo.tif")
+    tifffile.imwrite(
+        path,
+        np.clip(pixels, 0, 65535).astype(np.uint16),
+        photometric="minisblack",
+        planarconfig="contig",
+        tile=(64, 64),
+    )
+    out = str(tmp_path / "labels.zarr")
+    segment(path, out, read=ReadOptions(chunk=128), fit=FitOptions(clusters=2, mask="auto"))
+    assert _iou(_labels(out) > 0, tissue) >= 0.95
+
+
 def test_tissue_mask_on_the_presets_fluorescence_slide():
     """The presets benchmark's slide: a membrane marker a tenth as bright as the others is tissue."""
     pixels, classes = make_image("fluorescence", 256)

@@ -239,3 +239,15 @@ def test_tiff_region_over_http_ranges_equals_the_file_and_fetches_only_its_tiles
     assert 0 < fetched < size / 3
     assert opened < size / 3  # opening reads the header and IFDs, not the pixels
     gc.collect()
+
+
+def test_an_empty_object_is_refused_as_an_empty_file_is(tmp_path, s3, capsys):
+    """A range of an empty object is refused by S3 (InvalidRange); pixseg reads it as empty, as a local file."""
+    (tmp_path / "empty.tif").write_bytes(b"")
+    s3.pipe("bkt/empty.tif", b"")
+    assert main(["info", str(tmp_path / "empty.tif")]) == 2
+    local_line = _error_line(capsys)
+    assert main(["info", "s3://bkt/empty.tif"]) == 2
+    remote_line = _error_line(capsys)
+    assert "storage error" not in remote_line
+    assert remote_line == local_line.replace(str(tmp_path / "empty.tif"), "s3://bkt/empty.tif")

@@ -93,7 +93,7 @@ def test_window_clips_then_scales():
     raw = np.array([[-2000.0], [40.0], [5000.0], [np.nan]], dtype=np.float32)
     spec = volume_spec(raw[:3], dtype=np.float32, features=("channels",), normalise="robust", window=(-160.0, 240.0))
     assert spec.channel_ranges == ((-160.0, 240.0),)  # the window, not the sample's percentiles
-    features = VoxelFeatures(spec, (-160.0, 240.0))(raw[:, None, :])[:, 0, 0]
+    features = VoxelFeatures(spec)(raw[:, None, :])[:, 0, 0]
     np.testing.assert_allclose(features[:3], [0.0, 0.5, 1.0])
     assert np.isnan(features[3])
 
@@ -112,7 +112,7 @@ def test_3d_texture_is_exact_across_chunk_borders(spacing):
         sigmas=(1.5,),
     )
     features = volume_features(
-        da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, None, spacing)
+        da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, spacing)
     )
     assert features.chunks[:3] == ((7, 7, 6), (9, 9, 9, 3), (11, 11, 11, 1))
     x = (phantom.astype(np.float64) / 1000.0).astype(np.float32).astype(np.float64)
@@ -157,7 +157,7 @@ def test_texture_sample_holds_the_whole_volumes_features():
         channel_ranges=[(0.0, 1e3)],
         sigmas=(2.0,),
     )
-    features = VoxelFeatures(spec, None, (2.0, 1.0, 1.0))
+    features = VoxelFeatures(spec, (2.0, 1.0, 1.0))
     data = da.from_array(phantom[..., None], chunks=(6, 8, 10, 1))
     sample = sample_voxels(data, sample_size=500, seed=1, progress=False, featurise=features, depth=features.halo)
     whole = features(phantom[..., None]).reshape(-1, 3).astype(np.float64)  # one block: the whole volume
@@ -353,8 +353,9 @@ def test_dicom_series_sorted_by_position_with_spacing_and_hu(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--resume",), "--resume is not available for volumes"),
-        (("--mask", "auto"), "--mask is not available for volumes"),
+        (("--resume",), "--resume needs a .zarr output for volumes"),
+        (("--mask", "mask.png"), "--mask for a volume is one of none, auto"),
+        (("--plane", "z=1"), "--plane is not available for volumes"),
         (("--clusters", "auto"), "--clusters auto is not available for volumes"),
         (("--window", "5,1"), "--window must be LOW,HIGH with LOW < HIGH"),
         (("--features", "hessian"), "--features hessian is not available for volumes"),
@@ -363,7 +364,8 @@ def test_dicom_series_sorted_by_position_with_spacing_and_hu(tmp_path, capsys):
 def test_unsupported_volume_options_exit_2_before_any_work(tmp_path, capsys, args, message):
     source = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(make_phantom((6, 7, 8)), np.eye(4)), str(source))
-    code, stdout, stderr = _cli(capsys, "segment", source, tmp_path / "out.zarr", *args)
+    out = tmp_path / ("out.nii.gz" if "--resume" in args else "out.zarr")
+    code, stdout, stderr = _cli(capsys, "segment", source, out, *args)
     assert code == 2 and stdout == "" and message in stderr and len(stderr.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["scan.nii.gz"]  # nothing written, not even the converted copy
 

@@ -50,6 +50,8 @@ MERGE_BLOCK = 2**25
 _STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 #: S3 error codes, as botocore reports them, that name the cause.
 _MISSING_BUCKET = "NoSuchBucket"
+#: The S3 error code for a byte range that starts past the end (any range of an empty object).
+_EMPTY_RANGE = "InvalidRange"
 _BAD_CREDENTIALS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"})
 
 
@@ -241,6 +243,10 @@ def read_bytes(url: str, *, limit: int | None = None) -> bytes | None:
             if _code(err) == _MISSING_BUCKET:
                 raise
             return None
+        except OSError as err:
+            if _code(err) == _EMPTY_RANGE:  # a range of an empty object: S3 refuses it
+                return b""
+            raise
 
 
 def read_file(path: str, *, limit: int | None = None) -> bytes:
