@@ -190,6 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what an image or a pixseg output holds")
     info.add_argument("path")
     info.add_argument("--level", type=int, default=0, help="pyramid level to describe (default 0)")
+    info.add_argument("--volume", action="store_true", help="describe a TIFF or OME-Zarr Z-stack as a volume")
     info.set_defaults(handler=_run_info)
 
     demo = commands.add_parser("demo", help="build a large demo slide and segment it")
@@ -479,7 +480,7 @@ def _run_info(args: argparse.Namespace) -> int:
     from pixseg.describe import describe
     from pixseg.io.readers.volume import describe_volume, is_volume_input
 
-    if is_volume_input(args.path):  # a NIfTI file or a DICOM series
+    if is_volume_input(args.path, volume=args.volume):  # a NIfTI file, a DICOM series, --volume
         description = describe_volume(args.path)
     else:
         description = describe(args.path, level=args.level)

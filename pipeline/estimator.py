@@ -43,7 +43,8 @@ class PixelKMeans(ClusterMixin, BaseEstimator):  # type: ignore[misc]
     sigmas : sequence of float
         Texture scales in pixels.
     mask : str
-        ``"none"``, ``"auto"`` (tissue versus glass, RGB images) or a mask image path.
+        ``"none"``, ``"auto"`` (tissue versus glass on RGB brightfield, or versus a dark
+        background on fluorescence) or a mask image path.
     normalise : str
         ``"auto"``, ``"dtype"`` or ``"robust"`` channel scaling.
     chunk : int, optional

@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,9 +395,9 @@ def write_side_files(
     coloured = colour_labels(small_labels, colours)
     height, width = small_labels.shape
     matched = np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.Resampling.BILINEAR))
-    pngs = {".thumbnail.png": rgb, ".labels.png": coloured, ".overlay.png": overlay(matched, coloured, small_labels)}
-    with ThreadPoolExecutor(len(pngs)) as pool:  # libpng releases the GIL: encoded side by side
-        list(pool.map(lambda item: write_png(base + item[0], item[1]), pngs.items()))
+    write_png(base + ".thumbnail.png", rgb)
+    write_png(base + ".labels.png", coloured)
+    write_png(base + ".overlay.png", overlay(matched, coloured, small_labels))
     write_legend(base + ".legend.png", statistics, colours, masked_pixels=int(summary["masked_pixels"]))
     previews: tuple[str, ...] = (".thumbnail.png", ".labels.png", ".overlay.png", ".legend.png")
     if run.model.k_choice is not None:  # --clusters auto: the criterion table as a plot

@@ -278,7 +278,8 @@ class FitOptions(Validated):
     )
     mask: str = option(
         "none",
-        "auto: tissue versus glass (RGB); PATH: a mask image, 0 = masked",
+        "auto: tissue versus glass (RGB brightfield) or versus a dark background (fluorescence, any channels);"
+        " PATH: a mask image, 0 = masked",
         config="mask",
         flag="--mask",
         metavar="auto|none|PATH",

@@ -6,6 +6,7 @@ import importlib
 import math
 import os
 import random
+import threading
 
 import dask
 import dask.array as da
@@ -286,7 +287,7 @@ def test_nii_gz_is_converted_slab_by_slab_in_bounded_memory(tmp_path, monkeypatc
         ),
     ],
 )
-def test_tiff_z_stacks_read_as_volumes_with_their_voxel_size(tmp_path, name, options, spacing):
+def test_tiff_z_stacks_read_as_volumes_with_their_voxel_size(tmp_path, capsys, name, options, spacing):
     import tifffile
 
     stack = np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7)
@@ -295,6 +296,9 @@ def test_tiff_z_stacks_read_as_volumes_with_their_voxel_size(tmp_path, name, opt
     volume = open_volume(path)
     assert volume.spacing == pytest.approx(spacing)
     np.testing.assert_array_equal(volume.data[..., 0].compute(), stack)
+    assert main(["info", path, "--volume"]) == 0
+    shown = capsys.readouterr().out
+    assert "shape (ZxYxX): 5x6x7" in shown and "spacing mm: " + "x".join(f"{s:.6g}" for s in spacing) in shown
 
 
 def _write_series(folder, pixels: np.ndarray, *, spacing=(0.7, 0.6), step=2.5, uid=None, positions=None) -> str:
@@ -411,3 +415,156 @@ def test_outputs_never_replace_the_input_or_a_foreign_file(tmp_path, capsys):
     ours = tmp_path / "ours.nii"
     create_nifti_labels(str(ours), shape=(2, 3, 4), dtype=np.dtype(np.uint8), affine=np.eye(4))
     assert is_label_nifti(str(ours)) and nib.load(str(ours)).shape == (4, 3, 2)
+
+
+def _nifti_phantom(path, shape=(23, 37, 41)) -> np.ndarray:
+    """The phantom saved as a NIfTI file (axes reversed to (i, j, k)); returns it as (Z, Y, X)."""
+    phantom = make_phantom(shape)
+    nib.save(nib.Nifti1Image(phantom.transpose(2, 1, 0), np.diag([0.8, 0.9, 2.0, 1.0])), str(path))
+    return phantom
+
+
+def _labels(path) -> np.ndarray:
+    """(Z, Y, X) labels of a NIfTI or OME-Zarr label volume."""
+    if str(path).endswith(".zarr"):
+        return zarr.open_group(str(path), mode="r")["0"][:]
+    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
+
+
+def test_window_round_trips_through_the_model_and_old_models_still_load():
+    from pixseg.features import FeatureSpec
+
+    spec = volume_spec(np.zeros((4, 1)), dtype=np.int16, features=("channels",), normalise="auto", window=(-1.0, 2.0))
+    document = spec.to_dict()
+    assert document["window"] == [-1.0, 2.0] and FeatureSpec.from_dict(document) == spec
+    older = {k: v for k, v in document.items() if k != "window"}
+    assert FeatureSpec.from_dict(older).window is None
+    with pytest.raises(ValueError, match="window"):
+        FeatureSpec.from_dict({**document, "window": [3, 1]})
+
+
+@pytest.mark.slow
+def test_apply_gives_the_labels_segment_gave(tmp_path, capsys):
+    source = tmp_path / "scan.nii"
+    _nifti_phantom(source)
+    model, first = tmp_path / "model.json", tmp_path / "first.zarr"
+    args = ("--clusters", "3", "--window=150,900", "--chunk", "16", "--save-model", model)
+    code, _, _ = _cli(capsys, "segment", source, first, *args)
+    assert code == 0
+    code, stdout, _ = _cli(capsys, "apply", model, source, tmp_path / "applied.nii.gz", "--chunk", "20")
+    assert code == 0 and "labels 1..3" in stdout
+    expected = _labels(first)
+    np.testing.assert_array_equal(_labels(tmp_path / "applied.nii.gz"), expected)
+    result = pixseg.apply(model, source, tmp_path / "api.zarr")
+    assert result.model.feature_spec.window == (150.0, 900.0)
+    np.testing.assert_array_equal(_labels(tmp_path / "api.zarr"), expected)
+    # the window matters: without it the same centroids would label the clipped voxels otherwise
+    assert len(np.unique(expected)) == 3
+
+
+@pytest.mark.slow
+def test_interrupted_zarr_run_resumes_to_the_same_labels(tmp_path, capsys, monkeypatch):
+    from pixseg.io import label_volume
+
+    source = tmp_path / "scan.nii"
+    _nifti_phantom(source)
+    whole = tmp_path / "whole.zarr"
+    assert _cli(capsys, "segment", source, whole, "--clusters", "3", "--chunk", "16")[0] == 0
+    out = tmp_path / "out.zarr"
+    written: list[tuple[slice, ...]] = []
+    original = label_volume.write_region
+
+    lock = threading.Lock()
+
+    def failing(target, region, block):
+        with lock:
+            if len(written) >= 5:
+                raise RuntimeError("interrupted")
+            original(target, region, block)
+            written.append(region)
+
+    monkeypatch.setattr(label_volume, "write_region", failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        main(["segment", str(source), str(out), "--clusters", "3", "--chunk", "16"])
+    assert not zarr.open_group(str(out), mode="r").attrs["pixseg"]["complete"]
+    code, _, stderr = _cli(capsys, "segment", source, out, "--clusters", "3", "--chunk", "16")
+    assert code == 2 and "--resume" in stderr  # an existing output needs --resume or --overwrite
+    code, _, stderr = _cli(capsys, "segment", source, out, "--clusters", "4", "--chunk", "16", "--resume")
+    assert code == 2 and "different fit" in stderr
+    resumed: list[tuple[slice, ...]] = []
+    monkeypatch.setattr(label_volume, "write_region", lambda t, r, b: (original(t, r, b), resumed.append(r)))
+    code, stdout, _ = _cli(capsys, "segment", source, out, "--clusters", "3", "--chunk", "16", "--resume")
+    assert code == 0
+    n_chunks = math.prod(label_volume.zarr.open_array(str(out / "0")).cdata_shape)
+    starts = {tuple(r.start for r in region) for region in written}
+    assert len(resumed) == n_chunks - 5 and not {tuple(r.start for r in region) for region in resumed} & starts
+    np.testing.assert_array_equal(_labels(out), _labels(whole))
+    group, reference = zarr.open_group(str(out), mode="r"), zarr.open_group(str(whole), mode="r")
+    assert group.attrs["pixseg"]["complete"] and group.attrs["ome"] == reference.attrs["ome"]
+    assert group.attrs["pixseg"]["statistics"] == reference.attrs["pixseg"]["statistics"]
+    code, stdout, _ = _cli(capsys, "segment", source, out, "--clusters", "3", "--chunk", "16", "--resume")
+    assert code == 0 and "0 chunks" in stdout  # finished: nothing recomputed
+
+
+def _body_phantom(shape=(40, 64, 72), *, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like body in air: an ellipsoid of soft tissue (40 HU) holding a lung-like air pocket and a
+    bright bone sphere, in air (-1000 HU), with noise; returns (volume, the body's true mask)."""
+    z, y, x = np.indices(shape).astype(np.float64)
+    cz, cy, cx = (n / 2 for n in shape)
+    body = ((z - cz) / (0.42 * shape[0])) ** 2 + ((y - cy) / (0.38 * shape[1])) ** 2 + ((x - cx) / 0.4 / shape[2]) ** 2
+    body = body < 1
+    volume = np.where(body, 40.0, -1000.0)
+    lung = ((z - cz) / 8) ** 2 + ((y - cy) / 9) ** 2 + ((x - cx + 8) / 7) ** 2 < 1
+    volume[lung] = -850.0
+    volume[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx - 10) ** 2 < 25] = 700.0
+    noise = np.random.default_rng(seed).normal(0.0, 30.0, shape)
+    return (volume + noise).astype(np.float32), body
+
+
+def test_auto_body_mask_matches_the_phantoms_body():
+    from pixseg.volume_mask import body_mask
+
+    volume, truth = _body_phantom()
+    mask = body_mask(da.from_array(volume[..., None], chunks=(9, 17, 20, 1)))
+    assert mask.chunks == ((9, 9, 9, 9, 4), (17, 17, 17, 13), (20, 20, 20, 12))
+    kept = mask.compute()
+    iou = (kept & truth).sum() / (kept | truth).sum()
+    assert iou >= 0.95, iou
+
+
+def test_auto_body_mask_upsamples_its_low_resolution_copy(monkeypatch):
+    from pixseg import volume_mask
+
+    volume, truth = _body_phantom()
+    monkeypatch.setattr(volume_mask, "AUTO_MASK_EDGE", 24)  # factors (2, 3, 3): a coarse copy
+    kept = volume_mask.body_mask(da.from_array(volume[..., None], chunks=(16, 16, 16, 1))).compute()
+    assert kept.shape == truth.shape
+    assert (kept & truth).sum() / (kept | truth).sum() >= 0.9
+
+
+@pytest.mark.slow
+def test_mask_auto_labels_air_0_and_apply_reuses_it(tmp_path, capsys):
+    volume, truth = _body_phantom((30, 48, 52))
+    source = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.eye(4)), str(source))
+    model = tmp_path / "model.json"
+    code, _, _ = _cli(capsys, "segment", source, tmp_path / "a.zarr", "--clusters", "3", "--mask", "auto",
+                      "--save-model", model)  # fmt: skip
+    assert code == 0
+    labels = _labels(tmp_path / "a.zarr")
+    assert ((labels > 0) & truth).sum() / ((labels > 0) | truth).sum() >= 0.95
+    assert pixseg.PixelKMeans.load(model).model_.feature_spec.mask == "auto"
+    assert _cli(capsys, "apply", model, source, tmp_path / "b.nii")[0] == 0  # the model's mask mode
+    np.testing.assert_array_equal(_labels(tmp_path / "b.nii"), labels)
+
+
+def test_auto_body_mask_keeps_a_volume_without_background():
+    from nibabel.testing import data_path
+
+    from pixseg.volume_mask import body_mask_low
+
+    cropped = np.asarray(nib.load(os.path.join(data_path, "anatomical.nii")).dataobj).astype(np.float32)
+    assert body_mask_low(cropped).all()  # cropped inside the head: no air to drop
+    with_background = np.asarray(nib.load(os.path.join(data_path, "example4d.nii.gz")).dataobj)[..., 0]
+    kept = body_mask_low(with_background.astype(np.float32))
+    assert 0.1 < kept.mean() < 0.9 and with_background[kept].mean() > 5 * with_background[~kept].mean()

@@ -158,8 +158,9 @@ def open_volume(
 
 
 def describe_volume(path: str) -> dict[str, Any]:
-    """What ``pixseg info`` shows of a NIfTI file or DICOM series: format, reader, (Z, Y, X) shape,
-    channels, dtype, spacing (mm), affine; headers only (a ``.nii.gz`` is not converted).
+    """What ``pixseg info`` shows of a volume (NIfTI, DICOM series, TIFF or OME-Zarr stack): format,
+    reader, (Z, Y, X) shape, channels, dtype, spacing (mm), affine; headers only (a ``.nii.gz`` is
+    not converted, no voxel is read).
 
     Raises
     ------
