@@ -6,7 +6,8 @@ same pixels as ``--rows-per-strip``-row zstd strips under ``--workdir`` (default
 ``benchmarks/_work``), then runs ``python -m benchmarks.stages`` on the tiled and the striped file
 in turn, ``--repeats`` times, and prints one JSON object: each run's wall seconds (interpreter
 start-up included), label pass and peak RSS, the medians, the striped/tiled ratios, and the load
-average before and after. The issue's target: striped within 1.5x of tiled.
+average before and after. Outputs are deleted after each run. The issue's target: striped within
+1.5x of tiled.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -60,6 +62,9 @@ def write_striped_copy(tiled: Path, striped: Path, *, rows_per_strip: int) -> No
 def _run(source: Path, output: Path, options: Sequence[str], log_stem: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.stages", str(source), str(output), "--overwrite", *options]
     measured = run_measured(command, cwd=Path(__file__).parent.parent, log_stem=log_stem)
+    shutil.rmtree(output)
+    for side_file in output.parent.glob(f"{output.name}.*"):
+        side_file.unlink()
     stages = json.loads(measured.stdout.strip().splitlines()[-1])
     return {"wall_s": measured.wall_s, "label_pass_s": stages["label_pass_s"], "peak_mb": measured.peak_tree_rss / 1e6}
 

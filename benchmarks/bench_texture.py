@@ -98,7 +98,10 @@ def count_decodes(workdir: Path, *, size: int) -> dict[str, int]:
 
         return counting
 
-    with tempfile.TemporaryDirectory(dir=workdir) as scratch, mock.patch.object(tifffile.TiffPage, "decode", property(counted)):
+    with (
+        tempfile.TemporaryDirectory(dir=workdir) as scratch,
+        mock.patch.object(tifffile.TiffPage, "decode", property(counted)),
+    ):
         code = pixseg_main(["segment", str(source), str(Path(scratch) / "out.zarr"), "-k", "4", *CONFIGS[TEXTURE]])
     if code != 0:
         raise RuntimeError(f"pixseg segment exited with {code}")

@@ -379,7 +379,9 @@ def compute_features(
         if group.kind == "colour":
             features[..., _column_slice(spec, name)] = group.kernel(core)
         elif group.kind == "position":
-            features[..., _column_slice(spec, name)] = group.kernel(core.shape[:2], origin, image_shape or core.shape[:2])
+            features[..., _column_slice(spec, name)] = group.kernel(
+                core.shape[:2], origin, image_shape or core.shape[:2]
+            )
     if spec.texture_groups:
         _write_texture(features, scaled, spec, inner=inner, scale=scale)
     if invalid is not None:

@@ -112,9 +112,7 @@ def test_3d_texture_is_exact_across_chunk_borders(spacing):
         channel_ranges=[(0.0, 1000.0)],
         sigmas=(1.5,),
     )
-    features = volume_features(
-        da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, spacing)
-    )
+    features = volume_features(da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, spacing))
     assert features.chunks[:3] == ((7, 7, 6), (9, 9, 9, 3), (11, 11, 11, 1))
     x = (phantom.astype(np.float64) / 1000.0).astype(np.float32).astype(np.float64)
     sigmas = [1.5 / s for s in spacing]
