@@ -18,12 +18,14 @@ tile twice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,35 +79,52 @@ def compare(workdir: Path, *, size: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def count_decodes(workdir: Path, *, size: int) -> dict[str, int]:
-    """Tiles tifffile decodes in one in-process ``hed,texture --mask auto`` segment of the ``size``^2 image."""
+def count_decodes(workdir: Path, *, size: int) -> dict[str, Any]:
+    """Tiles tifffile decodes, per stage of ``benchmarks.stages.STAGES``, in one in-process
+    ``hed,texture --mask auto`` segment of the ``size``^2 image."""
+    import importlib
+
     import tifffile
 
+    from benchmarks.stages import STAGES
     from pixseg.cli import main as pixseg_main
 
     source = workdir / f"synthetic-{size}-zstd.tif"
     ensure_synthetic_tiff(source, size=size, distinct_tiles=64 if size > 8192 else None)
-    calls = 0
+    calls: Counter[str] = Counter()
+    stage = ["other"]
     make_decode = tifffile.TiffPage.__dict__["decode"].func  # a cached property that returns the decoder
 
     def counted(page: Any) -> Callable[..., Any]:
         decode = make_decode(page)
 
         def counting(*args: Any, **kwargs: Any) -> Any:
-            nonlocal calls
-            calls += 1
+            calls[stage[0]] += 1  # decodes run on dask's threads while the stage's function waits
             return decode(*args, **kwargs)
 
         return counting
 
-    with (
-        tempfile.TemporaryDirectory(dir=workdir) as scratch,
-        mock.patch.object(tifffile.TiffPage, "decode", property(counted)),
-    ):
+    def in_stage(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            outer, stage[0] = stage[0], name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                stage[0] = outer
+
+        return wrapper
+
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=workdir))
+        stack.enter_context(mock.patch.object(tifffile.TiffPage, "decode", property(counted)))
+        for module_name, attribute, name in STAGES:
+            module = importlib.import_module(module_name)
+            stack.enter_context(mock.patch.object(module, attribute, in_stage(getattr(module, attribute), name)))
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # pixseg's report: stdout is this script's JSON
         code = pixseg_main(["segment", str(source), str(Path(scratch) / "out.zarr"), "-k", "4", *CONFIGS[TEXTURE]])
     if code != 0:
         raise RuntimeError(f"pixseg segment exited with {code}")
-    return {"tiles": math.ceil(size / TILE) ** 2, "decodes": calls}
+    return {"tiles": math.ceil(size / TILE) ** 2, "decodes": dict(calls)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

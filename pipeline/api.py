@@ -81,6 +81,7 @@ def segment(
                 overwrite=overwrite,
                 resume=resume,
                 progress=progress,
+                previews=chosen[OutputOptions].previews,
             )
     with _scheduler(chosen[ComputeOptions], options):
         return _segment(
@@ -144,6 +145,7 @@ def apply(
                 overwrite=overwrite,
                 resume=resume,
                 progress=progress,
+                previews=chosen[OutputOptions].previews,
             )
     with _scheduler(chosen[ComputeOptions], options):
         return _apply(

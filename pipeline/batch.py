@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pixseg import volume_batch
 from pixseg.cluster import open_compute
 from pixseg.config import RunConfig, name_outputs
 from pixseg.describe import describe
@@ -182,6 +183,7 @@ def run_batch(config: RunConfig, *, progress: bool = False) -> BatchResult:
     started_at = now()
     started = time.perf_counter()
     images = find_images(config)
+    volume_batch.check_cohort(config, [image.input for image in images])
     os.makedirs(config.directory, exist_ok=True)
     logger.info("batch of %d image(s) from %s; model: %s", len(images), config.path, config.batch.model)
     outcomes: dict[int, ImageOutcome] = {}
@@ -334,8 +336,12 @@ def _label(
     image: BatchImage, model_path: str | None, config: RunConfig, *, overwrite: bool, resume: bool, progress: bool
 ) -> None:
     """Segment (per-image) or apply the model to one image; an interrupted output of the same job
-    is continued with the runner's ``resume``."""
-    if model_path is None:
+    is continued with the runner's ``resume``; a volume goes to :mod:`pixseg.volume_batch`."""
+    if volume_batch.is_volume(config, image.input):
+        volume_batch.label_volume(
+            config, image.input, image.output, model_path, overwrite=overwrite, resume=resume, progress=progress
+        )
+    elif model_path is None:
         segment(
             image.input,
             image.output,
@@ -380,6 +386,9 @@ def is_done(image: BatchImage, state: dict[str, Any] | None, fingerprint: str) -
         return False
     if not os.path.lexists(image.output):
         return False
+    nifti = volume_batch.is_complete(image.output)
+    if nifti is not None:
+        return nifti
     try:
         return bool(describe(image.output).get("complete"))
     except PipelineError:

@@ -375,6 +375,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 resume=args.resume,
                 progress=not args.quiet,
+                previews=output.previews,
             )
         print(volume.summary())
         return 0
@@ -415,6 +416,7 @@ def _run_apply(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 resume=args.resume,
                 progress=not args.quiet,
+                previews=output.previews,
             )
         print(volume.summary())
         return 0

@@ -56,7 +56,7 @@ MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_NODES = 1_000_000
 #: Keys that must be present.
 _REQUIRED = ("inputs", "output.directory")
-_IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
+_IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".nii.gz")
 
 
 @dataclass(frozen=True)

@@ -219,9 +219,12 @@ def rgb_to_hsv(colour: np.ndarray) -> np.ndarray:
 def rgb_to_hed(colour: np.ndarray) -> np.ndarray:
     """Haematoxylin, eosin, DAB densities of RGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2hed``."""
     # in float32 (within 2e-7 of scikit-image's float64): the logarithm is most of the group's cost
-    rgb = np.clip(colour, _HED_LOG_FLOOR, 1.0, dtype=np.float32)
-    density = np.log(rgb) * np.float32(1.0 / np.log(_HED_LOG_FLOOR))
-    return np.maximum(_mix(density, _HED_MIX_32), np.float32(0.0))
+    density = np.empty((colour.shape[-1], *colour.shape[:-1]), dtype=np.float32)  # channel planes
+    np.clip(np.moveaxis(colour, -1, 0), _HED_LOG_FLOOR, 1.0, out=density)
+    np.log(density, out=density)
+    density *= np.float32(1.0 / np.log(_HED_LOG_FLOOR))
+    stains = _mix_planes(density, _HED_MIX_32)
+    return np.moveaxis(np.maximum(stains, np.float32(0.0), out=stains), 0, -1)
 
 
 def coordinates(shape: tuple[int, int], origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
@@ -275,5 +278,20 @@ def hessian_eigenvalues(
 
 
 def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``pixels @ matrix.T`` as explicit sums (see the module docstring)."""
-    return np.stack([sum(pixels[..., j] * row[j] for j in range(pixels.shape[-1])) for row in matrix], axis=-1)
+    """``pixels @ matrix.T`` as explicit sums in channel order (see the module docstring).
+
+    Returns a (..., len(matrix)) view of channel planes: each output channel is contiguous.
+    """
+    planes = np.empty((pixels.shape[-1], *pixels.shape[:-1]), dtype=pixels.dtype)
+    planes[...] = np.moveaxis(pixels, -1, 0)
+    return np.moveaxis(_mix_planes(planes, matrix), 0, -1)
+
+
+def _mix_planes(planes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """:func:`_mix` of channel planes (C, ...) into planes (len(matrix), ...): contiguous, so vectorised."""
+    mixed = np.empty((len(matrix), *planes.shape[1:]), dtype=np.result_type(planes, matrix))
+    for k, row in enumerate(matrix):
+        np.multiply(planes[0], row[0], out=mixed[k])
+        for j in range(1, len(planes)):
+            mixed[k] += planes[j] * row[j]
+    return mixed

@@ -483,7 +483,7 @@ class ConvertOptions(Validated):
 #: ``model`` values of a batch other than a model file path.
 MODEL_MODES = ("fit-once", "per-image")
 #: ``format`` of a batch's outputs -> their suffix.
-OUTPUT_SUFFIXES = {"zarr": ".zarr", "tiff": ".tif"}
+OUTPUT_SUFFIXES = {"zarr": ".zarr", "tiff": ".tif", "nifti": ".nii.gz"}
 #: Fields of a batch's output ``name`` template: the input's file name without its suffix(es),
 #: with them, its index.
 NAME_FIELDS = ("stem", "name", "index")

@@ -135,8 +135,8 @@ def read_classes(path: str, model: SegmentationModel) -> ClassTable | None:
     """
     if path.lower().endswith(".json"):
         other = model_from_document(read_model_document(path), path)
-        same = other.reading_alpha(model.feature_spec.has_alpha).feature_spec == model.feature_spec and np.array_equal(other.centroids, model.centroids)
-        if not same:
+        same_features = other.reading_alpha(model.feature_spec.has_alpha).feature_spec == model.feature_spec
+        if not (same_features and np.array_equal(other.centroids, model.centroids)):
             raise ModelError(f"model {path!r} has other clusters than the model the labels were made with")
         return other.classes
     from pixseg.config import read_yaml_mapping  # the same safe, bounded reader as run configs

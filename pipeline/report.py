@@ -173,7 +173,7 @@ def render_report(
         _label_table(statistics, pixel_size=size),
         *(["<h2>Regions</h2>", _region_table(run.regions)] if run.regions else []),
         "<h2>Run</h2>",
-        _pairs(
+        pairs_table(
             [
                 ("input", run.fingerprint["input"]["path"]),
                 ("output", run.output),
@@ -191,18 +191,24 @@ def render_report(
         "<h2>Parameters</h2>",
         _parameters(run),
         "<h2>Model</h2>",
-        _pairs(_model_summary(run.model)),
+        pairs_table(model_rows(run.model)),
         *([f"<pre>{_text(format_k_table(run.model.k_choice))}</pre>"] if run.model.k_choice is not None else []),
         "<h2>Timings</h2>",
-        _pairs(timings),
+        pairs_table(timings),
         "<h2>Versions</h2>",
-        _pairs(sorted(run.versions.items())),
+        pairs_table(sorted(run.versions.items())),
     ]
+    return html_page(name, sections, version=run.versions.get("pixseg", "unknown"))
+
+
+def html_page(name: str, sections: Sequence[str], *, version: str) -> str:
+    """A report page titled ``pixseg report: NAME`` (escaped) holding the HTML ``sections``: it starts
+    with :data:`REPORT_SIGNATURE`, and its content security policy allows only ``data:`` images."""
     body = "\n".join(sections)
     return (
         f'{REPORT_SIGNATURE}\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
-        f'<meta name="generator" content="pixseg {_text(run.versions.get("pixseg", "unknown"))}">\n'
+        f'<meta name="generator" content="pixseg {_text(version)}">\n'
         f"<title>pixseg report: {_text(name)}</title>\n<style>{_STYLE}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )
@@ -264,7 +270,8 @@ def _parameters(run: ReportRun) -> str:
     return "<table>\n<tr><th>group</th><th>option</th><th>value</th></tr>\n" + "\n".join(rows) + "\n</table>"
 
 
-def _model_summary(model: SegmentationModel) -> list[tuple[str, Any]]:
+def model_rows(model: SegmentationModel) -> list[tuple[str, Any]]:
+    """A model's fit, as (name, value) rows for :func:`pairs_table`."""
     spec = model.feature_spec
     rows: list[tuple[str, Any]] = [
         ("K (clusters)", model.n_clusters),
@@ -294,11 +301,11 @@ def _region_table(rows: Sequence[Mapping[str, Any]]) -> str:
         area = row["area_um2"]
         cells = [
             f"<td>{_text(row['region'])}</td>",
-            _number(row["label"], str(row["label"])),
+            number_cell(row["label"], str(row["label"])),
             f"<td>{_text(row['name'])}</td>",
-            _number(row["pixels"], str(row["pixels"])),
-            _number(row["fraction"], f"{row['fraction']:.2%}"),
-            _number(area, f"{area:.6g}") if area is not None else "<td></td>",
+            number_cell(row["pixels"], str(row["pixels"])),
+            number_cell(row["fraction"], f"{row['fraction']:.2%}"),
+            number_cell(area, f"{area:.6g}") if area is not None else "<td></td>",
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</table>"])
@@ -314,16 +321,19 @@ def _label_table(rows: Sequence[Mapping[str, Any]], *, pixel_size: Any) -> str:
     for row, default in zip(rows, palette, strict=True):
         label = int(row["label"])
         cells = [
-            _swatch(_css_colour(row.get("colour")) or _css_colour(default)),
-            _number(label, str(label)),
+            swatch_cell(css_colour(row.get("colour")) or css_colour(default)),
+            number_cell(label, str(label)),
             f"<td class=name>{_text(row.get('name') or f'label {label}')}</td>",
         ]
         if show_mean:
             cells.append(f"<td class=mean>{_mean_colour(row)}</td>")
-        cells += [_number(row["pixels"], str(row["pixels"])), _number(row["fraction"], f"{row['fraction']:.2%}")]
+        cells += [
+            number_cell(row["pixels"], str(row["pixels"])),
+            number_cell(row["fraction"], f"{row['fraction']:.2%}"),
+        ]
         if pixel_size:
             area = row.get("area_um2")
-            cells.append(_number(area, f"{area:.6g}") if area is not None else "<td></td>")
+            cells.append(number_cell(area, f"{area:.6g}") if area is not None else "<td></td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</table>"])
 
@@ -331,7 +341,7 @@ def _label_table(rows: Sequence[Mapping[str, Any]], *, pixel_size: Any) -> str:
 def _mean_colour(row: Mapping[str, Any]) -> str:
     """A stats row's mean input colour: a swatch of ``hex``, the ``mean_colour`` values, ``intensity``."""
     parts = []
-    if (colour := _css_colour(row.get("hex"))) is not None:
+    if (colour := css_colour(row.get("hex"))) is not None:
         parts.append(f"<span class=swatch style='background:{colour}'></span> {_text(row['hex'])}")
     mean = row.get("mean_colour")
     if isinstance(mean, list | tuple):
@@ -341,7 +351,7 @@ def _mean_colour(row: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _css_colour(value: Any) -> str | None:
+def css_colour(value: Any) -> str | None:
     """``#rrggbb`` or ``rgb(r, g, b)`` for a hex string or an (r, g, b[, a]) sequence; else None."""
     if isinstance(value, str):
         digits = value.removeprefix("#")
@@ -354,17 +364,20 @@ def _css_colour(value: Any) -> str | None:
     return None
 
 
-def _swatch(colour: str | None) -> str:
+def swatch_cell(colour: str | None) -> str:
+    """A table cell with a colour swatch of the CSS ``colour`` (none: an empty swatch)."""
     style = f" style='background:{colour}'" if colour else ""
     return f"<td><span class=swatch{style}></span></td>"
 
 
-def _number(value: Any, shown: str) -> str:
+def number_cell(value: Any, shown: str) -> str:
+    """A number cell showing ``shown``, with the exact ``value`` in its ``data-value``."""
     exact = repr(value) if isinstance(value, float) else str(value)
     return f'<td class=number data-value="{_text(exact)}">{_text(shown)}</td>'
 
 
-def _pairs(rows: Sequence[tuple[str, Any]]) -> str:
+def pairs_table(rows: Sequence[tuple[str, Any]]) -> str:
+    """A two-column table of (name, value) rows, escaped."""
     body = "\n".join(f"<tr><th>{_text(key)}</th><td>{_text(str(value))}</td></tr>" for key, value in rows)
     return f"<table>\n{body}\n</table>"
 
@@ -373,12 +386,17 @@ def _figures(images: Mapping[str, bytes]) -> str:
     figures = []
     for suffix, caption in REPORT_PREVIEWS:
         if suffix in images:
-            data = base64.b64encode(images[suffix]).decode("ascii")
-            figures.append(
-                f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-                f"<figcaption>{caption}</figcaption></figure>"
-            )
+            figures.append(figure_html(images[suffix], caption))
     return "<div>" + "".join(figures) + "</div>"
+
+
+def figure_html(png: bytes, caption: str) -> str:
+    """A ``<figure>`` showing ``png`` inline (a ``data:`` URI) with its (escaped) ``caption``."""
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_text(caption)}">'
+        f"<figcaption>{_text(caption)}</figcaption></figure>"
+    )
 
 
 def _text(value: str) -> str:

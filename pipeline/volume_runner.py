@@ -43,10 +43,12 @@ from pixseg.io.label_volume import (
 )
 from pixseg.io.model_file import load_model, model_document, save_model
 from pixseg.io.readers.volume import Volume, is_nifti, open_volume
+from pixseg.io.side_files import REPORT_SUFFIX, SLICES_SUFFIX, side_file_base
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import OutputPlan, PreviousRun, check_model_path, previous_run
-from pixseg.volumes import VoxelFeatures, check_volume_features, check_window, fit_volume, given_clusters, volume_labels
+from pixseg.volume_preview import mid_planes, write_slices_preview
+from pixseg.volumes import VoxelFeatures, check_volume_features, check_window, fit_volume, volume_labels
 
 #: Output suffixes of a volume's labels.
 VOLUME_OUTPUTS = (".zarr", ".nii", ".nii.gz")
@@ -59,7 +61,7 @@ class VolumeResult:
     """What a volume ``segment`` or ``apply`` produced.
 
     ``statistics`` has one row per label: ``label``, ``voxels``, ``fraction`` (of labelled
-    voxels), ``volume_mm3`` and ``colour_rgba``.
+    voxels), ``volume_mm3`` and ``colour_rgba``; ``side_files`` the previews written.
     """
 
     output: str
@@ -70,6 +72,7 @@ class VolumeResult:
     seconds: float
     levels: list[tuple[int, ...]]
     statistics: list[dict[str, Any]]
+    side_files: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """The end-of-run lines: what was written, how fast, and the label table."""
@@ -85,6 +88,7 @@ class VolumeResult:
             f"{r['label']:>5} {r['voxels']:>14} {100 * r['fraction']:>7.2f} {r['volume_mm3']:>14.6g}"
             for r in self.statistics
         ]
+        lines += [f"wrote {path}" for path in self.side_files]
         return "\n".join(lines)
 
 
@@ -122,6 +126,7 @@ def segment_volume(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
+    previews: bool = True,
 ) -> VolumeResult:
     """Segment a volume (NIfTI, DICOM series, TIFF or OME-Zarr stack) into a NIfTI or OME-Zarr label volume.
 
@@ -144,6 +149,9 @@ def segment_volume(
         Continue an interrupted run of the same job (``.zarr`` outputs only).
     progress : bool
         Progress on stderr.
+    previews : bool
+        Write ``OUTPUT.slices.png`` (:mod:`pixseg.volume_preview`) and ``OUTPUT.report.html``
+        (:mod:`pixseg.volume_report`); ``--no-previews`` skips them.
 
     Raises
     ------
@@ -153,7 +161,6 @@ def segment_volume(
     started = time.perf_counter()
     read, fit = read or ReadOptions(), fit or FitOptions()
     window = check_window(fit.window)
-    given_clusters(fit)
     check_volume_features(fit.features)
     mask = _check_mask(fit.mask)
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
@@ -171,7 +178,20 @@ def segment_volume(
         model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, mask=keep, progress=progress)
     if model_path is not None:
         save_model(model, model_path, provenance={"input": os.path.abspath(input_path), "window": window})
-    return _label_and_write(volume, model, keep, output_path, kind, read, fingerprint, previous, started, progress)
+    return _label_and_write(
+        volume,
+        model,
+        keep,
+        output_path,
+        kind,
+        read,
+        fingerprint,
+        previous,
+        started,
+        progress,
+        previews=previews,
+        command="segment",
+    )
 
 
 def apply_volume(
@@ -184,6 +204,7 @@ def apply_volume(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
+    previews: bool = True,
 ) -> VolumeResult:
     """Label a volume with a saved model; the labels equal those ``segment`` gave with that model.
 
@@ -209,7 +230,20 @@ def apply_volume(
     if previous is not None and previous.status.get("complete"):
         return _finished(previous, output_path, volume, started)
     keep = _mask(volume, chosen, progress=progress)
-    return _label_and_write(volume, model, keep, output_path, kind, read, fingerprint, previous, started, progress)
+    return _label_and_write(
+        volume,
+        model,
+        keep,
+        output_path,
+        kind,
+        read,
+        fingerprint,
+        previous,
+        started,
+        progress,
+        previews=previews,
+        command="apply",
+    )
 
 
 def _open(input_path: str, output_path: str, read: ReadOptions) -> Volume:
@@ -228,21 +262,27 @@ def _label_and_write(
     previous: PreviousRun | None,
     started: float,
     progress: bool,
+    *,
+    previews: bool,
+    command: str,
 ) -> VolumeResult:
-    """Label every chunk, write the output (metadata last), drop a converted copy, summarise."""
+    """Label every chunk, write the output (metadata last) and its previews, drop a converted copy, summarise."""
     labels = volume_labels(volume.data, model, VoxelFeatures(model.feature_spec, volume.spacing), keep)
     if kind == ".zarr":
         if previous is None and os.path.lexists(output_path):
             remove_output(output_path)  # a NIfTI output is replaced by a rename
         status = {"fingerprint": fingerprint, "model": model_document(model)}
-        counts, levels = _write_zarr(
+        counts, levels, planes = _write_zarr(
             labels, output_path, volume, model, status, resume=previous is not None, progress=progress
         )
     else:
-        counts, levels = _write_nifti(labels, output_path, volume, model, progress=progress)
+        counts, levels, planes = _write_nifti(labels, output_path, volume, model, progress=progress)
+    rows = volume_statistics(counts, volume.voxel_volume)
+    side_files: list[str] = []
+    if previews:  # before the converted copy goes: the preview reads the input's mid-planes
+        side_files = _write_previews(volume, model, planes, rows, output_path, command=command, started=started)
     if not read.keep_workdir:  # after an error the copy is kept for the rerun
         _drop_copy(volume, read.workdir or os.path.dirname(os.path.abspath(output_path)))
-    rows = volume_statistics(counts, volume.voxel_volume)
     if kind == ".zarr":
         factors = pyramid_factors(volume.shape[:3], volume.spacing)
         extra = {"statistics": rows, "model": model_document(model), "input": os.path.abspath(volume.path)}
@@ -256,7 +296,41 @@ def _label_and_write(
         seconds=time.perf_counter() - started,
         levels=levels,
         statistics=rows,
+        side_files=tuple(side_files),
     )
+
+
+def _write_previews(
+    volume: Volume,
+    model: SegmentationModel,
+    planes: tuple[np.ndarray, ...],
+    rows: list[dict[str, Any]],
+    output_path: str,
+    *,
+    command: str,
+    started: float,
+) -> list[str]:
+    """``OUTPUT.slices.png`` from the labels' mid-planes and the input's, then ``OUTPUT.report.html``."""
+    from pixseg import __version__
+    from pixseg.volume_report import write_volume_report
+
+    base = side_file_base(output_path)
+    slices, report = base + SLICES_SUFFIX, base + REPORT_SUFFIX
+    write_slices_preview(slices, volume.data, planes, volume.spacing, label_colours(model.n_clusters))
+    write_volume_report(
+        report,
+        slices,
+        output=output_path,
+        input_path=volume.path,
+        command=command,
+        shape=volume.shape,
+        spacing=volume.spacing,
+        model=model,
+        statistics=rows,
+        seconds=time.perf_counter() - started,
+        version=__version__,
+    )
+    return [slices, report]
 
 
 def _finished(previous: PreviousRun, output_path: str, volume: Volume, started: float) -> VolumeResult:
@@ -326,6 +400,9 @@ def _check_output(path: str, input_path: str, *, overwrite: bool, resume: bool) 
     if output == source or output.startswith(source.rstrip(os.sep) + os.sep):
         raise OutputError(f"output {path!r} would overwrite the input {input_path!r}")
     if not os.path.lexists(path):
+        for suffix in (SLICES_SUFFIX, REPORT_SUFFIX):
+            if os.path.lexists(side_file_base(path) + suffix) and not overwrite:
+                raise OutputExistsError(f"{side_file_base(path) + suffix!r} exists; pass --overwrite to replace it")
         return kind
     if not (overwrite or resume):
         raise OutputExistsError(f"output {path!r} exists; pass --overwrite to replace it or --resume to continue it")
@@ -352,9 +429,10 @@ def _write_zarr(
     *,
     resume: bool,
     progress: bool,
-) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+) -> tuple[np.ndarray, list[tuple[int, ...]], tuple[np.ndarray, ...]]:
     """Level 0 (counting; with ``resume`` only the chunks missing), then each coarser level from
-    the stored one above; metadata is the caller's."""
+    the stored one above; metadata is the caller's. Returns the label counts, the levels' shapes
+    and level 0's three mid-planes (:func:`pixseg.volume_preview.mid_planes`)."""
     chunks = tuple(int(c[0]) for c in labels.chunks)
     labels = labels.rechunk(chunks)  # regular chunks, so each zarr chunk is one dask chunk
     shapes: list[tuple[int, ...]] = [volume.shape[:3]]
@@ -370,23 +448,25 @@ def _write_zarr(
         counts = compute(store_counting(labels, arrays[0], n_values), progress=progress)
     for above, below, factor in zip(arrays[:-1], arrays[1:], shape_factors, strict=True):
         reduce_level(above, below, factor)
-    return counts, shapes
+    return counts, shapes, mid_planes(arrays[0], volume.shape)
 
 
 def _write_nifti(
     labels: da.Array, path: str, volume: Volume, model: SegmentationModel, *, progress: bool
-) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-    """The labels into a temporary ``.nii`` beside ``path`` (one chunk at a time), then moved or compressed there."""
+) -> tuple[np.ndarray, list[tuple[int, ...]], tuple[np.ndarray, ...]]:
+    """The labels into a temporary ``.nii`` beside ``path`` (one chunk at a time), then moved or
+    compressed there; returns the label counts, the shape and the three mid-planes, read before."""
     handle, written = tempfile.mkstemp(prefix=".pixseg-", suffix=".nii", dir=os.path.dirname(os.path.abspath(path)))
     os.close(handle)
     try:
         voxels = create_nifti_labels(written, shape=volume.shape[:3], dtype=model.label_dtype, affine=volume.affine)  # type: ignore[arg-type]
         counts = compute(store_counting(labels, voxels, model.n_clusters + 1), progress=progress)
+        planes = mid_planes(voxels, volume.shape)
         finish_nifti(written, path)
     finally:
         if os.path.exists(written):
             os.remove(written)
-    return counts, [volume.shape[:3]]
+    return counts, [volume.shape[:3]], planes
 
 
 def volume_statistics(counts: np.ndarray, voxel_volume: float) -> list[dict[str, Any]]:

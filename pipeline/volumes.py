@@ -33,9 +33,10 @@ from pixseg import feature_kernels as kernels
 from pixseg.errors import InputError, ParameterError
 from pixseg.feature_registry import FEATURE_REGISTRY
 from pixseg.features import FeatureSpec, compute_features, dtype_range, make_feature_spec, robust_channel_ranges
+from pixseg.fitting import fit_options_model
 from pixseg.io.readers import is_pixel_dtype
 from pixseg.io.readers.volume import DEFAULT_VOLUME_CHUNK
-from pixseg.model import SegmentationModel, fit_model
+from pixseg.model import SegmentationModel
 from pixseg.normalise import scaled_channels
 from pixseg.options import DEFAULT_SIGMAS, FitOptions
 from pixseg.predict import build_labels
@@ -207,7 +208,8 @@ def fit_volume(
     mask: da.Array | None = None,
     progress: bool,
 ) -> SegmentationModel:
-    """Sample a (Z, Y, X, C) volume and fit the model (computes the sample only).
+    """Sample a (Z, Y, X, C) volume and fit the model (computes the sample only); ``--clusters
+    auto`` chooses K on the sample as in 2-D (:func:`pixseg.fitting.fit_options_model`).
 
     The raw sample sets the channel ranges; voxel-wise features are computed from it, texture
     features from a second pass over the same cubes with their halo. ``mask`` ((Z, Y, X) bool,
@@ -217,9 +219,8 @@ def fit_volume(
     Raises
     ------
     ParameterError
-        For ``--clusters auto``, a bad feature group, or a sample with fewer distinct vectors than clusters.
+        For a bad feature group, or a sample with fewer distinct vectors than clusters.
     """
-    n_clusters = given_clusters(fit)
     raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, mask=mask, progress=progress)
     if len(raw) == 0:
         raise ParameterError("the volume has no valid (finite, unmasked) voxels to sample")
@@ -245,14 +246,7 @@ def fit_volume(
         )
     else:
         vectors = features(raw.astype(data.dtype)[:, np.newaxis, :])[:, 0, :]
-    return fit_model(vectors, spec, n_clusters=n_clusters, seed=fit.seed, restarts=fit.restarts)
-
-
-def given_clusters(fit: FitOptions) -> int:
-    """K of ``fit``; ``--clusters auto`` is refused for volumes."""
-    if not isinstance(fit.clusters, int):
-        raise ParameterError("--clusters auto is not available for volumes yet; give K")
-    return fit.clusters
+    return fit_options_model(vectors, spec, fit)
 
 
 def volume_labels(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import random
@@ -358,7 +359,6 @@ def test_dicom_series_sorted_by_position_with_spacing_and_hu(tmp_path, capsys):
         (("--resume",), "--resume needs a .zarr output for volumes"),
         (("--mask", "mask.png"), "--mask for a volume is one of none, auto"),
         (("--plane", "z=1"), "--plane is not available for volumes"),
-        (("--clusters", "auto"), "--clusters auto is not available for volumes"),
         (("--window", "5,1"), "--window must be LOW,HIGH with LOW < HIGH"),
         (("--features", "hessian"), "--features hessian is not available for volumes"),
     ],
@@ -566,3 +566,93 @@ def test_auto_body_mask_keeps_a_volume_without_background():
     with_background = np.asarray(nib.load(os.path.join(data_path, "example4d.nii.gz")).dataobj)[..., 0]
     kept = body_mask_low(with_background.astype(np.float32))
     assert 0.1 < kept.mean() < 0.9 and with_background[kept].mean() > 5 * with_background[~kept].mean()
+
+
+#: ``output.format`` of a batch over volumes -> the outputs' suffix.
+VOLUME_FORMATS = {"zarr": ".zarr", "nifti": ".nii.gz"}
+
+
+def _volume_config(tmp_path, *, model: str, fmt: str = "zarr") -> str:
+    path = tmp_path / f"run-{model}-{fmt}.yaml"
+    path.write_text(
+        f"inputs: ['{tmp_path}/scans/*.nii']\noutput: {{directory: {tmp_path}/out-{model}-{fmt}, format: {fmt}}}\n"
+        f"model: {model}\nclusters: 3\nread: {{chunk: 16}}\n"
+    )
+    return str(path)
+
+
+@pytest.mark.slow
+def test_run_config_over_volumes_segments_each_and_refuses_a_cohort(tmp_path, capsys):
+    (tmp_path / "scans").mkdir()
+    _nifti_phantom(tmp_path / "scans" / "a.nii")
+    _nifti_phantom(tmp_path / "scans" / "b.nii", shape=(17, 29, 31))
+    configs = {suffix: _volume_config(tmp_path, model="per-image", fmt=fmt) for fmt, suffix in VOLUME_FORMATS.items()}
+    for config in configs.values():
+        assert _cli(capsys, "run", config, "-q")[0] == 0
+    for name in ("a", "b"):
+        single = tmp_path / f"{name}-single.zarr"
+        assert (
+            _cli(capsys, "segment", tmp_path / "scans" / f"{name}.nii", single, "--clusters", 3, "--chunk", 16)[0] == 0
+        )
+        for fmt, suffix in VOLUME_FORMATS.items():
+            np.testing.assert_array_equal(
+                _labels(tmp_path / f"out-per-image-{fmt}" / f"{name}{suffix}"), _labels(single)
+            )
+    for fmt, config in zip(VOLUME_FORMATS, configs.values(), strict=True):
+        assert _cli(capsys, "run", config, "-q")[0] == 0  # complete outputs are recognised and skipped
+        summary = json.loads((tmp_path / f"out-per-image-{fmt}" / "pixseg-run.json").read_text())
+        assert summary["counts"] == {"done": 0, "skipped": 2, "failed": 0}
+    code, stdout, stderr = _cli(capsys, "run", _volume_config(tmp_path, model="fit-once"), "-q")
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert "fit-once is not available for volumes" in stderr and not (tmp_path / "out-fit-once-zarr").exists()
+
+
+@pytest.mark.slow
+def test_slices_preview_and_report_keep_the_spacing_and_the_legend_colours(tmp_path, capsys):
+    import imagecodecs
+
+    from pixseg.colours import label_colours
+    from pixseg.io.side_files import REPORT_SIGNATURE
+
+    source = tmp_path / "scan.nii"
+    _nifti_phantom(source)  # shape (23, 37, 41)
+    sx, sy, sz = (float(s) for s in nib.load(str(source)).header.get_zooms())  # 0.8, 0.9, 2.0 as float32
+    height, gap = round(23 * sz / sx), 4  # one display pixel per 0.8 mm
+    for output in (tmp_path / "out.nii.gz", tmp_path / "out.zarr"):
+        assert _cli(capsys, "segment", source, output, "--clusters", 4, "--chunk", 16)[0] == 0
+        png = imagecodecs.png_decode((tmp_path / f"{output.name}.slices.png").read_bytes())
+        assert png.shape == (2 * height + gap, 41 + 41 + round(37 * sy / sx) + 2 * gap, 3)
+        labels, colours = _labels(output), label_colours(4)
+        # (z, y, x) voxel -> (row, column) in the upper row: axial at z=11; coronal at y=18, z up
+        coronal_row = height - 1 - int(12 * sz / sx)
+        for (z, y, x), (row, column) in (
+            ((11, 17, 12), (int(17 * sy / sx), 12)),
+            ((12, 18, 29), (coronal_row, 45 + 29)),
+        ):
+            grey = png[row, column].astype(float)
+            assert labels[z, y, x] != labels[0, 0, 0]  # inside a sphere, not the background
+            colour = np.array(colours[labels[z, y, x] - 1][:3])
+            np.testing.assert_allclose(png[row + height + gap, column], grey * 0.55 + colour * 0.45, atol=1)
+        report = (tmp_path / f"{output.name}.report.html").read_text()
+        counts = np.bincount(labels.ravel(), minlength=5)[1:]
+        assert report.startswith(REPORT_SIGNATURE) and "data:image/png;base64," in report
+        for count, colour in zip(counts, colours, strict=True):  # the legend: each label's voxels and colour
+            assert f'data-value="{count}"' in report and f"rgb({colour[0]}, {colour[1]}, {colour[2]})" in report
+    assert _cli(capsys, "segment", source, tmp_path / "bare.nii", "--clusters", 2, "--no-previews")[0] == 0
+    assert not list(tmp_path.glob("bare.nii.*"))
+
+
+@pytest.mark.slow
+def test_clusters_auto_finds_the_phantoms_intensity_classes(tmp_path):
+    # four diagonal layers of similar volume (the silhouette prefers K=2 when one class holds
+    # nine tenths of the voxels, as the background of the spheres phantom does)
+    z, y, x = np.indices((23, 37, 41))
+    classes = (z + y + x) * 4 // (23 + 37 + 41 - 2)
+    values = np.array([100.0, 400.0, 800.0, 1200.0])[classes] + np.random.default_rng(0).normal(
+        0.0, 25.0, classes.shape
+    )
+    source = tmp_path / "layers.nii"
+    nib.save(nib.Nifti1Image(values.astype(np.float32).transpose(2, 1, 0), np.diag([0.8, 0.9, 2.0, 1.0])), str(source))
+    result = pixseg.segment(source, tmp_path / "out.zarr", clusters="auto:2-6", chunk=16)
+    assert result.model.k_choice is not None and result.model.n_clusters == 4
+    assert adjusted_rand_score(classes.ravel(), _labels(tmp_path / "out.zarr").ravel()) >= 0.99

@@ -136,7 +136,7 @@ def write_region(target: Any, region: tuple[slice, ...], block: np.ndarray) -> N
 
 
 class NiftiVoxels:
-    """Picklable writer of (Z, Y, X) regions into the voxels of an uncompressed NIfTI-1 file."""
+    """Picklable writer (and reader) of (Z, Y, X) regions of the voxels of an uncompressed NIfTI-1 file."""
 
     def __init__(self, path: str, *, shape: tuple[int, int, int], dtype: np.dtype) -> None:
         self.path = path
@@ -151,6 +151,15 @@ class NiftiVoxels:
         zs, ys, xs = key
         voxels[xs, ys, zs] = block.transpose(2, 1, 0)
         voxels.flush()
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        """The (Z, Y, X) region ``key`` (slices only), read from the file's mapped voxels."""
+        depth, height, width = self.shape
+        voxels = np.memmap(
+            self.path, dtype=self.dtype, mode="r", offset=_NIFTI_OFFSET, shape=(width, height, depth), order="F"
+        )
+        zs, ys, xs = key
+        return np.array(voxels[xs, ys, zs].transpose(2, 1, 0))
 
 
 def create_nifti_labels(path: str, *, shape: tuple[int, int, int], dtype: np.dtype, affine: np.ndarray) -> NiftiVoxels:

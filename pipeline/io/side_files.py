@@ -25,7 +25,12 @@ SIDE_SUFFIXES = (
     ".k-choice.png",
     ".regions.csv",
     ".regions.json",
+    ".slices.png",
 )
+#: The side file of a volume's three orthogonal mid-slices (:mod:`pixseg.volume_preview`).
+SLICES_SUFFIX = ".slices.png"
+#: The HTML report beside an output.
+REPORT_SUFFIX = ".report.html"
 #: The first bytes of pixseg's HTML report: how pixseg recognises its own report.
 REPORT_SIGNATURE = "<!DOCTYPE html><!-- pixseg report -->"
 #: The ``format`` key of ``.stats.json``: how pixseg recognises its own statistics.
