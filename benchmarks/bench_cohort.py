@@ -14,8 +14,6 @@ as compiling kernels), a breakdown of the overhead by stage, and the load averag
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 import json
 import os
 import shutil
@@ -23,11 +21,11 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
+from benchmarks.stage_timer import timing_stages
 from benchmarks.synthetic import ensure_synthetic_tiff
 
 #: (module, attribute, stage): what is timed inside each image, where the caller looks it up.
@@ -60,18 +58,6 @@ compute:
 """
 
 
-def _timed(function: Callable[..., Any], log: list[tuple[str, float]], stage: str) -> Callable[..., Any]:
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            log.append((stage, time.perf_counter() - started))
-
-    return wrapper
-
-
 def _per_image(log: list[tuple[str, float]]) -> list[dict[str, float]]:
     """Split the stage log into one dict of stage seconds per image (each image starts at its fingerprint)."""
     images: list[dict[str, float]] = []
@@ -100,21 +86,11 @@ def run_cohort(workdir: Path, *, n_images: int, size: int) -> dict[str, Any]:
     config_path.write_text(CONFIG.format(inputs=inputs, directory=run / "out"))
     config = load_config(config_path)
     log: list[tuple[str, float]] = []
-    patches = [
-        mock.patch.object(module, attribute, _timed(getattr(module, attribute), log, stage))
-        for module_name, attribute, stage in STAGES
-        for module in [importlib.import_module(module_name)]
-    ]
     load_before = os.getloadavg()
-    for patch in patches:
-        patch.start()
-    try:
+    with timing_stages(STAGES, log):
         started = time.perf_counter()
         result = run_batch(config)
         wall = time.perf_counter() - started
-    finally:
-        for patch in patches:
-            patch.stop()
     if result.count("done") != n_images:
         raise RuntimeError(f"batch did not label every image: {[o.error for o in result.failed]}")
     stages = _per_image(log)

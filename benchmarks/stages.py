@@ -24,6 +24,8 @@ from unittest import mock
 
 import psutil
 
+from benchmarks.stage_timer import timing_stages
+
 #: (module, attribute, stage): the functions timed, where the module calling them looks them up.
 STAGES = (
     ("pixseg.runner", "open_input", "open"),
@@ -36,19 +38,7 @@ STAGES = (
 )
 
 
-def _timed(function: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            seconds.append(time.perf_counter() - started)
-
-    return wrapper
-
-
-def _importing_first(function: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+def _importing_first(function: Callable[..., Any], log: list[tuple[str, float]]) -> Callable[..., Any]:
     """``function``, timing ``import dask_ml.cluster`` apart on the first call that would pay for it."""
 
     @functools.wraps(function)
@@ -57,7 +47,7 @@ def _importing_first(function: Callable[..., Any], seconds: list[float]) -> Call
             started = time.perf_counter()
             import dask_ml.cluster  # noqa: F401
 
-            seconds.append(time.perf_counter() - started)
+            log.append(("import", time.perf_counter() - started))
         return function(*args, **kwargs)
 
     return wrapper
@@ -66,27 +56,20 @@ def _importing_first(function: Callable[..., Any], seconds: list[float]) -> Call
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pixseg segment`` with ``argv`` and print the stage timings as JSON."""
     startup_s = time.time() - psutil.Process().create_time()
-    import importlib
-
     from pixseg import model
     from pixseg.cli import main as pixseg_main
 
-    seconds: dict[str, list[float]] = defaultdict(list)
-    patches = []
-    for module_name, attribute, stage in STAGES:
-        module = importlib.import_module(module_name)
-        patches.append(mock.patch.object(module, attribute, _timed(getattr(module, attribute), seconds[stage])))
-    patches.append(mock.patch.object(model, "_fit_kmeans", _importing_first(model._fit_kmeans, seconds["import"])))
-    started = time.perf_counter()
-    for patch in patches:
-        patch.start()
-    try:
+    log: list[tuple[str, float]] = []
+    with (
+        timing_stages(STAGES, log),
+        mock.patch.object(model, "_fit_kmeans", _importing_first(model._fit_kmeans, log)),
+    ):
+        started = time.perf_counter()
         code = pixseg_main(["segment", *(sys.argv[1:] if argv is None else argv)])
-    finally:
-        for patch in patches:
-            patch.stop()
-    elapsed = time.perf_counter() - started
-    total = {stage: sum(values) for stage, values in seconds.items()}
+        elapsed = time.perf_counter() - started
+    total: dict[str, float] = defaultdict(float)
+    for stage, seconds in log:
+        total[stage] += seconds
     total["fit"] = total.get("fit", 0.0) - total.get("import", 0.0)
     outside = elapsed - sum(total.get(stage, 0.0) for stage in ("open", "prepare", "sample", "fit", "import", "labels"))
     result = {

@@ -14,13 +14,11 @@ from typing import Any
 
 from pixseg.convert import ConvertResult
 from pixseg.convert import convert as _convert
-from pixseg.io.readers.volume import is_volume_input
+from pixseg.dispatch import apply_input, segment_input
 from pixseg.labelling import RunResult
 from pixseg.options import ComputeOptions, ConvertOptions, FitOptions, OutputOptions, ReadOptions, split_options
 from pixseg.runner import WORKER_MODULES
-from pixseg.runner import apply as _apply
-from pixseg.runner import segment as _segment
-from pixseg.volume_runner import VolumeResult, apply_volume, check_volume_options, segment_volume
+from pixseg.volume_runner import VolumeResult
 
 PathLike = str | os.PathLike[str]
 
@@ -69,32 +67,18 @@ def segment(
         For a bad option, input or output; :class:`~pixseg.options.OptionError` names the option.
     """
     chosen = split_options(options)
-    if is_volume_input(os.fspath(input), volume=chosen[ReadOptions].volume):  # see docs/volumes.md
-        check_volume_options(chosen[ReadOptions], chosen[OutputOptions], chosen[FitOptions])
-        with _scheduler(chosen[ComputeOptions], options):
-            return segment_volume(
-                os.fspath(input),
-                os.fspath(output),
-                read=chosen[ReadOptions],
-                fit=chosen[FitOptions],
-                model_path=None if save_model is None else os.fspath(save_model),
-                overwrite=overwrite,
-                resume=resume,
-                progress=progress,
-                previews=chosen[OutputOptions].previews,
-            )
-    with _scheduler(chosen[ComputeOptions], options):
-        return _segment(
-            os.fspath(input),
-            os.fspath(output),
-            read=chosen[ReadOptions],
-            fit=chosen[FitOptions],
-            output=chosen[OutputOptions],
-            model_path=None if save_model is None else os.fspath(save_model),
-            overwrite=overwrite,
-            resume=resume,
-            progress=progress,
-        )
+    return segment_input(
+        os.fspath(input),
+        os.fspath(output),
+        read=chosen[ReadOptions],
+        fit=chosen[FitOptions],
+        output=chosen[OutputOptions],
+        scheduler=_scheduler(chosen[ComputeOptions], options),
+        model_path=None if save_model is None else os.fspath(save_model),
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
 
 
 def apply(
@@ -133,32 +117,18 @@ def apply(
         For a bad option, model, input or output.
     """
     chosen = split_options(options, (ReadOptions, OutputOptions, ComputeOptions))
-    if is_volume_input(os.fspath(input), volume=chosen[ReadOptions].volume):  # see docs/volumes.md
-        check_volume_options(chosen[ReadOptions], chosen[OutputOptions])
-        with _scheduler(chosen[ComputeOptions], options):
-            return apply_volume(
-                os.fspath(model),
-                os.fspath(input),
-                os.fspath(output),
-                read=chosen[ReadOptions],
-                mask=mask,
-                overwrite=overwrite,
-                resume=resume,
-                progress=progress,
-                previews=chosen[OutputOptions].previews,
-            )
-    with _scheduler(chosen[ComputeOptions], options):
-        return _apply(
-            os.fspath(model),
-            os.fspath(input),
-            os.fspath(output),
-            read=chosen[ReadOptions],
-            output=chosen[OutputOptions],
-            overwrite=overwrite,
-            resume=resume,
-            progress=progress,
-            mask=mask,
-        )
+    return apply_input(
+        os.fspath(model),
+        os.fspath(input),
+        os.fspath(output),
+        read=chosen[ReadOptions],
+        output=chosen[OutputOptions],
+        scheduler=_scheduler(chosen[ComputeOptions], options),
+        mask=mask,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
 
 
 def convert(

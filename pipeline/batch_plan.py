@@ -1,13 +1,22 @@
 """What a batch run would do, computing nothing (``pixseg run --dry-run``): the images found,
 what would happen to each (run, redo, skip or fail), the model, the scheduler, and rough memory
-estimates per worker and for the fit."""
+estimates per worker and for the fit.
+
+Slides are opened lazily (:func:`pixseg.io.readers.open_image`); volumes
+(:func:`pixseg.volume_batch.is_volume`) from their headers, a ``.nii.gz`` without its one-off
+conversion (:func:`_volume_layout`).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from pixseg import volume_batch
 from pixseg.batch import (
     compute_options,
     find_images,
@@ -22,6 +31,7 @@ from pixseg.errors import PipelineError
 from pixseg.features import make_feature_spec
 from pixseg.io.batch_state import read_state
 from pixseg.io.readers import open_image
+from pixseg.io.readers.volume import is_nifti, open_volume, volume_chunks
 
 #: Rough resident size of an idle dask worker process, for the memory estimate.
 _WORKER_BASE_BYTES = 300 * 2**20
@@ -33,8 +43,9 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``images``: one row per image (input, output, shape, dtype, chunk, chunks, action:
-        ``run``, ``skip``, ``redo`` or ``fail: REASON``); ``model``, ``scheduler``, and
+        ``images``: one row per image (input, output, shape: (Y, X, C) of a slide, (Z, Y, X, C) of
+        a volume, dtype, chunk, chunks, a volume's ``spacing`` (Z, Y, X) in mm, action: ``run``,
+        ``skip``, ``redo`` or ``fail: REASON``); ``model``, ``scheduler``, and
         ``worker_memory``: a rough upper estimate of one worker's memory in bytes (largest chunk
         times the threads of a worker, plus the worker's own footprint), and ``fit_memory``:
         the memory of the in-process fit on the sample.
@@ -42,10 +53,12 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        As :func:`find_images`.
+        As :func:`find_images`, or as :func:`pixseg.volume_batch.check_cohort` (``fit-once``
+        over volumes).
     """
     images = find_images(config)
-    read, fit = config.read, config.fit
+    volume_batch.check_cohort(config, [image.input for image in images])
+    fit = config.fit
     model_identity = None
     if config.batch.model == "per-image":
         model_identity = fit_id(config)
@@ -58,21 +71,15 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
     for image in images:
         row: dict[str, Any] = {"input": image.input, "output": image.output}
         try:
-            opened = open_image(
-                image.input,
-                level=read.level,
-                chunk=read.chunk,
-                series=read.series,
-                plane=read.plane,
-                channels=read.channels,
-            )
+            if volume_batch.is_volume(config, image.input):
+                layout = _volume_layout(config, image.input)
+            else:
+                layout = _image_layout(config, image.input)
         except PipelineError as err:
             rows.append({**row, "action": f"fail: {err}"})
             continue
-        chunk = tuple(int(n) for n in opened.data.chunksize[:2])
-        spec_columns = _feature_columns(config, opened)
-        n_features = max(n_features, spec_columns)
-        per_task = _chunk_bytes(chunk, opened.shape[2], opened.dtype.itemsize, spec_columns)
+        n_features = max(n_features, layout.n_features)
+        per_task = _chunk_bytes(layout.chunk, layout.shape[-1], layout.dtype.itemsize, layout.n_features)
         worker_memory = max(worker_memory, _WORKER_BASE_BYTES + threads * per_task)
         action = "run"
         if os.path.lexists(image.output):
@@ -86,10 +93,11 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
         rows.append(
             {
                 **row,
-                "shape": list(opened.shape),
-                "dtype": opened.dtype.name,
-                "chunk": list(chunk),
-                "chunks": math.prod(opened.data.numblocks[:2]),
+                "shape": list(layout.shape),
+                "dtype": layout.dtype.name,
+                "chunk": list(layout.chunk),
+                "chunks": layout.n_chunks,
+                **({"spacing": list(layout.spacing)} if layout.spacing is not None else {}),
                 "action": action,
             }
         )
@@ -116,9 +124,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [f"config: {plan['config']}"]
     for row in plan["images"]:
         if "shape" in row:
-            height, width, channels = row["shape"]
-            chunk = "x".join(str(n) for n in row["chunk"])
-            layout = f"{height}x{width}x{channels} {row['dtype']}, {row['chunks']} chunks of {chunk}"
+            shape, chunk = ("x".join(str(n) for n in row[key]) for key in ("shape", "chunk"))
+            voxels = f", voxels of {'x'.join(f'{s:g}' for s in row['spacing'])} mm" if "spacing" in row else ""
+            layout = f"{shape} {row['dtype']}{voxels}, {row['chunks']} chunks of {chunk}"
             lines.append(f"  {row['action']:<5} {row['input']} ({layout}) -> {row['output']}")
         else:
             reason = row["action"].partition(": ")[2]
@@ -161,23 +169,88 @@ def _describe_scheduler(config: RunConfig) -> str:
     return f"existing scheduler {compute.scheduler}"
 
 
-def _feature_columns(config: RunConfig, image: Any) -> int:
+@dataclass(frozen=True)
+class _Layout:
+    """What the plan shows of an input: ``shape`` (Y, X, C) or (Z, Y, X, C), the processing
+    ``chunk`` (without C) and their number, the feature columns, a volume's spacing (mm)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk: tuple[int, ...]
+    n_chunks: int
+    n_features: int
+    spacing: tuple[float, float, float] | None = None
+
+
+def _image_layout(config: RunConfig, path: str) -> _Layout:
+    """A slide's layout, opened lazily as the run opens it.
+
+    Raises
+    ------
+    PipelineError
+        As :func:`pixseg.io.readers.open_image`.
+    """
+    read = config.read
+    opened = open_image(
+        path, level=read.level, chunk=read.chunk, series=read.series, plane=read.plane, channels=read.channels
+    )
+    return _Layout(
+        shape=tuple(opened.shape),
+        dtype=opened.dtype,
+        chunk=tuple(int(n) for n in opened.data.chunksize[:2]),
+        n_chunks=math.prod(opened.data.numblocks[:2]),
+        n_features=_feature_columns(config, opened.shape[2], has_alpha=opened.has_alpha, dtype=opened.dtype),
+    )
+
+
+def _volume_layout(config: RunConfig, path: str) -> _Layout:
+    """A volume's layout from its headers: a ``.nii.gz`` is not converted (its chunks are those
+    of the OME-Zarr copy the run reads, :func:`pixseg.io.readers.nifti.open_zarr_volume`), and
+    no voxel is read.
+
+    Raises
+    ------
+    PipelineError
+        As :func:`pixseg.io.readers.volume.open_volume`, or for options volumes refuse
+        (:func:`pixseg.volume_runner.check_volume_options`).
+    """
+    from pixseg.volume_runner import check_volume_options
+
+    read = config.read
+    check_volume_options(read, config.output, config.fit if config.model_file is None else None)
+    if is_nifti(path) and path.lower().endswith(".gz"):
+        from pixseg.io.readers.nifti import read_nifti_header, scaled_dtype
+
+        header = read_nifti_header(path)
+        shape, spacing = header.shape, header.spacing
+        dtype = scaled_dtype(header.raw_dtype, header.slope, header.inter)
+        chunk = volume_chunks(shape[:3], read.chunk)
+    else:
+        volume = open_volume(path, chunk=read.chunk, series_uid=read.series_uid)
+        shape, spacing, dtype = volume.shape, volume.spacing, volume.dtype
+        chunk = tuple(int(n) for n in volume.data.chunksize[:3])
+    return _Layout(
+        shape=tuple(shape),
+        dtype=np.dtype(dtype),
+        chunk=tuple(chunk),
+        n_chunks=math.prod(-(-n // c) for n, c in zip(shape[:3], chunk, strict=True)),
+        n_features=_feature_columns(config, shape[3], has_alpha=False, dtype=np.dtype(dtype)),
+        spacing=spacing,
+    )
+
+
+def _feature_columns(config: RunConfig, n_channels: int, *, has_alpha: bool, dtype: np.dtype) -> int:
     try:
-        spec = make_feature_spec(
-            config.fit.features,
-            n_channels=image.shape[2],
-            has_alpha=image.has_alpha,
-            dtype=image.dtype,
-        )
+        spec = make_feature_spec(config.fit.features, n_channels=n_channels, has_alpha=has_alpha, dtype=dtype)
     except PipelineError:
-        return image.shape[2]
+        return n_channels
     return len(spec.columns)
 
 
 def _chunk_bytes(chunk: tuple[int, ...], channels: int, itemsize: int, n_features: int) -> int:
-    """Rough peak bytes of one task: the decoded chunk, float32 scaled channels, the float32
-    features and their temporaries (x3), and the labels."""
-    pixels = chunk[0] * chunk[1]
+    """Rough peak bytes of one task: the decoded chunk (pixels or voxels), float32 scaled channels,
+    the float32 features and their temporaries (x3), and the labels."""
+    pixels = math.prod(chunk)
     return pixels * (channels * itemsize + channels * 4 + 3 * n_features * 4 + 2)
 
 

@@ -33,7 +33,8 @@ from pixseg.options import (
 from pixseg.tables import format_label_table, format_model_tables, format_region_table, format_value, print_result
 
 if TYPE_CHECKING:
-    pass
+    from pixseg.labelling import RunResult
+    from pixseg.volume_runner import VolumeResult
 
 logger = logging.getLogger("pixseg")
 
@@ -353,87 +354,59 @@ def _output_path(args: argparse.Namespace) -> str:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from pixseg.cluster import open_compute
-    from pixseg.runner import WORKER_MODULES, segment
+    from pixseg.dispatch import segment_input
 
     read, fit, output, compute = (
         options_from_args(cls, args) for cls in (ReadOptions, FitOptions, OutputOptions, ComputeOptions)
     )
-    from pixseg.io.readers.volume import is_volume_input
-
-    if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
-        from pixseg.volume_runner import check_volume_options, segment_volume
-
-        check_volume_options(read, output, fit)
-        with open_compute(compute, worker_imports=WORKER_MODULES):
-            volume = segment_volume(
-                args.input,
-                _output_path(args),
-                read=read,
-                fit=fit,
-                model_path=args.save_model,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                progress=not args.quiet,
-                previews=output.previews,
-            )
-        print(volume.summary())
-        return 0
-    with open_compute(compute, worker_imports=WORKER_MODULES):
-        result = segment(
-            args.input,
-            _output_path(args),
-            read=read,
-            fit=fit,
-            output=output,
-            model_path=args.save_model,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            progress=not args.quiet,
-        )
-    print_result(result)
+    result = segment_input(
+        args.input,
+        _output_path(args),
+        read=read,
+        fit=fit,
+        output=output,
+        model_path=args.save_model,
+        **_run_flags(args, compute),
+    )
+    _print_run(result)
     return 0
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    from pixseg.cluster import open_compute
-    from pixseg.runner import WORKER_MODULES, apply
+    from pixseg.dispatch import apply_input
 
     read, output, compute = (options_from_args(cls, args) for cls in (ReadOptions, OutputOptions, ComputeOptions))
-    from pixseg.io.readers.volume import is_volume_input
-
-    if is_volume_input(args.input, volume=read.volume):  # NIfTI, a DICOM series, --volume
-        from pixseg.volume_runner import apply_volume, check_volume_options
-
-        check_volume_options(read, output)
-        with open_compute(compute, worker_imports=WORKER_MODULES):
-            volume = apply_volume(
-                args.model,
-                args.input,
-                _output_path(args),
-                read=read,
-                mask=args.mask,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                progress=not args.quiet,
-                previews=output.previews,
-            )
-        print(volume.summary())
-        return 0
-    with open_compute(compute, worker_imports=WORKER_MODULES):
-        result = apply(
-            args.model,
-            args.input,
-            _output_path(args),
-            read=read,
-            output=output,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            progress=not args.quiet,
-            mask=args.mask,
-        )
-    print_result(result)
+    result = apply_input(
+        args.model,
+        args.input,
+        _output_path(args),
+        read=read,
+        output=output,
+        mask=args.mask,
+        **_run_flags(args, compute),
+    )
+    _print_run(result)
     return 0
+
+
+def _run_flags(args: argparse.Namespace, compute: ComputeOptions) -> dict[str, Any]:
+    """The keyword arguments ``segment`` and ``apply`` take alike: the scheduler (not yet
+    started), ``overwrite``, ``resume`` and ``progress``."""
+    from pixseg.cluster import open_compute
+    from pixseg.runner import WORKER_MODULES
+
+    scheduler = open_compute(compute, worker_imports=WORKER_MODULES)
+    return {"scheduler": scheduler, "overwrite": args.overwrite, "resume": args.resume, "progress": not args.quiet}
+
+
+def _print_run(result: RunResult | VolumeResult) -> None:
+    """A 2-D run's tables (:func:`print_result`), or a volume's summary."""
+    from pixseg.labelling import RunResult
+
+    if isinstance(result, RunResult):
+        print_result(result)
+    else:
+        print(result.summary())
 
 
 def _run_batch(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ mask the sampling and prediction stages read.
 
 Colour features are per pixel. Texture features (Gaussian-smoothed intensity, local standard
 deviation, gradient magnitude, Laplacian of Gaussian, Hessian eigenvalues) filter the
-intensity image with ``scipy.ndimage`` Gaussians (``mode="reflect"``, ``truncate`` 4) at each
-scale ``sigma``; the lazy builder gives every chunk a halo of ``ceil(sigma * truncate)``
-pixels (dask-image's rule) and no padding at the image edges, so scipy's own boundary
-handling applies there and a pixel's features do not depend on the chunking. Sigmas are in
+intensity image with scipy.ndimage's Gaussians (``mode="reflect"``, ``truncate`` 4), run in
+float32 through OpenCV (:func:`~pixseg.feature_kernels.gaussian_filters`), at each scale
+``sigma``; the lazy builder gives every chunk a halo of ``ceil(sigma * truncate)`` pixels
+(dask-image's rule) and no padding at the image edges, so the reflecting border applies there
+and a pixel's features do not depend on the chunking (bit for bit). Sigmas are in
 full-resolution pixels: on a pyramid level downsampled ``f`` times the filters use
 ``sigma / f`` and derivatives are expressed per full-resolution pixel, so features of a
 level approximate those of the full-resolution image.

@@ -133,10 +133,7 @@ def plan_output(
         check_own_output(plan.path, LABEL_OUTPUT if kind == "zarr" else LABEL_TIFF)
         if plan.work_path != plan.path:
             check_own_output(plan.work_path, LABEL_OUTPUT)
-    for suffix in SIDE_SUFFIXES:
-        path = plan.side_base + suffix
-        if exists(path) and not is_own_side_file(path):
-            raise OutputError(_foreign(path, "side file"))
+    check_side_files(plan.side_base)
     check_lock_path(plan.lock_path)
     if exists(plan.written_path) and not (overwrite or resume):
         raise OutputExistsError(
@@ -239,6 +236,22 @@ def check_lock_path(path: str) -> None:
     """Refuse a lock path holding a symlink or a directory: a lock is a plain file pixseg creates."""
     if not is_url(path) and (os.path.islink(path) or os.path.isdir(path)):
         raise OutputError(_foreign(path, "lock"))
+
+
+def check_side_files(side_base: str) -> None:
+    """Refuse a side file at ``side_base`` + any of :data:`~pixseg.io.side_files.SIDE_SUFFIXES` that
+    pixseg did not write (:func:`~pixseg.io.side_files.is_own_side_file`; a symlink never is), with or
+    without ``--overwrite``; pixseg's own may be replaced.
+
+    Raises
+    ------
+    OutputError
+        Naming the first such file and what is there.
+    """
+    for suffix in SIDE_SUFFIXES:
+        path = side_base + suffix
+        if exists(path) and not is_own_side_file(path):
+            raise OutputError(_foreign(path, "side file"))
 
 
 def _foreign(path: str, what: str, *, expected: str = "") -> str:

@@ -33,7 +33,7 @@ def render_volume_report(
 ) -> str:
     """The report page of a volume run, as HTML text (every value escaped; images inline).
 
-    ``statistics`` are :func:`pixseg.volume_runner.volume_statistics` rows; ``slices_png`` is
+    ``statistics`` are :func:`pixseg.volume_statistics.volume_statistics` rows; ``slices_png`` is
     the ``.slices.png`` preview; ``command`` is ``segment`` or ``apply``.
     """
     voxels = sum(int(row["voxels"]) for row in statistics)
@@ -80,8 +80,9 @@ def write_volume_report(path: str, slices_path: str, **run: Any) -> None:
 
 
 def _label_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Voxels, fraction and volume of each label, with its legend colour; numbers carry exact values."""
-    header = ["", "label", "voxels", "fraction", "volume (mm³)"]
+    """Voxels, fraction, volume and mean input intensity of each label, with its legend colour;
+    numbers carry exact values (an empty label's intensity is blank)."""
+    header = ["", "label", "voxels", "fraction", "volume (mm³)", "mean intensity"]
     lines = ["<table class=labels>", "<tr>" + "".join(f"<th>{_escape(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         cells = [
@@ -90,6 +91,7 @@ def _label_table(rows: Sequence[Mapping[str, Any]]) -> str:
             number_cell(row["voxels"], str(row["voxels"])),
             number_cell(row["fraction"], f"{row['fraction']:.2%}"),
             number_cell(row["volume_mm3"], f"{row['volume_mm3']:.6g}"),
+            number_cell(row.get("intensity"), "" if row.get("intensity") is None else f"{row['intensity']:.6g}"),
         ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*lines, "</table>"])

@@ -2,7 +2,9 @@
 
 Outputs: ``.zarr`` (an OME-Zarr label multiscale, :func:`pixseg.io.label_volume.pyramid_factors`)
 or ``.nii`` / ``.nii.gz`` (a NIfTI label volume with the input's affine). Statistics: voxels,
-fraction and volume in mm³ per label.
+fraction and volume in mm³ per label, written as ``OUTPUT.stats.csv`` and ``OUTPUT.stats.json``
+(:mod:`pixseg.volume_statistics`), so pixseg recognises a volume's side files as its own, and
+refuses any it did not write, as for slides (:func:`pixseg.plan.check_side_files`).
 
 ``--resume`` (``.zarr`` outputs only): the group records the run's fingerprint (the input's
 identity and shape, the options or the applied model) and its model when it is created, so an
@@ -46,8 +48,9 @@ from pixseg.io.readers.volume import Volume, is_nifti, open_volume
 from pixseg.io.side_files import REPORT_SUFFIX, SLICES_SUFFIX, side_file_base
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
-from pixseg.plan import OutputPlan, PreviousRun, check_model_path, previous_run
+from pixseg.plan import OutputPlan, PreviousRun, check_model_path, check_side_files, previous_run
 from pixseg.volume_preview import mid_planes, write_slices_preview
+from pixseg.volume_statistics import volume_statistics, write_volume_statistics
 from pixseg.volumes import VoxelFeatures, check_volume_features, check_window, fit_volume, volume_labels
 
 #: Output suffixes of a volume's labels.
@@ -151,7 +154,8 @@ def segment_volume(
         Progress on stderr.
     previews : bool
         Write ``OUTPUT.slices.png`` (:mod:`pixseg.volume_preview`) and ``OUTPUT.report.html``
-        (:mod:`pixseg.volume_report`); ``--no-previews`` skips them.
+        (:mod:`pixseg.volume_report`); ``--no-previews`` skips them. ``OUTPUT.stats.csv`` and
+        ``OUTPUT.stats.json`` are always written.
 
     Raises
     ------
@@ -167,31 +171,17 @@ def segment_volume(
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite)
     volume = _open(input_path, output_path, read)
-    fingerprint = _fingerprint(volume, read=_read_identity(read), fit=fit)
-    previous = previous_run(_plan(output_path), fingerprint) if resume else None
-    if previous is not None and previous.status.get("complete"):
-        return _finished(previous, output_path, volume, started)
+    job = _start(volume, output_path, kind, read, command="segment", started=started, resume=resume, fit=fit)
+    if job.done:
+        return _finished(job)
     keep = _mask(volume, mask, progress=progress)
-    if previous is not None:
-        model = previous.model
+    if job.previous is not None:
+        model = job.previous.model
     else:
         model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, mask=keep, progress=progress)
     if model_path is not None:
         save_model(model, model_path, provenance={"input": os.path.abspath(input_path), "window": window})
-    return _label_and_write(
-        volume,
-        model,
-        keep,
-        output_path,
-        kind,
-        read,
-        fingerprint,
-        previous,
-        started,
-        progress,
-        previews=previews,
-        command="segment",
-    )
+    return _label_and_write(job, model, keep, progress=progress, previews=previews)
 
 
 def apply_volume(
@@ -225,65 +215,87 @@ def apply_volume(
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
     volume = _open(input_path, output_path, read)
     _check_model_fits(model, volume, model_path)
-    fingerprint = _fingerprint(volume, read=_read_identity(read), model=model_document(model), mask=chosen)
-    previous = previous_run(_plan(output_path), fingerprint) if resume else None
-    if previous is not None and previous.status.get("complete"):
-        return _finished(previous, output_path, volume, started)
+    parts = {"model": model_document(model), "mask": chosen}
+    job = _start(volume, output_path, kind, read, command="apply", started=started, resume=resume, **parts)
+    if job.done:
+        return _finished(job)
     keep = _mask(volume, chosen, progress=progress)
-    return _label_and_write(
-        volume,
-        model,
-        keep,
-        output_path,
-        kind,
-        read,
-        fingerprint,
-        previous,
-        started,
-        progress,
-        previews=previews,
-        command="apply",
-    )
+    return _label_and_write(job, model, keep, progress=progress, previews=previews)
 
 
-def _open(input_path: str, output_path: str, read: ReadOptions) -> Volume:
-    workdir = read.workdir or os.path.dirname(os.path.abspath(output_path))
-    return open_volume(input_path, chunk=read.chunk, series_uid=read.series_uid, workdir=workdir)
+@dataclass(frozen=True)
+class _Job:
+    """A volume ``segment`` or ``apply`` once its output is checked and its input opened: what
+    labelling and writing need, and the interrupted run ``--resume`` continues, if any."""
+
+    volume: Volume
+    output_path: str
+    kind: str
+    read: ReadOptions
+    command: str
+    started: float
+    fingerprint: dict[str, Any]
+    previous: PreviousRun | None
+
+    @property
+    def done(self) -> bool:
+        """Whether ``--resume`` found the run complete (nothing to compute)."""
+        return self.previous is not None and bool(self.previous.status.get("complete"))
 
 
-def _label_and_write(
+def _start(
     volume: Volume,
-    model: SegmentationModel,
-    keep: da.Array | None,
     output_path: str,
     kind: str,
     read: ReadOptions,
-    fingerprint: dict[str, Any],
-    previous: PreviousRun | None,
-    started: float,
-    progress: bool,
     *,
-    previews: bool,
     command: str,
+    started: float,
+    resume: bool,
+    **parts: Any,
+) -> _Job:
+    """The job of a run: its fingerprint (the input, the read options and ``parts``) and, with
+    ``resume``, the interrupted run of the same fingerprint (another one is refused)."""
+    fingerprint = _fingerprint(volume, read=_read_identity(read), **parts)
+    previous = previous_run(_plan(output_path), fingerprint) if resume else None
+    return _Job(volume, output_path, kind, read, command, started, fingerprint, previous)
+
+
+def _workdir(read: ReadOptions, output_path: str) -> str:
+    """Where a ``.nii.gz`` input is converted: ``--workdir``, else the output's directory."""
+    return read.workdir or os.path.dirname(os.path.abspath(output_path))
+
+
+def _open(input_path: str, output_path: str, read: ReadOptions) -> Volume:
+    return open_volume(input_path, chunk=read.chunk, series_uid=read.series_uid, workdir=_workdir(read, output_path))
+
+
+def _label_and_write(
+    job: _Job, model: SegmentationModel, keep: da.Array | None, *, progress: bool, previews: bool
 ) -> VolumeResult:
-    """Label every chunk, write the output (metadata last) and its previews, drop a converted copy, summarise."""
+    """Label every chunk, write the output (metadata last), its statistics and previews, drop a
+    converted copy, summarise."""
+    volume, output_path = job.volume, job.output_path
     labels = volume_labels(volume.data, model, VoxelFeatures(model.feature_spec, volume.spacing), keep)
-    if kind == ".zarr":
-        if previous is None and os.path.lexists(output_path):
+    if job.kind == ".zarr":
+        if job.previous is None and os.path.lexists(output_path):
             remove_output(output_path)  # a NIfTI output is replaced by a rename
-        status = {"fingerprint": fingerprint, "model": model_document(model)}
-        counts, levels, planes = _write_zarr(
-            labels, output_path, volume, model, status, resume=previous is not None, progress=progress
+        status = {"fingerprint": job.fingerprint, "model": model_document(model)}
+        table, levels, planes = _write_zarr(
+            labels, output_path, volume, model, status, resume=job.previous is not None, progress=progress
         )
     else:
-        counts, levels, planes = _write_nifti(labels, output_path, volume, model, progress=progress)
-    rows = volume_statistics(counts, volume.voxel_volume)
-    side_files: list[str] = []
+        table, levels, planes = _write_nifti(labels, output_path, volume, model, progress=progress)
+    counts = table[:, 0].astype(np.int64)
+    rows = volume_statistics(counts, table[:, 1:], volume.voxel_volume, model)
+    side_files = write_volume_statistics(
+        output_path, rows, masked_voxels=int(counts[0]), shape=volume.shape, spacing=volume.spacing
+    )
     if previews:  # before the converted copy goes: the preview reads the input's mid-planes
-        side_files = _write_previews(volume, model, planes, rows, output_path, command=command, started=started)
-    if not read.keep_workdir:  # after an error the copy is kept for the rerun
-        _drop_copy(volume, read.workdir or os.path.dirname(os.path.abspath(output_path)))
-    if kind == ".zarr":
+        side_files += _write_previews(job, model, planes, rows)
+    if not job.read.keep_workdir:  # after an error the copy is kept for the rerun
+        _drop_copy(volume, _workdir(job.read, output_path))
+    if job.kind == ".zarr":
         factors = pyramid_factors(volume.shape[:3], volume.spacing)
         extra = {"statistics": rows, "model": model_document(model), "input": os.path.abspath(volume.path)}
         finish_volume_label_zarr(output_path, spacing=volume.spacing, factors=factors, rows=rows, extra=extra)
@@ -293,7 +305,7 @@ def _label_and_write(
         shape=volume.shape[:3],  # type: ignore[arg-type]
         spacing=volume.spacing,
         n_chunks=int(np.prod(labels.numblocks)),
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - job.started,
         levels=levels,
         statistics=rows,
         side_files=tuple(side_files),
@@ -301,49 +313,43 @@ def _label_and_write(
 
 
 def _write_previews(
-    volume: Volume,
-    model: SegmentationModel,
-    planes: tuple[np.ndarray, ...],
-    rows: list[dict[str, Any]],
-    output_path: str,
-    *,
-    command: str,
-    started: float,
+    job: _Job, model: SegmentationModel, planes: tuple[np.ndarray, ...], rows: list[dict[str, Any]]
 ) -> list[str]:
     """``OUTPUT.slices.png`` from the labels' mid-planes and the input's, then ``OUTPUT.report.html``."""
     from pixseg import __version__
     from pixseg.volume_report import write_volume_report
 
-    base = side_file_base(output_path)
+    volume, base = job.volume, side_file_base(job.output_path)
     slices, report = base + SLICES_SUFFIX, base + REPORT_SUFFIX
     write_slices_preview(slices, volume.data, planes, volume.spacing, label_colours(model.n_clusters))
     write_volume_report(
         report,
         slices,
-        output=output_path,
+        output=job.output_path,
         input_path=volume.path,
-        command=command,
+        command=job.command,
         shape=volume.shape,
         spacing=volume.spacing,
         model=model,
         statistics=rows,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - job.started,
         version=__version__,
     )
     return [slices, report]
 
 
-def _finished(previous: PreviousRun, output_path: str, volume: Volume, started: float) -> VolumeResult:
+def _finished(job: _Job) -> VolumeResult:
     """The result of a run ``--resume`` finds complete: nothing is recomputed."""
+    assert job.previous is not None
     return VolumeResult(
-        output=output_path,
-        model=previous.model,
-        shape=volume.shape[:3],  # type: ignore[arg-type]
-        spacing=volume.spacing,
+        output=job.output_path,
+        model=job.previous.model,
+        shape=job.volume.shape[:3],  # type: ignore[arg-type]
+        spacing=job.volume.spacing,
         n_chunks=0,
-        seconds=time.perf_counter() - started,
-        levels=[tuple(level) for level in previous.status.get("levels", [])],
-        statistics=list(previous.status.get("statistics", [])),
+        seconds=time.perf_counter() - job.started,
+        levels=[tuple(level) for level in job.previous.status.get("levels", [])],
+        statistics=list(job.previous.status.get("statistics", [])),
     )
 
 
@@ -399,10 +405,8 @@ def _check_output(path: str, input_path: str, *, overwrite: bool, resume: bool) 
     output, source = os.path.realpath(path), os.path.realpath(input_path)
     if output == source or output.startswith(source.rstrip(os.sep) + os.sep):
         raise OutputError(f"output {path!r} would overwrite the input {input_path!r}")
+    check_side_files(side_file_base(path))
     if not os.path.lexists(path):
-        for suffix in (SLICES_SUFFIX, REPORT_SUFFIX):
-            if os.path.lexists(side_file_base(path) + suffix) and not overwrite:
-                raise OutputExistsError(f"{side_file_base(path) + suffix!r} exists; pass --overwrite to replace it")
         return kind
     if not (overwrite or resume):
         raise OutputExistsError(f"output {path!r} exists; pass --overwrite to replace it or --resume to continue it")
@@ -431,10 +435,12 @@ def _write_zarr(
     progress: bool,
 ) -> tuple[np.ndarray, list[tuple[int, ...]], tuple[np.ndarray, ...]]:
     """Level 0 (counting; with ``resume`` only the chunks missing), then each coarser level from
-    the stored one above; metadata is the caller's. Returns the label counts, the levels' shapes
-    and level 0's three mid-planes (:func:`pixseg.volume_preview.mid_planes`)."""
+    the stored one above; metadata is the caller's. Returns the label table
+    (:func:`pixseg.io.label_volume.label_table`), the levels' shapes and level 0's three
+    mid-planes (:func:`pixseg.volume_preview.mid_planes`)."""
     chunks = tuple(int(c[0]) for c in labels.chunks)
     labels = labels.rechunk(chunks)  # regular chunks, so each zarr chunk is one dask chunk
+    pixels = volume.data.rechunk((*chunks, -1))
     shapes: list[tuple[int, ...]] = [volume.shape[:3]]
     shape_factors = pyramid_factors(volume.shape[:3], volume.spacing)
     for factor in shape_factors:
@@ -442,47 +448,31 @@ def _write_zarr(
     n_values = model.n_clusters + 1
     if resume:
         arrays = open_label_levels(path, writable=True)
-        counts = compute(store_missing_counting(labels, arrays[0], n_values), progress=progress)
+        table = compute(store_missing_counting(labels, arrays[0], n_values, pixels), progress=progress)
     else:
         arrays = create_volume_label_zarr(path, shapes=shapes, chunks=chunks, dtype=model.label_dtype, status=status)  # type: ignore[arg-type]
-        counts = compute(store_counting(labels, arrays[0], n_values), progress=progress)
+        table = compute(store_counting(labels, arrays[0], n_values, pixels), progress=progress)
     for above, below, factor in zip(arrays[:-1], arrays[1:], shape_factors, strict=True):
         reduce_level(above, below, factor)
-    return counts, shapes, mid_planes(arrays[0], volume.shape)
+    return table, shapes, mid_planes(arrays[0], volume.shape)
 
 
 def _write_nifti(
     labels: da.Array, path: str, volume: Volume, model: SegmentationModel, *, progress: bool
 ) -> tuple[np.ndarray, list[tuple[int, ...]], tuple[np.ndarray, ...]]:
     """The labels into a temporary ``.nii`` beside ``path`` (one chunk at a time), then moved or
-    compressed there; returns the label counts, the shape and the three mid-planes, read before."""
+    compressed there; returns the label table, the shape and the three mid-planes, read before."""
     handle, written = tempfile.mkstemp(prefix=".pixseg-", suffix=".nii", dir=os.path.dirname(os.path.abspath(path)))
     os.close(handle)
     try:
         voxels = create_nifti_labels(written, shape=volume.shape[:3], dtype=model.label_dtype, affine=volume.affine)  # type: ignore[arg-type]
-        counts = compute(store_counting(labels, voxels, model.n_clusters + 1), progress=progress)
+        table = compute(store_counting(labels, voxels, model.n_clusters + 1, volume.data), progress=progress)
         planes = mid_planes(voxels, volume.shape)
         finish_nifti(written, path)
     finally:
         if os.path.exists(written):
             os.remove(written)
-    return counts, [volume.shape[:3]], planes
-
-
-def volume_statistics(counts: np.ndarray, voxel_volume: float) -> list[dict[str, Any]]:
-    """One row per label 1..K from ``counts`` (index 0 = no data): voxels, fraction, mm³, display colour."""
-    labelled = max(1, int(counts[1:].sum()))
-    colours = label_colours(len(counts) - 1)
-    return [
-        {
-            "label": label,
-            "voxels": int(counts[label]),
-            "fraction": int(counts[label]) / labelled,
-            "volume_mm3": int(counts[label]) * voxel_volume,
-            "colour_rgba": list(colours[label - 1]),
-        }
-        for label in range(1, len(counts))
-    ]
+    return table, [volume.shape[:3]], planes
 
 
 def _drop_copy(volume: Volume, workdir: str) -> None:

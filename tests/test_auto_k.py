@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from model_documents import model_document
 from sklearn.metrics import calinski_harabasz_score, silhouette_score
 
+from benchmarks.bench_auto_k import well_separated
 from pixseg.choose_k import KChoice, best_k, choose_clusters, knee_k, score_clustering
 from pixseg.cli import main
 from pixseg.errors import ModelError
@@ -18,21 +20,10 @@ from pixseg.options import FitOptions
 SPEC = make_feature_spec("channels", n_channels=3, has_alpha=False, dtype=np.dtype("float32"), value_range=(0.0, 1.0))
 
 
-def well_separated(k: int, *, n: int = 20_000, seed: int = 0) -> np.ndarray:
-    """``n`` points around ``k`` centres in the unit cube, at least 0.3 apart, with spread 0.02."""
-    rng = np.random.default_rng(seed)
-    centres: list[np.ndarray] = []
-    while len(centres) < k:
-        candidate = rng.uniform(0, 1, 3)
-        if all(np.linalg.norm(candidate - c) > 0.3 for c in centres):
-            centres.append(candidate)
-    return np.asarray(centres)[rng.integers(0, k, n)] + rng.normal(0, 0.02, (n, 3))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("true_k", [3, 5, 8])
 def test_auto_picks_the_true_k_of_well_separated_data(true_k):
-    choice = choose_clusters(well_separated(true_k, seed=true_k), SPEC, k_range=(2, 10), seed=0)
+    choice = choose_clusters(well_separated(true_k, n=20_000, seed=true_k), SPEC, k_range=(2, 10), seed=0)
     assert choice.chosen == true_k
     assert [row["k"] for row in choice.table] == list(range(2, 11))
 
@@ -80,23 +71,9 @@ def test_bad_auto_ranges_exit_2_naming_the_flag(capsys, tmp_path, bad):
 
 
 def test_a_malformed_k_choice_in_a_model_is_refused():
-    from pixseg.io.model_file import MODEL_FORMAT, SCHEMA_VERSION
-
-    document = {
-        "format": MODEL_FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "features": SPEC.to_dict(),
-        "centroids": [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]],
-        "feature_mean": [0.0, 0.0, 0.0],
-        "feature_std": [1.0, 1.0, 1.0],
-        "seed": 0,
-        "sample_size": 10,
-        "sample_inertia": 1.0,
-        "n_iter": 1,
-        "k_choice": {"criterion": "silhouette", "chosen": 9, "table": [{"k": 2, "inertia": 1.0}]},
-    }
+    k_choice = {"criterion": "silhouette", "chosen": 9, "table": [{"k": 2, "inertia": 1.0}]}
     with pytest.raises(ModelError, match="k_choice"):
-        model_from_document(document, "m.json")
+        model_from_document(model_document(k_choice=k_choice), "m.json")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from model_documents import model_document
 
 from pixseg.classes import (
     PixelClass,
@@ -109,32 +110,9 @@ def test_table_checks_clusters_once_each():
 # --- model files --------------------------------------------------------------------------------
 
 
-def _model_document(n_clusters: int = 3) -> dict:
+def _v2(n_clusters: int = 3) -> dict:
     """A schema-2 model document of the shape the version-2 writer gave (no ``classes`` key)."""
-    rng = np.random.default_rng(1)
-    return {
-        "format": "pixseg-model",
-        "schema_version": 2,
-        "features": {
-            "groups": ["channels"],
-            "n_channels": 3,
-            "has_alpha": False,
-            "dtype": "uint8",
-            "channel_ranges": [[0.0, 255.0]] * 3,
-            "sigmas": [],
-            "truncate": 4.0,
-            "mask": "none",
-        },
-        "feature_columns": ["ch0", "ch1", "ch2"],
-        "centroids": np.sort(rng.random((n_clusters, 3)), axis=0).tolist(),
-        "feature_mean": [0.5, 0.5, 0.5],
-        "feature_std": [0.2, 0.2, 0.2],
-        "seed": 0,
-        "sample_size": 100,
-        "sample_inertia": 1.5,
-        "n_iter": 4,
-        "provenance": {"input": "somewhere.tif"},
-    }
+    return model_document(n_clusters=n_clusters, schema_version=2, provenance={"input": "somewhere.tif"})
 
 
 def _v1(document: dict) -> dict:
@@ -146,7 +124,7 @@ def _v1(document: dict) -> dict:
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_old_schema_versions_load_without_classes(tmp_path, version):
-    document = _model_document()
+    document = _v2()
     if version == 1:
         document = _v1(document)
     path = tmp_path / f"v{version}.json"
@@ -158,7 +136,7 @@ def test_old_schema_versions_load_without_classes(tmp_path, version):
 
 def test_classes_round_trip_through_model_json(tmp_path, capsys):
     source = tmp_path / "m.json"
-    source.write_text(json.dumps(_model_document(5)))
+    source.write_text(json.dumps(_v2(5)))
     before = source.read_bytes()
     argv = ["classes", str(source), "--name", "1=nuclei", "--merge", "3,4=background", "--colour", "nuclei=#7b3294"]
     assert _run(*argv, "-o", str(tmp_path / "named.json")) == 0
@@ -195,7 +173,7 @@ def test_classes_round_trip_through_model_json(tmp_path, capsys):
     ],
 )
 def test_classes_command_refuses_bad_input_in_one_line(tmp_path, capsys, extra, fragment):
-    (tmp_path / "m.json").write_text(json.dumps(_model_document(5)))
+    (tmp_path / "m.json").write_text(json.dumps(_v2(5)))
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     (tmp_path / "dup.yaml").write_text("classes:\n  a: 1\n  a: 2\n")
     (tmp_path / "bad.yaml").write_text("classes:\n  a: [1, 7]\n")
@@ -206,7 +184,7 @@ def test_classes_command_refuses_bad_input_in_one_line(tmp_path, capsys, extra, 
 
 def test_in_place_replaces_the_model(tmp_path):
     path = tmp_path / "m.json"
-    path.write_text(json.dumps(_model_document(3)))
+    path.write_text(json.dumps(_v2(3)))
     assert _run("classes", str(path), "--merge", "1,2=tissue", "--in-place") == 0
     assert load_model(str(path)).classes.classes[0].name == "tissue"
 

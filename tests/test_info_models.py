@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
+from model_documents import model_document
 
 from pixseg.cli import main
 from pixseg.io.model_file import load_model
@@ -20,33 +20,6 @@ K_TABLE = [
 ]
 
 
-def _model_document(**extra: object) -> dict:
-    """A hand-written schema-3 model document of 3 clusters on RGB channels."""
-    return {
-        "format": "pixseg-model",
-        "schema_version": 3,
-        "features": {
-            "groups": ["channels"],
-            "n_channels": 3,
-            "has_alpha": False,
-            "dtype": "uint8",
-            "channel_ranges": [[0.0, 255.0]] * 3,
-            "sigmas": [],
-            "truncate": 4.0,
-            "mask": "none",
-        },
-        "feature_columns": ["ch0", "ch1", "ch2"],
-        "centroids": np.sort(np.random.default_rng(1).random((3, 3)), axis=0).tolist(),
-        "feature_mean": [0.5, 0.5, 0.5],
-        "feature_std": [0.2, 0.2, 0.2],
-        "seed": 0,
-        "sample_size": 100,
-        "sample_inertia": 1.5,
-        "n_iter": 4,
-        **extra,
-    }
-
-
 def _info(path: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, str], list[str]]:
     """``pixseg info PATH``: its ``key: value`` lines as a dict, and every line split into words."""
     assert main(["info", path]) == 0
@@ -58,7 +31,7 @@ def _info(path: str, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, str]
 def test_info_on_a_model_shows_its_preset_k_choice_and_classes(tmp_path, capsys):
     choice = {"criterion": "silhouette", "chosen": 3, "table": K_TABLE}
     model = tmp_path / "m.json"
-    model.write_text(json.dumps(_model_document(preset="fluorescence", k_choice=choice)))
+    model.write_text(json.dumps(model_document(preset="fluorescence", k_choice=choice)))
     classes = str(tmp_path / "c.json")
     assert main(["classes", str(model), "--name", "1=nuclei", "--merge", "2,3=background", "-o", classes]) == 0
     capsys.readouterr()
@@ -78,7 +51,7 @@ def test_info_on_a_model_shows_its_preset_k_choice_and_classes(tmp_path, capsys)
 
 def test_info_on_a_plain_model_says_k_was_given_and_prints_no_tables(tmp_path, capsys):
     model = tmp_path / "m.json"
-    model.write_text(json.dumps(_model_document()))
+    model.write_text(json.dumps(model_document()))
     values, words = _info(str(model), capsys)
     assert values["preset"] == "none" and values["clusters"] == "3 (given)"
     assert values["classes"].startswith("none")

@@ -308,13 +308,13 @@ def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pix
 
 
 def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
-    from pixseg.io.label_zarr import _write_counting_preview
+    from pixseg.io.label_zarr import _write_and_summarise
 
     labels = np.ones((64, 64, 1), np.uint8)
     pixels = np.zeros((64, 64, 3), np.uint8)
     array = zarr.create_array(str(tmp_path / "l.zarr"), shape=(64, 64), chunks=(64, 64), dtype=np.uint8)
     block_info = {0: {"array-location": [(0, 64), (0, 64), (0, 1)]}}
-    result = _write_counting_preview(
+    result = _write_and_summarise(
         labels, pixels, array=array, n_values=2, n_colour=3, step=8, next_level=None, block_info=block_info
     )
     counts, _, piece = result[0, 0, 0]

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import threading
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -415,6 +416,70 @@ def test_outputs_never_replace_the_input_or_a_foreign_file(tmp_path, capsys):
     assert is_label_nifti(str(ours)) and nib.load(str(ours)).shape == (4, 3, 2)
 
 
+#: Side files planted beside a volume output: a user's PNG, and a page that copies pixseg's
+#: report signature, neither with pixseg's ``.stats.json`` beside it; and statistics not pixseg's.
+FOREIGN_SIDE_FILES = {
+    ".slices.png": b"\x89PNG\r\n\x1a\nmine",
+    ".report.html": b"<!DOCTYPE html><!-- pixseg report -->mine",
+    ".stats.json": b"{}",
+}
+
+
+@pytest.mark.parametrize("suffix", FOREIGN_SIDE_FILES)
+@pytest.mark.parametrize("output", ["out.nii.gz", "out.zarr"])
+def test_a_foreign_side_file_beside_a_volume_output_is_refused_and_left_alone(tmp_path, capsys, output, suffix):
+    source = tmp_path / "scan.nii"
+    nib.save(nib.Nifti1Image(make_phantom((6, 7, 8)), np.eye(4)), str(source))
+    (tmp_path / (output + suffix)).write_bytes(FOREIGN_SIDE_FILES[suffix])
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        code, _, stderr = _cli(capsys, "segment", source, tmp_path / output, "-k", 2, *extra)
+        assert code == 2 and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+        assert "side file" in stderr and "not a pixseg" in stderr
+        assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_volume_outputs_own_side_files_and_its_statistics_count_voxels(tmp_path, capsys):
+    import csv
+
+    import imagecodecs
+
+    from pixseg.io.side_files import REPORT_SIGNATURE, is_own_side_file
+
+    source, output = tmp_path / "scan.nii", tmp_path / "out.nii.gz"
+    nib.save(nib.Nifti1Image(make_phantom((6, 7, 8)), np.diag([0.8, 0.9, 2.0, 1.0])), str(source))
+    assert _cli(capsys, "segment", source, output, "-k", 3)[0] == 0
+    side = {suffix: tmp_path / f"out.nii.gz{suffix}" for suffix in (".stats.csv", ".stats.json", *FOREIGN_SIDE_FILES)}
+    assert all(is_own_side_file(str(path)) for path in side.values())
+    labels = _labels(output)
+    source_voxels = np.asarray(nib.load(str(source)).dataobj, dtype=np.float64).transpose(2, 1, 0)
+    voxels = np.bincount(labels.ravel(), minlength=4)
+    voxel_mm3 = float(np.prod(nib.load(str(source)).header.get_zooms()))
+    with open(side[".stats.csv"], newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(row["voxels"]) for row in table] == voxels[1:].tolist()
+    np.testing.assert_allclose([float(row["volume_mm3"]) for row in table], voxels[1:] * voxel_mm3, rtol=1e-6)
+    means = [source_voxels[labels == label].mean() for label in (1, 2, 3)]  # float32 voxels, summed in float64
+    np.testing.assert_allclose([float(row["intensity"]) for row in table], means, rtol=1e-6)
+    document = json.loads(side[".stats.json"].read_text())
+    assert document["masked_voxels"] == voxels[0] == 0
+    assert [row["mean_colour"] for row in document["labels"]] == [[float(row["intensity"])] for row in table]
+    assert [row["voxels"] for row in document["labels"]] == voxels[1:].tolist()
+    # stale previews of pixseg's own output: replaced with --overwrite, kept without it
+    side[".slices.png"].write_bytes(FOREIGN_SIDE_FILES[".slices.png"])
+    side[".report.html"].write_bytes(FOREIGN_SIDE_FILES[".report.html"])
+    code, _, stderr = _cli(capsys, "segment", source, output, "-k", 3)
+    assert code == 2 and "exists" in stderr and side[".slices.png"].read_bytes() == FOREIGN_SIDE_FILES[".slices.png"]
+    assert _cli(capsys, "segment", source, output, "-k", 3, "--overwrite")[0] == 0
+    assert imagecodecs.png_decode(side[".slices.png"].read_bytes()).ndim == 3
+    report = side[".report.html"].read_text()
+    assert report.startswith(REPORT_SIGNATURE) and report != FOREIGN_SIDE_FILES[".report.html"].decode()
+    # side files left by a removed pixseg output do not block a new run (as for slides)
+    output.unlink()
+    assert _cli(capsys, "segment", source, output, "-k", 3)[0] == 0
+
+
 def _nifti_phantom(path, shape=(23, 37, 41)) -> np.ndarray:
     """The phantom saved as a NIfTI file (axes reversed to (i, j, k)); returns it as (Z, Y, X)."""
     phantom = make_phantom(shape)
@@ -581,6 +646,38 @@ def _volume_config(tmp_path, *, model: str, fmt: str = "zarr") -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("fmt", VOLUME_FORMATS)
+def test_dry_run_plans_volumes_from_their_headers_and_computes_nothing(tmp_path, capsys, fmt):
+    from conftest import raise_if_dask_computes
+
+    (tmp_path / "scans").mkdir()
+    shapes = {"a.nii": (23, 37, 41), "b.nii.gz": (20, 18, 17)}  # (Z, Y, X)
+    zooms = (0.8, 0.9, 2.0)  # (i, j, k) = (x, y, z)
+    for name, shape in shapes.items():
+        image = nib.Nifti1Image(make_phantom(shape).transpose(2, 1, 0), np.diag([*zooms, 1.0]))
+        nib.save(image, str(tmp_path / "scans" / name))
+    config = Path(_volume_config(tmp_path, model="per-image", fmt=fmt))
+    config.write_text(config.read_text().replace("*.nii", "*.nii*"))
+    with raise_if_dask_computes():
+        code, stdout, stderr = _cli(capsys, "run", config, "--dry-run")
+    assert code == 0, stderr
+    for name, shape in shapes.items():
+        header = nib.load(str(tmp_path / "scans" / name)).header
+        z, y, x = header.get_data_shape()[::-1]
+        assert (z, y, x) == shape
+        spacing = "x".join(f"{s:g}" for s in np.float32(header.get_zooms()[::-1]).astype(float))
+        # slabs of whole slices for .nii (16**3 voxels), cubes of 16 for .nii.gz (its OME-Zarr copy)
+        chunk = (max(1, 16**3 // (y * x)), y, x) if name.endswith(".nii") else (16, 16, 16)
+        n_chunks = math.prod(-(-n // c) for n, c in zip(shape, chunk, strict=True))
+        output = tmp_path / f"out-per-image-{fmt}" / (name.split(".")[0] + VOLUME_FORMATS[fmt])
+        layout = f"{z}x{y}x{x}x1 float32, voxels of {spacing} mm, {n_chunks} chunks of {'x'.join(map(str, chunk))}"
+        assert f"run   {tmp_path / 'scans' / name} ({layout}) -> {output}" in stdout
+    assert "images: 2 (2 run)" in stdout
+    assert sorted(os.listdir(tmp_path)) == ["run-per-image-" + fmt + ".yaml", "scans"]  # no copy, no output
+    code, _, stderr = _cli(capsys, "run", _volume_config(tmp_path, model="fit-once"), "--dry-run")
+    assert code == 2 and "fit-once is not available for volumes" in stderr
+
+
 @pytest.mark.slow
 def test_run_config_over_volumes_segments_each_and_refuses_a_cohort(tmp_path, capsys):
     (tmp_path / "scans").mkdir()
@@ -639,7 +736,7 @@ def test_slices_preview_and_report_keep_the_spacing_and_the_legend_colours(tmp_p
         for count, colour in zip(counts, colours, strict=True):  # the legend: each label's voxels and colour
             assert f'data-value="{count}"' in report and f"rgb({colour[0]}, {colour[1]}, {colour[2]})" in report
     assert _cli(capsys, "segment", source, tmp_path / "bare.nii", "--clusters", 2, "--no-previews")[0] == 0
-    assert not list(tmp_path.glob("bare.nii.*"))
+    assert sorted(path.name for path in tmp_path.glob("bare.nii.*")) == ["bare.nii.stats.csv", "bare.nii.stats.json"]
 
 
 @pytest.mark.slow

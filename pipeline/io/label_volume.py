@@ -1,9 +1,10 @@
 """3-D label volumes: NIfTI files and OME-Zarr label multiscales, written chunk by chunk.
 
 Every chunk of the lazy labels is computed once: its task writes it into the destination and
-returns its label counts (:func:`store_counting`), so memory stays one chunk per thread whatever
-the volume's size. Outputs are marked complete last: a NIfTI file is written under a temporary
-name and renamed; an OME-Zarr group gets its OME metadata after every level is stored.
+returns its label counts and the sums of each label's input voxels (:func:`store_counting`), so
+memory stays one chunk per thread whatever the volume's size. Outputs are marked complete last:
+a NIfTI file is written under a temporary name and renamed; an OME-Zarr group gets its OME
+metadata after every level is stored.
 
 NIfTI: the voxels are written into a memory-mapped ``.nii`` (header first, data in Fortran
 order so a slab of slices is one contiguous range), with the input's affine (sform and qform)
@@ -32,7 +33,7 @@ from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file
 from pixseg.io.chunk_files import DAMAGED_CHUNK_ERRORS, chunk_exists
 from pixseg.io.label_groups import finalise_label_zarr
-from pixseg.statistics import count_labels
+from pixseg.statistics import count_labels, sum_colours
 
 #: A pyramid stops once every axis of its coarsest level is at most this long.
 MIN_LEVEL_EDGE = 64
@@ -46,8 +47,9 @@ NIFTI_DESCRIPTION = b"pixseg labels"
 _COPY_BYTES = 16 * 2**20
 
 
-def store_counting(labels: da.Array, target: Any, n_values: int) -> da.Array:
-    """Lazily write every chunk of ``labels`` into ``target`` at its place and count its values.
+def store_counting(labels: da.Array, target: Any, n_values: int, pixels: da.Array) -> da.Array:
+    """Lazily write every chunk of ``labels`` into ``target`` at its place, and count its values and
+    sum the input voxels of each.
 
     Parameters
     ----------
@@ -58,76 +60,100 @@ def store_counting(labels: da.Array, target: Any, n_values: int) -> da.Array:
         dask chunks are whole multiples of, or :class:`NiftiVoxels`); picklable.
     n_values : int
         Values counted: 0..``n_values - 1``.
+    pixels : dask.array.Array
+        Shape (Z, Y, X, C): the input the labels come from, chunked as ``labels``, C in one chunk.
 
     Returns
     -------
     dask.array.Array
-        Shape (n_values,), int64; computing it writes every chunk.
+        Shape (n_values, 1 + C), float64 (:func:`label_table`); computing it writes every chunk.
     """
     n_blocks = [len(c) for c in labels.chunks]
-    counts = labels.map_blocks(
+    table = da.map_blocks(
         _write_block,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
+        labels[..., np.newaxis],
+        pixels,
         target,
         n_values,
-        new_axis=3,
-        chunks=(*[(1,) * n for n in n_blocks], (n_values,)),
-        dtype=np.int64,
-        meta=np.empty((0, 0, 0, 0), dtype=np.int64),
+        new_axis=4,
+        chunks=(*[(1,) * n for n in n_blocks], (n_values,), (1 + pixels.shape[3],)),
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0, 0, 0), dtype=np.float64),
     )
-    return counts.sum(axis=(0, 1, 2))
+    return table.sum(axis=(0, 1, 2, 3))
 
 
-def store_missing_counting(labels: da.Array, target: zarr.Array, n_values: int) -> da.Array:
+def store_missing_counting(labels: da.Array, target: zarr.Array, n_values: int, pixels: da.Array) -> da.Array:
     """As :func:`store_counting` for a zarr ``target`` an interrupted run has partly written
-    (``--resume``): the chunks stored are read back and counted now, and their labels are never
-    computed; only the others are computed and written. A chunk that cannot be decoded is written again.
+    (``--resume``): the chunks stored are read back and counted now (their input voxels read again
+    for the sums), and their labels are never computed; only the others are computed and written.
+    A chunk that cannot be decoded is written again.
 
     ``target``'s chunks must equal the dask chunks of ``labels`` (the last ones clipped).
     """
     starts = [np.cumsum((0, *sizes[:-1])) for sizes in labels.chunks]
+    n_columns = 1 + pixels.shape[3]
     parts = []
     for index in np.ndindex(*labels.numblocks):
         origin = tuple(int(s[i]) for s, i in zip(starts, index, strict=True))
         region = tuple(slice(o, o + c[i]) for o, c, i in zip(origin, labels.chunks, index, strict=True))
-        stored = _stored_counts(target, index, region, n_values)
-        if stored is not None:
-            parts.append(da.from_array(stored[np.newaxis, np.newaxis, np.newaxis, :], chunks=-1))
-            continue
+        block = pixels.blocks[(*index, 0)]
+        if _is_stored(target, index, region):
+            arrays: tuple[Any, ...] = (_count_stored, block, target, region, n_values)
+        else:
+            arrays = (_write_block, labels.blocks[index][..., np.newaxis], block, target, n_values, origin)
         parts.append(
-            labels.blocks[index].map_blocks(
-                _write_block,  # type: ignore[arg-type]  # dask's stubs type map_blocks' first argument as an Array
-                target,
-                n_values,
-                origin,
-                new_axis=3,
-                chunks=((1,), (1,), (1,), (n_values,)),
-                dtype=np.int64,
-                meta=np.empty((0, 0, 0, 0), dtype=np.int64),
+            da.map_blocks(
+                *arrays,
+                new_axis=4,
+                chunks=((1,), (1,), (1,), (n_values,), (n_columns,)),
+                dtype=np.float64,
+                meta=np.empty((0, 0, 0, 0, 0), dtype=np.float64),
             )
         )
     if not parts:
-        return da.zeros(n_values, dtype=np.int64)
-    return da.concatenate(parts, axis=0).sum(axis=(0, 1, 2))
+        return da.zeros((n_values, n_columns), dtype=np.float64)
+    return da.concatenate(parts, axis=0).sum(axis=(0, 1, 2, 3))
 
 
-def _stored_counts(target: zarr.Array, index: tuple[int, ...], region: tuple[slice, ...], n_values: int) -> Any:
-    """Label counts of a stored chunk, or None when it is missing or damaged (to be written)."""
+def label_table(labels: np.ndarray, pixels: np.ndarray, n_values: int) -> np.ndarray:
+    """Shape (1, 1, 1, 1, n_values, 1 + C) float64 of a (Z, Y, X) label block and its (Z, Y, X, C)
+    input: column 0 counts each value (:func:`pixseg.statistics.count_labels`), the others sum its
+    voxels' channels (:func:`pixseg.statistics.sum_colours`: label 0 is not summed). Sums of
+    integer voxels are exact in float64, so adding blocks in any order gives the same total."""
+    counts = count_labels(labels, n_values).astype(np.float64)
+    sums = sum_colours(labels, pixels, n_values, pixels.shape[-1])
+    return np.column_stack([counts, sums])[np.newaxis, np.newaxis, np.newaxis, np.newaxis]
+
+
+def _is_stored(target: zarr.Array, index: tuple[int, ...], region: tuple[slice, ...]) -> bool:
+    """Whether a chunk is stored and decodes (else it is written again)."""
     if not chunk_exists(target, index):  # type: ignore[arg-type]  # any number of dimensions
-        return None
+        return False
     try:
-        return count_labels(np.asarray(target[region]), n_values)
+        target[region]
     except DAMAGED_CHUNK_ERRORS:
-        return None
+        return False
+    return True
+
+
+def _count_stored(pixels: np.ndarray, target: zarr.Array, region: tuple[slice, ...], n_values: int) -> np.ndarray:
+    """:func:`label_table` of a stored chunk, read back from ``target``, and its input ``pixels``."""
+    return label_table(np.asarray(target[region]), pixels, n_values)
 
 
 def _write_block(
-    block: np.ndarray, target: Any, n_values: int, origin: tuple[int, ...] = (0, 0, 0), block_info: Any = None
+    block: np.ndarray,
+    pixels: np.ndarray,
+    target: Any,
+    n_values: int,
+    origin: tuple[int, ...] = (0, 0, 0),
+    block_info: Any = None,
 ) -> np.ndarray:
-    region = tuple(
-        slice(o + start, o + stop) for o, (start, stop) in zip(origin, block_info[0]["array-location"], strict=True)
-    )
-    write_region(target, region, block)
-    return count_labels(block, n_values)[np.newaxis, np.newaxis, np.newaxis, :]
+    location = block_info[0]["array-location"][:3]
+    region = tuple(slice(o + start, o + stop) for o, (start, stop) in zip(origin, location, strict=True))
+    write_region(target, region, block[..., 0])
+    return label_table(block[..., 0], pixels, n_values)
 
 
 def write_region(target: Any, region: tuple[slice, ...], block: np.ndarray) -> None:

@@ -195,7 +195,7 @@ def store_and_count(
     height, width = array.chunks
     parts = [
         da.map_blocks(
-            _write_counting_sums,
+            _write_and_summarise,
             labels.blocks[i, j][:, :, np.newaxis],
             pixels.blocks[i, j],
             array=array,
@@ -316,7 +316,7 @@ def store_count_and_preview(
     if next_level is not None and tuple(2 * c for c in next_level.chunks) != tuple(array.chunks):
         raise ValueError(f"next-level chunks {next_level.chunks!r} are not half of {array.chunks!r}")
     results = da.map_blocks(
-        _write_counting_preview,
+        _write_and_summarise,
         labels[:, :, np.newaxis],
         pixels,
         array=array,
@@ -365,61 +365,40 @@ def _strided_length(start: int, size: int, step: int) -> int:
     return len(range(-start % step, size, step))
 
 
-def _summarise(
-    labels: np.ndarray,
-    pixels: np.ndarray,
-    array: zarr.Array,
-    n_values: int,
-    n_colour: int,
-    origin: tuple[int, int],
-    classes: ClassIds | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Write one (h, w) label chunk at ``origin`` (as class ids with ``classes``, the cluster ids
-    then written last, so a stored cluster chunk means its class chunk is stored too); the values
-    written, and the label counts and per-label colour sums."""
-    stored = labels if classes is None else map_clusters(labels, classes.lookup)
-    write_chunk(array, stored, origin)
-    if classes is not None:
-        write_chunk(classes.clusters, labels, origin)
-    return stored, count_labels(labels, n_values), sum_colours(labels, pixels, n_values, n_colour)
-
-
-def _write_counting_sums(
+def _write_and_summarise(
     labels: np.ndarray,
     pixels: np.ndarray,
     *,
     array: zarr.Array,
     n_values: int,
     n_colour: int,
-    origin: tuple[int, int],
+    step: int = 0,
+    next_level: zarr.Array | None = None,
     classes: ClassIds | None = None,
-) -> np.ndarray:
-    result = np.empty((1, 1, 1), dtype=object)
-    result[0, 0, 0] = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, origin, classes)[1:]
-    return result
-
-
-def _write_counting_preview(
-    labels: np.ndarray,
-    pixels: np.ndarray,
-    *,
-    array: zarr.Array,
-    n_values: int,
-    n_colour: int,
-    step: int,
-    next_level: zarr.Array | None,
+    origin: tuple[int, int] | None = None,
     block_info: dict[Any, Any],
-    classes: ClassIds | None = None,
 ) -> np.ndarray:
-    """One chunk's share of :func:`store_count_and_preview`; ``step`` 0 takes no preview."""
-    top, left = (start for start, _ in block_info[0]["array-location"][:2])
-    stored, counts, sums = _summarise(labels[:, :, 0], pixels, array, n_values, n_colour, (top, left), classes)
+    """One chunk's task of :func:`store_and_count` and :func:`store_count_and_preview`.
+
+    Writes the (h, w, 1) label chunk at ``origin`` (by default its place in the dask array; as
+    class ids with ``classes``, the cluster ids then written after, so a stored cluster chunk means
+    its class chunk is stored too), then with ``next_level`` its share of the next level. Returns a
+    (1, 1, 1) object array holding (label counts, per-label colour sums, the strided preview of
+    ``pixels`` or None when ``step`` is 0).
+    """
+    top, left = origin or tuple(start for start, _ in block_info[0]["array-location"][:2])
+    clusters = labels[:, :, 0]
+    stored = clusters if classes is None else map_clusters(clusters, classes.lookup)
+    write_chunk(array, stored, (top, left))
+    if classes is not None:
+        write_chunk(classes.clusters, clusters, (top, left))
     if next_level is not None:
         write_chunk(next_level, np.ascontiguousarray(stored[::2, ::2]), (top // 2, left // 2))
     result = np.empty((1, 1, 1), dtype=object)
     # a copy: a strided view would keep the whole chunk alive until the pass ends
     preview = pixels[-top % step :: step, -left % step :: step].copy() if step else None
-    result[0, 0, 0] = (counts, sums, preview)
+    counts = count_labels(clusters, n_values)
+    result[0, 0, 0] = (counts, sum_colours(clusters, pixels, n_values, n_colour), preview)
     return result
 
 

@@ -35,7 +35,11 @@ REPORT_SUFFIX = ".report.html"
 REPORT_SIGNATURE = "<!DOCTYPE html><!-- pixseg report -->"
 #: The ``format`` key of ``.stats.json``: how pixseg recognises its own statistics.
 STATISTICS_FORMAT = "pixseg-statistics"
-_CSV_HEADER = "label,pixels,fraction,area_um2"
+#: The measures of a label in ``.stats.csv``: (count, size) of a 2-D image, and of a volume.
+PIXEL_MEASURES = ("pixels", "area_um2")
+VOXEL_MEASURES = ("voxels", "volume_mm3")
+#: The first columns of pixseg's ``.stats.csv``, 2-D and 3-D: how pixseg recognises its own.
+_CSV_HEADERS = tuple(f"label,{count},fraction,{size}" for count, size in (PIXEL_MEASURES, VOXEL_MEASURES))
 #: The ``format`` key of ``.regions.json``, and the header of ``.regions.csv`` (``--regions``).
 REGIONS_FORMAT = "pixseg-regions"
 _REGIONS_HEADER = ("region", "label", "name", "pixels", "fraction", "area_um2")
@@ -51,10 +55,13 @@ def side_file_base(output_path: str) -> str:
     return output_path.rstrip("/")
 
 
-def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str, Any]) -> None:
+def write_statistics(
+    base: str, rows: list[dict[str, Any]], *, summary: dict[str, Any], measures: tuple[str, str] = PIXEL_MEASURES
+) -> None:
     """Write ``base.stats.csv`` (one row per label) and ``base.stats.json`` (``summary`` + rows).
 
-    The CSV has ``label, pixels, fraction, area_um2``, then ``name``, ``colour`` (display),
+    The CSV has ``label, pixels, fraction, area_um2`` (``measures``: the rows' keys of the count and
+    the size, :data:`VOXEL_MEASURES` for a volume), then ``name``, ``colour`` (display),
     ``clusters`` (only when the rows have it, i.e. the labels are classes: the class's cluster ids,
     comma-separated), ``mean_1..mean_C`` (mean input colour), ``hex``, ``intensity`` and
     ``centroid_<column>``; a value a row lacks is left empty. The JSON keeps the rows as they are.
@@ -67,7 +74,8 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
     columns = list(rows[0]["centroid"]) if rows else []
     n_colour = max((len(row.get("mean_colour") or ()) for row in rows), default=0)
     with_clusters = any("clusters" in row for row in rows)
-    header = ["label", "pixels", "fraction", "area_um2", "name", "colour", *(["clusters"] if with_clusters else [])]
+    count, size = measures
+    header = ["label", count, "fraction", size, "name", "colour", *(["clusters"] if with_clusters else [])]
     header += [f"mean_{c + 1}" for c in range(n_colour)] + ["hex", "intensity"]
     try:
         with atomic_file(base + ".stats.csv", "w", newline="", encoding="utf-8") as handle:
@@ -75,7 +83,7 @@ def write_statistics(base: str, rows: list[dict[str, Any]], *, summary: dict[str
             writer.writerow([*header, *(f"centroid_{c}" for c in columns)])
             for row in rows:
                 means = row.get("mean_colour") or [None] * n_colour
-                values = [row["pixels"], row["fraction"], row["area_um2"], row.get("name"), row.get("colour")]
+                values = [row[count], row["fraction"], row[size], row.get("name"), row.get("colour")]
                 if with_clusters:
                     values.append(",".join(str(c) for c in row.get("clusters") or ()) or None)
                 values += [*means, row.get("hex"), row.get("intensity"), *row["centroid"].values()]
@@ -120,7 +128,7 @@ def is_own_side_file(path: str) -> bool:
 
     - ``.stats.json``: a JSON object with ``"format": "pixseg-statistics"`` (or, as written before
       that key, ``masked_pixels`` and a ``labels`` list);
-    - ``.stats.csv``: pixseg's header row;
+    - ``.stats.csv``: pixseg's header row (of an image's or a volume's table);
     - a ``.png`` preview or the ``.report.html``: a PNG, or a page starting with
       :data:`REPORT_SIGNATURE`, whose ``.stats.json`` beside it is pixseg's (both are written after
       the statistics).
@@ -140,11 +148,13 @@ def is_own_side_file(path: str) -> bool:
     if suffix is None:
         return False
     try:
-        head = read_file(path, limit=max(len(_CSV_HEADER), len(REPORT_SIGNATURE), len(",".join(_REGIONS_HEADER))))
+        head = read_file(
+            path, limit=max(*map(len, _CSV_HEADERS), len(REPORT_SIGNATURE), len(",".join(_REGIONS_HEADER)))
+        )
     except OSError:  # unreadable: not one pixseg could have written and may replace
         return False
     if suffix == ".stats.csv":
-        return head.startswith(_CSV_HEADER.encode())
+        return head.startswith(tuple(header.encode() for header in _CSV_HEADERS))
     if suffix == ".regions.csv":
         return head.startswith(",".join(_REGIONS_HEADER).encode())
     signature = REPORT_SIGNATURE.encode() if suffix == ".report.html" else _PNG_SIGNATURE

@@ -1,4 +1,4 @@
-"""Zeiss CZI through pylibCZIrw (Zeiss's own libCZI; ``pip install 'pixseg[czi]'``).
+"""Zeiss CZI through pylibCZIrw (Zeiss's own libCZI; ``pip install 'pixseg-ooc[czi]'``).
 
 A CZI holds scenes (the series ``--series`` picks) and planes on its C, Z and T dimensions. Every
 channel is read, in order, as channels of the image: grey channels (Gray8, Gray16, Gray32Float)
@@ -150,7 +150,7 @@ def _reader(path: str) -> Iterator[Any]:
     try:
         import pylibCZIrw.czi as pyczi
     except ImportError as err:
-        raise InputError(f"input {path!r} is a CZI: reading it needs pylibCZIrw (pip install 'pixseg[czi]')") from err
+        raise InputError(f"input {path!r} is a CZI: reading it needs pylibCZIrw (pip install 'pixseg-ooc[czi]')") from err
     try:
         reader = pyczi.CziReader(path)
     except CZI_ERRORS as err:
