@@ -54,3 +54,8 @@ class ModelError(PipelineError, ValueError):
 
 class ConfigError(PipelineError, ValueError):
     """A run configuration file is unreadable, has an unknown key, or a value of the wrong type or range."""
+
+
+class MissingDependencyError(PipelineError, ImportError):
+    """An input, output or option needs an optional package that is not installed (the message names
+    the pixseg extra that installs it)."""

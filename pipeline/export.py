@@ -32,6 +32,7 @@ from pixseg.errors import InputError, OutputError, OutputExistsError, ParameterE
 from pixseg.io.geojson import write_feature_collection
 from pixseg.io.label_groups import open_label_levels, read_label_zarr_status
 from pixseg.io.label_tiff import read_label_tiff_status
+from pixseg.optional import import_optional
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ def export_geojson(
     elif min_area < 0:
         raise ParameterError(f"min_area must be >= 0 level-0 pixels, got {min_area!r}")
     _check_destination(path, output, overwrite=overwrite)
-    try:
-        import rasterio.features  # noqa: F401 - checked before the level is read
-    except ImportError as err:
-        raise ParameterError("GeoJSON export needs rasterio: pip install 'pixseg-ooc[export]'") from err
+    import_optional("rasterio.features", extra="export", needed_for="GeoJSON exports")  # before the level is read
     classes = label_classes(status.get("statistics") or [], int(status["n_clusters"]))
     labels = _read_level(output, level)
     logger.info("tracing %s level %d (%dx%d) into %s", output, level, *labels.shape, path)

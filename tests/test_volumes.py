@@ -101,19 +101,19 @@ def test_window_clips_then_scales():
     assert np.isnan(features[3])
 
 
+def _phantom_spec(features: str, *, sigma: float):
+    """The feature spec of :func:`make_phantom` voxels (one float32 channel scaled from 0..1000)."""
+    return make_feature_spec(
+        features, n_channels=1, has_alpha=False, dtype=np.float32, channel_ranges=[(0.0, 1e3)], sigmas=(sigma,)
+    )
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.8, 0.8)])
 def test_3d_texture_is_exact_across_chunk_borders(spacing):
     from scipy import ndimage
 
     phantom = make_phantom((20, 30, 34))
-    spec = make_feature_spec(
-        "channels,smooth,std,gradient,log",
-        n_channels=1,
-        has_alpha=False,
-        dtype=np.float32,
-        channel_ranges=[(0.0, 1000.0)],
-        sigmas=(1.5,),
-    )
+    spec = _phantom_spec("channels,smooth,std,gradient,log", sigma=1.5)
     features = volume_features(da.from_array(phantom[..., None], chunks=(7, 9, 11, 1)), VoxelFeatures(spec, spacing))
     assert features.chunks[:3] == ((7, 7, 6), (9, 9, 9, 3), (11, 11, 11, 1))
     x = (phantom.astype(np.float64) / 1000.0).astype(np.float32).astype(np.float64)
@@ -150,14 +150,7 @@ def test_3d_texture_of_a_volume_thinner_than_its_halo():
 
 def test_texture_sample_holds_the_whole_volumes_features():
     phantom = make_phantom((20, 30, 34))
-    spec = make_feature_spec(
-        "channels,smooth,gradient",
-        n_channels=1,
-        has_alpha=False,
-        dtype=np.float32,
-        channel_ranges=[(0.0, 1e3)],
-        sigmas=(2.0,),
-    )
+    spec = _phantom_spec("channels,smooth,gradient", sigma=2.0)
     features = VoxelFeatures(spec, (2.0, 1.0, 1.0))
     data = da.from_array(phantom[..., None], chunks=(6, 8, 10, 1))
     sample = sample_voxels(data, sample_size=500, seed=1, progress=False, featurise=features, depth=features.halo)

@@ -22,6 +22,7 @@ import numpy as np
 from pixseg.errors import InputError
 from pixseg.io.readers._base import DEFAULT_CHUNK, RegionReader, read_head
 from pixseg.io.readers.selection import Selection, SeriesInfo, canonical_axes, choose_series
+from pixseg.optional import import_optional
 
 CZI_SUFFIXES = (".czi",)
 #: What libCZI raises for a damaged file (a short read, a bad segment); OSError for an unreadable one.
@@ -147,10 +148,7 @@ class CziPlane:
 @contextlib.contextmanager
 def _reader(path: str) -> Iterator[Any]:
     """A pylibCZIrw reader of ``path``, closed afterwards; its failures to open as InputError naming the file."""
-    try:
-        import pylibCZIrw.czi as pyczi
-    except ImportError as err:
-        raise InputError(f"input {path!r} is a CZI: reading it needs pylibCZIrw (pip install 'pixseg-ooc[czi]')") from err
+    pyczi = import_optional("pylibCZIrw.czi", extra="czi", needed_for=f"CZI files such as {path!r}")
     try:
         reader = pyczi.CziReader(path)
     except CZI_ERRORS as err:

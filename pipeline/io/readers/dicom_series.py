@@ -21,11 +21,14 @@ import numpy as np
 
 from pixseg.errors import InputError
 from pixseg.io.readers.volume import Volume, check_spacing, lazy_volume, volume_chunks
+from pixseg.optional import import_optional
 
 #: Relative tolerance of orientations, pixel spacings and slice gaps.
 TOLERANCE = 1e-3
 #: SOP class of DICOM whole-slide microscopy images (2-D slides, not series of slices).
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+#: Bytes read from a file's start to find the DICOM preamble and a whole-slide SOP class UID.
+_HEAD_BYTES = 8192
 #: LPS to RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -66,7 +69,7 @@ class DicomSlices:
         self.ndim = 4
 
     def __getitem__(self, key: tuple[slice, slice, slice, slice]) -> np.ndarray:
-        import pydicom
+        pydicom = import_optional("pydicom", extra="volumes", needed_for="DICOM series")
         from pydicom.errors import InvalidDicomError
 
         zs, ys, xs, cs = key
@@ -87,19 +90,24 @@ class DicomSlices:
 def looks_like_dicom_folder(path: str) -> bool:
     """Whether the folder ``path`` holds a DICOM series of slices: its first regular file (by name) is
     DICOM (``DICM`` at byte 128) with an ``ImagePositionPatient`` and is not a whole-slide image
-    (those are 2-D slides, read by OpenSlide). False when pydicom is not installed."""
-    try:
-        import pydicom
-    except ImportError:
-        return False
+    (those are 2-D slides, read by OpenSlide).
+
+    Raises
+    ------
+    MissingDependencyError
+        If it holds DICOM files that are not whole-slide images and pydicom is not installed.
+    """
     for name in sorted(os.listdir(path)):
         file = os.path.join(path, name)
         if name.startswith(".") or not os.path.isfile(file):
             continue
         with open(file, "rb") as handle:
-            handle.seek(128)
-            if handle.read(4) != b"DICM":
-                return False
+            head = handle.read(_HEAD_BYTES)
+        if head[128:132] != b"DICM":
+            return False
+        if WSI_SOP_CLASS.encode() in head:
+            return False
+        pydicom = import_optional("pydicom", extra="volumes", needed_for="DICOM series")
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
         except (OSError, ValueError, pydicom.errors.InvalidDicomError):
@@ -159,7 +167,7 @@ def open_dicom_series(path: str, *, chunk: int | None, series_uid: str | None) -
 
 def _read_header(file: str) -> _Slice | None:
     """The geometry of one slice file; None for a file that is not DICOM or holds no image."""
-    import pydicom
+    pydicom = import_optional("pydicom", extra="volumes", needed_for="DICOM series")
 
     if os.path.basename(file).startswith(".") or not os.path.isfile(file):
         return None
@@ -218,7 +226,7 @@ def _slice_step(path: str, positions: np.ndarray) -> float:
 
 
 def _stored_dtype(file: str) -> np.dtype:
-    import pydicom
+    pydicom = import_optional("pydicom", extra="volumes", needed_for="DICOM series")
 
     data = pydicom.dcmread(file, stop_before_pixels=True)
     signed = int(data.get("PixelRepresentation", 0)) == 1

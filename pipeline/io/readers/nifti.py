@@ -33,6 +33,7 @@ from pixseg.io.readers.volume import (
     lazy_volume,
     volume_chunks,
 )
+from pixseg.optional import import_optional
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def read_nifti_header(path: str) -> NiftiHeader:
     InputError
         If nibabel cannot read it, the image is not 3-D or 4-D, or its spacing is not positive.
     """
-    import nibabel as nib
+    nib = import_optional("nibabel", extra="volumes", needed_for="NIfTI volumes")
 
     try:
         image: Any = nib.load(path)
