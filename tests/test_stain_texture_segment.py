@@ -104,14 +104,17 @@ def test_twelve_bit_input_segments_as_well_as_eight_bit(tmp_path, ihc_image):
             ranges = result.model.feature_spec.channel_ranges
             assert ranges[0] == ranges[1] == ranges[2] and ranges[0][0] == 0 and 3500 < ranges[0][1] <= 4095
     agreement = adjusted_rand_score(labels["8-bit"], labels["12-bit"])
+    dtype_agreement = adjusted_rand_score(labels["8-bit"], labels["12-bit dtype"])
     print(
         "ARI against the rgb2hed reference: "
         + ", ".join(f"{name} {score:.3f}" for name, score in scores.items())
-        + f"; 12-bit vs 8-bit labels {agreement:.3f}"
+        + f"; 12-bit vs 8-bit labels {agreement:.3f} (dtype scaling: {dtype_agreement:.3f})"
     )
     assert scores["12-bit"] >= scores["8-bit"] - 0.03
-    assert scores["12-bit"] > scores["12-bit dtype"]
     assert agreement > 0.9
+    # scaling by the dtype's range instead darkens 12-bit pixels 16x and the labels part from the 8-bit ones
+    # (their ARI against the reference is no guide: it lands either side of the 8-bit score with the seeds)
+    assert dtype_agreement < agreement - 0.2
 
 
 def test_robust_ranges_keep_rgb_colour_balance():
