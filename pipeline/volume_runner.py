@@ -43,6 +43,7 @@ from pixseg.io.label_volume import (
     store_counting,
     store_missing_counting,
 )
+from pixseg.io.locks import lock_path_for, output_lock
 from pixseg.io.model_file import load_model, model_document, save_model
 from pixseg.io.readers.volume import Volume, is_nifti, open_volume
 from pixseg.io.side_files import REPORT_SUFFIX, SLICES_SUFFIX, side_file_base
@@ -170,18 +171,19 @@ def segment_volume(
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite)
-    volume = _open(input_path, output_path, read)
-    job = _start(volume, output_path, kind, read, command="segment", started=started, resume=resume, fit=fit)
-    if job.done:
-        return _finished(job)
-    keep = _mask(volume, mask, progress=progress)
-    if job.previous is not None:
-        model = job.previous.model
-    else:
-        model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, mask=keep, progress=progress)
-    if model_path is not None:
-        save_model(model, model_path, provenance={"input": os.path.abspath(input_path), "window": window})
-    return _label_and_write(job, model, keep, progress=progress, previews=previews)
+    with output_lock(lock_path_for(label_side_base(output_path))):  # one writer per output, as for slides
+        volume = _open(input_path, output_path, read)
+        job = _start(volume, output_path, kind, read, command="segment", started=started, resume=resume, fit=fit)
+        if job.done:
+            return _finished(job)
+        keep = _mask(volume, mask, progress=progress)
+        if job.previous is not None:
+            model = job.previous.model
+        else:
+            model = fit_volume(volume.data, fit, window=window, spacing=volume.spacing, mask=keep, progress=progress)
+        if model_path is not None:
+            save_model(model, model_path, provenance={"input": os.path.abspath(input_path), "window": window})
+        return _label_and_write(job, model, keep, progress=progress, previews=previews)
 
 
 def apply_volume(
@@ -213,14 +215,15 @@ def apply_volume(
     check_volume_features(model.feature_spec.groups)
     chosen = _check_mask(model.feature_spec.mask if mask is None else mask)
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
-    volume = _open(input_path, output_path, read)
-    _check_model_fits(model, volume, model_path)
-    parts = {"model": model_document(model), "mask": chosen}
-    job = _start(volume, output_path, kind, read, command="apply", started=started, resume=resume, **parts)
-    if job.done:
-        return _finished(job)
-    keep = _mask(volume, chosen, progress=progress)
-    return _label_and_write(job, model, keep, progress=progress, previews=previews)
+    with output_lock(lock_path_for(label_side_base(output_path))):
+        volume = _open(input_path, output_path, read)
+        _check_model_fits(model, volume, model_path)
+        parts = {"model": model_document(model), "mask": chosen}
+        job = _start(volume, output_path, kind, read, command="apply", started=started, resume=resume, **parts)
+        if job.done:
+            return _finished(job)
+        keep = _mask(volume, chosen, progress=progress)
+        return _label_and_write(job, model, keep, progress=progress, previews=previews)
 
 
 @dataclass(frozen=True)

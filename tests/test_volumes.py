@@ -746,3 +746,17 @@ def test_clusters_auto_finds_the_phantoms_intensity_classes(tmp_path):
     result = pixseg.segment(source, tmp_path / "out.zarr", clusters="auto:2-6", chunk=16)
     assert result.model.k_choice is not None and result.model.n_clusters == 4
     assert adjusted_rand_score(classes.ravel(), _labels(tmp_path / "out.zarr").ravel()) >= 0.99
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".zarr"])
+def test_a_volume_output_being_written_is_locked_against_a_second_run(tmp_path, capsys, suffix):
+    from pixseg.io.label_groups import label_side_base
+    from pixseg.io.locks import lock_path_for, output_lock
+
+    source = str(tmp_path / "scan.nii")
+    nib.save(nib.Nifti1Image(make_phantom((6, 10, 12)).astype(np.int16), np.eye(4)), source)
+    out = str(tmp_path / f"labels{suffix}")
+    with output_lock(lock_path_for(label_side_base(out))):
+        code, _, err = _cli(capsys, "segment", source, out, "--clusters", "2")
+    assert code == 2 and err.count("error:") == 1 and f"pid {os.getpid()}" in err
+    assert sorted(os.listdir(tmp_path)) == ["scan.nii"]  # nothing written, the lock is gone
