@@ -230,16 +230,17 @@ def _prepare_model(
         logger.info("reusing cohort model %s", path)
         return path, model_id(path), {}
     logger.info("fitting a cohort model on %d image(s)", len(images))
-    cohort = fit_cohort(
-        [image.input for image in images],
-        read=config.read,
-        fit=config.fit,
-        model_path=path,
-        overwrite=True,
-        progress=progress,
-    )
-    write_json_document(_cohort_state_path(config), {"fit": fit_id(config), "inputs": list(cohort.inputs)})
-    failures = {path: f"{type(err).__name__}: {err}" for path, err in cohort.failed.items()}
+    inputs = [image.input for image in images]
+    failures: dict[str, str] = {}
+    if volume_batch.is_volume(config, inputs[0]):  # a cohort is all volumes or all slides (check_cohort)
+        volume_batch.fit_cohort(config, inputs, path, progress=progress)
+    else:
+        cohort = fit_cohort(
+            inputs, read=config.read, fit=config.fit, model_path=path, overwrite=True, progress=progress
+        )
+        inputs = list(cohort.inputs)
+        failures = {path: f"{type(err).__name__}: {err}" for path, err in cohort.failed.items()}
+    write_json_document(_cohort_state_path(config), {"fit": fit_id(config), "inputs": inputs})
     return path, model_id(path), failures
 
 

@@ -54,7 +54,7 @@ def plan_batch(config: RunConfig) -> dict[str, Any]:
     ------
     ConfigError
         As :func:`find_images`, or as :func:`pixseg.volume_batch.check_cohort` (``fit-once``
-        over volumes).
+        over slides and volumes together).
     """
     images = find_images(config)
     volume_batch.check_cohort(config, [image.input for image in images])

@@ -7,8 +7,9 @@
 - ``model: per-image`` segments it with :func:`pixseg.volume_runner.segment_volume` (its model
   saved beside its output, as for slides);
 - ``model: PATH`` applies that model with :func:`pixseg.volume_runner.apply_volume`;
-- ``model: fit-once`` is refused before any work (:func:`check_cohort`): a pooled 3-D fit is
-  not built yet.
+- ``model: fit-once`` fits one model on a sample pooled over every volume (:func:`fit_cohort`),
+  saved as ``output.cohort_model`` and applied to each volume as ``model: PATH`` is. A fit-once
+  batch of slides and volumes together is refused before any work (:func:`check_cohort`).
 
 Outputs are ``.zarr`` (``output.format: zarr``) or ``.nii.gz`` (``output.format: nifti``). An
 interrupted ``.zarr`` output continues with ``resume``; a NIfTI output is written whole under a
@@ -16,6 +17,9 @@ temporary name, so one at its final path is complete (:func:`is_complete`).
 """
 
 from __future__ import annotations
+
+import math
+import os
 
 from pixseg.config import RunConfig
 from pixseg.errors import ConfigError
@@ -31,21 +35,79 @@ def is_volume(config: RunConfig, path: str) -> bool:
 
 
 def check_cohort(config: RunConfig, inputs: list[str]) -> None:
-    """Refuse ``model: fit-once`` over volume inputs, before any work.
+    """Refuse ``model: fit-once`` over slides and volumes together, before any work.
 
     Raises
     ------
     ConfigError
-        Naming the first volume input.
+        Naming the first slide and the first volume.
     """
     if config.batch.model != "fit-once":
         return
-    volume = next((path for path in inputs if is_volume(config, path)), None)
-    if volume is not None:
+    kinds = {is_volume(config, path): path for path in reversed(inputs)}
+    if len(kinds) == 2:
         raise ConfigError(
-            f"{config.path}: model: fit-once is not available for volumes yet ({volume!r}); "
-            "use model: per-image or a saved model file"
+            f"{config.path}: model: fit-once cannot pool slides and volumes ({kinds[False]!r}, {kinds[True]!r}); "
+            "run them in separate configs"
         )
+
+
+def fit_cohort(config: RunConfig, inputs: list[str], model_path: str, *, progress: bool) -> None:
+    """Fit one model on a sample pooled over the volumes ``inputs`` and save it at ``model_path``.
+
+    As the 2-D cohort fit (:func:`pixseg.fitting.fit_cohort`): volume ``i`` is sampled
+    (:mod:`pixseg.volume_sampling`) with its own seed (:func:`pixseg.sampling.cohort_seed`), and
+    contributes in proportion to its voxels (``fit.sample_size`` in all); texture sigmas are mm of
+    its own spacing (:func:`pixseg.volumes.fit_volumes`). Deterministic for a seed and the inputs'
+    order. A ``.nii.gz`` input's converted copy is removed after the fit.
+
+    Raises
+    ------
+    PipelineError
+        For an unreadable volume, options volumes refuse, or volumes of different channel counts.
+    """
+    from pixseg.io.model_file import save_model
+    from pixseg.io.readers.volume import Volume, open_volume
+    from pixseg.sampling import cohort_seed
+    from pixseg.volume_mask import body_mask
+    from pixseg.volume_runner import check_mask, check_volume_options, drop_copy
+    from pixseg.volumes import VolumeMember, check_volume_features, check_window, fit_volumes
+
+    fit, read = config.fit, config.read
+    check_volume_options(read, config.output, fit)
+    window, mask = check_window(fit.window), check_mask(fit.mask)
+    check_volume_features(fit.features)
+    workdir = read.workdir or config.directory
+    volumes: list[Volume] = []
+    try:
+        for path in inputs:
+            volumes.append(open_volume(path, chunk=read.chunk, series_uid=read.series_uid, workdir=workdir))
+        channels = {volume.shape[3] for volume in volumes}
+        if len(channels) > 1:
+            raise ConfigError(
+                f"{config.path}: model: fit-once needs volumes of one channel count, got {sorted(channels)}"
+            )
+        total = sum(math.prod(volume.shape[:3]) for volume in volumes)
+        sizes = [max(1, round(fit.sample_size * math.prod(v.shape[:3]) / total)) for v in volumes]
+        members = [
+            VolumeMember(
+                volume.data,
+                volume.spacing,
+                None if mask == "none" else body_mask(volume.data, progress=progress),
+                cohort_seed(fit.seed, index),
+                size,
+            )
+            for index, (volume, size) in enumerate(zip(volumes, sizes, strict=True))
+        ]
+        model = fit_volumes(members, fit, window=window, progress=progress)
+    finally:
+        for volume in volumes:
+            drop_copy(volume, workdir)
+    cohort = [
+        {"input": os.path.abspath(path), "index": index, "sampled_voxels": size}
+        for index, (path, size) in enumerate(zip(inputs, sizes, strict=True))
+    ]
+    save_model(model, model_path, provenance={"input": None, "window": window, "cohort": cohort})
 
 
 def is_complete(output: str) -> bool | None:

@@ -167,7 +167,7 @@ def segment_volume(
     read, fit = read or ReadOptions(), fit or FitOptions()
     window = check_window(fit.window)
     check_volume_features(fit.features)
-    mask = _check_mask(fit.mask)
+    mask = check_mask(fit.mask)
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
     if model_path is not None:
         check_model_path(model_path, overwrite=overwrite)
@@ -213,7 +213,7 @@ def apply_volume(
     read = read or ReadOptions()
     model = load_model(model_path)
     check_volume_features(model.feature_spec.groups)
-    chosen = _check_mask(model.feature_spec.mask if mask is None else mask)
+    chosen = check_mask(model.feature_spec.mask if mask is None else mask)
     kind = _check_output(output_path, input_path, overwrite=overwrite, resume=resume)
     with output_lock(lock_path_for(label_side_base(output_path))):
         volume = _open(input_path, output_path, read)
@@ -297,7 +297,7 @@ def _label_and_write(
     if previews:  # before the converted copy goes: the preview reads the input's mid-planes
         side_files += _write_previews(job, model, planes, rows)
     if not job.read.keep_workdir:  # after an error the copy is kept for the rerun
-        _drop_copy(volume, _workdir(job.read, output_path))
+        drop_copy(volume, _workdir(job.read, output_path))
     if job.kind == ".zarr":
         factors = pyramid_factors(volume.shape[:3], volume.spacing)
         extra = {"statistics": rows, "model": model_document(model), "input": os.path.abspath(volume.path)}
@@ -356,7 +356,8 @@ def _finished(job: _Job) -> VolumeResult:
     )
 
 
-def _check_mask(mask: str) -> str:
+def check_mask(mask: str) -> str:
+    """``mask`` when a volume takes it (:data:`VOLUME_MASKS`), else a :class:`ParameterError`."""
     if mask not in VOLUME_MASKS:
         raise ParameterError(f"--mask for a volume is one of {', '.join(VOLUME_MASKS)}, got {mask!r}")
     return mask
@@ -478,7 +479,7 @@ def _write_nifti(
     return table, [volume.shape[:3]], planes
 
 
-def _drop_copy(volume: Volume, workdir: str) -> None:
+def drop_copy(volume: Volume, workdir: str) -> None:
     """Remove the copy in ``workdir`` a ``.nii.gz`` input was converted into, if any."""
     if not (is_nifti(volume.path) and volume.path.lower().endswith(".gz")):
         return

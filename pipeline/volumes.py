@@ -199,6 +199,18 @@ def _overlapped_features(
     return features(block)[core]
 
 
+@dataclass(frozen=True)
+class VolumeMember:
+    """One volume of a fit: its (Z, Y, X, C) data, spacing (mm), mask ((Z, Y, X) bool, True =
+    keep, or None), sampling seed and the voxels it contributes to the sample."""
+
+    data: da.Array
+    spacing: tuple[float, float, float]
+    mask: da.Array | None
+    seed: int
+    sample_size: int
+
+
 def fit_volume(
     data: da.Array,
     fit: FitOptions,
@@ -211,42 +223,65 @@ def fit_volume(
     """Sample a (Z, Y, X, C) volume and fit the model (computes the sample only); ``--clusters
     auto`` chooses K on the sample as in 2-D (:func:`pixseg.fitting.fit_options_model`).
 
-    The raw sample sets the channel ranges; voxel-wise features are computed from it, texture
-    features from a second pass over the same cubes with their halo. ``mask`` ((Z, Y, X) bool,
-    True = keep; from :func:`pixseg.volume_mask.body_mask`) leaves the voxels it drops out of the
-    sample, and the spec records ``mask="auto"``.
+    ``mask`` ((Z, Y, X) bool, True = keep; from :func:`pixseg.volume_mask.body_mask`) leaves the
+    voxels it drops out of the sample, and the spec records ``mask="auto"``. See :func:`fit_volumes`.
 
     Raises
     ------
     ParameterError
         For a bad feature group, or a sample with fewer distinct vectors than clusters.
     """
-    raw = sample_voxels(data, sample_size=fit.sample_size, seed=fit.seed, mask=mask, progress=progress)
-    if len(raw) == 0:
+    member = VolumeMember(data, spacing, mask, fit.seed, fit.sample_size)
+    return fit_volumes([member], fit, window=window, progress=progress)
+
+
+def fit_volumes(
+    members: Sequence[VolumeMember], fit: FitOptions, *, window: tuple[float, float] | None, progress: bool
+) -> SegmentationModel:
+    """Fit one model on the samples of ``members`` pooled (computes the samples only).
+
+    The pooled raw sample sets the channel ranges; voxel-wise features are computed from it,
+    texture features from a second pass over each volume's cubes with their halo, in mm of that
+    volume's spacing. The spec's dtype is the first member's.
+
+    Raises
+    ------
+    ParameterError
+        For a bad feature group, no valid voxel in any member, or a sample with fewer distinct
+        vectors than clusters.
+    """
+    raws = [
+        sample_voxels(m.data, sample_size=m.sample_size, seed=m.seed, mask=m.mask, progress=progress) for m in members
+    ]
+    if sum(len(raw) for raw in raws) == 0:
         raise ParameterError("the volume has no valid (finite, unmasked) voxels to sample")
     spec = volume_spec(
-        raw,
-        dtype=data.dtype,
+        np.concatenate(raws),
+        dtype=members[0].data.dtype,
         features=fit.features,
         normalise=fit.normalise,
         window=window,
         sigmas=fit.sigmas,
-        mask="none" if mask is None else "auto",
+        mask="none" if members[0].mask is None else "auto",
     )
-    features = VoxelFeatures(spec, spacing)
-    if spec.texture_groups:
-        vectors = sample_voxels(
-            data,
-            sample_size=fit.sample_size,
-            seed=fit.seed,
-            mask=mask,
-            progress=progress,
-            featurise=features,
-            depth=features.halo,
-        )
-    else:
-        vectors = features(raw.astype(data.dtype)[:, np.newaxis, :])[:, 0, :]
-    return fit_options_model(vectors, spec, fit)
+    parts = []
+    for member, raw in zip(members, raws, strict=True):
+        features = VoxelFeatures(spec, member.spacing)
+        if spec.texture_groups:
+            parts.append(
+                sample_voxels(
+                    member.data,
+                    sample_size=member.sample_size,
+                    seed=member.seed,
+                    mask=member.mask,
+                    progress=progress,
+                    featurise=features,
+                    depth=features.halo,
+                )
+            )
+        else:
+            parts.append(features(raw.astype(member.data.dtype)[:, np.newaxis, :])[:, 0, :])
+    return fit_options_model(np.concatenate(parts), spec, fit)
 
 
 def volume_labels(

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import threading
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pixseg
 from pixseg.cli import main
 from pixseg.features import make_feature_spec
 from pixseg.io.label_volume import pyramid_factors
+from pixseg.io.model_file import load_model, model_document
 from pixseg.io.readers.volume import open_volume
 from pixseg.volume_sampling import plan_volume_blocks, sample_voxels
 from pixseg.volumes import VoxelFeatures, volume_features, volume_spec
@@ -667,12 +669,55 @@ def test_dry_run_plans_volumes_from_their_headers_and_computes_nothing(tmp_path,
         assert f"run   {tmp_path / 'scans' / name} ({layout}) -> {output}" in stdout
     assert "images: 2 (2 run)" in stdout
     assert sorted(os.listdir(tmp_path)) == ["run-per-image-" + fmt + ".yaml", "scans"]  # no copy, no output
-    code, _, stderr = _cli(capsys, "run", _volume_config(tmp_path, model="fit-once"), "--dry-run")
-    assert code == 2 and "fit-once is not available for volumes" in stderr
+    code, stdout, stderr = _cli(capsys, "run", _volume_config(tmp_path, model="fit-once"), "--dry-run")
+    assert code == 0, stderr
+    assert f"fit-once: fit {tmp_path / 'out-fit-once-zarr' / 'cohort-model.json'}" in stdout
+
+
+def test_fit_once_over_slides_and_volumes_together_is_refused_before_any_work(tmp_path, capsys):
+    import tifffile
+
+    (tmp_path / "scans").mkdir()
+    _nifti_phantom(tmp_path / "scans" / "a.nii", shape=(8, 9, 10))
+    tifffile.imwrite(tmp_path / "slide.tif", np.zeros((16, 16, 3), np.uint8))
+    config = Path(_volume_config(tmp_path, model="fit-once"))
+    config.write_text(config.read_text().replace("*.nii']", f"*.nii', '{tmp_path}/slide.tif']"))
+    for extra in ((), ("--dry-run",)):
+        code, stdout, stderr = _cli(capsys, "run", config, "-q", *extra)
+        assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+        assert "cannot pool slides and volumes" in stderr and not (tmp_path / "out-fit-once-zarr").exists()
 
 
 @pytest.mark.slow
-def test_run_config_over_volumes_segments_each_and_refuses_a_cohort(tmp_path, capsys):
+def test_run_config_fit_once_over_volumes_equals_apply_of_the_cohort_model_and_is_deterministic(tmp_path, capsys):
+    (tmp_path / "scans").mkdir()
+    _nifti_phantom(tmp_path / "scans" / "a.nii")
+    _nifti_phantom(tmp_path / "scans" / "b.nii", shape=(17, 29, 31))
+    config, out = _volume_config(tmp_path, model="fit-once"), tmp_path / "out-fit-once-zarr"
+    assert _cli(capsys, "run", config, "-q")[0] == 0
+    model = out / "cohort-model.json"
+    cohort = json.loads(model.read_text())["provenance"]["cohort"]
+    assert [Path(member["input"]).name for member in cohort] == ["a.nii", "b.nii"]
+    first = {}
+    for name in ("a", "b"):
+        single = tmp_path / f"{name}-apply.zarr"
+        assert _cli(capsys, "apply", model, tmp_path / "scans" / f"{name}.nii", single, "--chunk", 16)[0] == 0
+        first[name] = _labels(out / f"{name}.zarr")
+        np.testing.assert_array_equal(first[name], _labels(single))
+        assert set(np.unique(first[name])) == {1, 2, 3}
+    assert _cli(capsys, "run", config, "-q")[0] == 0  # done outputs skipped, the cohort model reused
+    summary = json.loads((out / "pixseg-run.json").read_text())
+    assert summary["counts"] == {"done": 0, "skipped": 2, "failed": 0}
+    fitted = model_document(load_model(str(model)))
+    shutil.rmtree(out)
+    assert _cli(capsys, "run", config, "-q")[0] == 0
+    assert model_document(load_model(str(model))) == fitted
+    for name in ("a", "b"):
+        np.testing.assert_array_equal(_labels(out / f"{name}.zarr"), first[name])
+
+
+@pytest.mark.slow
+def test_run_config_over_volumes_segments_each(tmp_path, capsys):
     (tmp_path / "scans").mkdir()
     _nifti_phantom(tmp_path / "scans" / "a.nii")
     _nifti_phantom(tmp_path / "scans" / "b.nii", shape=(17, 29, 31))
@@ -692,9 +737,6 @@ def test_run_config_over_volumes_segments_each_and_refuses_a_cohort(tmp_path, ca
         assert _cli(capsys, "run", config, "-q")[0] == 0  # complete outputs are recognised and skipped
         summary = json.loads((tmp_path / f"out-per-image-{fmt}" / "pixseg-run.json").read_text())
         assert summary["counts"] == {"done": 0, "skipped": 2, "failed": 0}
-    code, stdout, stderr = _cli(capsys, "run", _volume_config(tmp_path, model="fit-once"), "-q")
-    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
-    assert "fit-once is not available for volumes" in stderr and not (tmp_path / "out-fit-once-zarr").exists()
 
 
 @pytest.mark.slow
