@@ -1,6 +1,6 @@
 """Which features each ``--preset`` should use: adjusted Rand index against slides of known classes.
 
-``python -m benchmarks.bench_presets [--size 384] [--work DIR]`` writes four synthetic images with
+``python -m benchmarks.bench_presets [--size 384] [--seed 0] [--work DIR]`` writes four synthetic images with
 a known class at every pixel, segments each with every candidate feature set through
 ``pixseg.segment`` (K = the number of classes the mask leaves, the preset's mask and normalisation),
 and prints a markdown table of the adjusted Rand index (scikit-learn) of the labels against the
@@ -173,6 +173,7 @@ def score(kind: str, features: str, mask: str, pixels_path: Path, truth: np.ndar
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=384, help="image edge in pixels (default 384)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every image's layout and noise (default 0)")
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| image | features | normalise | mask | K | ARI | seconds |")
         print("|---|---|---|---|---|---|---|")
         for kind, candidates in CANDIDATES.items():
-            pixels, truth = make_image(kind, args.size)
+            pixels, truth = make_image(kind, args.size, args.seed)
             path = work / f"{kind}.tif"
             photometric = "minisblack" if pixels.dtype == np.uint16 else "rgb"
             tifffile.imwrite(path, pixels, tile=(128, 128), photometric=photometric, planarconfig="contig")

@@ -237,6 +237,28 @@ def test_tissue_mask_on_the_presets_fluorescence_slide():
     assert _iou(tissue_mask(pixels.astype(np.float32)), tissue) >= 0.95
 
 
+@pytest.mark.parametrize("seed", [1, 4, 5])
+def test_dark_background_found_when_tissue_covers_the_border(seed):
+    """Seeds of the presets benchmark's fluorescence slide whose tissue covers most of the border
+    (the border alone read them as brightfield): the dimmest channel's median finds the dark background."""
+    pixels, classes = make_image("fluorescence", 256, seed)
+    pixels = pixels.astype(np.float32)
+    ring = np.ones(classes.shape, dtype=bool)
+    ring[13:-13, 13:-13] = False
+    assert (classes[ring] != 0).mean() > 0.5  # tissue covers most of the border
+    assert has_dark_background(pixels)
+    assert _iou(tissue_mask(pixels), classes != 0) >= 0.95
+
+
+def test_tissue_dense_brightfield_without_glass_is_bright():
+    """Crops with no glass at all, of the IHC photo and of the dense synthetic field, stay brightfield."""
+    photo = skimage_data.immunohistochemistry().astype(np.float32)
+    assert not has_dark_background(photo[150:350, 150:350])
+    pixels, tissue = dense_slide()
+    assert tissue[:, 140:].all()
+    assert not has_dark_background(pixels[:, 140:])
+
+
 def test_tissue_mask_on_immunohistochemistry_photo_on_glass():
     """The photo's stained area is kept, the glass border never; its unstained gaps may be dropped."""
     photo = skimage_data.immunohistochemistry().astype(np.float64)
