@@ -310,3 +310,9 @@ def read_head(path: str, size: int) -> bytes:
             return handle.read(size)
     except OSError:  # unreadable here: the format's own reader reports why, by suffix
         return b""
+
+
+def is_dicom_head(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes, at least 132) opens a DICOM Part 10 file: the
+    128-byte preamble, then ``DICM``."""
+    return head[128:132] == b"DICM"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pixseg.errors import InputError
+from pixseg.io.readers._base import is_dicom_head, read_head
 from pixseg.io.readers.volume import Volume, check_spacing, lazy_volume, volume_chunks
 from pixseg.optional import import_optional
 
@@ -101,9 +102,8 @@ def looks_like_dicom_folder(path: str) -> bool:
         file = os.path.join(path, name)
         if name.startswith(".") or not os.path.isfile(file):
             continue
-        with open(file, "rb") as handle:
-            head = handle.read(_HEAD_BYTES)
-        if head[128:132] != b"DICM":
+        head = read_head(file, _HEAD_BYTES)
+        if not is_dicom_head(head):
             return False
         if WSI_SOP_CLASS.encode() in head:
             return False

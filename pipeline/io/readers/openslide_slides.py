@@ -31,7 +31,7 @@ import numpy as np
 import openslide
 
 from pixseg.errors import InputError
-from pixseg.io.readers._base import RegionReader, check_decode_size, input_errors, read_head
+from pixseg.io.readers._base import RegionReader, check_decode_size, input_errors, is_dicom_head, read_head
 from pixseg.io.readers.pixel_size import scaled_pixel_size
 from pixseg.io.readers.selection import Selection, canonical_axes, choose_series
 
@@ -171,7 +171,7 @@ def _dicom_instance(directory: str) -> str | None:
         return None
     for name in names:
         candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and read_head(candidate, 132)[128:] == b"DICM" and _vendor(candidate):
+        if os.path.isfile(candidate) and is_dicom_head(read_head(candidate, 132)) and _vendor(candidate):
             return candidate
     return None
 
