@@ -275,7 +275,7 @@ def write_bytes(url: str, data: bytes, *, create: bool = False) -> bool:
     ----------
     create : bool
         Only if no object is there (``If-None-Match: *``); stores that cannot say fall back to
-        an existence check first, which races (see the README's object storage notes).
+        an existence check first, which races (see docs/storage.md).
 
     Returns
     -------
