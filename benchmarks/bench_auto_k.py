@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.bench_presets import MASK, NORMALISE, make_image, n_clusters
 from pixseg.choose_k import best_k, choose_clusters
 from pixseg.features import FeatureSpec, make_feature_spec
-from pixseg.model import fit_model
+from pixseg.kmeans_fit import fit_model
 
 CRITERIA = ("silhouette", "calinski_harabasz", "inertia")
 

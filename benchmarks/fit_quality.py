@@ -34,7 +34,7 @@ _UINT8_SCALE = 255.0
 
 def all_pixel_inertia(pixels: np.ndarray, centroids: np.ndarray) -> float:
     """Sum over ``pixels`` (n, F) of the squared distance to the nearest of ``centroids`` (K, F), in float64."""
-    from pixseg.model import squared_inertia
+    from pixseg.kmeans_fit import squared_inertia
 
     return squared_inertia(np.asarray(pixels, dtype=np.float64), np.asarray(centroids, dtype=np.float64))
 
@@ -64,7 +64,7 @@ def _kmeans_parallel(scaled: np.ndarray, n_clusters: int, *, seed: int, restart:
     import dask.array as da
     from dask_ml.cluster import KMeans
 
-    from pixseg.model import _FIT_TOL, _RESTART_STRIDE
+    from pixseg.kmeans_fit import _FIT_TOL, _RESTART_STRIDE
 
     shuffled = scaled[np.random.default_rng([seed, restart]).permutation(len(scaled))]
     estimator = KMeans(
@@ -85,14 +85,14 @@ def _seeding(name: str) -> Iterator[None]:
     if name == "k-means++":
         yield
         return
-    with mock.patch("pixseg.model._fit_kmeans", _kmeans_parallel):
+    with mock.patch("pixseg.kmeans_fit._fit_kmeans", _kmeans_parallel):
         yield
 
 
 def compare_seedings(pixels: np.ndarray, clusters: int, *, sample_size: int, repeats: int) -> dict[str, Any]:
     """``fit_model`` seconds and all-pixel inertia with each seeding, interleaved, on one uniform sample."""
     from pixseg.features import make_feature_spec
-    from pixseg.model import fit_model
+    from pixseg.kmeans_fit import fit_model
 
     rng = np.random.default_rng(0)
     sample = pixels[np.sort(rng.choice(len(pixels), size=sample_size, replace=False))] / _UINT8_SCALE

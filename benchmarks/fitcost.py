@@ -11,7 +11,7 @@ import tifffile
 
 from benchmarks import CLUSTERS
 from pixseg.features import make_feature_spec
-from pixseg.model import fit_model
+from pixseg.kmeans_fit import fit_model
 
 #: pixseg's ``channels`` features of an 8-bit image: values / 255.
 _UINT8_SCALE = 255.0

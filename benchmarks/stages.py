@@ -31,7 +31,7 @@ STAGES = (
     ("pixseg.runner", "open_input", "open"),
     ("pixseg.fitting", "prepare_fit", "prepare"),
     ("pixseg.fitting", "draw_sample", "sample"),
-    ("pixseg.model", "_best_fit", "fit"),
+    ("pixseg.kmeans_fit", "_best_fit", "fit"),
     ("pixseg.runner", "write_labels", "labels"),
     ("pixseg.labelling", "write_pyramid", "pyramid"),
     ("pixseg.labelling", "write_side_files", "side_files"),
@@ -56,7 +56,7 @@ def _importing_first(function: Callable[..., Any], log: list[tuple[str, float]])
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pixseg segment`` with ``argv`` and print the stage timings as JSON."""
     startup_s = time.time() - psutil.Process().create_time()
-    from pixseg import model
+    from pixseg import kmeans_fit as model
     from pixseg.cli import main as pixseg_main
 
     log: list[tuple[str, float]] = []

@@ -1,7 +1,7 @@
 """``--clusters auto``: choose K on the sample, by the silhouette of a fixed subsample.
 
 Every K of the range is fitted with the same dask-ml fit as the final model
-(:func:`pixseg.model.fit_model`), on the first ``SCORE_ROWS`` rows of a seeded permutation of the
+(:func:`pixseg.kmeans_fit.fit_model`), on the first ``SCORE_ROWS`` rows of a seeded permutation of the
 sample, with ``SCORE_RESTARTS`` k-means run (k-means++ seeded), single-threaded. Each fit is
 scored on that subsample: its inertia (squared, standardised), the Calinski-Harabasz index, and
 the mean silhouette of a fixed seeded subsample of ``SILHOUETTE_ROWS`` of those rows. The K of
@@ -27,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pixseg.features import FeatureSpec
-from pixseg.model import fit_model, nearest_counts
+from pixseg.kmeans_fit import fit_model, nearest_counts
 
 logger = logging.getLogger(__name__)
 

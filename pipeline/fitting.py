@@ -1,6 +1,6 @@
 """The fit: the feature spec, the deterministic sample (of one image or pooled over a cohort) and the dask-ml fit.
 
-See :mod:`pixseg.sampling` for how the sample is drawn and :mod:`pixseg.model` for the fit itself.
+See :mod:`pixseg.sampling` for how the sample is drawn and :mod:`pixseg.kmeans_fit` for the fit itself.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pixseg.features import FeatureSpec, make_feature_spec, robust_channel_range
 from pixseg.graphs import check_mask_option, model_mask, open_mask, sample_source, shape_text
 from pixseg.io.model_file import save_model
 from pixseg.io.readers import Image, open_input
-from pixseg.model import SegmentationModel, fit_model, preload_fitting
+from pixseg.kmeans_fit import fit_model, preload_fitting
+from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.plan import check_model_fits, check_not_input, check_writable_parent, provenance, refuse_incomplete_input
 from pixseg.sampling import (

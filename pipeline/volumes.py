@@ -3,7 +3,7 @@
 The volume path reuses the 2-D pipeline's pieces: the feature spec and per-chunk kernels
 (:func:`pixseg.features.compute_features` on (d, h, w, C) blocks), the channel scaling
 (:mod:`pixseg.normalise`), the position-keyed sample (:mod:`pixseg.volume_sampling` over
-:mod:`pixseg.sampling`'s keys), the dask-ml fit (:func:`pixseg.model.fit_model`) and the
+:mod:`pixseg.sampling`'s keys), the dask-ml fit (:func:`pixseg.kmeans_fit.fit_model`) and the
 nearest-centroid kernel (:func:`pixseg.predict.build_labels`). Volume features are the
 voxel-wise (colour) groups, ``channels`` (intensity) by default.
 

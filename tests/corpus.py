@@ -86,7 +86,7 @@ def _bad_model(tmp: Path, change: Callable[[dict], None]) -> list[str]:
     """A sound model document, fitted on the blob pixels, with one field spoiled by ``change``."""
     from pixseg.features import make_feature_spec
     from pixseg.io.model_file import model_document
-    from pixseg.model import fit_model
+    from pixseg.kmeans_fit import fit_model
 
     pixels = make_blob_image(30, 40).reshape(-1, 3).astype(np.float32) / 255
     spec = make_feature_spec("channels", n_channels=3, has_alpha=False, dtype=np.dtype(np.uint8))

@@ -11,7 +11,7 @@ from conftest import make_blob_image
 
 from pixseg import predict
 from pixseg.features import build_features, make_feature_spec
-from pixseg.model import fit_model
+from pixseg.kmeans_fit import fit_model
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.predict import build_labels, build_table_labels, table_applies
 from pixseg.runner import segment

@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from pixseg.features import make_feature_spec
-from pixseg.model import seed_centres, squared_inertia
+from pixseg.kmeans_fit import seed_centres, squared_inertia
 
 #: A small image: four colour populations plus noise (K=8 splits them: many local optima).
 _PIXELS = make_blob_image(96, 128, seed=11).reshape(-1, 3) / 255.0
@@ -31,7 +31,7 @@ def _one_thread() -> Iterator[None]:
 
 def _pixseg_inertia(n_clusters: int, seed: int) -> float:
     """All-pixel inertia of pixseg's fit of every pixel (no sampling: the fit alone is judged)."""
-    from pixseg.model import fit_model
+    from pixseg.kmeans_fit import fit_model
 
     spec = make_feature_spec("channels", n_channels=3, has_alpha=False, dtype=np.dtype(np.uint8))
     model = fit_model(_PIXELS, spec, n_clusters=n_clusters, seed=seed)

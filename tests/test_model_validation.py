@@ -17,7 +17,7 @@ from pixseg.errors import ModelError
 from pixseg.features import make_feature_spec
 from pixseg.io.json_files import read_json_object
 from pixseg.io.model_file import MAX_MODEL_BYTES, load_model, model_document, save_model
-from pixseg.model import fit_model
+from pixseg.kmeans_fit import fit_model
 from pixseg.options import MAX_CLUSTERS
 
 #: The longest error line a bad model may give (path, field and a 60-character excerpt).

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
-from pixseg.model import feature_spread, fit_model, order_centroids, squared_inertia
+from pixseg.kmeans_fit import feature_spread, fit_model, order_centroids, squared_inertia
 from pixseg.predict import map_pixels, predict_chunk
 from pixseg.sampling import (
     SampleSource,
@@ -234,7 +234,7 @@ def test_preload_fitting_imports_dask_ml_in_the_background():
 
     code = (
         "import sys, time\n"
-        "from pixseg.model import preload_fitting\n"
+        "from pixseg.kmeans_fit import preload_fitting\n"
         "assert 'dask_ml.cluster' not in sys.modules\n"
         "preload_fitting()\n"
         "deadline = time.monotonic() + 60\n"
@@ -309,7 +309,7 @@ def test_constant_sample_is_refused_before_any_fit():
 
 
 def test_degenerate_fit_is_reseeded_then_warned_and_recorded(monkeypatch, caplog):
-    from pixseg import model as model_module
+    from pixseg import kmeans_fit as model_module
 
     calls = []
 
@@ -319,7 +319,7 @@ def test_degenerate_fit_is_reseeded_then_warned_and_recorded(monkeypatch, caplog
 
     sample = np.random.default_rng(0).random((400, 3)).astype(np.float32)
     monkeypatch.setattr(model_module, "_fit_kmeans", collapsing_fit)
-    with caplog.at_level("WARNING", logger="pixseg.model"):
+    with caplog.at_level("WARNING", logger="pixseg.kmeans_fit"):
         model = fit_model(sample, _spec(), n_clusters=3, seed=0, restarts=2)
     assert calls == list(range(2 + model_module.RESEED_TRIES))
     assert model.degenerate is not None and "left 2 of 3 clusters without any sampled pixel" in model.degenerate
@@ -328,7 +328,7 @@ def test_degenerate_fit_is_reseeded_then_warned_and_recorded(monkeypatch, caplog
 
 
 def test_a_degenerate_restart_loses_to_a_sound_one(monkeypatch):
-    from pixseg import model as model_module
+    from pixseg import kmeans_fit as model_module
 
     real = model_module._fit_kmeans
 
