@@ -29,6 +29,13 @@ import dask.array as da
 
 import pixseg
 from pixseg.compute import compute
+from pixseg.destinations import (
+    CONVERTED_IMAGE,
+    check_destinations,
+    check_lock_path,
+    check_own_output,
+    check_writable_parent,
+)
 from pixseg.downsample import downsample_level
 from pixseg.errors import LockedError, OutputError, OutputExistsError, ResumeMismatchError
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr, write_block_shape
@@ -39,16 +46,7 @@ from pixseg.io.readers import Image, describe_chunks, open_image, open_input
 from pixseg.io.remote import exists, is_dir
 from pixseg.layout import conversion_reason
 from pixseg.options import ConvertOptions, OutputOptions, ReadOptions
-from pixseg.plan import (
-    CONVERTED_IMAGE,
-    CONVERTED_SUFFIX,
-    OutputPlan,
-    check_destinations,
-    check_lock_path,
-    check_own_output,
-    check_writable_parent,
-    input_identity,
-)
+from pixseg.plan import CONVERTED_SUFFIX, OutputPlan, input_identity
 from pixseg.pyramid import pyramid_shapes
 
 logger = logging.getLogger(__name__)
@@ -142,7 +140,7 @@ def write_output_image(
 
     A complete image written for the same job (``fingerprint``, stored with it) is kept, so an
     interrupted run resumes with its labels; anything else of pixseg's there is replaced
-    (:func:`pixseg.plan.check_own_image_store` has refused what is not pixseg's).
+    (:func:`pixseg.destinations.check_own_image_store` has refused what is not pixseg's).
 
     Parameters
     ----------

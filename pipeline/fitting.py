@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 
 from pixseg.choose_k import CRITERION, auto_range, choose_clusters
 from pixseg.compute import active_client, compute
+from pixseg.destinations import check_not_input, check_writable_parent
 from pixseg.errors import InputError, OutputExistsError, ParameterError, PipelineError
 from pixseg.features import FeatureSpec, make_feature_spec, robust_channel_ranges
 from pixseg.graphs import check_mask_option, model_mask, open_mask, sample_source, shape_text
@@ -25,14 +25,16 @@ from pixseg.io.readers import Image, open_input
 from pixseg.kmeans_fit import fit_model, preload_fitting
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, ReadOptions
-from pixseg.plan import check_model_fits, check_not_input, check_writable_parent, provenance, refuse_incomplete_input
+from pixseg.plan import check_model_fits, provenance, refuse_incomplete_input
 from pixseg.sampling import (
+    MAX_COUNTED_MASK,
     Candidates,
     SampleSource,
     build_candidates,
     candidate_threshold,
     cohort_seed,
     plan_blocks,
+    planned_valid_pixels,
     sampling_stride,
     take_pooled_sample,
     take_sample,
@@ -145,7 +147,15 @@ def _sample_candidates(
     propagates). Returns the candidates by position in ``sources``.
     """
     strides = {i: sampling_stride(source.shape, sample_size) for i, (_, source) in enumerate(sources)}
-    threshold = candidate_threshold(sample_size, sum(math.prod(source.shape) for _, source in sources))
+    threshold = candidate_threshold(
+        sample_size,
+        sum(
+            planned_valid_pixels(
+                _small_mask(source), source.shape, plan_blocks(source.shape, stride=strides[i], seed=seed)
+            )
+            for i, (seed, source) in enumerate(sources)
+        ),
+    )
     while True:
         parts: dict[int, Candidates] = {}
         plans = {
@@ -177,6 +187,18 @@ def _sample_candidates(
             strides = {i: max(1, stride // 2) for i, stride in strides.items()}
         else:
             return parts
+
+
+def _small_mask(source: SampleSource) -> np.ndarray | None:
+    """``source``'s mask in memory when it has at most ``MAX_COUNTED_MASK`` pixels (the automatic
+    mask always), to count before the first sample pass; else None (or unreadable: the sample
+    pass reports it)."""
+    if source.mask is None or source.mask.size > MAX_COUNTED_MASK:
+        return None
+    try:
+        return np.asarray(compute(source.mask, progress=False))
+    except PipelineError:
+        return None
 
 
 @dataclass(frozen=True)

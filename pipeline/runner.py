@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 
 from pixseg.convert import converted_if_needed, write_output_image
+from pixseg.destinations import check_model_path
 from pixseg.fitting import sample_and_fit
 from pixseg.graphs import check_mask_option, model_mask, shape_text
 from pixseg.io.locks import lock_path_for, output_lock
@@ -22,7 +23,6 @@ from pixseg.labelling import RunResult, finished_result, write_labels
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import (
     check_model_fits,
-    check_model_path,
     check_run_paths,
     job_fingerprint,
     plan_output,

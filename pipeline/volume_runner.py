@@ -4,7 +4,7 @@ Outputs: ``.zarr`` (an OME-Zarr label multiscale, :func:`pixseg.io.label_volume.
 or ``.nii`` / ``.nii.gz`` (a NIfTI label volume with the input's affine). Statistics: voxels,
 fraction and volume in mm³ per label, written as ``OUTPUT.stats.csv`` and ``OUTPUT.stats.json``
 (:mod:`pixseg.volume_statistics`), so pixseg recognises a volume's side files as its own, and
-refuses any it did not write, as for slides (:func:`pixseg.plan.check_side_files`).
+refuses any it did not write, as for slides (:func:`pixseg.destinations.check_side_files`).
 
 ``--resume`` (``.zarr`` outputs only): the group records the run's fingerprint (the input's
 identity and shape, the options or the applied model) and its model when it is created, so an
@@ -29,6 +29,7 @@ import numpy as np
 
 from pixseg.colours import label_colours
 from pixseg.compute import compute
+from pixseg.destinations import check_model_path, check_side_files
 from pixseg.errors import ModelError, OutputError, OutputExistsError, ParameterError
 from pixseg.io import batch_state
 from pixseg.io.label_groups import label_side_base, open_label_levels, read_label_zarr_status, remove_output
@@ -49,7 +50,7 @@ from pixseg.io.readers.volume import Volume, is_nifti, open_volume
 from pixseg.io.side_files import REPORT_SUFFIX, SLICES_SUFFIX, side_file_base
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
-from pixseg.plan import OutputPlan, PreviousRun, check_model_path, check_side_files, previous_run
+from pixseg.plan import OutputPlan, PreviousRun, previous_run
 from pixseg.volume_preview import mid_planes, write_slices_preview
 from pixseg.volume_statistics import volume_statistics, write_volume_statistics
 from pixseg.volumes import VoxelFeatures, check_volume_features, check_window, fit_volume, volume_labels

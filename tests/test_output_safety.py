@@ -22,10 +22,11 @@ import zarr
 from conftest import make_blob_image
 
 from pixseg.cli import main
+from pixseg.destinations import check_label_name
 from pixseg.errors import OutputError
 from pixseg.io.batch_state import input_identity
 from pixseg.io.label_groups import remove_output
-from pixseg.plan import check_label_name, into_input_path
+from pixseg.plan import into_input_path
 
 FAST = ["-k", "3", "--sample-size", "2000", "-q"]
 
