@@ -7,8 +7,9 @@ writes the synthetic tissue image (512^2 zstd tiles, ``benchmarks.synthetic``) u
 ``CONFIGS`` in turn, ``--repeats`` times, and prints one JSON object: every run's wall seconds
 (interpreter start-up included), Mpx/s, label pass, sample seconds and peak RSS of the process
 tree (psutil), the medians, the texture/channels throughput ratio and the load average before
-and after. The issue's target: ``hed,texture --mask auto`` at least half the ``channels``
-throughput, peak RSS under 1 GB.
+and after. The issue's target: ``hed,texture --mask auto`` (or the brightfield preset, also run:
+``hed,smooth``, ``--mask auto``) at least half the ``channels`` throughput, peak RSS under 1 GB.
+``--plot PNG`` draws every configuration's median Mpx/s and peak RSS against image size.
 
 ``--count-decodes`` also runs the texture configuration once in this process, counting every
 tile tifffile decodes: one decode per tile means the chunks' halos and the tissue mask read no
@@ -32,6 +33,7 @@ from typing import Any
 from unittest import mock
 
 from benchmarks.measure import run_measured
+from benchmarks.report import CaseResult
 from benchmarks.synthetic import TILE, ensure_synthetic_tiff
 
 #: The compared configurations: name -> ``pixseg segment`` options.
@@ -39,6 +41,7 @@ CONFIGS = {
     "channels": ("--features", "channels"),
     "channels, mask auto": ("--features", "channels", "--mask", "auto"),
     "hed,texture, mask auto": ("--features", "hed,texture", "--mask", "auto"),
+    "preset brightfield-he": ("--preset", "brightfield-he"),
 }
 BASELINE, TEXTURE = "channels", "hed,texture, mask auto"
 
@@ -134,13 +137,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each configuration (default 2)")
     parser.add_argument("--count-decodes", action="store_true", help="also count tile decodes (smallest size)")
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "_work")
+    parser.add_argument("--plot", type=Path, help="also plot Mpx/s and peak RSS against size to this PNG")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"sizes": [compare(args.workdir, size=size, repeats=args.repeats) for size in args.sizes]}
     if args.count_decodes:
         result["decodes"] = count_decodes(args.workdir, size=min(args.sizes))
     print(json.dumps(result, indent=1))
+    if args.plot:
+        plot_comparison(result["sizes"], args.plot)
     return 0
+
+
+def plot_comparison(sizes: Sequence[dict[str, Any]], path: Path) -> None:
+    """Plot each configuration's median Mpx/s and peak RSS against image size (see :func:`compare`)."""
+    from benchmarks.plot import plot_scaling
+
+    cases = [
+        CaseResult(
+            case=name,
+            size=entry["size"],
+            command=list(CONFIGS[name]),
+            wall_s=median["wall_s"],
+            peak_tree_rss=int(median["peak_mb"] * 1e6),
+            max_processes=1,
+            load_before=entry["load"]["before"][0],
+        )
+        for entry in sizes
+        for name, median in entry["median"].items()
+    ]
+    plot_scaling(cases, path, title="pixseg segment -k 4: feature sets, throughput and memory vs image size")
 
 
 if __name__ == "__main__":

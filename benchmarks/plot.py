@@ -8,7 +8,9 @@ from pathlib import Path
 from benchmarks.report import MB, CaseResult
 
 
-def plot_scaling(cases: Sequence[CaseResult], path: Path) -> None:
+def plot_scaling(
+    cases: Sequence[CaseResult], path: Path, *, title: str = "pixseg segment: throughput and memory vs image size"
+) -> None:
     """Write a PNG with two panels (Mpx/s, peak RSS in MB) against image edge, one line per case name.
 
     Parameters
@@ -17,6 +19,8 @@ def plot_scaling(cases: Sequence[CaseResult], path: Path) -> None:
         The scaling runs.
     path : pathlib.Path
         Destination PNG (overwritten).
+    title : str
+        The figure's title.
 
     Raises
     ------
@@ -43,6 +47,6 @@ def plot_scaling(cases: Sequence[CaseResult], path: Path) -> None:
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.suptitle("pixseg segment: throughput and memory vs image size")
+    figure.suptitle(title)
     figure.savefig(path, dpi=100)
     plt.close(figure)

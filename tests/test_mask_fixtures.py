@@ -37,13 +37,20 @@ def auto_mask_full_resolution(path: Path) -> np.ndarray:
     return np.asarray(upsample_mask(mask, image.shape[:2], image.data.chunks[:2]).compute())
 
 
-# The CMU slide misses the 0.95 target: the hand outline counts the clefts between collagen bundles
-# and excludes the keratin-filled hollow; the mask does the opposite (see tests/data/README.md).
+# The CMU slide misses the 0.95 target: its two hand outlines agree with each other at IoU 0.84 only
+# (clefts between collagen bundles, the keratin-filled hollow, loose fibres: see tests/data/README.md).
 @pytest.mark.slow
-@pytest.mark.parametrize(("slide", "minimum"), [("tcga-cr-7395-01a-01-ts1", 0.95), ("cmu-1-small-region", 0.80)])
-def test_auto_mask_matches_a_hand_drawn_outline(slide, minimum):
+@pytest.mark.parametrize(
+    ("slide", "outline", "minimum"),
+    [
+        ("tcga-cr-7395-01a-01-ts1", "tcga-cr-7395-01a-01-ts1", 0.95),
+        ("cmu-1-small-region", "cmu-1-small-region", 0.80),
+        ("cmu-1-small-region", "cmu-1-small-region-full-resolution", 0.88),
+    ],
+)
+def test_auto_mask_matches_a_hand_drawn_outline(slide, outline, minimum):
     auto = auto_mask_full_resolution(DATA / f"{slide}.svs")
-    truth = rasterise(DATA / "tissue-masks" / f"{slide}.geojson", auto.shape)
+    truth = rasterise(DATA / "tissue-masks" / f"{outline}.geojson", auto.shape)
     assert 0.2 < truth.mean() < 0.8  # the outline is drawn on this slide's pixel grid
     iou = (auto & truth).sum() / (auto | truth).sum()
     assert iou >= minimum
