@@ -188,6 +188,9 @@ class Options:
     baseline_size: int
     compression: str
     floor_codecs: tuple[str, ...]
+    floor_sizes: tuple[int, ...]
+    recipe_sizes: tuple[int, ...]
+    naive: bool
     sample_sizes: tuple[int, ...]
     local: bool
     kernels: bool
@@ -207,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline_size=args.baseline_size,
         compression=args.compression,
         floor_codecs=args.floor_codecs,
+        floor_sizes=args.floor_sizes or (args.size,),
+        recipe_sizes=args.recipe_sizes or (max(TILE, args.baseline_size // 2), args.baseline_size),
+        naive=not args.skip_naive,
         sample_sizes=args.sample_sizes,
         local=not args.skip_local,
         kernels=not args.skip_kernels,
@@ -251,9 +257,9 @@ def run_benchmarks(options: Options, *, workdir: Path) -> BenchmarkResults:
     timings = measure_kernels() if options.kernels else []
     runner = _Runner(workdir)
     runner.pixseg(TILE, options.compression)  # warm-up: fills numba's caches; its result is not reported
-    floors = [_floor_comparison(runner, options.size, codec) for codec in options.floor_codecs]
+    floors = [_floor_comparison(runner, size, codec) for size in options.floor_sizes for codec in options.floor_codecs]
     scaling = _scaling(runner, options)
-    recipes = _recipes(runner, options.baseline_size)
+    recipes = _recipes(runner, options.recipe_sizes, naive=options.naive)
     fit_costs = _fit_costs(runner, options.baseline_size, options.sample_sizes, recipes)
     huge = _huge(runner, workdir) if options.huge else None
     return BenchmarkResults(
@@ -379,15 +385,14 @@ def _scaling(runner: _Runner, options: Options) -> list[CaseResult]:
     return cases
 
 
-def _recipes(runner: _Runner, baseline_size: int) -> list[CaseResult]:
-    """In-memory scikit-learn, dask-ml on the dask array and pixseg, on half and on the full baseline size."""
+def _recipes(runner: _Runner, sizes: Sequence[int], *, naive: bool) -> list[CaseResult]:
+    """In-memory scikit-learn, dask-ml on the dask array (unless not ``naive``) and pixseg, at each size."""
     cases = []
-    for size in (max(TILE, baseline_size // 2), baseline_size):
-        cases += [
-            runner.module(IN_MEMORY, "inmemory", size, "zstd"),
-            runner.module(DASK_ML, "naive", size, "zstd"),
-            runner.pixseg(size, "zstd"),
-        ]
+    for size in sizes:
+        cases.append(runner.module(IN_MEMORY, "inmemory", size, "zstd"))
+        if naive:
+            cases.append(runner.module(DASK_ML, "naive", size, "zstd"))
+        cases.append(runner.pixseg(size, "zstd"))
     return cases
 
 
@@ -479,6 +484,25 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"TIFF compressions of the I/O floor inputs, '' for none (default {','.join(FLOOR_CODECS)})",
     )
     parser.add_argument(
+        "--floor-sizes",
+        type=_edges,
+        default=(),
+        metavar="N1,N2",
+        help="image edges of the I/O floor comparison (default: --size)",
+    )
+    parser.add_argument(
+        "--recipe-sizes",
+        type=_edges,
+        default=(),
+        metavar="N1,N2",
+        help="image edges of the seed-recipe comparison (default: half of --baseline-size, and --baseline-size)",
+    )
+    parser.add_argument(
+        "--skip-naive",
+        action="store_true",
+        help="skip dask-ml KMeans on the whole dask array in the recipe comparison (about 2 minutes at 4096^2)",
+    )
+    parser.add_argument(
         "--sample-sizes",
         type=_sample_sizes,
         default=SAMPLE_SIZES,
@@ -519,6 +543,10 @@ def _image_edge(text: str) -> int:
     if edge < TILE:
         raise argparse.ArgumentTypeError(f"must be at least {TILE} pixels, got {edge!r}")
     return edge
+
+
+def _edges(text: str) -> tuple[int, ...]:
+    return tuple(_image_edge(part) for part in text.split(",") if part)
 
 
 def _codecs(text: str) -> tuple[str, ...]:
