@@ -15,7 +15,9 @@ valid pixels, in which each stratum (and, pooled, each image) contributes in pro
 valid pixels. Which pixels are drawn depends only on the seed, the image's shape and the
 pixels' positions: never on the chunking, the file's tiling, task order, the scheduler or the
 number of workers. Features of a block are computed with the halo texture needs, so they equal
-the whole image's (see :func:`pixseg.features.compute_features`).
+the whole image's (see :func:`pixseg.features.compute_features`): how blocks are read
+(neighbouring blocks through one window, file tiles shared between windows: see
+:mod:`pixseg.sample_reads`) never changes the sample.
 
 Each block returns only pixels whose weighted key is below a threshold chosen to yield a little
 more than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the blocks.
@@ -23,19 +25,33 @@ more than ``n`` candidates, so the sample pass moves ~``n`` vectors, not the blo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numba
 import numpy as np
+from dask.base import tokenize
 from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import DataNode, List, Task, TaskRef
 
 from pixseg.features import FeatureSpec, compute_features
-from pixseg.masks import mask_chunk, mask_region
+from pixseg.masks import mask_region, nearest_indices
+from pixseg.sample_reads import (
+    Region,
+    assemble,
+    bounds,
+    featurise_together,
+    group_blocks,
+    grow,
+    plan_reads,
+    read_region,
+    read_unit,
+)
 
 #: Keys are 53-bit integers scaled to [0, 1).
 _KEY_SCALE = 2.0**-53
@@ -45,6 +61,8 @@ SAMPLE_BLOCK = 256
 MIN_SAMPLE_BLOCKS = 256
 #: Fewest pixels read per sampled pixel, when the image has more.
 READ_PER_SAMPLED = 32
+#: Most pixels of a mask counted before the first sample pass (see :func:`planned_valid_pixels`).
+MAX_COUNTED_MASK = 2**24
 
 
 @dataclass(frozen=True)
@@ -83,10 +101,13 @@ class BlockPlan:
         Shape (n, 4), int64: (top, left, bottom, right) of each block read, in row-major order.
     weights : numpy.ndarray
         Shape (n,), float64: pixels of the block's stratum / pixels of the block (>= 1).
+    block : int
+        Block edge in pixels.
     """
 
     regions: np.ndarray
     weights: np.ndarray
+    block: int
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,35 @@ def candidate_threshold(sample_size: int, n_pixels: float) -> float:
     return min(1.0, (sample_size + 6.0 * math.sqrt(sample_size) + 16.0) / n_pixels)
 
 
+def planned_valid_pixels(mask: np.ndarray | None, shape: tuple[int, int], plan: BlockPlan) -> float:
+    """The valid pixels of an image that ``plan``'s blocks stand for, as far as ``mask`` tells.
+
+    Each block counts the pixels the mask keeps in it (nearest upsampling, as the sample pass
+    applies it) times its weight: the valid pixels the pass will find, but for pixels invalid in
+    the image itself (alpha, NaN). A first threshold from this count (see
+    :func:`candidate_threshold`) needs no second pass on a masked image.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray or None
+        2-D bool (True = keep) at any resolution, or None (every pixel counts: the result is
+        then the image's pixel count).
+    shape : (int, int)
+        (Y, X) of the image.
+    plan : BlockPlan
+        Blocks of the pass (from :func:`plan_blocks` on ``shape``).
+    """
+    if mask is None:
+        return float(math.prod(shape))
+    rows, cols = nearest_indices(shape[0], mask.shape[0]), nearest_indices(shape[1], mask.shape[1])
+    total = 0.0
+    for (top, left, bottom, right), weight in zip(plan.regions.tolist(), plan.weights.tolist(), strict=True):
+        mask_rows, n_rows = np.unique(rows[top:bottom], return_counts=True)
+        mask_cols, n_cols = np.unique(cols[left:right], return_counts=True)
+        total += weight * float(n_rows @ mask[np.ix_(mask_rows, mask_cols)].astype(np.int64) @ n_cols)
+    return total
+
+
 def sampling_stride(shape: tuple[int, int], sample_size: int, *, block: int | None = None) -> int:
     """Stratum edge in blocks of ``block`` (default ``SAMPLE_BLOCK``) pixels: as coarse as keeps
     ``MIN_SAMPLE_BLOCKS`` blocks and ``READ_PER_SAMPLED * sample_size`` pixels read (1 for small images)."""
@@ -223,7 +273,7 @@ def plan_blocks(shape: tuple[int, int], *, stride: int, seed: int, block: int | 
         [tops, lefts, np.minimum(tops + block, height), np.minimum(lefts + block, width)], axis=1
     ).astype(np.int64)
     weights = stratum_pixels[order] / block_pixels[chosen_rows, chosen_cols]
-    return BlockPlan(regions=regions, weights=weights)
+    return BlockPlan(regions=regions, weights=weights, block=block)
 
 
 def _block_sizes(length: int, block: int) -> np.ndarray:
@@ -231,7 +281,14 @@ def _block_sizes(length: int, block: int) -> np.ndarray:
 
 
 def chunk_candidates(
-    chunk: np.ndarray, *, origin: tuple[int, int], width: int, seed: int, threshold: float, weight: float = 1.0
+    chunk: np.ndarray,
+    *,
+    origin: tuple[int, int],
+    width: int,
+    seed: int,
+    threshold: float,
+    weight: float = 1.0,
+    mask: np.ndarray | None = None,
 ) -> Candidates:
     """Candidates of one block of features.
 
@@ -249,8 +306,10 @@ def chunk_candidates(
         Keep pixels whose weighted key (key / ``weight``) is below it.
     weight : float
         Pixels of the image each pixel of this block stands for.
+    mask : numpy.ndarray, optional
+        Shape (h, w), bool: pixels where it is False are invalid too (as if NaN).
     """
-    first = np.ascontiguousarray(chunk[..., 0])
+    first = np.ascontiguousarray(chunk[..., 0]) if mask is None else np.where(mask, chunk[..., 0], np.nan)
     picked, keys, n_valid = _pick(first, origin[0], origin[1], width, seed, threshold * weight)
     rows, cols = np.divmod(picked, chunk.shape[1])
     return Candidates(
@@ -274,66 +333,109 @@ def merge_candidates(parts: Sequence[Candidates]) -> Candidates:
 
 
 def window_candidates(
-    pixels: Any,
+    pieces: Sequence[np.ndarray],
     mask: np.ndarray | None,
     *,
-    window: tuple[int, int, int, int],
+    piece_regions: Sequence[Region],
+    window: Region,
     regions: np.ndarray,
     weights: np.ndarray,
+    whole: bool,
     spec: FeatureSpec,
     scale: tuple[float, float],
     image_shape: tuple[int, int],
     seed: int,
     threshold: float,
 ) -> Candidates:
-    """Read one window of pixels and return the candidates of the blocks inside it.
+    """The candidates of the blocks inside one window, put together from the pixels read for it.
 
     Parameters
     ----------
-    pixels : array-like
-        Shape (Y, X, C): the whole image, read here only over ``window``.
+    pieces : sequence of numpy.ndarray
+        Pixels (h, w, C) of ``piece_regions``, which together cover every block and its halo
+        (see :func:`pixseg.sample_reads.assemble`).
     mask : numpy.ndarray or None
-        Shape of the window, bool (True = keep), or None.
+        Shape of the blocks' bounding box (the window less the halo), bool (True = keep), or None.
+    piece_regions : sequence of (int, int, int, int)
+        (top, left, bottom, right) of each piece in the image.
     window : (int, int, int, int)
-        (top, left, bottom, right) read: the blocks plus the texture halo, clipped to the image.
+        The blocks' bounding box plus the texture halo, clipped to the image.
     regions, weights : numpy.ndarray
         (n, 4) blocks inside the window and their weights (see :class:`BlockPlan`).
+    whole : bool
+        Featurise the blocks' bounding box at once and cut each block from it (the blocks must
+        cover it), instead of each block with its own halo: the same values, as halos are exact.
     spec, scale, image_shape
         As for :func:`pixseg.features.compute_features`.
     seed, threshold
         As for :func:`chunk_candidates`.
     """
-    top, left, bottom, right = window
-    read = np.asarray(pixels[top:bottom, left:right, :])
-    halo_y, halo_x = spec.halo(scale)
-    parts = []
-    for (b_top, b_left, b_bottom, b_right), weight in zip(regions.tolist(), weights.tolist(), strict=True):
-        y0, y1 = max(top, b_top - halo_y), min(bottom, b_bottom + halo_y)
-        x0, x1 = max(left, b_left - halo_x), min(right, b_right + halo_x)
-        features = compute_features(
-            read[y0 - top : y1 - top, x0 - left : x1 - left],
-            spec,
-            halo=((b_top - y0, y1 - b_bottom), (b_left - x0, x1 - b_right)),
-            scale=scale,
-            origin=(b_top, b_left),
-            image_shape=image_shape,
-        )
-        if mask is not None:
-            features = mask_chunk(features, mask[b_top - top : b_bottom - top, b_left - left : b_right - left])
-        parts.append(
-            chunk_candidates(
-                features, origin=(b_top, b_left), width=image_shape[1], seed=seed, threshold=threshold, weight=weight
+    read = assemble(pieces, piece_regions, window)
+    top, left = bounds(regions)[:2]
+    blocks: list[Region] = [(int(t), int(lf), int(bt), int(rt)) for t, lf, bt, rt in regions]
+    masks = [None if mask is None else mask[t - top : b - top, lf - left : r - left] for t, lf, b, r in blocks]
+    kept = [i for i, block_mask in enumerate(masks) if block_mask is None or block_mask.any()]
+    spans = [(bounds(regions), kept)] if whole and len(kept) == len(blocks) else [(blocks[i], [i]) for i in kept]
+    parts = [_no_candidates(len(spec.columns))]  # wholly masked blocks are not featurised
+    for span, members in spans:
+        features = _span_features(read, window, span, spec=spec, scale=scale, image_shape=image_shape)
+        for i in members:
+            b_top, b_left, b_bottom, b_right = blocks[i]
+            parts.append(
+                chunk_candidates(
+                    features[b_top - span[0] : b_bottom - span[0], b_left - span[1] : b_right - span[1]],
+                    origin=(b_top, b_left),
+                    width=image_shape[1],
+                    seed=seed,
+                    threshold=threshold,
+                    weight=float(weights[i]),
+                    mask=masks[i],
+                )
             )
-        )
     return merge_candidates(parts)
+
+
+def _span_features(
+    read: np.ndarray,
+    window: Region,
+    span: Region,
+    *,
+    spec: FeatureSpec,
+    scale: tuple[float, float],
+    image_shape: tuple[int, int],
+) -> np.ndarray:
+    """Features of pixels ``span`` from ``read``, the pixels of ``window`` (which holds the span's halo)."""
+    top, left = window[:2]
+    y0, x0, y1, x1 = grow(span, spec.halo(scale), image_shape)
+    s_top, s_left, s_bottom, s_right = span
+    return compute_features(
+        read[y0 - top : y1 - top, x0 - left : x1 - left],
+        spec,
+        halo=((s_top - y0, y1 - s_bottom), (s_left - x0, x1 - s_right)),
+        scale=scale,
+        origin=(s_top, s_left),
+        image_shape=image_shape,
+    )
+
+
+def _no_candidates(n_columns: int) -> Candidates:
+    return Candidates(
+        keys=np.empty(0),
+        positions=np.empty(0, dtype=np.int64),
+        vectors=np.empty((0, n_columns), dtype=np.float32),
+        n_valid=0,
+        valid_estimate=0.0,
+    )
 
 
 def build_candidates(source: SampleSource, plan: BlockPlan, *, threshold: float, seed: int) -> Delayed:
     """Lazily gather the candidates of every block of ``plan``.
 
-    Each block is read with the halo its texture features need (a striped source's blocks of
-    one block row are read together, as one band), featurised, masked and thinned to the
-    pixels whose weighted key is below ``threshold``.
+    Neighbouring blocks are read together, through one window with the halo their texture
+    features need (see :mod:`pixseg.sample_reads`; a striped source's blocks of one block row
+    as one band); a window whose blocks cover it is featurised at once. File tiles that several
+    windows touch are read once. Each block is then masked and thinned to the pixels whose
+    weighted key is below ``threshold``. None of this changes the candidates.
 
     Parameters
     ----------
@@ -351,39 +453,43 @@ def build_candidates(source: SampleSource, plan: BlockPlan, *, threshold: float,
     dask.delayed.Delayed
         Computes to one :class:`Candidates`; nothing is computed here.
     """
-    height, width = source.shape
-    halo_y, halo_x = source.spec.halo(source.scale)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, (top, left, _, _) in enumerate(plan.regions.tolist()):
-        groups.setdefault((top, 0 if source.full_width_reads else left), []).append(index)
-    candidates = dask.delayed(window_candidates, pure=True)
-    parts = []
-    for members in groups.values():
-        regions = plan.regions[members]
-        window = (
-            max(0, int(regions[:, 0].min()) - halo_y),
-            max(0, int(regions[:, 1].min()) - halo_x),
-            min(height, int(regions[:, 2].max()) + halo_y),
-            min(width, int(regions[:, 3].max()) + halo_x),
-        )
+    shape = source.shape
+    halo = source.spec.halo(source.scale)
+    name = "sample-candidates-" + tokenize(source.pixels, source.spec, source.scale, source.mask, plan, threshold, seed)
+    featurise = functools.partial(
+        window_candidates, spec=source.spec, scale=source.scale, image_shape=shape, seed=seed, threshold=threshold
+    )
+    full_width = source.full_width_reads
+    unit = read_unit(None if full_width else getattr(source.pixels, "native_chunks", None), plan.block)
+    pixels = (name, "pixels")  # in the graph once, however many reads
+    layer: dict[Any, Any] = {pixels: DataNode(pixels, source.pixels)}  # built directly: microseconds a task
+    groups = group_blocks(plan.regions, block=plan.block, full_width=full_width)
+    reads, uses = plan_reads([plan.regions[group] for group in groups], halo=halo, unit=unit, shape=shape)
+    for i, region in enumerate(reads):
+        layer[(name, "read", i)] = Task((name, "read", i), read_region, TaskRef(pixels), region)
+    masks, windows = [], []
+    for index, (group, used) in enumerate(zip(groups, uses, strict=True)):
+        regions = plan.regions[group]
+        box = bounds(regions)
         mask = None
-        if source.mask is not None:
-            mask = mask_region(source.mask, (height, width), rows=(window[0], window[2]), cols=(window[1], window[3]))
-        parts.append(
-            candidates(
-                source.pixels,
-                mask,
-                window=window,
-                regions=regions,
-                weights=plan.weights[members],
-                spec=source.spec,
-                scale=source.scale,
-                image_shape=(height, width),
-                seed=seed,
-                threshold=threshold,
-            )
+        if source.mask is not None:  # over the blocks only, never their halos
+            masks.append(mask_region(source.mask, shape, rows=(box[0], box[2]), cols=(box[1], box[3])))
+            mask = TaskRef((masks[-1].name, 0, 0))
+        key = (name, "window", index)
+        layer[key] = Task(
+            key,
+            featurise,
+            List(*(TaskRef((name, "read", i)) for i in used)),
+            mask,
+            piece_regions=[reads[i] for i in used],
+            window=grow(box, halo, shape),
+            regions=regions,
+            weights=plan.weights[group],
+            whole=featurise_together(regions, block=plan.block),
         )
-    return dask.delayed(merge_candidates, pure=True)(parts)
+        windows.append(TaskRef(key))
+    layer[name] = Task(name, merge_candidates, List(*windows))
+    return Delayed(name, HighLevelGraph.from_collections(name, layer, dependencies=masks))  # type: ignore[arg-type]
 
 
 def take_sample(candidates: Candidates, sample_size: int) -> np.ndarray:
