@@ -16,7 +16,7 @@ import numpy as np
 
 from pixseg.compute import compute
 from pixseg.errors import InputError, ParameterError
-from pixseg.features import FeatureSpec, build_features, make_feature_spec
+from pixseg.features import FeatureSpec, build_features
 from pixseg.io.readers import Image, open_image, open_input
 from pixseg.masks import (
     block_mean,
@@ -100,6 +100,8 @@ def model_mask(image: Image, spec: FeatureSpec, *, mask: str | None, read: ReadO
 def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> Any:
     """``None``, the automatic tissue mask (computed here, on a small level) or a user mask file, lazily.
 
+    The automatic mask reads the finest pyramid level of at most ``AUTO_MASK_EDGE`` pixels a side,
+    or the coarsest level block-averaged chunk by chunk from its input dtype (one decode of it).
     Returns a 2-D bool dask array (True = keep) at its own resolution.
     """
     if mask == "none":
@@ -112,10 +114,7 @@ def open_mask(mask: str, image: Image, *, read: ReadOptions, progress: bool) -> 
         return mask_image.data[..., 0] != 0
     level, factor = choose_mask_level(image.level_shapes)
     low = image if level == image.level else open_input(image.path, read, level=level, nodata=image.nodata)
-    raw_spec = make_feature_spec(
-        "channels", n_channels=low.shape[2], has_alpha=low.has_alpha, dtype=low.dtype, value_range=(0.0, 1.0)
-    )
-    pixels = compute(block_mean(build_features(low.data, raw_spec), factor), progress=progress)
+    pixels = compute(block_mean(low.data, factor, has_alpha=low.has_alpha), progress=progress)
     white = (float(np.iinfo(np.uint8).max),) * 3 if image.dtype == np.uint8 else None
     try:
         tissue = tissue_mask(pixels, white=white)

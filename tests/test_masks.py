@@ -16,7 +16,9 @@ import pixseg.masks
 from benchmarks.bench_presets import make_image
 from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
+from pixseg.graphs import open_mask
 from pixseg.io.model_file import load_model
+from pixseg.io.readers import open_image
 from pixseg.masks import (
     block_mean,
     check_mask_shape,
@@ -24,6 +26,7 @@ from pixseg.masks import (
     has_dark_background,
     mask_features,
     mask_region,
+    median_blur,
     nearest_indices,
     tissue_mask,
     upsample_mask,
@@ -101,10 +104,84 @@ def test_choose_mask_level():
     assert choose_mask_level(((1000, 800),), max_edge=2048) == (0, 1)
 
 
-def test_block_mean_matches_numpy(slide):
-    pixels = slide[0].astype(np.float32)
-    lazy = block_mean(da.from_array(pixels, chunks=(64, 64, 3)), 4).compute()
-    np.testing.assert_allclose(lazy, pixels.reshape(75, 4, 100, 4, 3).mean(axis=(1, 3)), rtol=1e-5)
+def _reference_block_mean(pixels: np.ndarray, invalid: np.ndarray, factor: int) -> np.ndarray:
+    """float64 numpy block means of the trimmed image, NaN in every channel of a block with an invalid pixel."""
+    height, width = (n // factor * factor for n in pixels.shape[:2])
+    blocks = (height // factor, factor, width // factor, factor)
+    means = pixels[:height, :width].astype(np.float64).reshape(*blocks, -1).mean(axis=(1, 3))
+    means[invalid[:height, :width].reshape(blocks).any(axis=(1, 3))] = np.nan
+    return means
+
+
+@pytest.mark.parametrize("factor", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_block_mean_of_integer_pixels_equals_numpy_with_alpha(factor, dtype):
+    """Chunks of 7 x 13 are no multiples of 3 or 4, and 50 x 37 leaves partial blocks to drop."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, np.iinfo(dtype).max, (50, 37, 4), endpoint=True).astype(dtype)
+    pixels[..., 3] = np.where(rng.random((50, 37)) < 0.02, 0, 255)
+    lazy = block_mean(da.from_array(pixels, chunks=(7, 13, 4)), factor, has_alpha=True)
+    assert lazy.dtype == np.float32 and lazy.shape == (50 // factor, 37 // factor, 3)
+    expected = _reference_block_mean(pixels[..., :3], pixels[..., 3] == 0, factor)
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    np.testing.assert_array_equal(lazy.compute(), expected.astype(np.float32))  # exact: integer sums
+
+
+@pytest.mark.parametrize("factor", [1, 4])
+def test_block_mean_of_float_pixels_equals_numpy_with_nan(factor):
+    rng = np.random.default_rng(8)
+    pixels = rng.random((30, 41, 2)).astype(np.float32)
+    pixels[rng.random((30, 41)) < 0.01, 1] = np.nan
+    pixels[3, 5, 0] = np.inf
+    lazy = block_mean(da.from_array(pixels, chunks=(8, 10, 2)), factor, has_alpha=False)
+    expected = _reference_block_mean(pixels, ~np.isfinite(pixels).all(axis=-1), factor)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-6)
+
+
+def test_block_mean_refuses_a_factor_below_one():
+    with pytest.raises(ValueError, match="factor must be at least 1"):
+        block_mean(da.zeros((4, 4, 3), chunks=2), 0, has_alpha=False)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 3), (4, 4), (5, 9), (37, 53)])
+@pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.uint16])
+def test_median_blur_equals_scipy(shape, size, dtype):
+    """Reflected borders at every image size, images smaller than the window included."""
+    from scipy.ndimage import median_filter
+
+    rng = np.random.default_rng(9)
+    image = (rng.random(shape) * 1000).astype(dtype)
+    np.testing.assert_array_equal(median_blur(image, size), median_filter(image, size=size))
+    transposed = image.T  # not contiguous
+    np.testing.assert_array_equal(median_blur(transposed, size), median_filter(transposed, size=size))
+
+
+@pytest.mark.parametrize(
+    ("image", "size"),
+    [
+        (np.array([[0.0, np.nan]], np.float32), 5),
+        (np.zeros((4, 4)), 5),
+        (np.zeros((4, 4, 3), np.float32), 5),
+        (np.zeros((4, 4), np.float32), 7),
+    ],
+    ids=["nan", "float64", "3-d", "size-7"],
+)
+def test_median_blur_refuses_what_opencv_cannot_filter(image, size):
+    with pytest.raises(ValueError, match="median_blur needs"):
+        median_blur(image, size)
+
+
+@pytest.mark.parametrize("min_area", [1, 2, 5, 20])
+def test_small_objects_and_holes_removed_as_scikit_image_does(min_area):
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    random = np.random.default_rng(10).random((60, 70)) < 0.45
+    for mask in (random, np.ones((5, 6), bool), np.zeros((5, 6), bool)):
+        removed = pixseg.masks._remove_small_components(mask, min_area)
+        np.testing.assert_array_equal(removed, remove_small_objects(mask, max_size=min_area - 1))
+        filled = ~pixseg.masks._remove_small_components(~mask, min_area)
+        np.testing.assert_array_equal(filled, remove_small_holes(mask, max_size=min_area - 1))
 
 
 def test_tissue_mask_recovers_tissue_area_within_two_percent(slide):
@@ -296,6 +373,21 @@ def test_tissue_mask_warns_when_it_looks_inverted(caplog):
 def test_tissue_mask_refuses_non_rgb():
     with pytest.raises(ParameterError, match="needs an RGB image"):
         tissue_mask(np.zeros((4, 4, 1)))  # a bright (not dark) background: brightfield, which needs RGB
+
+
+def test_auto_mask_of_an_image_without_small_levels_averages_level_0(tmp_path, monkeypatch, slide):
+    """No level is small enough: level 0 is block-averaged chunk by chunk (7x here, chunks of 48
+    are no multiple of it), and the mask is the tissue mask of numpy's block means."""
+    pixels, _ = slide
+    path = str(tmp_path / "flat.tif")
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(48, 48))
+    monkeypatch.setattr(pixseg.masks, "AUTO_MASK_EDGE", 64)
+    image = open_image(path, chunk=48)
+    assert image.level_shapes == ((300, 400),) and choose_mask_level(image.level_shapes) == (0, 7)
+    mask = open_mask("auto", image, read=ReadOptions(chunk=48), progress=False).compute()
+    low = pixels[:294, :399].astype(np.float64).reshape(42, 7, 57, 7, 3).mean(axis=(1, 3)).astype(np.float32)
+    np.testing.assert_array_equal(mask, tissue_mask(low, white=(255.0, 255.0, 255.0)))
+    assert 0.2 < mask.mean() < 0.8
 
 
 def test_check_mask_shape():
