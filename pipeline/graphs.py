@@ -18,15 +18,8 @@ from pixseg.compute import compute
 from pixseg.errors import InputError, ParameterError
 from pixseg.features import FeatureSpec, build_features
 from pixseg.io.readers import Image, open_image, open_input
-from pixseg.masks import (
-    block_mean,
-    check_mask_shape,
-    choose_mask_level,
-    mask_features,
-    mask_labels,
-    tissue_mask,
-    upsample_mask,
-)
+from pixseg.mask_apply import check_mask_shape, mask_features, mask_labels, upsample_mask
+from pixseg.masks import block_mean, choose_mask_level, tissue_mask
 from pixseg.model import SegmentationModel
 from pixseg.options import ReadOptions
 from pixseg.predict import build_labels, build_table_labels, table_applies

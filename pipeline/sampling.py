@@ -40,7 +40,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.task_spec import DataNode, List, Task, TaskRef
 
 from pixseg.features import FeatureSpec, compute_features
-from pixseg.masks import mask_region, nearest_indices
+from pixseg.mask_apply import mask_region, nearest_indices
 from pixseg.sample_reads import (
     Region,
     assemble,

@@ -13,7 +13,7 @@ import pytest
 
 from pixseg.graphs import open_mask
 from pixseg.io.readers import open_image
-from pixseg.masks import upsample_mask
+from pixseg.mask_apply import upsample_mask
 from pixseg.options import ReadOptions
 
 DATA = Path(__file__).parent / "data"

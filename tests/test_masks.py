@@ -19,18 +19,8 @@ from pixseg.features import compute_features, make_feature_spec
 from pixseg.graphs import open_mask
 from pixseg.io.model_file import load_model
 from pixseg.io.readers import open_image
-from pixseg.masks import (
-    block_mean,
-    check_mask_shape,
-    choose_mask_level,
-    has_dark_background,
-    mask_features,
-    mask_region,
-    median_blur,
-    nearest_indices,
-    tissue_mask,
-    upsample_mask,
-)
+from pixseg.mask_apply import check_mask_shape, mask_features, mask_region, nearest_indices, upsample_mask
+from pixseg.masks import block_mean, choose_mask_level, has_dark_background, median_blur, tissue_mask
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import apply, segment
 from pixseg.sampling import SampleSource, build_candidates, plan_blocks
