@@ -8,13 +8,19 @@
    suite's blob image (four colours); and the synthetic slides of ``benchmarks.bench_presets``
    (their known classes), each sampled as ``pixseg segment`` samples it with its preset's options.
 2. The time of ``--clusters auto`` on those samples (:func:`choose_clusters` then the final fit)
-   against one fit at the true K (:func:`pixseg.model.fit_model`, default restarts), best of
-   ``--repeats``: the target is at most 3x.
+   against one fit at the true K (:func:`pixseg.kmeans_fit.fit_model`, default restarts), best of
+   ``--repeats`` interleaved rounds: the target is at most 3x. Also timed: slide-like samples of 200,000
+   rows (``hed,smooth`` and ``hed,texture`` features of the synthetic field of :mod:`benchmarks.synthetic`,
+   "true K": glass and its three stains), and both with every k-means run one after the other in the
+   calling thread (``workers=1``, the ``serial`` columns), which gives the same models and table as the
+   default fits side by side. The machine's load average is printed before the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -74,14 +80,37 @@ def cases() -> list[tuple[str, int, np.ndarray, FeatureSpec]]:
     return found
 
 
-def best_time(function: Callable[[], Any], repeats: int) -> float:
-    """The shortest wall time of ``repeats`` calls."""
-    times = []
+def slide_cases(
+    size: int = 1024, features: tuple[str, ...] = ("hed,smooth", "hed,texture")
+) -> list[tuple[str, int, np.ndarray, FeatureSpec]]:
+    """(name, K, sample, spec) of the synthetic field's top-left ``size`` x ``size`` pixels (a multiple
+    of its tile), sampled with each of ``features``; K: glass and the field's stains."""
+    from benchmarks.synthetic import STAINS, TILE, render_tile
+
+    tiles = size // TILE
+    pixels = np.concatenate([np.concatenate([render_tile(r, c) for c in range(tiles)], axis=1) for r in range(tiles)])
+    k = 1 + len(STAINS)
+    return [
+        (f"synthetic field {size}^2 ({groups.replace(',', '+')})", k, *image_sample(pixels, features=groups.split(",")))
+        for groups in features
+    ]
+
+
+def best_times(functions: list[Callable[[], Any]], repeats: int) -> list[float]:
+    """The shortest wall time of each of ``functions`` over ``repeats`` rounds, each round calling them in turn."""
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for function, spent in zip(functions, times, strict=True):
+            started = time.perf_counter()
+            function()
+            spent.append(time.perf_counter() - started)
+    return [min(spent) for spent in times]
+
+
+def auto_fit(sample: np.ndarray, spec: FeatureSpec, *, k_range: tuple[int, int], workers: int | None) -> None:
+    """What ``--clusters auto`` fits: :func:`choose_clusters`, then the final fit at the K chosen."""
+    chosen = choose_clusters(sample, spec, k_range=k_range, seed=0, workers=workers).chosen
+    fit_model(sample, spec, n_clusters=chosen, seed=0, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +128,24 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [best_k(choice.table, criterion) for criterion in CRITERIA]
         print(f"| {name} | {true_k} | " + " | ".join(f"{k}{'' if k == true_k else ' (x)'}" for k in chosen) + " |")
     print()
-    print(f"| case | sample rows | one fit at true K (s) | auto {low}-{high} incl. final fit (s) | ratio |")
-    print("|---|---|---|---|---|")
-    for name, true_k, sample, spec in found:
-        single = best_time(lambda s=sample, p=spec, k=true_k: fit_model(s, p, n_clusters=k, seed=0), args.repeats)
-
-        def auto(s: np.ndarray = sample, p: FeatureSpec = spec) -> None:
-            chosen = choose_clusters(s, p, k_range=(low, high), seed=0).chosen
-            fit_model(s, p, n_clusters=chosen, seed=0)
-
-        both = best_time(auto, args.repeats)
-        print(f"| {name} | {len(sample)} | {single:.2f} | {both:.2f} | {both / single:.1f}x |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
+    print(
+        f"| case | sample rows x cols | one fit at true K (s) | auto {low}-{high} incl. final fit (s) | ratio "
+        "| serial: one fit (s) | serial: auto (s) | serial: ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, true_k, sample, spec in found + slide_cases():
+        functions: list[Callable[[], Any]] = []
+        for workers in (None, 1):
+            functions.append(functools.partial(fit_model, sample, spec, n_clusters=true_k, seed=0, workers=workers))
+            functions.append(functools.partial(auto_fit, sample, spec, k_range=(low, high), workers=workers))
+        one, both, one_serial, both_serial = best_times(functions, args.repeats)
+        rows, cols = sample.shape
+        print(
+            f"| {name} | {rows} x {cols} | {one:.2f} | {both:.2f} | {both / one:.1f}x "
+            f"| {one_serial:.2f} | {both_serial:.2f} | {both_serial / one_serial:.1f}x |",
+            flush=True,
+        )
     return 0
 
 

@@ -58,20 +58,22 @@ def pixseg_fit(image: np.ndarray, clusters: int, *, seed: int, restarts: int) ->
     return estimator.cluster_centers_ * _UINT8_SCALE, time.perf_counter() - started
 
 
-def _kmeans_parallel(scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int) -> tuple[np.ndarray, int]:
+def _kmeans_parallel(
+    scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int, tol: float
+) -> tuple[np.ndarray, int]:
     """The fit before 2026-11-29: dask-ml's k-means|| on a shuffled copy, 100,000-row chunks, threads."""
     import dask
     import dask.array as da
     from dask_ml.cluster import KMeans
 
-    from pixseg.kmeans_fit import _FIT_TOL, _RESTART_STRIDE
+    from pixseg.kmeans_fit import _RESTART_STRIDE
 
     shuffled = scaled[np.random.default_rng([seed, restart]).permutation(len(scaled))]
     estimator = KMeans(
         n_clusters=n_clusters,
         init="k-means||",
         random_state=(seed + restart * _RESTART_STRIDE) % 2**32,
-        tol=_FIT_TOL,
+        tol=tol,
         max_iter=300,
     )
     with dask.config.set(scheduler="threads"):

@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log: list[tuple[str, float]] = []
     with (
         timing_stages(STAGES, log),
-        mock.patch.object(model, "_fit_kmeans", _importing_first(model._fit_kmeans, log)),
+        mock.patch.object(model, "map_fits", _importing_first(model.map_fits, log)),  # map_fits imports dask-ml
     ):
         started = time.perf_counter()
         code = pixseg_main(["segment", *(sys.argv[1:] if argv is None else argv)])

@@ -1,9 +1,11 @@
 """``--clusters auto``: choose K on the sample, by the silhouette of a fixed subsample.
 
 Every K of the range is fitted with the same dask-ml fit as the final model
-(:func:`pixseg.kmeans_fit.fit_model`), on the first ``SCORE_ROWS`` rows of a seeded permutation of the
-sample, with ``SCORE_RESTARTS`` k-means run (k-means++ seeded), single-threaded. Each fit is
-scored on that subsample: its inertia (squared, standardised), the Calinski-Harabasz index, and
+(:func:`pixseg.kmeans_fit.fit_prepared`), on the first ``SCORE_ROWS`` rows of a seeded permutation of
+the sample, with ``SCORE_RESTARTS`` k-means run (k-means++ seeded, converged to ``SCORE_TOL``); the
+fits run side by side, one thread each (:mod:`pixseg.fit_threads`). Each fit is scored on that
+subsample, standardised alike for every K: its inertia (squared, standardised), the
+Calinski-Harabasz index, and
 the mean silhouette of a fixed seeded subsample of ``SILHOUETTE_ROWS`` of those rows. The K of
 highest silhouette is chosen (ties: the smaller K), then fitted on the whole sample as any fixed
 K is.
@@ -17,17 +19,16 @@ sample and the seed, so the choice is deterministic.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from pixseg.features import FeatureSpec
-from pixseg.kmeans_fit import fit_model, nearest_counts
+from pixseg.fit_threads import map_fits
+from pixseg.kmeans_fit import fit_prepared, nearest_centres, prepare_sample
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ SCORE_ROWS = 20_000
 #: k-means runs of each candidate fit (the final fit uses ``--restarts``): one keeps the extra
 #: time of ``auto:2-12`` near 2-3x a single fit, and found the true K in every benchmark case.
 SCORE_RESTARTS = 1
+#: Convergence threshold of each candidate fit (the final fit uses the stricter 1e-4, see
+#: :mod:`pixseg.kmeans_fit`): most of ``auto``'s time is dask's graph work of each Lloyd iteration, and
+#: 1e-3 needs 25-45% fewer of them with the same K chosen in every case of benchmarks/bench_auto_k.py
+#: and silhouettes within 0.03.
+SCORE_TOL = 1e-3
 #: Rows the silhouette is computed on (its cost grows with their square).
 SILHOUETTE_ROWS = 2_000
 #: The criterion that chooses K (the others are shown for comparison).
@@ -101,8 +107,16 @@ def auto_range(clusters: int | str) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
-def choose_clusters(sample: np.ndarray, spec: FeatureSpec, *, k_range: tuple[int, int], seed: int) -> KChoice:
+def choose_clusters(
+    sample: np.ndarray, spec: FeatureSpec, *, k_range: tuple[int, int], seed: int, workers: int | None = None
+) -> KChoice:
     """Fit every K of ``k_range`` (inclusive) on a subsample of ``sample`` and choose one by silhouette.
+
+    The subsample is prepared once (:func:`pixseg.kmeans_fit.prepare_sample`) and every K is scored in
+    the same space, standardised as its winsorised rows are (the standardisation of every fit whose K
+    they have enough distinct rows for), with the pairwise distances of the silhouette rows computed
+    once. The candidate fits run side by side (:func:`pixseg.fit_threads.map_fits`, largest K first);
+    the table is that of fitting them one after the other.
 
     Parameters
     ----------
@@ -114,53 +128,75 @@ def choose_clusters(sample: np.ndarray, spec: FeatureSpec, *, k_range: tuple[int
         Smallest and largest K tried; K above the number of distinct rows is left out.
     seed : int
         Seeds the subsamples and the fits.
+    workers : int, optional
+        Most fits at once (default: the usable cores); does not change the result.
 
     Returns
     -------
     KChoice
-        Computes ``high - low + 1`` fits on the threaded scheduler.
+        Computes ``high - low + 1`` fits on the synchronous scheduler.
+
+    Raises
+    ------
+    ParameterError
+        If the subsample holds fewer distinct rows than the smallest K.
     """
+    from sklearn.metrics import euclidean_distances
+
     rows = np.random.default_rng([seed, 0x4B]).permutation(len(sample))[:SCORE_ROWS]
-    subsample = np.asarray(sample, dtype=np.float64)[rows]
-    n_distinct = len(np.unique(subsample, axis=0))
-    ks = [k for k in range(k_range[0], k_range[1] + 1) if k <= n_distinct] or [k_range[0]]
-    silhouette_rows = np.random.default_rng([seed, 0x53]).permutation(len(subsample))[:SILHOUETTE_ROWS]
-    table = []
-    # one thread (OpenMP, BLAS): at this size the threads of scikit-learn and numpy cost more than they save (4x slower
-    # on a busy 2-core machine, benchmarks/RESULTS.md); the result does not depend on it
-    importlib.import_module("dask_ml.cluster")  # loads scikit-learn's OpenMP library, so the limit reaches it
-    with threadpool_limits(limits=1):
-        for k in ks:
-            model = fit_model(subsample, spec, n_clusters=k, seed=seed, restarts=SCORE_RESTARTS)
-            standardised = (subsample - model.feature_mean) / model.feature_std
-            centres = (model.centroids - model.feature_mean) / model.feature_std
-            table.append({"k": k, **score_clustering(standardised, centres, silhouette_rows=silhouette_rows)})
-            logger.info("K=%d: %s", k, ", ".join(f"{name} {table[-1][name]:.4g}" for name in SCORES))
+    prepared = prepare_sample(np.asarray(sample)[rows], spec, max_clusters=k_range[1])
+    ks = [k for k in range(k_range[0], k_range[1] + 1) if k <= prepared.distinct] or [k_range[0]]
+    space = prepared.winsorised
+    silhouette_rows = np.random.default_rng([seed, 0x53]).permutation(len(space.vectors))[:SILHOUETTE_ROWS]
+    distances = euclidean_distances(space.vectors[silhouette_rows])
+
+    def score(k: int) -> dict[str, float]:
+        model = fit_prepared(prepared, n_clusters=k, seed=seed, restarts=SCORE_RESTARTS, tol=SCORE_TOL)
+        centres = (model.centroids - space.mean) / space.std
+        scores = score_clustering(space.vectors, centres, silhouette_rows=silhouette_rows, distances=distances)
+        return {"k": k, **scores}
+
+    table = map_fits(score, ks[::-1], workers=workers)[::-1]  # the slowest (largest K) first
+    for row in table:
+        logger.info("K=%d: %s", row["k"], ", ".join(f"{name} {row[name]:.4g}" for name in SCORES))
     return KChoice(criterion=CRITERION, chosen=best_k(table, CRITERION), table=tuple(table))
 
 
-def score_clustering(vectors: np.ndarray, centres: np.ndarray, *, silhouette_rows: np.ndarray) -> dict[str, float]:
+def score_clustering(
+    vectors: np.ndarray, centres: np.ndarray, *, silhouette_rows: np.ndarray, distances: np.ndarray | None = None
+) -> dict[str, float]:
     """Inertia, Calinski-Harabasz index and mean silhouette (on ``silhouette_rows``) of ``vectors``
     (n, F) labelled by their nearest of ``centres`` (K, F). A score undefined for the labelling
-    (a single non-empty cluster) is 0 for the silhouette and the index."""
-    from sklearn.metrics import calinski_harabasz_score, silhouette_score
+    (a single non-empty cluster) is 0 for the silhouette and the index. ``distances``: the
+    Euclidean distances between the silhouette rows, if already known."""
+    from sklearn.metrics import calinski_harabasz_score, euclidean_distances
 
-    inertia, _ = nearest_counts(vectors, centres)
-    labels = nearest_labels(vectors, centres)
+    labels, squared = nearest_centres(vectors, centres)
     few = labels[silhouette_rows]
-    silhouette = float(silhouette_score(vectors[silhouette_rows], few)) if 1 < len(np.unique(few)) < len(few) else 0.0
+    silhouette = 0.0
+    if 1 < len(np.unique(few)) < len(few):
+        among = euclidean_distances(vectors[silhouette_rows]) if distances is None else distances
+        silhouette = mean_silhouette(among, few)
     harabasz = float(calinski_harabasz_score(vectors, labels)) if len(np.unique(labels)) > 1 else 0.0
-    return {"inertia": float(inertia), "silhouette": silhouette, "calinski_harabasz": harabasz}
+    return {"inertia": float(squared.sum()), "silhouette": silhouette, "calinski_harabasz": harabasz}
 
 
-def nearest_labels(vectors: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest of ``centres`` (K, F) for each row of ``vectors`` (n, F); int64."""
-    labels = np.empty(len(vectors), dtype=np.int64)
-    rows = max(1, 2**22 // centres.size)
-    for start in range(0, len(vectors), rows):
-        block = vectors[start : start + rows]
-        labels[start : start + rows] = ((block[:, None, :] - centres[None]) ** 2).sum(axis=-1).argmin(axis=1)
-    return labels
+def mean_silhouette(distances: np.ndarray, labels: np.ndarray) -> float:
+    """The mean silhouette of ``labels`` (n,) given the (n, n) ``distances`` between their rows, as
+    scikit-learn's ``silhouette_score(..., metric="precomputed")`` defines it (a row alone in its
+    cluster scores 0), with the distance sums to each cluster taken as one matrix product."""
+    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.zeros((len(labels), len(counts)))
+    members[np.arange(len(labels)), codes] = 1.0
+    sums = distances @ members  # (n, clusters): each row's summed distance to each cluster
+    own = sums[np.arange(len(labels)), codes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = own / (counts[codes] - 1)
+        means = sums / counts
+        means[np.arange(len(labels)), codes] = np.inf
+        nearest = means.min(axis=1)
+        scores = (nearest - inside) / np.maximum(inside, nearest)
+    return float(np.mean(np.nan_to_num(scores)))
 
 
 def best_k(table: Sequence[dict[str, float]], criterion: str) -> int:

@@ -40,12 +40,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
 
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
+from pixseg.fit_threads import map_fits
 from pixseg.model import SegmentationModel
 from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS
 
@@ -80,7 +80,13 @@ def _import_dask_ml() -> None:
 
 
 def fit_model(
-    sample: np.ndarray, spec: FeatureSpec, *, n_clusters: int, seed: int, restarts: int = FIT_RESTARTS
+    sample: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    n_clusters: int,
+    seed: int,
+    restarts: int = FIT_RESTARTS,
+    workers: int | None = None,
 ) -> SegmentationModel:
     """Fit k-means on an in-memory sample of feature vectors.
 
@@ -94,6 +100,8 @@ def fit_model(
     the non-degenerate fit with the lowest sample inertia is kept (a single init sometimes lands
     in a poor local optimum: docs/performance.md shows how often, and what each restart costs).
     When every restart is degenerate, ``RESEED_TRIES`` more runs are made on the unclipped sample.
+    The restarts run side by side (:func:`pixseg.fit_threads.map_fits`); the result is that of
+    running them one after the other.
 
     Parameters
     ----------
@@ -107,6 +115,8 @@ def fit_model(
         Seeds the k-means++ centres of every restart.
     restarts : int
         Fits from different k-means++ centres; the lowest sample inertia wins.
+    workers : int, optional
+        Most restarts fitted at once (default: the usable cores); does not change the result.
 
     Returns
     -------
@@ -122,17 +132,125 @@ def fit_model(
     """
     if not 2 <= n_clusters <= MAX_CLUSTERS:
         raise ParameterError(f"--clusters must be between 2 and {MAX_CLUSTERS}, got {n_clusters!r}")
+    prepared = prepare_sample(sample, spec, max_clusters=n_clusters)
+    return fit_prepared(prepared, n_clusters=n_clusters, seed=seed, restarts=restarts, workers=workers)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The standardisation of a fit and the rows it applies to.
+
+    Attributes
+    ----------
+    mean, std : numpy.ndarray
+        Shape (F,): the sample is standardised as ``(x - mean) / std``.
+    fit_rows : numpy.ndarray
+        Shape (n, F): the rows k-means runs on (the winsorised rows, or all rows), standardised.
+    vectors : numpy.ndarray
+        Shape (n, F): every row of the sample, standardised; fits are judged on these.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    fit_rows: np.ndarray
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample made ready once for fits at any K up to ``max_clusters`` (see :func:`prepare_sample`).
+
+    Attributes
+    ----------
+    vectors : numpy.ndarray
+        Shape (n, F), float64: the sample.
+    spec : FeatureSpec
+        The features its columns hold.
+    max_clusters : int
+        The largest K it may be fitted with.
+    distinct, clipped_distinct : int
+        Distinct rows of the sample and of its winsorised rows; exact when below ``max_clusters``.
+    winsorised : Scaling
+        Standardised by the winsorised rows' statistics, fitting on the winsorised rows.
+    """
+
+    vectors: np.ndarray
+    spec: FeatureSpec
+    max_clusters: int
+    distinct: int
+    clipped_distinct: int
+    winsorised: Scaling
+
+    def scaling(self, n_clusters: int) -> Scaling:
+        """The standardisation a fit at ``n_clusters`` uses: the winsorised one, unless the winsorised
+        rows hold fewer than ``n_clusters`` distinct values (then :meth:`unclipped`)."""
+        return self.winsorised if self.clipped_distinct >= n_clusters else self.unclipped()
+
+    def unclipped(self) -> Scaling:
+        """Standardised by the whole sample's statistics, fitting on every row (computed on each call)."""
+        return _scale(self.vectors, self.vectors, self.spec)
+
+
+def prepare_sample(sample: np.ndarray, spec: FeatureSpec, *, max_clusters: int) -> PreparedSample:
+    """What every fit of ``sample`` at a K up to ``max_clusters`` shares: the float64 rows, their
+    distinct counts, the winsorised rows and their standardisation.
+
+    Parameters
+    ----------
+    sample : numpy.ndarray
+        Shape (n, F), float; not modified.
+    spec : FeatureSpec
+        The features the columns hold.
+    max_clusters : int
+        The largest K that will be fitted.
+
+    Returns
+    -------
+    PreparedSample
+    """
     vectors = np.asarray(sample, dtype=np.float64)
-    distinct = count_distinct_rows(vectors, stop_at=n_clusters)
-    if distinct < n_clusters:
+    low, high = np.percentile(vectors, WINSOR_PERCENTILES, axis=0)
+    clipped = np.clip(vectors, low, high)
+    return PreparedSample(
+        vectors=vectors,
+        spec=spec,
+        max_clusters=max_clusters,
+        distinct=count_distinct_rows(vectors, stop_at=max_clusters),
+        clipped_distinct=count_distinct_rows(clipped, stop_at=max_clusters),
+        winsorised=_scale(vectors, clipped, spec),
+    )
+
+
+def fit_prepared(
+    prepared: PreparedSample,
+    *,
+    n_clusters: int,
+    seed: int,
+    restarts: int = FIT_RESTARTS,
+    tol: float = _FIT_TOL,
+    workers: int | None = None,
+) -> SegmentationModel:
+    """:func:`fit_model` of a :func:`prepare_sample` result; ``tol``: the convergence threshold on the
+    squared shift of the standardised centres.
+
+    Raises
+    ------
+    ParameterError
+        If the sample holds fewer than ``n_clusters`` distinct rows.
+    ValueError
+        If ``n_clusters`` is above the ``max_clusters`` the sample was prepared for.
+    """
+    if n_clusters > prepared.max_clusters:
+        raise ValueError(f"n_clusters {n_clusters} is above the {prepared.max_clusters} the sample was prepared for")
+    if prepared.distinct < n_clusters:
         raise ParameterError(
-            f"--clusters {n_clusters} is more than the {distinct} distinct feature vector(s) in the sample "
-            f"of {len(vectors)} pixels; lower --clusters"
+            f"--clusters {n_clusters} is more than the {prepared.distinct} distinct feature vector(s) in the "
+            f"sample of {len(prepared.vectors)} pixels; lower --clusters"
         )
-    fit = _best_fit(vectors, _winsorise(vectors, n_clusters), spec, n_clusters, seed=seed, restarts=range(restarts))
+    fit = _best_fit(prepared.scaling(n_clusters), n_clusters, seed, range(restarts), tol=tol, workers=workers)
     if fit.empty:
         reseeds = range(restarts, restarts + RESEED_TRIES)
-        fit = _best_fit(vectors, vectors, spec, n_clusters, seed=seed, restarts=reseeds)
+        fit = _best_fit(prepared.unclipped(), n_clusters, seed, reseeds, tol=tol, workers=workers)
     note = None
     if fit.empty:
         note = (
@@ -141,12 +259,12 @@ def fit_model(
         )
         logger.warning("degenerate fit: %s; lower --clusters for a sound model", note)
     return SegmentationModel(
-        feature_spec=spec,
-        centroids=order_centroids(fit.centres * fit.std + fit.mean),
-        feature_mean=fit.mean,
-        feature_std=fit.std,
+        feature_spec=prepared.spec,
+        centroids=order_centroids(fit.centres * fit.scaling.std + fit.scaling.mean),
+        feature_mean=fit.scaling.mean,
+        feature_std=fit.scaling.std,
         seed=seed,
-        sample_size=len(vectors),
+        sample_size=len(prepared.vectors),
         sample_inertia=fit.inertia,  # the order of the centroids does not change it
         n_iter=fit.n_iter,
         degenerate=note,
@@ -158,45 +276,33 @@ class _Fit:
     """One k-means run: standardised centres, the standardisation, and how it fits the sample."""
 
     centres: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
+    scaling: Scaling
     n_iter: int
     inertia: float
     empty: int
 
 
-def _winsorise(vectors: np.ndarray, n_clusters: int) -> np.ndarray:
-    """``vectors`` clipped per column to ``WINSOR_PERCENTILES``, or ``vectors`` itself when the
-    clipped rows would hold fewer than ``n_clusters`` distinct values."""
-    low, high = np.percentile(vectors, WINSOR_PERCENTILES, axis=0)
-    clipped = np.clip(vectors, low, high)
-    return clipped if count_distinct_rows(clipped, stop_at=n_clusters) >= n_clusters else vectors
-
-
-def _best_fit(
-    vectors: np.ndarray,
-    clipped: np.ndarray,
-    spec: FeatureSpec,
-    n_clusters: int,
-    *,
-    seed: int,
-    restarts: Sequence[int],
-) -> _Fit:
-    """Standardise with ``clipped``'s statistics, fit on ``clipped`` once per restart index, and keep
-    the fit with the fewest empty clusters, then the lowest inertia, both measured on ``vectors``."""
+def _scale(vectors: np.ndarray, clipped: np.ndarray, spec: FeatureSpec) -> Scaling:
+    """Standardise ``vectors`` with ``clipped``'s statistics (:func:`feature_spread`); fit on ``clipped``."""
     mean = clipped.mean(axis=0)
     std = feature_spread(clipped.var(axis=0), spec.column_groups)
     standardised = (vectors - mean) / std
-    scaled = standardised if clipped is vectors else (clipped - mean) / std
-    best: _Fit | None = None
-    for restart in restarts:
-        centres, n_iter = _fit_kmeans(scaled, n_clusters, seed=seed, restart=restart)
-        inertia, counts = nearest_counts(standardised, centres)
-        fit = _Fit(centres, mean, std, n_iter, inertia, empty=int(np.count_nonzero(counts == 0)))
-        if best is None or (fit.empty, fit.inertia) < (best.empty, best.inertia):
-            best = fit
-    assert best is not None, "at least one restart"
-    return best
+    fit_rows = standardised if clipped is vectors else (clipped - mean) / std
+    return Scaling(mean=mean, std=std, fit_rows=fit_rows, vectors=standardised)
+
+
+def _best_fit(
+    scaling: Scaling, n_clusters: int, seed: int, restarts: Sequence[int], *, tol: float, workers: int | None
+) -> _Fit:
+    """Fit ``scaling.fit_rows`` once per restart index (side by side), and keep the fit with the fewest
+    empty clusters, then the lowest inertia, both measured on ``scaling.vectors``; ties: the earlier restart."""
+
+    def fit(restart: int) -> _Fit:
+        centres, n_iter = _fit_kmeans(scaling.fit_rows, n_clusters, seed=seed, restart=restart, tol=tol)
+        inertia, counts = nearest_counts(scaling.vectors, centres)
+        return _Fit(centres, scaling, n_iter, inertia, empty=int(np.count_nonzero(counts == 0)))
+
+    return min(map_fits(fit, restarts, workers=workers), key=lambda fit: (fit.empty, fit.inertia))
 
 
 def feature_spread(variances: np.ndarray, groups: tuple[str, ...]) -> np.ndarray:
@@ -217,11 +323,14 @@ def feature_spread(variances: np.ndarray, groups: tuple[str, ...]) -> np.ndarray
     return spread
 
 
-def _fit_kmeans(scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int) -> tuple[np.ndarray, int]:
+def _fit_kmeans(
+    scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int, tol: float = _FIT_TOL
+) -> tuple[np.ndarray, int]:
     """dask-ml KMeans on ``scaled`` rows from :func:`seed_centres`; returns (centres, iterations).
 
-    Restart 0 uses ``seed`` itself. The sample is in memory, so it is one chunk on the synchronous
-    scheduler: the fit does not depend on the core count, and each Lloyd iteration is one numpy
+    Restart 0 uses ``seed`` itself. The sample is in memory, so it is one chunk, named at random
+    (hashing the rows would cost more than a Lloyd iteration), computed on the synchronous
+    scheduler that :func:`~pixseg.fit_threads.map_fits` sets: each Lloyd iteration is one numpy
     pass instead of a threaded graph (0.08-0.2 s per restart at 200,000 rows against 0.65-0.85 s
     for k-means||: benchmarks/RESULTS.md, 2026-11-29).
     """
@@ -232,11 +341,10 @@ def _fit_kmeans(scaled: np.ndarray, n_clusters: int, *, seed: int, restart: int)
         n_clusters=n_clusters,
         init=seed_centres(scaled, n_clusters, random_state=random_state),
         random_state=random_state,
-        tol=_FIT_TOL,
+        tol=tol,
         max_iter=300,
     )
-    with dask.config.set(scheduler="synchronous"):
-        estimator.fit(da.from_array(scaled, chunks=scaled.shape))
+    estimator.fit(da.from_array(scaled, chunks=scaled.shape, name=False))
     return np.asarray(estimator.cluster_centers_, dtype=np.float64), int(estimator.n_iter_)
 
 
@@ -302,13 +410,38 @@ def squared_inertia(vectors: np.ndarray, centroids: np.ndarray) -> float:
 def nearest_counts(vectors: np.ndarray, centroids: np.ndarray) -> tuple[float, np.ndarray]:
     """The squared inertia of ``vectors`` (n, F) and how many of them each of ``centroids`` (K, F) is
     nearest to: shape (K,), int64, a tie going to the lower index (two equal centroids: the second gets 0)."""
-    total = 0.0
-    counts = np.zeros(len(centroids), dtype=np.int64)
-    rows = max(1, 2**22 // centroids.size)  # bounds the (rows, K, F) temporary to 32 MiB
+    labels, squared = nearest_centres(vectors, centroids)
+    return float(squared.sum()), np.bincount(labels, minlength=len(centroids))
+
+
+def nearest_centres(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of ``centroids`` (K, F) to each row of ``vectors`` (n, F), a tie going to the lower
+    index, and the squared distance to it.
+
+    Squared distances are summed column by column in column order, on contiguous columns of up to
+    ``2**22 // K`` rows (a (K, rows) float64 buffer of 32 MiB at most): at 200,000 rows and K = 8,
+    2-3x (3 columns) to 9x (11 columns) faster than reducing a (rows, K, F) difference along its short
+    last axis.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        Shape (n,), int64.
+    squared : numpy.ndarray
+        Shape (n,), float64.
+    """
+    labels = np.empty(len(vectors), dtype=np.int64)
+    squared = np.empty(len(vectors), dtype=np.float64)
+    centres = np.asarray(centroids, dtype=np.float64)
+    rows = max(1, 2**22 // len(centres))
     for start in range(0, len(vectors), rows):
-        block = vectors[start : start + rows]
-        distances = ((block[:, np.newaxis, :] - centroids[np.newaxis, :, :]) ** 2).sum(axis=-1)
-        nearest = distances.argmin(axis=1)
-        total += float(distances[np.arange(len(block)), nearest].sum())
-        counts += np.bincount(nearest, minlength=len(centroids))
-    return total, counts
+        columns = np.ascontiguousarray(np.asarray(vectors[start : start + rows], dtype=np.float64).T)
+        distances = np.empty((len(centres), columns.shape[1]))
+        for distance, centre in zip(distances, centres, strict=True):
+            np.square(columns[0] - centre[0], out=distance)
+            for column, value in zip(columns[1:], centre[1:], strict=True):
+                distance += (column - value) ** 2
+        nearest = distances.argmin(axis=0)
+        labels[start : start + rows] = nearest
+        squared[start : start + rows] = np.take_along_axis(distances, nearest[np.newaxis], axis=0)[0]
+    return labels, squared

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 from model_documents import model_document
-from sklearn.metrics import calinski_harabasz_score, silhouette_score
+from sklearn.metrics import calinski_harabasz_score, euclidean_distances, silhouette_score
 
 from benchmarks.bench_auto_k import well_separated
-from pixseg.choose_k import KChoice, best_k, choose_clusters, knee_k, score_clustering
+from pixseg.choose_k import KChoice, best_k, choose_clusters, knee_k, mean_silhouette, score_clustering
 from pixseg.cli import main
 from pixseg.errors import ModelError
 from pixseg.features import make_feature_spec
@@ -45,6 +45,32 @@ def test_scores_equal_scikit_learn_and_a_numpy_inertia():
     assert scores["inertia"] == pytest.approx(distances.min(axis=1).sum())
     assert scores["silhouette"] == pytest.approx(silhouette_score(vectors, labels))
     assert scores["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(vectors, labels))
+
+
+def test_candidate_fits_side_by_side_give_the_table_of_fitting_them_one_after_the_other():
+    sample = well_separated(4, n=4_000, seed=2)
+    side_by_side = choose_clusters(sample, SPEC, k_range=(2, 7), seed=3, workers=3)
+    assert side_by_side == choose_clusters(sample, SPEC, k_range=(2, 7), seed=3, workers=1)  # every float equal
+    assert [row["k"] for row in side_by_side.table] == list(range(2, 8)) and side_by_side.chosen == 4
+
+
+def test_mean_silhouette_equals_scikit_learn_with_a_cluster_of_one_row():
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(300, 4))
+    labels = rng.integers(0, 5, len(vectors))
+    labels[17] = 9  # alone in its cluster: scores 0
+    distances = euclidean_distances(vectors)
+    expected = silhouette_score(distances, labels, metric="precomputed")
+    assert mean_silhouette(distances, labels) == pytest.approx(expected, rel=1e-12)
+    assert mean_silhouette(distances, labels) == pytest.approx(silhouette_score(vectors, labels), rel=1e-12)
+
+
+def test_scores_from_known_distances_equal_scores_computing_them():
+    rng = np.random.default_rng(2)
+    vectors, centres = rng.normal(size=(800, 3)), rng.normal(size=(5, 3))
+    rows = rng.permutation(len(vectors))[:200]
+    given = score_clustering(vectors, centres, silhouette_rows=rows, distances=euclidean_distances(vectors[rows]))
+    assert given == score_clustering(vectors, centres, silhouette_rows=rows)
 
 
 def test_knee_and_best_k():
