@@ -10,7 +10,7 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -38,6 +38,10 @@ _JOB_OPTIONS = {
 #: instead of distributed's 64 KiB trim threshold, which returns (and page-faults back in) every
 #: chunk-sized buffer (measured in docs/performance.md).
 LOCAL_WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
+#: OpenCV's own thread pool cut to one thread, in the console script and in every worker (OpenCV reads
+#: it when first imported): pixseg already runs one task per core, and OpenCV's pool on top of dask's
+#: threads oversubscribes the cores (the texture label pass took 10% longer on 2 cores).
+OPENCV_ONE_THREAD = {"OPENCV_FOR_THREADS_NUM": "1"}
 #: Environment variable naming the modules the workers' preload hook imports (comma-separated).
 WORKER_IMPORTS_VARIABLE = "PIXSEG_WORKER_IMPORTS"
 
@@ -63,11 +67,15 @@ def tune_process() -> Iterator[None]:
     - glibc hands freed chunk buffers back promptly (:func:`release_freed_memory_promptly`);
     - the imported libraries' objects (dask, zarr, scikit-learn: about 250,000) are frozen out of
       the cyclic garbage collector (``gc.freeze``) before the run, and everything left after it, so
-      full collections during the run and the interpreter's last one at exit skip them.
+      full collections during the run and the interpreter's last one at exit skip them;
+    - OpenCV, imported later by the features, keeps to one thread (``OPENCV_ONE_THREAD``, unless the
+      environment already sets it).
 
     Never called on import or by a library function: a notebook's process is left alone.
     """
     release_freed_memory_promptly()
+    for name, value in OPENCV_ONE_THREAD.items():
+        os.environ.setdefault(name, value)
     gc.freeze()
     try:
         yield
@@ -158,8 +166,10 @@ def open_scheduler(
         from distributed import Client, LocalCluster
 
         n_workers = workers or available_cpus()
+        environ = _worker_environ(worker_imports)
         with (
-            dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ(worker_imports)}),
+            _environ_restored(environ),
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,
@@ -267,23 +277,44 @@ def _configured(key: str) -> Any:
 
 
 def _worker_environ(worker_imports: Sequence[str]) -> dict[str, Any]:
-    """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC`` and
-    the modules the preload hook imports over it."""
+    """distributed's pre-spawn environment for worker processes, with ``LOCAL_WORKER_MALLOC``,
+    ``OPENCV_ONE_THREAD`` and the modules the preload hook imports over it."""
     return {
         **dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
         **LOCAL_WORKER_MALLOC,
+        **OPENCV_ONE_THREAD,
         WORKER_IMPORTS_VARIABLE: ",".join(worker_imports),
     }
 
 
+@contextlib.contextmanager
+def _environ_restored(names: Iterable[str]) -> Iterator[None]:
+    """Put the variables ``names`` of this process's environment back as they were on leaving the block.
+
+    distributed's nanny copies its pre-spawn environment into the environment of the process that
+    starts the workers, and the next nanny's values give way to what is there. Without this, a
+    second local cluster in the same process (an API call after another) would get the first
+    one's worker imports, and a library call would leave its settings in its host's environment.
+    """
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def with_worker_setup(options: Mapping[str, Any], worker_imports: Sequence[str]) -> dict[str, Any]:
     """dask-jobqueue keyword arguments ``options`` with the setup local workers get: each batch job
-    exports ``LOCAL_WORKER_MALLOC`` and the modules to import (``job_script_prologue``), and its
+    exports ``LOCAL_WORKER_MALLOC``, ``OPENCV_ONE_THREAD`` and the modules to import (``job_script_prologue``), and its
     worker runs :func:`dask_setup` as it starts (``--preload pixseg.cluster`` in ``worker_extra_args``).
 
     The user's own prologue lines and worker arguments are kept, before pixseg's.
     """
-    environ = {**LOCAL_WORKER_MALLOC, WORKER_IMPORTS_VARIABLE: ",".join(worker_imports)}
+    environ = {**LOCAL_WORKER_MALLOC, **OPENCV_ONE_THREAD, WORKER_IMPORTS_VARIABLE: ",".join(worker_imports)}
     return {
         **options,
         "job_script_prologue": [

@@ -80,8 +80,10 @@ def gaussian_filters(
     gaussians: Sequence[GaussianFilter],
     *,
     scale: tuple[float, float],
-) -> Iterator[dict[GaussianFilter, np.ndarray]]:
-    """The Gaussian filterings ``gaussians`` of an intensity image, one scale after the other.
+    rows: slice,
+    band_rows: int,
+) -> Iterator[tuple[slice, int, dict[GaussianFilter, np.ndarray]]]:
+    """The Gaussian filterings ``gaussians`` of the rows ``rows`` of an intensity image, band by band.
 
     Each filtering is separable: one 1-D pass along the rows (axis 0) with its row order, then
     one along the columns with its column order, as ``scipy.ndimage.gaussian_filter`` runs them.
@@ -94,8 +96,14 @@ def gaussian_filters(
     value), and a pixel's result does not depend on where the image was cut: OpenCV computes
     the last few columns of a row in a scalar loop that rounds differently from its vector
     loop, so the image is first extended on the right by ``_TAIL_PAD`` reflected columns,
-    which are dropped. Every scale is filtered into the same buffers (a chunk's worth each,
-    whose first touch costs as much as a pass where large buffers are mapped afresh).
+    which are dropped.
+
+    The image is filtered in bands of ``band_rows`` rows, so that the passes' outputs stay in the
+    processor's cache (about 0.3 MB each for 64 rows of 1024 columns, not a chunk's worth, and
+    only the source images are chunk-sized): the first pass
+    of a band reads the band and ``radius`` rows on either side (the image's own rows, reflected
+    only at its edges, as for the whole image), and keeps the band's rows, whose values are
+    those of filtering the whole image, bit for bit.
 
     Parameters
     ----------
@@ -107,34 +115,52 @@ def gaussian_filters(
         Which filterings, each once.
     scale : (float, float)
         How many full-resolution pixels one pixel of ``intensity`` spans, (rows, columns).
+    rows : slice
+        The rows whose filterings are wanted (``start`` and ``stop`` given; step 1).
+    band_rows : int
+        Rows per band.
 
     Yields
     ------
-    dict
-        Per sigma, in order, each filtering, shape (H, W), float32: ``scipy.ndimage.gaussian_filter``
-        with ``mode="reflect"`` and ``truncate=TRUNCATE`` of the intensity (or of its squared
-        deviation from ``SQUARES_CENTRE``); derivatives per full-resolution pixel. The arrays
-        are views into buffers that the next scale overwrites: use them before advancing.
+    (slice, int, dict)
+        Band by band, and for each band sigma by sigma: the band's rows of ``intensity``, the
+        index of the sigma, and each filtering of those rows, shape (rows, W), float32:
+        ``scipy.ndimage.gaussian_filter`` of the whole image with ``mode="reflect"`` and
+        ``truncate=TRUNCATE`` (of its squared deviation from ``SQUARES_CENTRE`` for ``squared``);
+        derivatives per full-resolution pixel. The arrays are views into buffers that the next
+        step overwrites: use them before advancing.
     """
     import cv2  # imported on first use: --help must not pay for it
 
-    width = intensity.shape[1]
+    height, width = intensity.shape
+    radii = [_gaussian_weights(sigma / scale[0], 0, 1.0).size // 2 for sigma in sigmas]
     extended = cv2.copyMakeBorder(intensity, 0, 0, 0, _TAIL_PAD, cv2.BORDER_REFLECT)
     sources = {False: extended}
     if any(gaussian.squared for gaussian in gaussians):
         sources[True] = np.square(extended - np.float32(SQUARES_CENTRE))
-    first_pass = np.empty_like(extended)
-    buffers = np.empty((len(gaussians), *extended.shape), dtype=np.float32)
+    first_pass = np.empty((min(height, band_rows + 2 * max(radii)), extended.shape[1]), dtype=np.float32)
+    buffers = np.empty((len(gaussians), min(band_rows, rows.stop - rows.start), extended.shape[1]), dtype=np.float32)
     # filterings grouped by their first pass, which is computed once into ``first_pass``
     by_first_pass: dict[tuple[bool, int], list[int]] = {}
     for index, gaussian in enumerate(gaussians):
         by_first_pass.setdefault((gaussian.squared, gaussian.order[0]), []).append(index)
-    for sigma in sigmas:
-        for (squared, row_order), indices in by_first_pass.items():
-            _correlate(sources[squared], sigma, row_order, scale[0], axis=0, out=first_pass)
-            for index in indices:
-                _correlate(first_pass, sigma, gaussians[index].order[1], scale[1], axis=1, out=buffers[index])
-        yield {gaussian: buffers[index, :, :width] for index, gaussian in enumerate(gaussians)}
+    for top in range(rows.start, rows.stop, band_rows):
+        band = slice(top, min(top + band_rows, rows.stop))
+        size = band.stop - band.start
+        for sigma_index, (sigma, radius) in enumerate(zip(sigmas, radii, strict=True)):
+            first_row, last_row = max(0, band.start - radius), min(height, band.stop + radius)
+            kept = slice(band.start - first_row, band.stop - first_row)
+            for (squared, row_order), indices in by_first_pass.items():
+                source = sources[squared][first_row:last_row]
+                _correlate(source, sigma, row_order, scale[0], axis=0, out=first_pass[: last_row - first_row])
+                for index in indices:
+                    order = gaussians[index].order[1]
+                    _correlate(first_pass[kept], sigma, order, scale[1], axis=1, out=buffers[index, :size])
+            yield (
+                band,
+                sigma_index,
+                {gaussian: buffers[index, :size, :width] for index, gaussian in enumerate(gaussians)},
+            )
 
 
 def _correlate(source: np.ndarray, sigma: float, order: int, scale: float, *, axis: int, out: np.ndarray) -> None:
@@ -186,6 +212,13 @@ def grey(colour: np.ndarray) -> np.ndarray:
     return colour.mean(axis=-1, dtype=np.float32, keepdims=True)
 
 
+def grey_tables(levels: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """:func:`grey` as lookup tables (see :func:`mix_tables`) and its lower bound, for RGB only."""
+    if levels.shape[0] != 3:
+        return None  # the mean of other channel counts is not a mix of per-channel terms
+    return mix_tables(levels, _GREY_WEIGHTS), -np.inf
+
+
 def rgb_to_lab(colour: np.ndarray) -> np.ndarray:
     """CIE L*a*b* (D65, 2 degree observer) of sRGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2lab``."""
     rgb = np.clip(colour, 0.0, 1.0).astype(np.float64)
@@ -218,13 +251,23 @@ def rgb_to_hsv(colour: np.ndarray) -> np.ndarray:
 
 def rgb_to_hed(colour: np.ndarray) -> np.ndarray:
     """Haematoxylin, eosin, DAB densities of RGB values in [0, 1], (h, w, 3) float32, as ``skimage.color.rgb2hed``."""
+    stains = _mix_planes(_hed_density(np.moveaxis(colour, -1, 0)), _HED_MIX_32)
+    return np.moveaxis(np.maximum(stains, np.float32(0.0), out=stains), 0, -1)
+
+
+def hed_tables(levels: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`rgb_to_hed` as lookup tables (see :func:`mix_tables`) and its lower bound, 0."""
+    return mix_tables(_hed_density(levels), _HED_MIX_32), 0.0
+
+
+def _hed_density(planes: np.ndarray) -> np.ndarray:
+    """Optical densities scaled as scikit-image's, of scaled channel values (C, ...), as contiguous planes."""
     # in float32 (within 2e-7 of scikit-image's float64): the logarithm is most of the group's cost
-    density = np.empty((colour.shape[-1], *colour.shape[:-1]), dtype=np.float32)  # channel planes
-    np.clip(np.moveaxis(colour, -1, 0), _HED_LOG_FLOOR, 1.0, out=density)
+    density = np.empty(planes.shape, dtype=np.float32)
+    np.clip(planes, _HED_LOG_FLOOR, 1.0, out=density)
     np.log(density, out=density)
     density *= np.float32(1.0 / np.log(_HED_LOG_FLOOR))
-    stains = _mix_planes(density, _HED_MIX_32)
-    return np.moveaxis(np.maximum(stains, np.float32(0.0), out=stains), 0, -1)
+    return density
 
 
 def coordinates(shape: tuple[int, int], origin: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
@@ -254,13 +297,18 @@ def smooth(mean: np.ndarray) -> tuple[np.ndarray]:
 
 def local_std(mean: np.ndarray, mean_of_squares: np.ndarray) -> tuple[np.ndarray]:
     """Gaussian-weighted local standard deviation (reads ``MEAN``, ``MEAN_OF_SQUARES``)."""
-    centred = mean - np.float32(SQUARES_CENTRE)
-    return (np.sqrt(np.maximum(mean_of_squares - centred * centred, np.float32(0.0))),)
+    variance = mean - np.float32(SQUARES_CENTRE)  # one temporary, updated in place
+    np.multiply(variance, variance, out=variance)
+    np.subtract(mean_of_squares, variance, out=variance)
+    np.maximum(variance, np.float32(0.0), out=variance)
+    return (np.sqrt(variance, out=variance),)
 
 
 def gradient_magnitude(d_row: np.ndarray, d_col: np.ndarray) -> tuple[np.ndarray]:
     """Gaussian gradient magnitude (reads ``D_ROW``, ``D_COL``)."""
-    return (np.sqrt(d_row * d_row + d_col * d_col),)
+    magnitude = d_row * d_row
+    magnitude += d_col * d_col
+    return (np.sqrt(magnitude, out=magnitude),)
 
 
 def laplacian(d_row_row: np.ndarray, d_col_col: np.ndarray) -> tuple[np.ndarray]:
@@ -285,6 +333,21 @@ def _mix(pixels: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     planes = np.empty((pixels.shape[-1], *pixels.shape[:-1]), dtype=pixels.dtype)
     planes[...] = np.moveaxis(pixels, -1, 0)
     return np.moveaxis(_mix_planes(planes, matrix), 0, -1)
+
+
+def mix_tables(planes: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The terms :func:`_mix_planes` sums, for channel values given as planes (C, N): every level of an input.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (C, N, len(matrix)), float32, C-contiguous: ``tables[c, v, k] = planes[c, v] * matrix[k, c]``,
+        the product :func:`_mix_planes` computes for output ``k`` of a pixel whose channel ``c`` is at
+        level ``v``. Summed over ``c`` in channel order (:func:`pixseg.colour_tables.mix_rgb_tables`),
+        the terms give :func:`_mix_planes`' result bit for bit.
+    """
+    terms = planes[:, :, np.newaxis] * np.asarray(matrix).T[:, np.newaxis, :]
+    return np.ascontiguousarray(terms, dtype=np.result_type(planes, matrix))
 
 
 def _mix_planes(planes: np.ndarray, matrix: np.ndarray) -> np.ndarray:

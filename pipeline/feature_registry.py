@@ -50,6 +50,11 @@ class FeatureGroup:
         Whether the group needs exactly three colour channels.
     aliases : tuple of str
         Shorthand names (e.g. ``texture``) that expand to, among others, this group.
+    tables : callable or None
+        For a colour group whose kernel mixes per-channel terms of RGB: ``tables(levels)`` maps the
+        scaled value of every level of each channel, (C, N) float32, to the kernel as lookup tables
+        and a lower bound (see :mod:`pixseg.colour_tables`), or to None where they do not apply.
+        8- and 16-bit inputs are then featurised from the tables, with the kernel's exact results.
     """
 
     name: str
@@ -59,6 +64,7 @@ class FeatureGroup:
     filters: tuple[GaussianFilter, ...] = ()
     needs_rgb: bool = False
     aliases: tuple[str, ...] = ()
+    tables: Callable[[Any], tuple[Any, float] | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.kind == "texture") != bool(self.filters):
@@ -99,10 +105,17 @@ FEATURE_REGISTRY: dict[str, FeatureGroup] = {
     group.name: group
     for group in (
         FeatureGroup("channels", "colour", kernels.channels, lambda n: tuple(f"ch{i}" for i in range(n))),
-        FeatureGroup("grey", "colour", kernels.grey, ("grey",)),
+        FeatureGroup("grey", "colour", kernels.grey, ("grey",), tables=kernels.grey_tables),
         FeatureGroup("lab", "colour", kernels.rgb_to_lab, ("L", "a", "b"), needs_rgb=True),
         FeatureGroup("hsv", "colour", kernels.rgb_to_hsv, ("hue", "saturation", "value"), needs_rgb=True),
-        FeatureGroup("hed", "colour", kernels.rgb_to_hed, ("haematoxylin", "eosin", "dab"), needs_rgb=True),
+        FeatureGroup(
+            "hed",
+            "colour",
+            kernels.rgb_to_hed,
+            ("haematoxylin", "eosin", "dab"),
+            needs_rgb=True,
+            tables=kernels.hed_tables,
+        ),
         FeatureGroup("smooth", "texture", kernels.smooth, ("smooth",), (kernels.MEAN,), aliases=("texture",)),
         FeatureGroup(
             "std",

@@ -21,22 +21,27 @@ full-resolution pixels: on a pyramid level downsampled ``f`` times the filters u
 ``sigma / f`` and derivatives are expressed per full-resolution pixel, so features of a
 level approximate those of the full-resolution image.
 
+A chunk is featurised band by band of rows (:func:`feature_bands`), so that every step works in
+the processor's cache; 8- and 16-bit RGB is scaled and mixed (``grey``, ``hed``) through lookup
+tables (:mod:`pixseg.colour_tables`), with the kernels' results bit for bit.
+
 Importing this module does not import dask (the CLI lists feature groups from it cheaply):
 :func:`build_features` imports ``dask.array`` when it builds a graph.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pixseg import feature_kernels as kernels
 from pixseg.errors import ParameterError
-from pixseg.feature_kernels import TRUNCATE, gaussian_filters
+from pixseg.feature_kernels import TRUNCATE, GaussianFilter, gaussian_filters
 from pixseg.feature_registry import (
     COLOUR_GROUPS,
     FEATURE_ALIASES,
@@ -46,7 +51,7 @@ from pixseg.feature_registry import (
     FeatureGroup,
     aliases_of,
 )
-from pixseg.normalise import dtype_range, robust_channel_ranges, scaled_channels
+from pixseg.normalise import channel_levels, dtype_range, robust_channel_ranges, scaled_channels
 from pixseg.options import DEFAULT_SIGMAS, MAX_SIGMA
 
 __all__ = [
@@ -63,15 +68,18 @@ __all__ = [
     "build_features",
     "compute_features",
     "dtype_range",
+    "feature_bands",
     "make_feature_spec",
+    "map_featurised",
     "robust_channel_ranges",
 ]
 
 if TYPE_CHECKING:
     import dask.array as da
 
-#: Rows of a chunk whose texture columns are computed at once (see :func:`_write_texture`).
-_BAND_ROWS = 32
+#: Pixels of a chunk whose features are computed at once, in whole rows (see :func:`feature_bands`):
+#: 64 rows of 1024 columns, a few MB of filterings and features that stay in the processor's cache.
+_BAND_PIXELS = 64 * 1024
 #: Mask modes a spec records: no mask, the automatic tissue mask, or a user's mask file.
 MASK_MODES = ("none", "auto", "file")
 
@@ -367,70 +375,160 @@ def compute_features(
         If a finite value of a float input, once scaled, lies beyond float32's range (a nodata
         sentinel the reader was not told about, or values far outside the channel ranges).
     """
-    scaled = scaled_channels(chunk[..., : spec.n_channels], spec.channel_ranges)
-    invalid = _invalid_pixels(chunk, scaled, spec)
-    if invalid is not None:
-        scaled[invalid] = 0.0
     (top, bottom), (left, right) = halo
-    inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
-    core = scaled[inner]
-    features = np.empty((*core.shape[:-1], len(spec.columns)), dtype=np.float32)  # any leading axes (volumes)
-    for name in spec.groups:
-        group = FEATURE_REGISTRY[name]
-        if group.kind == "colour":
-            features[..., _column_slice(spec, name)] = group.kernel(core)
-        elif group.kind == "position":
-            features[..., _column_slice(spec, name)] = group.kernel(
-                core.shape[:2], origin, image_shape or core.shape[:2]
-            )
-    if spec.texture_groups:
-        _write_texture(features, scaled, spec, inner=inner, scale=scale)
-    if invalid is not None:
-        features[invalid[inner]] = np.nan
+    region = chunk[top : chunk.shape[0] - bottom, left : chunk.shape[1] - right].shape[:-1]  # any leading axes
+    features = np.empty((*region, len(spec.columns)), dtype=np.float32)
+    for rows, band in feature_bands(chunk, spec, halo=halo, scale=scale, origin=origin, image_shape=image_shape):
+        features[rows] = band
     return features
 
 
-def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray, spec: FeatureSpec) -> np.ndarray | None:
+def feature_bands(
+    chunk: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    halo: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+    scale: tuple[float, float] = (1.0, 1.0),
+    origin: tuple[int, int] = (0, 0),
+    image_shape: tuple[int, int] | None = None,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """:func:`compute_features` band by band of rows (``_BAND_PIXELS`` pixels), for callers that use each band at once.
+
+    Every step, filterings, kernels' temporaries and the band itself, works on a band that fits
+    in the processor's cache, and no array of the whole chunk's features is made: the label pass
+    labels each band as it comes (:func:`pixseg.predict.label_chunk`). Parameters and errors as
+    for :func:`compute_features`; the bands' values are its values (it is built from them).
+
+    Yields
+    ------
+    (slice, numpy.ndarray)
+        The band's rows among the returned region's, and its features, shape (rows, w - left -
+        right, len(spec.columns)), float32: a buffer that the next band overwrites. Volumes'
+        (d, h, w, C) blocks (no texture) come as one band.
+    """
+    (top, bottom), (left, right) = halo
+    inner = (slice(top, chunk.shape[0] - bottom), slice(left, chunk.shape[1] - right))
+    tables = _colour_tables(spec) if chunk.ndim == 3 else {}  # volumes' (d, h, w, C) blocks use the kernels
+    scaled = None
+    if not tables.keys() >= _colour_groups_read(spec):
+        scaled = scaled_channels(chunk[..., : spec.n_channels], spec.channel_ranges)
+    invalid = _invalid_pixels(chunk, scaled, spec)
+    if invalid is not None and scaled is not None:
+        scaled[invalid] = 0.0
+    region = chunk[inner].shape[:-1]
+    band_rows = max(1, _BAND_PIXELS // max(1, region[1]) if chunk.ndim == 3 else region[0])
+    filtered = None
+    if spec.texture_groups:
+        filtered = _texture_filterings(chunk, scaled, invalid, spec, tables, inner=inner, scale=scale, rows=band_rows)
+    buffer = np.empty((min(band_rows, region[0]), *region[1:], len(spec.columns)), dtype=np.float32)
+    for first in range(0, region[0], band_rows):
+        rows = slice(first, min(first + band_rows, region[0]))
+        pixels = (slice(inner[0].start + rows.start, inner[0].start + rows.stop), inner[1])
+        band = buffer[: rows.stop - rows.start]
+        for name in spec.groups:
+            group = FEATURE_REGISTRY[name]
+            columns = band[..., _column_slice(spec, name)]
+            if name in tables:
+                _mix_rgb_tables(chunk[pixels], *tables[name], out=columns)
+            elif group.kind == "colour":
+                assert scaled is not None
+                columns[...] = group.kernel(scaled[pixels])
+            elif group.kind == "position":
+                start = (origin[0] + rows.start, origin[1])
+                columns[...] = group.kernel(band.shape[:2], start, image_shape or region[:2])
+        if filtered is not None:
+            _write_texture(band, filtered, spec, rows=pixels[0], cols=inner[1])
+        if invalid is not None:
+            band[invalid[pixels]] = np.nan
+        yield rows, band
+
+
+def _texture_filterings(
+    chunk: np.ndarray,
+    scaled: np.ndarray | None,
+    invalid: np.ndarray | None,
+    spec: FeatureSpec,
+    tables: dict[str, tuple[np.ndarray, float]],
+    *,
+    inner: tuple[slice, slice],
+    scale: tuple[float, float],
+    rows: int,
+) -> Iterator[tuple[slice, int, dict[GaussianFilter, np.ndarray]]]:
+    """The Gaussian filterings the spec's texture groups read, of the chunk's intensity (``grey``),
+    band by band of ``rows`` of the returned region's rows (see :func:`~pixseg.feature_kernels.gaussian_filters`)."""
+    if "grey" in tables:
+        intensity = np.empty((*chunk.shape[:2], 1), dtype=np.float32)
+        _mix_rgb_tables(chunk, *tables["grey"], out=intensity)
+        if invalid is not None:
+            intensity[invalid] = 0.0  # the grey of scaled zeros, as the kernel path gives
+    else:
+        assert scaled is not None
+        intensity = kernels.grey(scaled)
+    needed = tuple(
+        dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
+    )
+    return gaussian_filters(intensity[..., 0], spec.sigmas, needed, scale=scale, rows=inner[0], band_rows=rows)
+
+
+def _colour_groups_read(spec: FeatureSpec) -> set[str]:
+    """The colour groups ``spec`` computes: its own, and ``grey`` (the texture groups' intensity)."""
+    read = (*spec.groups, "grey") if spec.texture_groups else spec.groups
+    return {name for name in read if FEATURE_REGISTRY[name].kind == "colour"}
+
+
+@functools.cache
+def _colour_tables(spec: FeatureSpec) -> dict[str, tuple[np.ndarray, float]]:
+    """Lookup tables (see :mod:`pixseg.colour_tables`) of every registry group that has them and whose
+    tables apply to ``spec``'s input: 8- or 16-bit unsigned RGB. Empty for other inputs."""
+    if spec.dtype not in ("uint8", "uint16") or spec.n_channels != 3:
+        return {}
+    levels = channel_levels(np.dtype(spec.dtype), spec.channel_ranges)
+    built = {name: group.tables(levels) for name, group in FEATURE_REGISTRY.items() if group.tables is not None}
+    return {name: made for name, made in built.items() if made is not None}
+
+
+def _mix_rgb_tables(pixels: np.ndarray, tables: np.ndarray, lower: float, *, out: np.ndarray) -> None:
+    from pixseg.colour_tables import mix_rgb_tables  # imports numba: only when tables are used
+
+    mix_rgb_tables(pixels, tables, lower, out)
+
+
+def _invalid_pixels(chunk: np.ndarray, scaled: np.ndarray | None, spec: FeatureSpec) -> np.ndarray | None:
+    """Pixels without data: alpha == 0, or a non-finite scaled value of a float input (``scaled`` given)."""
     invalid = None
     if spec.has_alpha:
         invalid = chunk[..., -1] == 0
     if np.issubdtype(chunk.dtype, np.floating):
+        assert scaled is not None
         nonfinite = ~np.isfinite(scaled).all(axis=-1)
         invalid = nonfinite if invalid is None else invalid | nonfinite
     return invalid
 
 
 def _write_texture(
-    features: np.ndarray,
-    scaled: np.ndarray,
+    band: np.ndarray,
+    filtered: Iterator[tuple[slice, int, dict[GaussianFilter, np.ndarray]]],
     spec: FeatureSpec,
     *,
-    inner: tuple[slice, slice],
-    scale: tuple[float, float],
+    rows: slice,
+    cols: slice,
 ) -> None:
-    """Write the spec's texture columns of the region ``inner`` of ``scaled`` into ``features``.
+    """Write the spec's texture columns of one band into ``band``, from the next filterings of
+    ``filtered``: those of the intensity's rows ``rows``, one sigma after the other.
 
-    Every Gaussian filtering the texture groups read is computed once per sigma, on the whole
-    chunk's float32 intensity, and shared by the groups. The pointwise group kernels then run
-    on the returned region only, in bands of ``_BAND_ROWS`` rows, so that their temporaries and
-    the band of ``features`` they write stay in the processor's cache.
+    Every Gaussian filtering the texture groups read is computed once per sigma and shared by the
+    groups; the pointwise group kernels read the band's filterings while they are in cache.
     """
-    intensity = kernels.grey(scaled)[..., 0]
-    needed = tuple(
-        dict.fromkeys(gaussian for name in spec.texture_groups for gaussian in FEATURE_REGISTRY[name].filters)
-    )
-    rows, cols = inner
-    firsts = {name: _column_slice(spec, name).start for name in spec.texture_groups}
-    for index, filtered in enumerate(gaussian_filters(intensity, spec.sigmas, needed, scale=scale)):
-        for start in range(0, features.shape[0], _BAND_ROWS):
-            band = slice(rows.start + start, rows.start + min(start + _BAND_ROWS, features.shape[0]))
-            out = features[start : start + _BAND_ROWS]
-            for name in spec.texture_groups:
-                group = FEATURE_REGISTRY[name]
-                outputs = group.kernel(*(filtered[gaussian][band, cols] for gaussian in group.filters))
-                first = firsts[name] + index * len(outputs)  # a group's columns are sigma-major
-                for offset, values in enumerate(outputs):
-                    out[..., first + offset] = values
+    for _ in spec.sigmas:
+        filtered_rows, index, filterings = next(filtered)
+        if filtered_rows != rows:
+            raise AssertionError(f"filterings of rows {filtered_rows!r} for the band of rows {rows!r}")
+        for name in spec.texture_groups:
+            group = FEATURE_REGISTRY[name]
+            outputs = group.kernel(*(filterings[gaussian][:, cols] for gaussian in group.filters))
+            first = _column_slice(spec, name).start + index * len(outputs)  # a group's columns are sigma-major
+            for offset, values in enumerate(outputs):
+                band[..., first + offset] = values
 
 
 def _column_slice(spec: FeatureSpec, name: str) -> slice:
@@ -461,9 +559,59 @@ def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, fl
         chunks smaller than the halo merged with a neighbour), so every pixel's features equal those
         of :func:`compute_features` on the whole image.
     """
+    return map_featurised(image, spec, compute_features, scale=scale, columns=len(spec.columns), dtype=np.float32)
+
+
+class ChunkFunction(Protocol):
+    """What :func:`map_featurised` applies: :func:`compute_features`' signature, any (h, w, k) result."""
+
+    def __call__(
+        self,
+        chunk: np.ndarray,
+        spec: FeatureSpec,
+        *,
+        halo: tuple[tuple[int, int], tuple[int, int]],
+        scale: tuple[float, float],
+        origin: tuple[int, int],
+        image_shape: tuple[int, int],
+    ) -> np.ndarray: ...
+
+
+def map_featurised(
+    image: da.Array,
+    spec: FeatureSpec,
+    func: ChunkFunction,
+    *,
+    scale: tuple[float, float],
+    columns: int,
+    dtype: Any,
+) -> da.Array:
+    """Lazily apply ``func``, a function of a chunk's features such as :func:`compute_features`, to every
+    chunk of ``image`` with the halo ``spec``'s features need (see :func:`build_features`).
+
+    Parameters
+    ----------
+    image : dask.array.Array
+        Shape (Y, X, C), channels in one chunk.
+    spec : FeatureSpec
+        Passed to ``func``; its halo is given to every chunk.
+    func : ChunkFunction
+        Called as :func:`compute_features` is, returns (h, w, ``columns``) of ``dtype`` for the region
+        without the halo.
+    scale : (float, float)
+        Full-resolution pixels per pixel of ``image``, (rows, columns).
+    columns : int
+        The length of ``func``'s last axis.
+    dtype : numpy dtype
+        Of ``func``'s result.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape (Y, X, columns), the same (Y, X) chunks as ``image``; computes nothing.
+    """
     import dask.array as da
 
-    n_columns = len(spec.columns)
     halo = spec.halo(scale)
     work = image
     if any(halo):
@@ -479,24 +627,26 @@ def build_features(image: da.Array, spec: FeatureSpec, *, scale: tuple[float, fl
         padded = da.overlap.overlap(work, depth={**depth, 2: 0}, boundary="none")
     else:
         padded = work
-    features = padded.map_blocks(
-        _block_features,
+    result = padded.map_blocks(
+        _apply_to_block,
+        func,
         spec,
         halo=halo,
         scale=scale,
         chunks_yx=work.chunks[:2],
         image_shape=(int(image.shape[0]), int(image.shape[1])),
-        chunks=(work.chunks[0], work.chunks[1], (n_columns,)),
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
+        chunks=(work.chunks[0], work.chunks[1], (columns,)),
+        dtype=dtype,
+        meta=np.empty((0, 0, 0), dtype=dtype),
     )
-    if features.chunks[:2] != image.chunks[:2]:
-        features = features.rechunk((image.chunks[0], image.chunks[1], (n_columns,)))
-    return features
+    if result.chunks[:2] != image.chunks[:2]:
+        result = result.rechunk((image.chunks[0], image.chunks[1], (columns,)))
+    return result
 
 
-def _block_features(
+def _apply_to_block(
     block: np.ndarray,
+    func: ChunkFunction,
     spec: FeatureSpec,
     *,
     halo: tuple[int, int],
@@ -505,7 +655,7 @@ def _block_features(
     image_shape: tuple[int, int],
     block_id: tuple[int, ...],
 ) -> np.ndarray:
-    """Features of block ``block_id`` of the overlapped image (no overlap at the image edges)."""
+    """``func`` of block ``block_id`` of the overlapped image (no overlap at the image edges)."""
     sides = []
     origin = []
     for axis in (0, 1):
@@ -515,7 +665,7 @@ def _block_features(
     expected = tuple(chunks_yx[axis][block_id[axis]] + sum(sides[axis]) for axis in (0, 1))
     if block.shape[:2] != expected:
         raise AssertionError(f"block {block_id!r} has shape {block.shape!r}; expected {expected!r} with halo {sides!r}")
-    return compute_features(
+    return func(
         block,
         spec,
         halo=(sides[0], sides[1]),

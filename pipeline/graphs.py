@@ -16,13 +16,13 @@ import numpy as np
 
 from pixseg.compute import compute
 from pixseg.errors import InputError, ParameterError
-from pixseg.features import FeatureSpec, build_features
+from pixseg.features import FeatureSpec
 from pixseg.io.readers import Image, open_image, open_input
-from pixseg.mask_apply import check_mask_shape, mask_features, mask_labels, upsample_mask
+from pixseg.mask_apply import check_mask_shape, mask_labels, upsample_mask
 from pixseg.masks import block_mean, choose_mask_level, tissue_mask
 from pixseg.model import SegmentationModel
 from pixseg.options import ReadOptions
-from pixseg.predict import build_labels, build_table_labels, table_applies
+from pixseg.predict import build_chunk_labels, build_table_labels, table_applies
 from pixseg.sampling import SampleSource
 
 logger = logging.getLogger(__name__)
@@ -43,21 +43,15 @@ def level_scale(image: Image) -> tuple[float, float]:
     return full[0] / level[0], full[1] / level[1]
 
 
-def image_features(image: Image, spec: FeatureSpec, mask: Any) -> Any:
-    """Lazy features of ``image`` at its level, NaN outside ``mask`` (a 2-D bool dask array at any resolution)."""
-    features = build_features(image.data, spec, scale=level_scale(image))
-    if mask is None:
-        return features
-    return mask_features(features, upsample_mask(mask, image.shape[:2], features.chunks[:2]))
-
-
 def image_labels(image: Image, model: SegmentationModel, mask: Any) -> da.Array:
     """Lazy (Y, X) labels of ``image``, 0 outside ``mask``: through a colour table when one applies
-    (see :func:`pixseg.predict.table_applies`), else from the features by the kernel."""
+    (see :func:`pixseg.predict.table_applies`), else from each chunk's features, made band by band
+    (:func:`pixseg.predict.build_chunk_labels`)."""
     if not table_applies(model, math.prod(image.shape[:2])):
-        return build_labels(image_features(image, model.feature_spec, mask), model)
-    logger.info("labelling through a table of every colour's label")
-    labels = build_table_labels(image.data, model)
+        labels = build_chunk_labels(image.data, model, scale=level_scale(image))
+    else:
+        logger.info("labelling through a table of every colour's label")
+        labels = build_table_labels(image.data, model)
     if mask is None:
         return labels
     return mask_labels(labels, upsample_mask(mask, image.shape[:2], labels.chunks))

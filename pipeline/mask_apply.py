@@ -3,9 +3,9 @@
 A mask is a 2-D boolean image (True = keep) at any resolution that maps onto the image by
 nearest-neighbour upsampling: pixel ``r`` of an image ``H`` rows high takes mask row
 ``floor((r + 0.5) * h / H)`` of a mask ``h`` rows high (``r // f`` when ``H = f * h``), the
-same for columns. Applying a mask sets every feature of a masked pixel to NaN, which is how
-sampling and prediction already recognise pixels without data: masked pixels are never
-sampled and get label 0. The automatic mask itself is :mod:`pixseg.masks`'.
+same for columns. Masked pixels are never sampled (:mod:`pixseg.sampling` reads the mask over
+each sampled block) and get label 0 (:func:`mask_labels`). The automatic mask itself is
+:mod:`pixseg.masks`'.
 """
 
 from __future__ import annotations
@@ -146,42 +146,6 @@ def upsample_block(
     block_rows = nearest_indices(shape[0], mask_shape[0], start=rows[0], stop=rows[1]) - origin[0]
     block_cols = nearest_indices(shape[1], mask_shape[1], start=cols[0], stop=cols[1]) - origin[1]
     return region[np.ix_(block_rows, block_cols)]
-
-
-def mask_chunk(features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A copy of ``features`` (h, w, F) with every column NaN where ``mask`` (h, w) is False."""
-    out = features.copy()
-    out[~mask] = np.nan
-    return out
-
-
-def mask_features(features: da.Array, mask: da.Array) -> da.Array:
-    """Lazily set the features of masked pixels to NaN.
-
-    Parameters
-    ----------
-    features : dask.array.Array
-        Shape (Y, X, F), float32, F in one chunk.
-    mask : dask.array.Array
-        Shape (Y, X), bool, the same (Y, X) chunks (see :func:`upsample_mask`).
-
-    Returns
-    -------
-    dask.array.Array
-        Shape (Y, X, F), float32, the same chunks; computes nothing.
-    """
-    if mask.chunks != features.chunks[:2]:
-        raise ValueError(f"mask chunks {mask.chunks!r} differ from the features' {features.chunks[:2]!r}")
-    return da.blockwise(
-        mask_chunk,
-        "yxf",
-        features,
-        "yxf",
-        mask,
-        "yx",
-        dtype=np.float32,
-        meta=np.empty((0, 0, 0), dtype=np.float32),
-    )
 
 
 def mask_labels(labels: da.Array, mask: da.Array) -> da.Array:

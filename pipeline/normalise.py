@@ -7,11 +7,16 @@ in float64 for float inputs so huge values or ranges neither overflow nor collap
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 
 from pixseg.errors import InputError
+
+#: 8-bit inputs of at most this many channels are scaled through OpenCV's table lookup (OpenCV 5
+#: refuses 256 channels and more).
+_LOOKUP_CHANNELS = 4
 
 
 def dtype_range(dtype: np.dtype) -> tuple[float, float]:
@@ -27,12 +32,18 @@ def scaled_channels(colour: np.ndarray, ranges: Sequence[tuple[float, float]]) -
     """``colour`` mapped so that each channel's (low, high) range becomes (0, 1), float32.
 
     Float inputs are scaled in float64, so neither a huge value nor a huge or tiny range overflows
-    or loses the steps between values before the result is rounded to float32.
+    or loses the steps between values before the result is rounded to float32. 8-bit inputs are
+    scaled by one lookup in :func:`channel_levels`' table (OpenCV), with the same results.
     """
+    n_channels = colour.shape[-1]
+    if colour.dtype == np.uint8 and n_channels <= _LOOKUP_CHANNELS and colour.size:  # OpenCV returns None for no pixels
+        import cv2  # imported on first use: --help must not pay for it
+
+        levels = channel_levels(colour.dtype, tuple((float(low), float(high)) for low, high in ranges))
+        pixels = colour.reshape(-1, 1, n_channels)  # OpenCV takes images of at most 2 axes and channels
+        return cv2.LUT(pixels, levels.T.reshape(1, -1, n_channels)).reshape(colour.shape)
     if not np.issubdtype(colour.dtype, np.floating):
-        lows = np.array([low for low, _ in ranges], dtype=np.float32)
-        inverse_spans = np.array([1.0 / (high - low) for low, high in ranges], dtype=np.float32)
-        return (colour.astype(np.float32) - lows) * inverse_spans
+        return _scaled_integers(colour, ranges)
     lows64 = np.array([low for low, _ in ranges], dtype=np.float64)
     spans = np.array([high - low for low, high in ranges], dtype=np.float64)
     exact = (colour.astype(np.float64) - lows64) / spans
@@ -47,6 +58,28 @@ def scaled_channels(colour: np.ndarray, ranges: Sequence[tuple[float, float]]) -
             f"{tuple(ranges)!r} for float32 features; if it marks missing data, pass --nodata {float(extreme):.8g}"
         )
     return scaled
+
+
+@functools.cache
+def channel_levels(dtype: np.dtype, ranges: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """The scaled value of every level of an 8- or 16-bit unsigned integer dtype, per channel.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (C, N), float32, read-only, N = 256 or 65,536: row ``c`` is :func:`scaled_channels`
+        of the values 0..N-1 in channel ``c`` (computed by the same formula).
+    """
+    levels = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)[:, np.newaxis]
+    table = np.ascontiguousarray(_scaled_integers(levels, ranges).T)
+    table.flags.writeable = False
+    return table
+
+
+def _scaled_integers(colour: np.ndarray, ranges: Sequence[tuple[float, float]]) -> np.ndarray:
+    lows = np.array([low for low, _ in ranges], dtype=np.float32)
+    inverse_spans = np.array([1.0 / (high - low) for low, high in ranges], dtype=np.float32)
+    return (colour.astype(np.float32) - lows) * inverse_spans
 
 
 def robust_channel_ranges(

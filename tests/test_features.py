@@ -85,3 +85,52 @@ def test_build_features_matches_whole_image_on_uneven_chunks(ihc_image):
 def test_spec_round_trips_through_dict(ihc_image):
     spec = _spec("lab,channels", ihc_image)
     assert type(spec).from_dict(spec.to_dict()) == spec
+
+
+def _every_level(dtype: type) -> np.ndarray:
+    """Pixels (N, 3, 3) in which each channel takes every level of ``dtype`` in three different mixes."""
+    levels = np.arange(np.iinfo(dtype).max + 1, dtype=np.int64)
+    mixes = [
+        (levels, levels, levels),
+        (levels, levels[::-1], (levels * 7) % len(levels)),
+        (levels[::-1], levels, levels),
+    ]
+    return np.stack([np.stack(mix, axis=-1) for mix in mixes], axis=1).astype(dtype)
+
+
+def _scaled_float32(pixels: np.ndarray, ranges) -> np.ndarray:
+    """The documented integer scaling, ``(value - low) * (1 / (high - low))`` in float32, written out."""
+    lows = np.array([low for low, _ in ranges], dtype=np.float32)
+    inverse = np.array([1 / (high - low) for low, high in ranges], dtype=np.float32)
+    return (pixels.astype(np.float32) - lows) * inverse
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("ranges", [None, [(3.0, 250.0), (0.0, 255.0), (10.0, 240.5)]])
+def test_lookup_tables_equal_the_kernels_for_every_level(dtype, ranges):
+    """8- and 16-bit RGB is scaled and featurised (grey, hed) through lookup tables: bit-equal to the
+    float32 formula and the kernels applied to it, for all 256 / 65,536 levels of every channel."""
+    from pixseg import feature_kernels
+
+    pixels = _every_level(dtype)
+    spec = make_feature_spec(
+        "channels,grey,hed", n_channels=3, has_alpha=False, dtype=pixels.dtype, channel_ranges=ranges
+    )
+    features = compute_features(pixels, spec)
+    scaled = _scaled_float32(pixels, spec.channel_ranges)
+    expected = np.concatenate([scaled, feature_kernels.grey(scaled), feature_kernels.rgb_to_hed(scaled)], axis=-1)
+    np.testing.assert_array_equal(features, expected)
+    np.testing.assert_array_equal(np.signbit(features), np.signbit(expected))
+
+
+def test_texture_of_8_bit_rgb_with_alpha_equals_the_float_path():
+    """The texture intensity from tables treats alpha == 0 pixels as scaled zeros, as the float path does."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (23, 19, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(rng.random((23, 19)) < 0.2, 0, 255)
+    spec = make_feature_spec("hed,texture", n_channels=4, has_alpha=True, dtype=np.uint8, sigmas=(1.0, 2.0))
+    floats = np.concatenate([_scaled_float32(rgba[..., :3], spec.channel_ranges), rgba[..., 3:] / 255.0], axis=-1)
+    float_spec = make_feature_spec(
+        "hed,texture", n_channels=4, has_alpha=True, dtype=np.float32, sigmas=(1.0, 2.0), value_range=(0.0, 1.0)
+    )
+    np.testing.assert_array_equal(compute_features(rgba, spec), compute_features(floats.astype(np.float32), float_spec))

@@ -19,7 +19,7 @@ from pixseg.features import compute_features, make_feature_spec
 from pixseg.graphs import open_mask
 from pixseg.io.model_file import load_model
 from pixseg.io.readers import open_image
-from pixseg.mask_apply import check_mask_shape, mask_features, mask_region, nearest_indices, upsample_mask
+from pixseg.mask_apply import check_mask_shape, mask_region, nearest_indices, upsample_mask
 from pixseg.masks import block_mean, choose_mask_level, has_dark_background, median_blur, tissue_mask
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import apply, segment
@@ -76,14 +76,6 @@ def test_upsample_mask_and_its_regions_equal_nearest_indexing(mask_shape, mask_c
     region = mask_region(lazy_mask, shape, rows=rows, cols=cols)
     assert region.chunks == ((rows[1] - rows[0],), (cols[1] - cols[0],))
     np.testing.assert_array_equal(region.compute(), expected[rows[0] : rows[1], cols[0] : cols[1]])
-
-
-def test_mask_features_sets_every_column_nan():
-    features = da.from_array(np.ones((6, 5, 3), np.float32), chunks=(4, 3, 3))
-    mask = np.ones((6, 5), bool)
-    mask[1, 4] = mask[5, 0] = False
-    out = mask_features(features, da.from_array(mask, chunks=(4, 3))).compute()
-    assert np.isnan(out[~mask]).all() and (out[mask] == 1).all()
 
 
 def test_choose_mask_level():

@@ -275,10 +275,10 @@ def test_grey_uint16_zarr_input(tmp_path, chunk):
 def test_local_workers_get_the_malloc_settings_and_import_the_modules_they_are_given():
     import os
 
-    from pixseg.cluster import LOCAL_WORKER_MALLOC, open_scheduler
+    from pixseg.cluster import LOCAL_WORKER_MALLOC, OPENCV_ONE_THREAD, open_scheduler
 
     def environ() -> dict:
-        return {key: os.environ.get(key) for key in (*LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS")}
+        return {key: os.environ.get(key) for key in (*LOCAL_WORKER_MALLOC, *OPENCV_ONE_THREAD, "OMP_NUM_THREADS")}
 
     def worker_state() -> tuple[dict, bool]:
         import sys
@@ -287,5 +287,24 @@ def test_local_workers_get_the_malloc_settings_and_import_the_modules_they_are_g
 
     with open_scheduler("local", workers=1, worker_imports=("pixseg.predict",)) as client:
         seen, imported = next(iter(client.run(worker_state).values()))
-    assert seen == {**LOCAL_WORKER_MALLOC, "OMP_NUM_THREADS": "1"}  # distributed's own settings are kept
+    assert seen == {**LOCAL_WORKER_MALLOC, **OPENCV_ONE_THREAD, "OMP_NUM_THREADS": "1"}  # distributed's are kept
     assert imported  # the preload hook imported the modules it was given
+
+
+@pytest.mark.slow
+def test_a_second_local_cluster_gets_its_own_worker_setup_and_the_host_environment_is_left_as_it_was():
+    import os
+
+    from pixseg.cluster import LOCAL_WORKER_MALLOC, OPENCV_ONE_THREAD, WORKER_IMPORTS_VARIABLE, open_scheduler
+
+    def imports() -> str | None:
+        return os.environ.get(WORKER_IMPORTS_VARIABLE)
+
+    names = (*LOCAL_WORKER_MALLOC, *OPENCV_ONE_THREAD, WORKER_IMPORTS_VARIABLE)
+    before = {name: os.environ.get(name) for name in names}
+    seen = []
+    for modules in (("pixseg.labelling",), ("pixseg.predict",)):
+        with open_scheduler("local", workers=1, worker_imports=modules) as client:
+            seen.append(next(iter(client.run(imports).values())))
+        assert {name: os.environ.get(name) for name in names} == before  # distributed's copy is undone
+    assert seen == ["pixseg.labelling", "pixseg.predict"]

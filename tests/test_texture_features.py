@@ -204,3 +204,19 @@ def test_spec_round_trips_and_reads_schema_1(small_rgb):
         "value_range": [0, 255],
     }
     assert FeatureSpec.from_dict(old) == _spec("channels,lab", small_rgb)
+
+
+def test_band_height_does_not_change_any_value(ihc_image, monkeypatch):
+    """Chunks are featurised in bands of rows, each filtered with its own context rows: bands of
+    5 rows, far thinner than the sigma-7 filter's 57 weights, give the one-band result bit for bit."""
+    from pixseg import features as features_module
+
+    image = ihc_image[:90, :75]
+    spec = _spec("grey,hed,texture,hessian,coordinates", image, sigmas=(1.0, 7.0))
+    halo = ((28, 28), (0, 0))
+    monkeypatch.setattr(features_module, "_BAND_PIXELS", 90 * 75)
+    whole = compute_features(image, spec, halo=halo, origin=(28, 0), image_shape=(90, 75))
+    monkeypatch.setattr(features_module, "_BAND_PIXELS", 5 * 75)
+    banded = compute_features(image, spec, halo=halo, origin=(28, 0), image_shape=(90, 75))
+    np.testing.assert_array_equal(banded, whole)
+    assert np.array_equal(banded.view(np.uint32), whole.view(np.uint32))  # signs of zeros too

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pixseg.cluster import LOCAL_WORKER_MALLOC, WORKER_IMPORTS_VARIABLE, jobqueue_arguments, with_worker_setup
+from pixseg.cluster import (
+    LOCAL_WORKER_MALLOC,
+    OPENCV_ONE_THREAD,
+    WORKER_IMPORTS_VARIABLE,
+    jobqueue_arguments,
+    with_worker_setup,
+)
 from pixseg.runner import WORKER_MODULES
 
 
@@ -29,5 +35,6 @@ def test_the_job_script_preloads_what_local_workers_preload(scheduler):
     assert "--preload pixseg.cluster" in worker_line
     exports = [line for line in script.splitlines() if line.startswith("export ")]
     assert f"export {WORKER_IMPORTS_VARIABLE}={','.join(WORKER_MODULES)}" in exports
-    assert all(f"export {name}={value}" in exports for name, value in LOCAL_WORKER_MALLOC.items())
+    setup = {**LOCAL_WORKER_MALLOC, **OPENCV_ONE_THREAD}
+    assert all(f"export {name}={value}" in exports for name, value in setup.items())
     assert script.index(exports[0]) < script.index(worker_line)
