@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pixseg import feature_kernels, features
+from pixseg import feature_kernels, feature_spec, features
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureGroup, build_features, compute_features, make_feature_spec
 
@@ -30,9 +30,10 @@ _RED_ONLY = FeatureGroup("redness", "colour", _inverted, ("r", "g", "b"), needs_
 
 @pytest.fixture
 def toy_registry(monkeypatch):
-    """A temporary registry: the built-in groups plus three toy ones."""
+    """A temporary registry: the built-in groups plus three toy ones, seen by the spec and the features."""
     registry = {**features.FEATURE_REGISTRY, **{g.name: g for g in (_INVERTED, _SLOPE, _RED_ONLY)}}
-    monkeypatch.setattr(features, "FEATURE_REGISTRY", registry)
+    for module in (features, feature_spec):
+        monkeypatch.setattr(module, "FEATURE_REGISTRY", registry)
     return registry
 
 
