@@ -26,11 +26,11 @@ from pixseg.kmeans_fit import fit_model, preload_fitting
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.plan import check_model_fits, provenance, refuse_incomplete_input
+from pixseg.sample_graph import build_candidates
 from pixseg.sampling import (
     MAX_COUNTED_MASK,
     Candidates,
     SampleSource,
-    build_candidates,
     candidate_threshold,
     cohort_seed,
     plan_blocks,

@@ -17,7 +17,8 @@ from pixseg.features import make_feature_spec
 from pixseg.fitting import fit_cohort
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import segment
-from pixseg.sampling import SampleSource, build_candidates, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
+from pixseg.sample_graph import build_candidates
+from pixseg.sampling import SampleSource, cohort_seed, pixel_keys, plan_blocks, take_pooled_sample
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIZES = [(150, 230), (90, 100), (120, 170)]

@@ -23,7 +23,8 @@ from pixseg.mask_apply import check_mask_shape, mask_region, nearest_indices, up
 from pixseg.masks import block_mean, choose_mask_level, has_dark_background, median_blur, tissue_mask
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.runner import apply, segment
-from pixseg.sampling import SampleSource, build_candidates, plan_blocks
+from pixseg.sample_graph import build_candidates
+from pixseg.sampling import SampleSource, plan_blocks
 
 
 def _labels(path: str) -> np.ndarray:

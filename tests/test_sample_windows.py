@@ -16,6 +16,7 @@ import tifffile
 from pixseg.features import compute_features, make_feature_spec
 from pixseg.fitting import draw_sample
 from pixseg.io.readers import open_image
+from pixseg.sample_graph import build_candidates
 from pixseg.sample_reads import (
     GROUP_BLOCKS,
     featurise_together,
@@ -24,7 +25,7 @@ from pixseg.sample_reads import (
     plan_reads,
     read_unit,
 )
-from pixseg.sampling import SampleSource, build_candidates, pixel_keys, plan_blocks, planned_valid_pixels
+from pixseg.sampling import SampleSource, pixel_keys, plan_blocks, planned_valid_pixels
 
 FEATURES = ("channels", "hed,texture")
 

@@ -13,15 +13,8 @@ from pixseg.errors import ParameterError
 from pixseg.features import compute_features, make_feature_spec
 from pixseg.kmeans_fit import feature_spread, fit_model, order_centroids, squared_inertia
 from pixseg.predict import map_pixels, predict_chunk
-from pixseg.sampling import (
-    SampleSource,
-    build_candidates,
-    candidate_threshold,
-    pixel_keys,
-    plan_blocks,
-    sampling_stride,
-    take_sample,
-)
+from pixseg.sample_graph import build_candidates
+from pixseg.sampling import SampleSource, candidate_threshold, pixel_keys, plan_blocks, sampling_stride, take_sample
 
 
 def _features(seed=3, shape=(90, 70, 3), masked=0.8):

@@ -21,7 +21,8 @@ from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, ReadOptions
 from pixseg.predict import build_labels, predict_chunk
 from pixseg.runner import apply, segment
-from pixseg.sampling import SampleSource, build_candidates, plan_blocks
+from pixseg.sample_graph import build_candidates
+from pixseg.sampling import SampleSource, plan_blocks
 
 
 def _labels(path: str) -> np.ndarray:
