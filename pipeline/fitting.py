@@ -29,6 +29,7 @@ from pixseg.plan import check_model_fits, provenance, refuse_incomplete_input
 from pixseg.sample_graph import build_candidates
 from pixseg.sampling import (
     MAX_COUNTED_MASK,
+    BlockPlan,
     Candidates,
     SampleSource,
     candidate_threshold,
@@ -147,20 +148,13 @@ def _sample_candidates(
     propagates). Returns the candidates by position in ``sources``.
     """
     strides = {i: sampling_stride(source.shape, sample_size) for i, (_, source) in enumerate(sources)}
+    plans = _plans(sources, strides)
     threshold = candidate_threshold(
         sample_size,
-        sum(
-            planned_valid_pixels(
-                _small_mask(source), source.shape, plan_blocks(source.shape, stride=strides[i], seed=seed)
-            )
-            for i, (seed, source) in enumerate(sources)
-        ),
+        sum(planned_valid_pixels(_small_mask(sources[i][1]), sources[i][1].shape, plan) for i, plan in plans.items()),
     )
     while True:
         parts: dict[int, Candidates] = {}
-        plans = {
-            i: plan_blocks(sources[i][1].shape, stride=stride, seed=sources[i][0]) for i, stride in strides.items()
-        }
         logger.info(
             "sampling %d pixels from %d blocks (weighted-key threshold %.3g)",
             sample_size,
@@ -180,13 +174,20 @@ def _sample_candidates(
         if n_candidates >= sample_size:
             return parts
         unsaturated = [i for i, plan in plans.items() if i in parts and threshold * plan.weights.min() < 1.0]
+        plans = {i: plan for i, plan in plans.items() if i in strides}  # a failed source is not read again
         if unsaturated:
             valid = sum(part.valid_estimate for part in parts.values())
             threshold = max(2 * threshold, candidate_threshold(sample_size, valid))
         elif any(stride > 1 for stride in strides.values()):
             strides = {i: max(1, stride // 2) for i, stride in strides.items()}
+            plans = _plans(sources, strides)
         else:
             return parts
+
+
+def _plans(sources: Sequence[tuple[int, SampleSource]], strides: dict[int, int]) -> dict[int, BlockPlan]:
+    """The block plan of each source still sampled, at its stride, by position in ``sources``."""
+    return {i: plan_blocks(sources[i][1].shape, stride=stride, seed=sources[i][0]) for i, stride in strides.items()}
 
 
 def _small_mask(source: SampleSource) -> np.ndarray | None:
