@@ -11,7 +11,6 @@ returns exactly what running the fits one after the other returns, in the same o
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +19,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 import dask
+
+from pixseg.kmeans_engine import load_kmeans
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -81,7 +82,7 @@ def _one_thread_each() -> Iterator[Callable[[], AbstractContextManager[object]]]
 
     dask-ml is imported first: it loads scikit-learn's OpenMP library, so that the limit reaches it.
     """
-    importlib.import_module("dask_ml.cluster")
+    load_kmeans()
     from threadpoolctl import ThreadpoolController
 
     controller = ThreadpoolController()

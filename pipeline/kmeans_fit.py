@@ -33,7 +33,6 @@ A sample with fewer than K distinct rows (a constant image and K >= 2) is refuse
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import sys
 import threading
@@ -46,6 +45,7 @@ import numpy as np
 from pixseg.errors import ParameterError
 from pixseg.features import FeatureSpec
 from pixseg.fit_threads import map_fits
+from pixseg.kmeans_engine import load_kmeans
 from pixseg.model import SegmentationModel
 from pixseg.options import FIT_RESTARTS, MAX_CLUSTERS
 
@@ -71,12 +71,12 @@ def preload_fitting() -> None:
     docs/performance.md), so the runner calls this only when a distributed scheduler does the sampling.
     """
     if "dask_ml.cluster" not in sys.modules:
-        threading.Thread(target=_import_dask_ml, name="pixseg-import-dask-ml", daemon=True).start()
+        threading.Thread(target=_load_kmeans_quietly, name="pixseg-import-dask-ml", daemon=True).start()
 
 
-def _import_dask_ml() -> None:
+def _load_kmeans_quietly() -> None:
     with contextlib.suppress(Exception):  # fit_model's own import reports any failure
-        importlib.import_module("dask_ml.cluster")
+        load_kmeans()
 
 
 def fit_model(
@@ -334,10 +334,9 @@ def _fit_kmeans(
     pass instead of a threaded graph (0.08-0.2 s per restart at 200,000 rows against 0.65-0.85 s
     for k-means||: benchmarks/RESULTS.md, 2026-11-29).
     """
-    from dask_ml.cluster import KMeans
-
+    kmeans_class = load_kmeans()
     random_state = (seed + restart * _RESTART_STRIDE) % 2**32
-    estimator = KMeans(
+    estimator = kmeans_class(
         n_clusters=n_clusters,
         init=seed_centres(scaled, n_clusters, random_state=random_state),
         random_state=random_state,
