@@ -18,7 +18,7 @@ from pixseg.colours import BACKGROUND_RGBA, OKABE_ITO, background_label, colour_
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr
 from pixseg.io.label_groups import ome_label_metadata
 from pixseg.preview import colour_labels, overlay
-from pixseg.statistics import sum_colours
+from pixseg.statistics import count_and_sum_colours, count_labels
 from pixseg.tables import format_label_table
 
 
@@ -46,15 +46,25 @@ def test_background_rule(means, dtype, expected):
     assert background_label(np.array(means, dtype=np.float64), dtype=np.dtype(dtype)) == expected
 
 
-def test_colour_sums_equal_bincount():
+@pytest.mark.parametrize("shape", [(10, 14), (1, 1), (3, 5), (64, 64)])  # pixel counts off and on the lanes
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_colour_sums_and_counts_equal_bincount(shape, dtype):
     rng = np.random.default_rng(1)
-    labels = rng.integers(0, 6, size=(10, 14), dtype=np.uint8)
-    pixels = rng.integers(0, 65535, size=(10, 14, 4), dtype=np.uint16)
-    sums = sum_colours(labels, pixels, 5, 3)  # label 5 is beyond n_values; the 4th channel is alpha
+    labels = rng.integers(0, 7, size=shape, dtype=np.uint8)
+    labels[: shape[0] // 2, : shape[1] // 2] = 2  # a run of one label, as in real label chunks
+    pixels = (rng.random((*shape, 4)) * 65535).astype(dtype)
+    # label 5 is beyond n_values; the 4th channel is alpha
+    counts, sums = count_and_sum_colours(labels, pixels, 5, 3)
+    np.testing.assert_array_equal(counts, np.bincount(labels.ravel(), minlength=7)[:5])
+    np.testing.assert_array_equal(count_labels(labels, 5), counts)
+    assert counts.dtype == np.int64 and sums.dtype == np.float64 and sums.shape == (5, 3)
     for c in range(3):
-        expected = np.bincount(labels.ravel(), weights=pixels[..., c].ravel(), minlength=6)[:5]
+        expected = np.bincount(labels.ravel(), weights=pixels[..., c].astype(np.float64).ravel(), minlength=7)[:5]
         expected[0] = 0  # masked pixels are not summed
-        np.testing.assert_array_equal(sums[:, c], expected)
+        if dtype == np.float32:  # partial sums in another order than bincount's
+            np.testing.assert_allclose(sums[:, c], expected, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(sums[:, c], expected)
 
 
 def test_masked_pixels_are_transparent_in_previews():

@@ -24,7 +24,7 @@ from pixseg.classes import map_clusters
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
 from pixseg.io.remote import zarr_location
-from pixseg.statistics import count_labels, sum_colours
+from pixseg.statistics import count_and_sum_colours, count_labels
 
 
 def create_label_zarr(
@@ -186,7 +186,7 @@ def store_and_count(
         Shape (n_values,), int64: the counts over the written chunks.
     sums : dask.array.Array
         Shape (n_values, n_colour), float64: per-value colour sums (see
-        :func:`pixseg.statistics.sum_colours`). Compute both together (computing writes the chunks).
+        :func:`pixseg.statistics.count_and_sum_colours`). Compute both together (computing writes the chunks).
     """
     _check_destination(labels, array)
     _check_pixels(labels, pixels)
@@ -306,7 +306,7 @@ def store_count_and_preview(
     counts : dask.array.Array
         Shape (n_values,), int64.
     sums : dask.array.Array
-        Shape (n_values, n_colour), float64 (see :func:`pixseg.statistics.sum_colours`).
+        Shape (n_values, n_colour), float64 (see :func:`pixseg.statistics.count_and_sum_colours`).
     preview : dask.array.Array or None
         ``pixels[::step, ::step]`` (None without ``preview``). Compute all together (one pass
         writes the chunks).
@@ -397,8 +397,7 @@ def _write_and_summarise(
     result = np.empty((1, 1, 1), dtype=object)
     # a copy: a strided view would keep the whole chunk alive until the pass ends
     preview = pixels[-top % step :: step, -left % step :: step].copy() if step else None
-    counts = count_labels(clusters, n_values)
-    result[0, 0, 0] = (counts, sum_colours(clusters, pixels, n_values, n_colour), preview)
+    result[0, 0, 0] = (*count_and_sum_colours(clusters, pixels, n_values, n_colour), preview)
     return result
 
 
@@ -434,13 +433,13 @@ def count_stored_chunk(array: zarr.Array, block: tuple[int, int], n_values: int)
 def summarise_stored_chunk(
     array: zarr.Array, block: tuple[int, int], n_values: int, pixels: np.ndarray, n_colour: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Label counts and per-label colour sums (see :func:`pixseg.statistics.sum_colours`) of a
+    """Label counts and per-label colour sums (see :func:`pixseg.statistics.count_and_sum_colours`) of a
     stored chunk over ``pixels``, its share of the input; ``None`` if the chunk is missing or cannot
     be decoded (write it again), as in :func:`count_stored_chunk`."""
     values = read_stored_chunk(array, block)
     if values is None:
         return None
-    return count_labels(values, n_values), sum_colours(values, pixels, n_values, n_colour)
+    return count_and_sum_colours(values, pixels, n_values, n_colour)
 
 
 def check_chunks_align(dask_chunks: tuple[tuple[int, ...], ...], zarr_chunks: tuple[int, ...]) -> None:
