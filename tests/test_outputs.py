@@ -308,15 +308,19 @@ def test_one_pass_writes_counts_and_takes_the_strided_preview(tmp_path, with_pix
 
 
 def test_preview_pieces_do_not_keep_their_chunk_alive(tmp_path):
-    from pixseg.io.label_zarr import _write_and_summarise
+    from pixseg.io.label_zarr import _strided_copy, _write_and_summarise
 
     labels = np.ones((64, 64, 1), np.uint8)
-    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels = np.arange(64 * 64 * 3, dtype=np.uint32).reshape(64, 64, 3)
     array = zarr.create_array(str(tmp_path / "l.zarr"), shape=(64, 64), chunks=(64, 64), dtype=np.uint8)
     block_info = {0: {"array-location": [(0, 64), (0, 64), (0, 1)]}}
-    result = _write_and_summarise(
-        labels, pixels, array=array, n_values=2, n_colour=3, step=8, next_level=None, block_info=block_info
-    )
-    counts, _, piece = result[0, 0, 0]
-    assert counts.ravel().tolist() == [0, 64 * 64] and piece.shape == (8, 8, 3)
+    summary = _write_and_summarise(labels, pixels, array=array, n_values=2, n_colour=3, block_info=block_info)
+    assert summary.shape == (1, 1, 2, 4) and summary.dtype == np.float64
+    assert summary[0, 0, :, 0].tolist() == [0, 64 * 64]  # the counts, then the colour sums
+    assert summary[0, 0, 1, 1:].tolist() == pixels.reshape(-1, 3).sum(axis=0).tolist()
+    # the chunk at (72, 80) of an image previewed every 8 pixels: rows 0, 8, ... and columns 0, 8, ...
+    piece = _strided_copy(pixels, 8, block_info={0: {"array-location": [(72, 136), (80, 144), (0, 3)]}})
+    np.testing.assert_array_equal(piece, pixels[::8, ::8])
+    shifted = _strided_copy(pixels, 8, block_info={0: {"array-location": [(70, 134), (77, 141), (0, 3)]}})
+    np.testing.assert_array_equal(shifted, pixels[2::8, 3::8])  # image rows 72, 80, ... and columns 80, 88, ...
     assert not np.shares_memory(piece, pixels)  # a view would pin the whole chunk until the pass ends

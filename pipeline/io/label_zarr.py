@@ -194,46 +194,41 @@ def store_and_count(
         return da.zeros(n_values, dtype=np.int64), da.zeros((n_values, n_colour), dtype=np.float64)
     height, width = array.chunks
     parts = [
-        da.map_blocks(
-            _write_and_summarise,
-            labels.blocks[i, j][:, :, np.newaxis],
+        _summaries(
+            labels.blocks[i, j],
             pixels.blocks[i, j],
             array=array,
             n_values=n_values,
             n_colour=n_colour,
             origin=(i * height, j * width),
             classes=classes,
-            chunks=((1,), (1,), (1,)),
-            dtype=object,
-            meta=np.empty((0, 0, 0), dtype=object),
         )
         for i, j in blocks
     ]
-    results = da.concatenate(parts, axis=0)
-    return _counts_and_sums(results, n_values, n_colour)
+    return _counts_and_sums(da.concatenate(parts, axis=0))
 
 
-def _counts_and_sums(results: da.Array, n_values: int, n_colour: int) -> tuple[da.Array, da.Array]:
-    """The summed counts and colour sums of a (n, m, 1) object array of per-chunk results."""
-    rows, columns = results.chunks[:2]
-    counts = da.map_blocks(
-        _item,
-        results,
-        index=0,
-        chunks=(rows, columns, (n_values,)),
-        dtype=np.int64,
-        meta=np.empty((0, 0, 0), dtype=np.int64),
-    )
-    sums = da.map_blocks(
-        _item,
-        results,
-        index=1,
-        chunks=(rows, columns, (n_values,), (n_colour,)),
+def _summaries(labels: da.Array, pixels: da.Array, *, n_values: int, n_colour: int, **write: Any) -> da.Array:
+    """Lazily write every chunk of ``labels`` (one :func:`_write_and_summarise` task each, ``write`` its
+    options); the result has one (1, 1, ``n_values``, 1 + ``n_colour``) float64 summary block per chunk."""
+    return da.map_blocks(
+        _write_and_summarise,
+        labels[:, :, np.newaxis],
+        pixels,
+        n_values=n_values,
+        n_colour=n_colour,
+        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (n_values,), (1 + n_colour,)),
         new_axis=3,
         dtype=np.float64,
         meta=np.empty((0, 0, 0, 0), dtype=np.float64),
+        **write,
     )
-    return counts.sum(axis=(0, 1)), sums.sum(axis=(0, 1))
+
+
+def _counts_and_sums(summaries: da.Array) -> tuple[da.Array, da.Array]:
+    """The label counts (int64) and colour sums (float64) over every chunk's summary block: one reduction."""
+    total = summaries.sum(axis=(0, 1))
+    return total[:, 0].astype(np.int64), total[:, 1:]
 
 
 def reduce_chunk(above: zarr.Array, below: zarr.Array, block: tuple[int, int]) -> None:
@@ -273,10 +268,11 @@ def store_count_and_preview(
     """Lazily write every chunk of ``labels``, count its values, sum the input colour of each value
     and keep a strided preview of ``pixels``.
 
-    One task per chunk writes the labels, counts them, sums the colour of their pixels and takes
-    ``pixels[::step, ::step]``'s share of the chunk, so the input is read once for labels, mean
-    colours and preview alike. With ``next_level``, it also writes the chunk's share of the next
-    pyramid level (``labels[::2, ::2]``), so that level needs no second read of this one.
+    One task per chunk writes the labels, counts them and sums the colour of their pixels, and one
+    more takes ``pixels[::step, ::step]``'s share of the chunk, so the input is read once for labels,
+    mean colours and preview alike; the counts and sums of every chunk are added up in one reduction.
+    With ``next_level``, the first also writes the chunk's share of the next pyramid level
+    (``labels[::2, ::2]``), so that level needs no second read of this one.
 
     Parameters
     ----------
@@ -315,28 +311,19 @@ def store_count_and_preview(
     _check_pixels(labels, pixels)
     if next_level is not None and tuple(2 * c for c in next_level.chunks) != tuple(array.chunks):
         raise ValueError(f"next-level chunks {next_level.chunks!r} are not half of {array.chunks!r}")
-    results = da.map_blocks(
-        _write_and_summarise,
-        labels[:, :, np.newaxis],
-        pixels,
-        array=array,
-        n_values=n_values,
-        n_colour=n_colour,
-        step=step if preview else 0,
-        next_level=next_level,
-        classes=classes,
-        chunks=((1,) * labels.numblocks[0], (1,) * labels.numblocks[1], (1,)),
-        dtype=object,
-        meta=np.empty((0, 0, 0), dtype=object),
+    summaries = _summaries(
+        labels, pixels, array=array, n_values=n_values, n_colour=n_colour, next_level=next_level, classes=classes
     )
-    counts, sums = _counts_and_sums(results, n_values, n_colour)
+    counts, sums = _counts_and_sums(summaries)
     if not preview:
         return counts, sums, None
     preview_chunks = tuple(
         tuple(_strided_length(start, size, step) for start, size in _starts(c)) for c in labels.chunks
     )
-    strided = results.map_blocks(
-        _preview,
+    strided = da.map_blocks(
+        _strided_copy,
+        pixels,
+        step,
         chunks=(*preview_chunks, (pixels.shape[2],)),
         dtype=pixels.dtype,
         meta=np.empty((0, 0, 0), dtype=pixels.dtype),
@@ -372,7 +359,6 @@ def _write_and_summarise(
     array: zarr.Array,
     n_values: int,
     n_colour: int,
-    step: int = 0,
     next_level: zarr.Array | None = None,
     classes: ClassIds | None = None,
     origin: tuple[int, int] | None = None,
@@ -382,9 +368,10 @@ def _write_and_summarise(
 
     Writes the (h, w, 1) label chunk at ``origin`` (by default its place in the dask array; as
     class ids with ``classes``, the cluster ids then written after, so a stored cluster chunk means
-    its class chunk is stored too), then with ``next_level`` its share of the next level. Returns a
-    (1, 1, 1) object array holding (label counts, per-label colour sums, the strided preview of
-    ``pixels`` or None when ``step`` is 0).
+    its class chunk is stored too), then with ``next_level`` its share of the next level. Returns
+    its summary, shape (1, 1, ``n_values``, 1 + ``n_colour``) float64: the label counts (exact up to
+    2**53) in column 0, the per-label colour sums of ``pixels`` after them (see
+    :func:`pixseg.statistics.count_and_sum_colours`).
     """
     top, left = origin or tuple(start for start, _ in block_info[0]["array-location"][:2])
     clusters = labels[:, :, 0]
@@ -394,21 +381,15 @@ def _write_and_summarise(
         write_chunk(classes.clusters, clusters, (top, left))
     if next_level is not None:
         write_chunk(next_level, np.ascontiguousarray(stored[::2, ::2]), (top // 2, left // 2))
-    result = np.empty((1, 1, 1), dtype=object)
-    # a copy: a strided view would keep the whole chunk alive until the pass ends
-    preview = pixels[-top % step :: step, -left % step :: step].copy() if step else None
-    result[0, 0, 0] = (*count_and_sum_colours(clusters, pixels, n_values, n_colour), preview)
-    return result
+    counts, sums = count_and_sum_colours(clusters, pixels, n_values, n_colour)
+    return np.column_stack([counts.astype(np.float64), sums])[np.newaxis, np.newaxis]
 
 
-def _item(results: np.ndarray, *, index: int) -> np.ndarray:
-    """Item ``index`` (counts or sums) of a chunk's result tuple, with a leading (1, 1) for its block."""
-    return results[0, 0, 0][index][np.newaxis, np.newaxis]
-
-
-def _preview(results: np.ndarray) -> np.ndarray:
-    """The strided preview piece of a chunk's result tuple."""
-    return results[0, 0, 0][2]
+def _strided_copy(pixels: np.ndarray, step: int, *, block_info: dict[Any, Any]) -> np.ndarray:
+    """A chunk's share of the image's ``[::step, ::step]`` preview, copied: a strided view would keep
+    the whole chunk alive until the pass ends."""
+    top, left = (start for start, _ in block_info[0]["array-location"][:2])
+    return pixels[-top % step :: step, -left % step :: step].copy()
 
 
 def chunk_written(group_path: str, level: int, array: zarr.Array, block: tuple[int, int]) -> bool:
