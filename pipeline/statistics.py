@@ -33,9 +33,8 @@ def count_labels(labels: np.ndarray, n_values: int) -> np.ndarray:
     Values at or above ``n_values`` are not counted. A numba loop: ``np.bincount`` first widens
     a uint8 chunk to int64 (8x its size), which made counting cost more than labelling.
     """
-    counts = _lane_counts(labels, n_values)
-    _count(np.ascontiguousarray(labels).reshape(-1), counts)
-    return counts.sum(axis=0)[:n_values]
+    no_colour = np.empty((*labels.shape, 0), dtype=np.uint8)
+    return count_and_sum_colours(labels, no_colour, n_values, 0)[0]
 
 
 def count_and_sum_colours(
@@ -67,26 +66,11 @@ def count_and_sum_colours(
     sums : numpy.ndarray
         Shape (n_values, n_colour), float64.
     """
-    counts = _lane_counts(labels, n_values)
+    counts = np.zeros((LANES, max(n_values, int(np.iinfo(labels.dtype).max) + 1)), dtype=np.int64)
     sums = np.zeros((LANES, n_values, n_colour), dtype=np.float64)
-    flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-1])
+    flat = np.ascontiguousarray(pixels).reshape(labels.size, pixels.shape[-1])
     _count_and_sum(np.ascontiguousarray(labels).reshape(-1), flat, counts, sums)
     return counts.sum(axis=0)[:n_values], sums.sum(axis=0)
-
-
-def _lane_counts(labels: np.ndarray, n_values: int) -> np.ndarray:
-    """Zeroed (``LANES``, V) int64 counts, V covering ``n_values`` and every value of ``labels.dtype``."""
-    return np.zeros((LANES, max(n_values, int(np.iinfo(labels.dtype).max) + 1)), dtype=np.int64)
-
-
-@numba.njit(nogil=True, cache=True)
-def _count(values: np.ndarray, counts: np.ndarray) -> None:  # pragma: no cover - compiled
-    stop = values.shape[0] - values.shape[0] % LANES
-    for i in range(0, stop, LANES):
-        for lane in range(LANES):
-            counts[lane, values[i + lane]] += 1
-    for i in range(stop, values.shape[0]):
-        counts[0, values[i]] += 1
 
 
 @numba.njit(nogil=True, cache=True)
