@@ -7,6 +7,7 @@ Everything about a group (its columns, its halo, whether it is pointwise) is rea
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -58,22 +59,22 @@ class FeatureSpec:
     mask: str = "none"
     window: tuple[float, float] | None = None
 
-    @property
+    @functools.cached_property
     def texture_groups(self) -> tuple[str, ...]:
         """The texture groups of ``groups``, in stacking order."""
         return tuple(g for g in self.groups if FEATURE_REGISTRY[g].texture)
 
-    @property
+    @functools.cached_property
     def pointwise(self) -> bool:
         """Whether every feature of a pixel depends on that pixel's own colour only (no texture, no coordinates)."""
         return all(FEATURE_REGISTRY[g].pointwise for g in self.groups)
 
-    @property
+    @functools.cached_property
     def columns(self) -> tuple[str, ...]:
         """One name per feature column, e.g. ``("ch0", "ch1", "ch2", "grey", "smooth_s1")``."""
         return tuple(name for group in self.groups for name in self._group_columns(group))
 
-    @property
+    @functools.cached_property
     def column_groups(self) -> tuple[str, ...]:
         """The group of each feature column, e.g. ``("channels", "channels", "channels", "grey")``."""
         return tuple(group for group in self.groups for _ in self._group_columns(group))
