@@ -94,6 +94,20 @@ def _count_and_sum(
                 sums[0, value, c] += pixels[i, c]
 
 
+def label_summary(labels: np.ndarray, pixels: np.ndarray, n_values: int, n_colour: int) -> np.ndarray:
+    """:func:`count_and_sum_colours` as one table, shape (n_values, 1 + ``n_colour``) float64: the
+    counts (exact up to 2**53) in column 0, the colour sums after them. The tables of a pass's
+    chunks add up to the pass's; :func:`split_summary` parts them again."""
+    counts, sums = count_and_sum_colours(labels, pixels, n_values, n_colour)
+    return np.column_stack([counts.astype(np.float64), sums])
+
+
+def split_summary(table: Any) -> tuple[Any, Any]:
+    """The (int64 counts, float64 colour sums) of a :func:`label_summary` table (or a sum of them,
+    numpy or dask)."""
+    return table[:, 0].astype(np.int64), table[:, 1:]
+
+
 def mean_colours(counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
     """Mean colour of each label: ``sums / counts``, shape (n_values, C) float64, NaN for an empty label."""
     with np.errstate(invalid="ignore", divide="ignore"):

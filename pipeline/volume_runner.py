@@ -51,6 +51,7 @@ from pixseg.io.side_files import REPORT_SUFFIX, SLICES_SUFFIX, side_file_base
 from pixseg.model import SegmentationModel
 from pixseg.options import FitOptions, OutputOptions, ReadOptions
 from pixseg.plan import OutputPlan, PreviousRun, previous_run
+from pixseg.statistics import split_summary
 from pixseg.volume_preview import mid_planes, write_slices_preview
 from pixseg.volume_statistics import volume_statistics, write_volume_statistics
 from pixseg.volumes import VoxelFeatures, check_volume_features, check_window, fit_volume, volume_labels
@@ -290,8 +291,8 @@ def _label_and_write(
         )
     else:
         table, levels, planes = _write_nifti(labels, output_path, volume, model, progress=progress)
-    counts = table[:, 0].astype(np.int64)
-    rows = volume_statistics(counts, table[:, 1:], volume.voxel_volume, model)
+    counts, sums = split_summary(table)
+    rows = volume_statistics(counts, sums, volume.voxel_volume, model)
     side_files = write_volume_statistics(
         output_path, rows, masked_voxels=int(counts[0]), shape=volume.shape, spacing=volume.spacing
     )

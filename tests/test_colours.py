@@ -18,7 +18,7 @@ from pixseg.colours import BACKGROUND_RGBA, OKABE_ITO, background_label, colour_
 from pixseg.io.image_zarr import create_image_zarr, finalise_image_zarr
 from pixseg.io.label_groups import ome_label_metadata
 from pixseg.preview import colour_labels, overlay
-from pixseg.statistics import count_and_sum_colours, count_labels
+from pixseg.statistics import count_and_sum_colours, count_labels, label_summary, split_summary
 from pixseg.tables import format_label_table
 
 
@@ -57,6 +57,12 @@ def test_colour_sums_and_counts_equal_bincount(shape, dtype):
     counts, sums = count_and_sum_colours(labels, pixels, 5, 3)
     np.testing.assert_array_equal(counts, np.bincount(labels.ravel(), minlength=7)[:5])
     np.testing.assert_array_equal(count_labels(labels, 5), counts)
+    table = label_summary(labels, pixels, 5, 3)  # the per-chunk table the label passes add up
+    assert table.shape == (5, 4) and table.dtype == np.float64
+    split_counts, split_sums = split_summary(table + table)
+    np.testing.assert_array_equal(split_counts, 2 * counts)
+    np.testing.assert_array_equal(split_sums, 2 * sums)
+    assert split_counts.dtype == np.int64
     assert counts.dtype == np.int64 and sums.dtype == np.float64 and sums.shape == (5, 3)
     for c in range(3):
         expected = np.bincount(labels.ravel(), weights=pixels[..., c].astype(np.float64).ravel(), minlength=7)[:5]

@@ -33,7 +33,7 @@ from pixseg.errors import OutputError
 from pixseg.io.atomic import atomic_file
 from pixseg.io.chunk_files import DAMAGED_CHUNK_ERRORS, chunk_exists
 from pixseg.io.label_groups import finalise_label_zarr
-from pixseg.statistics import count_and_sum_colours
+from pixseg.statistics import label_summary
 
 #: A pyramid stops once every axis of its coarsest level is at most this long.
 MIN_LEVEL_EDGE = 64
@@ -118,11 +118,10 @@ def store_missing_counting(labels: da.Array, target: zarr.Array, n_values: int, 
 
 def label_table(labels: np.ndarray, pixels: np.ndarray, n_values: int) -> np.ndarray:
     """Shape (1, 1, 1, 1, n_values, 1 + C) float64 of a (Z, Y, X) label block and its (Z, Y, X, C)
-    input: column 0 counts each value, the others sum its voxels' channels
-    (:func:`pixseg.statistics.count_and_sum_colours`: label 0 is not summed). Sums of integer voxels
-    are exact in float64, so adding blocks in any order gives the same total."""
-    counts, sums = count_and_sum_colours(labels, pixels, n_values, pixels.shape[-1])
-    return np.column_stack([counts.astype(np.float64), sums])[np.newaxis, np.newaxis, np.newaxis, np.newaxis]
+    input: its :func:`pixseg.statistics.label_summary` (column 0 counts each value, the others sum
+    its voxels' channels; label 0 is not summed). Sums of integer voxels are exact in float64, so
+    adding blocks in any order gives the same total."""
+    return label_summary(labels, pixels, n_values, pixels.shape[-1])[np.newaxis, np.newaxis, np.newaxis, np.newaxis]
 
 
 def _is_stored(target: zarr.Array, index: tuple[int, ...], region: tuple[slice, ...]) -> bool:

@@ -24,7 +24,7 @@ from pixseg.classes import map_clusters
 from pixseg.errors import OutputError
 from pixseg.io.chunk_files import chunk_exists, read_region, read_stored_chunk, write_chunk
 from pixseg.io.remote import zarr_location
-from pixseg.statistics import count_and_sum_colours, count_labels
+from pixseg.statistics import count_and_sum_colours, count_labels, label_summary, split_summary
 
 
 def create_label_zarr(
@@ -227,8 +227,7 @@ def _summaries(labels: da.Array, pixels: da.Array, *, n_values: int, n_colour: i
 
 def _counts_and_sums(summaries: da.Array) -> tuple[da.Array, da.Array]:
     """The label counts (int64) and colour sums (float64) over every chunk's summary block: one reduction."""
-    total = summaries.sum(axis=(0, 1))
-    return total[:, 0].astype(np.int64), total[:, 1:]
+    return split_summary(summaries.sum(axis=(0, 1)))
 
 
 def reduce_chunk(above: zarr.Array, below: zarr.Array, block: tuple[int, int]) -> None:
@@ -369,9 +368,8 @@ def _write_and_summarise(
     Writes the (h, w, 1) label chunk at ``origin`` (by default its place in the dask array; as
     class ids with ``classes``, the cluster ids then written after, so a stored cluster chunk means
     its class chunk is stored too), then with ``next_level`` its share of the next level. Returns
-    its summary, shape (1, 1, ``n_values``, 1 + ``n_colour``) float64: the label counts (exact up to
-    2**53) in column 0, the per-label colour sums of ``pixels`` after them (see
-    :func:`pixseg.statistics.count_and_sum_colours`).
+    its :func:`pixseg.statistics.label_summary` (label counts, then the colour sums of ``pixels``),
+    shape (1, 1, ``n_values``, 1 + ``n_colour``).
     """
     top, left = origin or tuple(start for start, _ in block_info[0]["array-location"][:2])
     clusters = labels[:, :, 0]
@@ -381,8 +379,7 @@ def _write_and_summarise(
         write_chunk(classes.clusters, clusters, (top, left))
     if next_level is not None:
         write_chunk(next_level, np.ascontiguousarray(stored[::2, ::2]), (top // 2, left // 2))
-    counts, sums = count_and_sum_colours(clusters, pixels, n_values, n_colour)
-    return np.column_stack([counts.astype(np.float64), sums])[np.newaxis, np.newaxis]
+    return label_summary(clusters, pixels, n_values, n_colour)[np.newaxis, np.newaxis]
 
 
 def _strided_copy(pixels: np.ndarray, step: int, *, block_info: dict[Any, Any]) -> np.ndarray:
